@@ -1,0 +1,61 @@
+"""The backend registry: each backend is one module, imported only when asked for.
+
+Every backend module has the same names (the Keras 3 convention):
+    NAME, FRAMEWORK, EXTRA, GRAD_MODES, COMPILE_MODES
+    version() -> str, devices() -> list[str], supports_float64(device) -> bool
+    make_ops(dtype, device) -> Ops
+    make_train_step(ops, grad, compiled, activation) -> step function (see core.training)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+from rosetta_rnn.core.errors import BackendUnavailable, UserError
+
+BACKENDS: tuple[str, ...] = ("numpy", "torch", "jax", "tensorflow")
+FRAMEWORKS = {"numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "tensorflow": "TensorFlow"}
+DEFAULT_ENV = "ROSETTA_RNN_BACKEND"
+
+
+def default_backend() -> str:
+    """``$ROSETTA_RNN_BACKEND`` or numpy."""
+    return os.environ.get(DEFAULT_ENV) or "numpy"
+
+
+def load(name: str) -> ModuleType:
+    """Import one backend; a missing framework is a one-line error naming the extra."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError as e:
+        if e.name and e.name.startswith(__name__):
+            raise  # our own module is broken: a bug, not the user's problem
+        raise BackendUnavailable(
+            f"backend {name!r} needs {FRAMEWORKS[name]}, which is not installed ({e}); "
+            f"install it with: pip install 'rosetta-rnn[{name}]'"
+        ) from None
+
+
+def info(name: str) -> dict[str, Any]:
+    """What ``rosetta-rnn backends`` shows for one backend."""
+    row: dict[str, Any] = {"backend": name, "framework": FRAMEWORKS[name], "installed": False}
+    try:
+        mod = load(name)
+    except BackendUnavailable as e:
+        row["error"] = str(e)
+        return row
+    devices = mod.devices()
+    row.update(
+        installed=True,
+        version=mod.version(),
+        devices=devices,
+        float64={d: mod.supports_float64(d) for d in devices},
+        grad_modes=list(mod.GRAD_MODES),
+        compile_modes=list(mod.COMPILE_MODES),
+    )
+    return row

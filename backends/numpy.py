@@ -1,0 +1,177 @@
+"""NumPy backend: the reference. Gradients by core's hand-written BPTT; on ``gpu`` the same
+code runs on CuPy arrays (``pip install 'rosetta-rnn[cupy]'``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from rosetta_rnn.core.errors import BackendUnavailable
+from rosetta_rnn.core.model import Params, bptt_value_and_grad, train_step
+from rosetta_rnn.core.ops import python_scan
+from rosetta_rnn.core.training import StepFn
+
+NAME = "numpy"
+FRAMEWORK = "NumPy"
+EXTRA = None
+GRAD_MODES = ("bptt",)
+COMPILE_MODES = ("eager",)
+
+
+def version() -> str:
+    return np.__version__
+
+
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def _gpu_count() -> int:
+    cp = _cupy()
+    if cp is None:
+        return 0
+    try:
+        return int(cp.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver / no device
+        return 0
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"gpu:{i}" for i in range(_gpu_count())]
+
+
+def supports_float64(device: str) -> bool:
+    return True
+
+
+def resolve_device(device: str) -> str:
+    """auto -> gpu:0 when CuPy sees a GPU, else cpu; gpu -> gpu:0; checks the index."""
+    if device == "auto":
+        return "gpu:0" if _gpu_count() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "gpu" or device.startswith("gpu:"):
+        index = 0 if device == "gpu" else int(device.split(":", 1)[1])
+        if _cupy() is None:
+            raise BackendUnavailable(
+                "numpy on gpu runs through CuPy, which is not installed; "
+                "install it with: pip install 'rosetta-rnn[cupy]'"
+            )
+        count = _gpu_count()
+        if index >= count:
+            raise BackendUnavailable(f"numpy/CuPy sees {count} GPU(s); there is no gpu:{index}")
+        return f"gpu:{index}"
+    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+
+
+class NumpyOps:
+    """The tensor interface over NumPy (or CuPy: the same calls on ``xp``)."""
+
+    name = NAME
+
+    def __init__(self, dtype: str = "float32", device: str = "cpu") -> None:
+        self.dtype = dtype
+        self.device = device
+        if device == "cpu":
+            self.xp: Any = np
+        else:
+            self.xp = _cupy()
+            self._cuda_device = self.xp.cuda.Device(int(device.split(":")[1]))
+            self._cuda_device.use()
+        self._dtype = np.dtype(dtype)
+
+    def asarray(self, x: np.ndarray) -> Any:
+        x = np.asarray(x)
+        dtype = self._dtype if np.issubdtype(x.dtype, np.floating) else None
+        return self.xp.asarray(np.ascontiguousarray(x), dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.get() if hasattr(x, "get") and self.xp is not np else np.asarray(x)
+
+    def zeros(self, shape: Sequence[int]) -> Any:
+        return self.xp.zeros(tuple(shape), dtype=self._dtype)
+
+    def cast(self, x: Any) -> Any:
+        return x.astype(self._dtype)
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        return a @ b
+
+    def one_hot(self, indices: Any, depth: int) -> Any:
+        return self.xp.eye(depth, dtype=self._dtype)[indices]
+
+    def gather(self, table: Any, indices: Any) -> Any:
+        return table[indices]
+
+    def tanh(self, x: Any) -> Any:
+        return self.xp.tanh(x)
+
+    def relu(self, x: Any) -> Any:
+        return self.xp.maximum(x, 0)
+
+    def exp(self, x: Any) -> Any:
+        return self.xp.exp(x)
+
+    def log(self, x: Any) -> Any:
+        return self.xp.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self.xp.sqrt(x)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return self.xp.minimum(a, b).astype(self._dtype)
+
+    def max(self, x: Any, axis: int, keepdims: bool = False) -> Any:
+        return self.xp.max(x, axis=axis, keepdims=keepdims)
+
+    def sum(self, x: Any, axis: int | None = None, keepdims: bool = False) -> Any:
+        return self.xp.sum(x, axis=axis, keepdims=keepdims)
+
+    def argmax(self, x: Any, axis: int) -> Any:
+        return self.xp.argmax(x, axis=axis)
+
+    def reshape(self, x: Any, shape: Sequence[int]) -> Any:
+        return self.xp.reshape(x, tuple(shape))
+
+    def transpose(self, x: Any, axes: Sequence[int] | None = None) -> Any:
+        return self.xp.transpose(x, axes)
+
+    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.xp.stack(list(xs), axis=axis)
+
+    def concat(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return self.xp.concatenate(list(xs), axis=axis)
+
+    def stop_gradient(self, x: Any) -> Any:
+        return x
+
+    def scan(
+        self, fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, reverse: bool = False
+    ) -> tuple[Any, Any]:
+        return python_scan(self, fn, carry, xs, reverse)
+
+
+def make_ops(dtype: str = "float32", device: str = "cpu") -> NumpyOps:
+    return NumpyOps(dtype, resolve_device(device))
+
+
+def make_train_step(
+    ops: NumpyOps, grad: str = "bptt", compiled: bool = False, activation: str = "tanh"
+) -> StepFn:
+    """core's train step with core's BPTT; NumPy has no autograd and nothing to compile."""
+    if grad != "bptt":
+        raise BackendUnavailable("the numpy backend has only --grad bptt (it has no autodiff)")
+    value_and_grad = bptt_value_and_grad(ops, activation)
+
+    def step(
+        params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
+    ) -> tuple[Params, Any, Any, Any]:
+        with np.errstate(divide="ignore"):  # θ/‖g‖ with ‖g‖ = 0 is inf, and min(1, inf) = 1
+            return train_step(ops, value_and_grad, params, inputs, labels, state, lr, theta)
+
+    return step

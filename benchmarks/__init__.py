@@ -1,0 +1,1 @@
+"""Benchmarks: measured and reported by ``rosetta-rnn bench``, never asserted in tests."""

@@ -1,0 +1,1 @@
+"""Cross-backend conformance checks (NumPy float64 is the reference)."""

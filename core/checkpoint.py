@@ -1,0 +1,194 @@
+"""Checkpoints: the safetensors format (written and read here, no pickle) with JSON metadata.
+
+Layout of a safetensors file: 8 bytes little-endian header length N, N bytes of JSON header
+(``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets"}}``), then the raw
+little-endian tensor bytes. Our metadata is one JSON document under the key ``rosetta_rnn``.
+Everything is validated before a tensor is used; writes are atomic (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT = "rosetta-rnn-checkpoint"
+FORMAT_VERSION = 1
+METADATA_KEY = "rosetta_rnn"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "I64": np.dtype("<i8"),
+}
+_CODES = {v: k for k, v in _DTYPES.items()}
+
+
+def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> bytes:
+    """The safetensors bytes of ``tensors`` with ``metadata`` stored as JSON."""
+    header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(metadata)}}
+    blobs: list[bytes] = []
+    offset = 0
+    for name, array in tensors.items():
+        a = np.ascontiguousarray(array)
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        if a.dtype not in _CODES:
+            raise ValueError(f"cannot store dtype {a.dtype} of {name}")
+        blob = a.tobytes()
+        header[name] = {
+            "dtype": _CODES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(blobs)
+
+
+def decode(data: bytes, source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Parse and validate safetensors bytes -> (tensors, our metadata)."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{source} is not a valid rosetta-rnn checkpoint: {why}")
+
+    if len(data) < 8:
+        raise bad("file too short")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise bad("not a safetensors file, or truncated header")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("header is not JSON (not a safetensors file?)") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    raw_meta = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict) or METADATA_KEY not in raw_meta:
+        raise bad("no rosetta-rnn metadata")
+    try:
+        metadata = json.loads(raw_meta[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise bad("metadata is not JSON") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise bad("metadata is of another format")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has checkpoint format {version}; this rosetta-rnn reads up to "
+            f"{FORMAT_VERSION} (upgrade rosetta-rnn)"
+        )
+    body = memoryview(data)[8 + n :]
+    tensors: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name!r} has a malformed entry") from None
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(body):
+            raise bad(f"tensor {name!r} lies outside the file (truncated?)")
+        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise bad(f"tensor {name!r} has {end - begin} bytes for shape {list(shape)}")
+        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
+    return tensors, metadata
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either the old file or the whole new one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(
+    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]
+) -> None:
+    """Atomically write a checkpoint (``format`` and ``format_version`` are added)."""
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **metadata}
+    atomic_write(path, encode(tensors, meta))
+
+
+def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read and validate a checkpoint -> (tensors, metadata). Never unpickles anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    return decode(data, source=str(path))
+
+
+def model_metadata(metadata: Mapping[str, Any], source: str) -> tuple[list[str], int, str]:
+    """Validate what a model needs from the metadata -> (vocab tokens, num_hiddens, dtype)."""
+    vocab = metadata.get("vocab")
+    config = metadata.get("config")
+    dtype = metadata.get("dtype")
+    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
+        raise CheckpointError(f"{source}: metadata has no valid vocabulary")
+    if not isinstance(config, dict) or not isinstance(config.get("num_hiddens"), int):
+        raise CheckpointError(f"{source}: metadata has no valid config.num_hiddens")
+    if dtype not in ("float32", "float64"):
+        raise CheckpointError(f"{source}: metadata dtype {dtype!r} is not float32 or float64")
+    return vocab, int(config["num_hiddens"]), str(dtype)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a checkpoint and check that the five parameters fit its vocabulary and size."""
+    from .model import PARAM_NAMES, param_shapes
+
+    tensors, metadata = load(path)
+    vocab, num_hiddens, dtype = model_metadata(metadata, str(path))
+    expected = param_shapes(len(vocab), num_hiddens)
+    for name in PARAM_NAMES:
+        if name not in tensors:
+            raise CheckpointError(f"{path}: parameter {name} is missing")
+        if tensors[name].shape != expected[name]:
+            raise CheckpointError(
+                f"{path}: parameter {name} has shape {list(tensors[name].shape)}, expected "
+                f"{list(expected[name])} for vocab {len(vocab)} and {num_hiddens} hiddens"
+            )
+        if tensors[name].dtype != np.dtype(dtype):
+            raise CheckpointError(f"{path}: parameter {name} is {tensors[name].dtype}, not {dtype}")
+    return tensors, metadata
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail early, before any training, when ``path`` cannot be written later."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {path}: it is a folder")
+    if not os.access(path.parent, os.W_OK):
+        raise CheckpointError(f"cannot write {path}: folder {path.parent} is not writable")

@@ -1,0 +1,254 @@
+"""The Time Machine pipeline, as in d2l: read, tokenize, vocabulary, corpus, minibatch iterators.
+
+Every random choice (iterator offsets and shuffles) comes from the core NumPy generator.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
+DATA_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+DATA_FILENAME = "timemachine.txt"
+DATA_DIR_ENV = "ROSETTA_RNN_DATA"
+CACHE_DIR_ENV = "ROSETTA_RNN_CACHE"
+TOKEN_KINDS = ("char", "word")
+SAMPLING_KINDS = ("sequential", "random")
+
+
+# --- where the text comes from -------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """``$ROSETTA_RNN_CACHE``, or ``$XDG_CACHE_HOME/rosetta-rnn``, or ``~/.cache/rosetta-rnn``."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rosetta-rnn"
+
+
+def sha1_of(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha1: str, timeout: float = 30.0) -> Path:
+    """Download ``url`` to ``dest`` atomically; a file whose sha1 differs is not kept."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        got = sha1_of(tmp)
+        if got != sha1:
+            raise DataError(f"downloaded {url} has sha1 {got}, expected {sha1}; not kept")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(
+            f"cannot download The Time Machine from {url} ({reason}); pass --corpus FILE "
+            f"or set {DATA_DIR_ENV} to a folder holding {DATA_FILENAME}"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def locate_time_machine(corpus: str | os.PathLike[str] | None = None) -> Path:
+    """Find the text: ``corpus``; ``$ROSETTA_RNN_DATA``; the sha1-checked cache; a download."""
+    if corpus is not None:
+        path = Path(corpus)
+        if not path.is_file():
+            raise DataError(f"corpus file not found: {path}")
+        return path
+    if os.environ.get(DATA_DIR_ENV):
+        path = Path(os.environ[DATA_DIR_ENV]) / DATA_FILENAME
+        if not path.is_file():
+            raise DataError(f"{DATA_DIR_ENV} is set but {path} does not exist")
+        return path
+    cached = cache_dir() / DATA_FILENAME
+    if cached.is_file():
+        if sha1_of(cached) == DATA_SHA1:
+            return cached
+        cached.unlink()  # a damaged or foreign copy: fetch a good one instead
+    return download(DATA_URL, cached, DATA_SHA1)
+
+
+# --- d2l's preprocessing -------------------------------------------------------------------
+
+
+def preprocess(line: str) -> str:
+    """d2l: keep letters only, collapse the rest into one space, strip, lower-case."""
+    return re.sub("[^A-Za-z]+", " ", line).strip().lower()
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The file's lines after ``preprocess`` (d2l's ``read_time_machine``)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [preprocess(line) for line in f]
+    except OSError as e:
+        raise DataError(f"cannot read corpus {path}: {e.strerror or e}") from None
+
+
+def tokenize(lines: Iterable[str], token: str = "char") -> list[list[str]]:
+    """Each line as a list of characters or of words."""
+    if token == "char":
+        return [list(line) for line in lines]
+    if token == "word":
+        return [line.split() for line in lines]
+    raise ValueError(f"unknown token kind {token!r}; choose from {', '.join(TOKEN_KINDS)}")
+
+
+class Vocab:
+    """d2l's vocabulary: ``<unk>`` at 0, reserved tokens next, then by frequency (ties keep
+    first-seen order); tokens rarer than ``min_freq`` are left out and map to ``<unk>``."""
+
+    def __init__(
+        self,
+        tokens: Iterable[str] | Iterable[Iterable[str]] = (),
+        min_freq: int = 0,
+        reserved_tokens: Sequence[str] = (),
+    ) -> None:
+        flat = [t for line in tokens for t in ([line] if isinstance(line, str) else line)]
+        counter = collections.Counter(flat)
+        self.token_freqs = sorted(counter.items(), key=lambda kv: kv[1], reverse=True)
+        self.idx_to_token = ["<unk>", *reserved_tokens]
+        for tok, freq in self.token_freqs:
+            if freq < min_freq:
+                break
+            if tok not in self.idx_to_token:
+                self.idx_to_token.append(tok)
+        self.token_to_idx = {tok: i for i, tok in enumerate(self.idx_to_token)}
+
+    @classmethod
+    def from_tokens(cls, idx_to_token: Sequence[str]) -> Vocab:
+        """Rebuild a vocabulary from its index order (as stored in a checkpoint)."""
+        vocab = cls()
+        vocab.idx_to_token = list(idx_to_token)
+        vocab.token_to_idx = {tok: i for i, tok in enumerate(vocab.idx_to_token)}
+        return vocab
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    @property
+    def unk(self) -> int:
+        return 0
+
+    def __getitem__(self, token: str) -> int:
+        return self.token_to_idx.get(token, self.unk)
+
+    def lookup(self, tokens: Iterable[str]) -> list[int]:
+        return [self[t] for t in tokens]
+
+    def to_tokens(self, indices: Iterable[int]) -> list[str]:
+        return [self.idx_to_token[int(i)] for i in indices]
+
+
+@dataclass
+class Corpus:
+    """Token ids of the whole text and the vocabulary they index."""
+
+    ids: np.ndarray
+    vocab: Vocab
+    token: str
+
+    def decode(self, indices: Iterable[int]) -> str:
+        return join_tokens(self.vocab.to_tokens(indices), self.token)
+
+
+def join_tokens(tokens: Sequence[str], token: str) -> str:
+    return "".join(tokens) if token == "char" else " ".join(tokens)
+
+
+def split_text(text: str, token: str) -> list[str]:
+    """A user's prefix as tokens (characters, or whitespace-separated words)."""
+    return list(text) if token == "char" else text.split()
+
+
+def load_corpus(path: str | os.PathLike[str], token: str = "char", max_tokens: int = -1) -> Corpus:
+    """d2l's ``load_corpus_time_machine``: ids of every token, truncated to ``max_tokens`` > 0."""
+    tokens = tokenize(read_lines(path), token)
+    vocab = Vocab(tokens)
+    ids = np.fromiter((vocab[t] for line in tokens for t in line), dtype=np.int64)
+    if max_tokens > 0:
+        ids = ids[:max_tokens]
+    return Corpus(ids=ids, vocab=vocab, token=token)
+
+
+# --- minibatch iterators (d2l semantics, core generator) ----------------------------------
+
+
+def seq_data_iter_random(
+    corpus: Sequence[int] | np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Random sampling: a random offset in [0, num_steps - 1], then shuffled, non-overlapping
+    subsequences; each minibatch is independent of the last. Yields (X, Y), (batch, steps)."""
+    corpus = np.asarray(corpus)
+    corpus = corpus[int(rng.integers(0, num_steps)) :]
+    num_subseqs = (len(corpus) - 1) // num_steps
+    initial_indices = rng.permutation(np.arange(0, num_subseqs * num_steps, num_steps))
+    num_batches = num_subseqs // batch_size
+    for i in range(0, batch_size * num_batches, batch_size):
+        starts = initial_indices[i : i + batch_size]
+        X = np.stack([corpus[j : j + num_steps] for j in starts])
+        Y = np.stack([corpus[j + 1 : j + 1 + num_steps] for j in starts])
+        yield X, Y
+
+
+def seq_data_iter_sequential(
+    corpus: Sequence[int] | np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Sequential partitioning: a random offset in [0, num_steps], the rest cut into
+    ``batch_size`` rows; row i of minibatch k+1 continues row i of minibatch k."""
+    corpus = np.asarray(corpus)
+    offset = int(rng.integers(0, num_steps + 1))
+    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
+    Xs = corpus[offset : offset + num_tokens].reshape(batch_size, -1)
+    Ys = corpus[offset + 1 : offset + 1 + num_tokens].reshape(batch_size, -1)
+    num_batches = Xs.shape[1] // num_steps
+    for i in range(0, num_steps * num_batches, num_steps):
+        yield Xs[:, i : i + num_steps], Ys[:, i : i + num_steps]
+
+
+def data_iter(
+    corpus: Sequence[int] | np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    rng: np.random.Generator,
+    sampling: str = "sequential",
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of minibatches of the chosen kind."""
+    if sampling == "sequential":
+        return seq_data_iter_sequential(corpus, batch_size, num_steps, rng)
+    if sampling == "random":
+        return seq_data_iter_random(corpus, batch_size, num_steps, rng)
+    raise ValueError(f"unknown sampling {sampling!r}; choose from {', '.join(SAMPLING_KINDS)}")
+
+
+def num_batches(num_tokens: int, batch_size: int, num_steps: int, sampling: str) -> int:
+    """How many minibatches an epoch has at the worst offset (0 means the corpus is too short)."""
+    if sampling == "random":
+        return max(0, (num_tokens - num_steps) // num_steps // batch_size)
+    return max(0, ((num_tokens - num_steps - 1) // batch_size) // num_steps)

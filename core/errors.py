@@ -1,0 +1,19 @@
+"""Errors a user can cause. The CLI prints ``str(error)`` as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """A problem with the user's input, files or environment (never a bug in rosetta-rnn)."""
+
+    exit_code = 2
+
+
+class DataError(UserError):
+    """The corpus could not be found, read, downloaded or verified."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, damaged, of another format or does not fit the request."""
+
+
+class BackendUnavailable(UserError):
+    """A backend's framework is not installed, or the asked-for device is not there."""

@@ -1,0 +1,72 @@
+"""Greedy and temperature sampling, d2l's warm-up-then-predict loop (``predict_ch8``).
+
+The choice of each next token happens here, in NumPy, from the backend's logits: greedy picks
+the lowest index among the maxima, and temperature sampling inverts the cumulative
+distribution at a uniform drawn from the core generator. No framework RNG decides anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .model import begin_state, output_layer, rnn_forward, softmax
+from .ops import Ops, Tensor
+
+
+def greedy_choice(logits: np.ndarray) -> int:
+    """argmax with ties broken towards the lowest index (the same on every backend)."""
+    row = np.asarray(logits).reshape(-1)
+    return int(np.flatnonzero(row == row.max())[0])
+
+
+def inverse_cdf_choice(probs: np.ndarray, u: float) -> int:
+    """The first index whose cumulative probability exceeds ``u * total`` (u in [0, 1))."""
+    cdf = np.cumsum(np.asarray(probs, dtype=np.float64).reshape(-1))
+    index = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    return min(index, cdf.size - 1)
+
+
+def next_token(
+    ops: Ops,
+    logits: Tensor,
+    temperature: float | None,
+    rng: np.random.Generator | None,
+) -> int:
+    """Pick one token from ``(1, vocab_size)`` logits: greedy when ``temperature`` is None/0."""
+    if not temperature:
+        return greedy_choice(ops.to_numpy(logits))
+    if rng is None:
+        raise ValueError("temperature sampling needs the core generator")
+    probs = ops.to_numpy(softmax(ops, logits / temperature))
+    return inverse_cdf_choice(probs, float(rng.random()))
+
+
+def predict(
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    prefix: Sequence[int],
+    num_preds: int,
+    *,
+    temperature: float | None = None,
+    rng: np.random.Generator | None = None,
+    activation: str = "tanh",
+) -> list[int]:
+    """d2l's ``predict_ch8`` on token ids: warm up on the prefix, then predict ``num_preds``.
+
+    Returns the prefix ids followed by the predicted ids.
+    """
+    if not prefix:
+        raise ValueError("the prefix needs at least one token")
+    num_hiddens = int(params["W_hh"].shape[0])
+    state = begin_state(ops, 1, num_hiddens)
+    outputs = list(prefix)
+    if len(prefix) > 1:  # warm-up: feed prefix[:-1], keep only the state
+        warm = ops.asarray(np.asarray(prefix[:-1], dtype=np.int64).reshape(-1, 1))
+        _, state = rnn_forward(ops, params, warm, state, activation)
+    for _ in range(num_preds):
+        x = ops.asarray(np.asarray([[outputs[-1]]], dtype=np.int64))
+        Hs, state = rnn_forward(ops, params, x, state, activation)
+        outputs.append(next_token(ops, output_layer(ops, params, Hs), temperature, rng))
+    return outputs

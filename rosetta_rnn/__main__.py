@@ -1,0 +1,3 @@
+from rosetta_rnn.cli import main
+
+raise SystemExit(main())

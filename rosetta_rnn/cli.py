@@ -1,0 +1,388 @@
+"""The ``rosetta-rnn`` command: train, generate, backends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+import numpy as np
+
+from rosetta_rnn import __version__, backends
+from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.training import EpochResult, TrainConfig, Trainer
+
+PROG = "rosetta-rnn"
+SAMPLE_PREFIXES = ("time traveller", "traveller")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _add_backend_args(p: argparse.ArgumentParser, dtype_default: str | None) -> None:
+    p.add_argument(
+        "--backend",
+        default=backends.default_backend(),
+        help=f"one of {', '.join(backends.BACKENDS)} (default: ${backends.DEFAULT_ENV} or numpy)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N (default: auto)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=dtype_default,
+        help="float32 or float64" + (f" (default: {dtype_default})" if dtype_default else ""),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train on The Time Machine and print samples")
+    _add_backend_args(t, "float32")
+    t.add_argument("--seed", type=_int, default=0, help="seed of the one core generator")
+    t.add_argument("--corpus", metavar="FILE", help="a text file instead of The Time Machine")
+    t.add_argument("--token", choices=data.TOKEN_KINDS, default="char")
+    t.add_argument("--max-tokens", type=_int, default=10000, help="<= 0 keeps the whole text")
+    t.add_argument("--batch-size", type=_positive_int, default=32)
+    t.add_argument("--num-steps", type=_positive_int, default=35)
+    t.add_argument("--num-hiddens", type=_positive_int, default=512)
+    t.add_argument("--lr", type=_positive_float, default=1.0)
+    t.add_argument("--epochs", type=_positive_int, default=500)
+    clip = t.add_mutually_exclusive_group()
+    clip.add_argument("--clip", type=_positive_float, default=1.0, metavar="THETA")
+    clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
+    t.add_argument("--sampling", choices=data.SAMPLING_KINDS, default="sequential")
+    t.add_argument("--grad", choices=("autograd", "bptt"), help="default: the backend's first")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--eager", action="store_true", help="no jit / tf.function")
+    mode.add_argument("--compile", action="store_true", help="compile where optional (torch)")
+    t.add_argument("--checkpoint", metavar="PATH", help="write a safetensors checkpoint here")
+    t.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="continue a prefix from a checkpoint")
+    g.add_argument("--checkpoint", metavar="PATH", required=True)
+    _add_backend_args(g, None)
+    g.add_argument("--prefix", default="time traveller")
+    g.add_argument("--num-chars", type=_int, default=50, help="how many tokens to predict")
+    g.add_argument(
+        "--temperature", type=_nonnegative_float, default=0.0, help="0 (default) is greedy"
+    )
+    g.add_argument("--seed", type=_int, default=0, help="seed of the sampling uniforms")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("backends", help="list the backends, installed or not")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backends)
+    return parser
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _say(out: TextIO, *parts: Any) -> None:
+    print(*parts, file=out, flush=True)
+
+
+def _validate_corpus(corpus: data.Corpus, cfg: TrainConfig, source: str) -> None:
+    n = len(corpus.ids)
+    if n == 0:
+        raise UserError(f"corpus {source} has no letters after preprocessing")
+    if n < cfg.num_steps + 1:
+        raise UserError(
+            f"corpus {source} has {n} tokens, fewer than --num-steps + 1 = {cfg.num_steps + 1}"
+        )
+    if data.num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling) == 0:
+        raise UserError(
+            f"corpus {source} ({n} tokens) is too short for --batch-size {cfg.batch_size} × "
+            f"--num-steps {cfg.num_steps}; lower them or raise --max-tokens"
+        )
+
+
+def _sample(ops: Any, params: Any, corpus_vocab: data.Vocab, token: str, prefix: str) -> str:
+    ids = corpus_vocab.lookup(data.split_text(prefix, token))
+    out = sampling.predict(ops, params, ids, 50)
+    return data.join_tokens(corpus_vocab.to_tokens(out), token)
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent elsewhere."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out, self.total = out, total
+        self.active = out.isatty()
+
+    def update(self, epoch: int, text: str) -> None:
+        if self.active:
+            width = 30
+            done = int(width * epoch / self.total)
+            bar = "#" * done + "." * (width - done)
+            self.out.write(f"\r[{bar}] {epoch}/{self.total} {text}")
+            self.out.flush()
+
+    def clear(self) -> None:
+        if self.active:
+            self.out.write("\r\033[K")
+            self.out.flush()
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    human = sys.stderr if args.json else sys.stdout
+    cfg = TrainConfig(
+        batch_size=args.batch_size,
+        num_steps=args.num_steps,
+        num_hiddens=args.num_hiddens,
+        lr=args.lr,
+        epochs=args.epochs,
+        clip=math.inf if args.no_clip else args.clip,
+        sampling=args.sampling,
+    )
+    backend = backends.load(args.backend)
+    ops = backend.make_ops(args.dtype, args.device)
+    grad = args.grad or backend.GRAD_MODES[0]
+    compiled = False if args.eager else (True if args.compile else None)
+    step = backend.make_train_step(ops, grad=grad, compiled=compiled, activation=cfg.activation)
+
+    source = data.locate_time_machine(args.corpus)
+    corpus = data.load_corpus(source, args.token, args.max_tokens)
+    _validate_corpus(corpus, cfg, str(source))
+    if args.checkpoint:
+        checkpoint.check_writable(args.checkpoint)
+
+    rng = np.random.default_rng(args.seed)
+    params = model.to_backend(
+        ops, model.init_params(len(corpus.vocab), cfg.num_hiddens, rng, args.dtype)
+    )
+    trainer = Trainer(ops, step, params, corpus.ids, cfg, rng)
+    _say(
+        human,
+        f"training on {backend.FRAMEWORK} ({args.backend}, {ops.device}, {args.dtype}, "
+        f"grad {grad}): {len(corpus.ids)} tokens, vocab {len(corpus.vocab)}, {cfg.epochs} epochs",
+    )
+    progress = _Progress(human, cfg.epochs)
+    history: list[EpochResult] = []
+    for _ in range(cfg.epochs):
+        res = trainer.run_epoch()
+        history.append(res)
+        progress.update(res.epoch, f"perplexity {res.perplexity:.2f}")
+        if res.epoch % 10 == 0:
+            progress.clear()
+            sample = _sample(ops, trainer.params, corpus.vocab, args.token, SAMPLE_PREFIXES[0])
+            _say(
+                human,
+                f"epoch {res.epoch:4d}  perplexity {res.perplexity:8.3f}  "
+                f"{res.tokens_per_sec:9.1f} tokens/sec  {sample}",
+            )
+    progress.clear()
+    last = history[-1]
+    samples = {
+        p: _sample(ops, trainer.params, corpus.vocab, args.token, p) for p in SAMPLE_PREFIXES
+    }
+    _say(
+        human,
+        f"perplexity {last.perplexity:.1f}, {last.tokens_per_sec:.1f} tokens/sec on {ops.device}",
+    )
+    for text in samples.values():
+        _say(human, text)
+
+    if args.checkpoint:
+        metadata = {
+            "backend": args.backend,
+            "device": ops.device,
+            "dtype": args.dtype,
+            "epoch": trainer.epoch,
+            "seed": args.seed,
+            "token": args.token,
+            "max_tokens": args.max_tokens,
+            "grad": grad,
+            "config": cfg.to_dict(),
+            "vocab": corpus.vocab.idx_to_token,
+            "perplexity": last.perplexity,
+        }
+        checkpoint.save(args.checkpoint, model.to_numpy(ops, trainer.params), metadata)
+        _say(human, f"checkpoint written to {args.checkpoint}")
+
+    if args.json:
+        doc = {
+            "backend": args.backend,
+            "device": ops.device,
+            "dtype": args.dtype,
+            "grad": grad,
+            "epochs": trainer.epoch,
+            "perplexity": last.perplexity,
+            "tokens_per_sec": last.tokens_per_sec,
+            "config": cfg.to_dict(),
+            "history": [
+                {
+                    "epoch": r.epoch,
+                    "perplexity": r.perplexity,
+                    "tokens_per_sec": r.tokens_per_sec,
+                    "max_grad_norm": r.max_grad_norm,
+                }
+                for r in history
+            ],
+            "samples": samples,
+            "checkpoint": args.checkpoint,
+        }
+        print(json.dumps(doc))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    tensors, meta = checkpoint.load_model(args.checkpoint)
+    vocab = data.Vocab.from_tokens(meta["vocab"])
+    token = meta.get("token", "char")
+    dtype = args.dtype or meta["dtype"]
+    backend = backends.load(args.backend)
+    ops = backend.make_ops(dtype, args.device)
+    params = model.to_backend(ops, {k: v.astype(dtype) for k, v in tensors.items()})
+    if args.num_chars < 0:
+        raise UserError(f"--num-chars must be >= 0, got {args.num_chars}")
+    tokens = data.split_text(args.prefix, token)
+    if not tokens:
+        raise UserError("--prefix is empty; give at least one token")
+    unknown = sorted({t for t in tokens if t not in vocab.token_to_idx})
+    if unknown:
+        print(
+            f"{PROG}: warning: prefix tokens not in the vocabulary become <unk>: "
+            + ", ".join(repr(t) for t in unknown),
+            file=sys.stderr,
+        )
+    rng = np.random.default_rng(args.seed)
+    ids = sampling.predict(
+        ops,
+        params,
+        vocab.lookup(tokens),
+        args.num_chars,
+        temperature=args.temperature or None,
+        rng=rng,
+        activation=meta.get("config", {}).get("activation", "tanh"),
+    )
+    continuation = vocab.to_tokens(ids[len(tokens) :])
+    sep = "" if token == "char" else " "
+    text = args.prefix + (sep if continuation else "") + data.join_tokens(continuation, token)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": text,
+                    "prefix": args.prefix,
+                    "backend": args.backend,
+                    "device": ops.device,
+                    "dtype": dtype,
+                }
+            )
+        )
+    else:
+        print(text)
+    return 0
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    rows = [backends.info(name) for name in backends.BACKENDS]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = []
+    for r in rows:
+        if not r["installed"]:
+            table.append([r["backend"], "no", "-", "-", "-", "-", "-"])
+            continue
+        f64 = ",".join(d for d, ok in r["float64"].items() if ok) or "none"
+        table.append(
+            [
+                r["backend"],
+                "yes",
+                r["version"],
+                ",".join(r["devices"]),
+                f64,
+                ",".join(r["grad_modes"]),
+                ",".join(r["compile_modes"]),
+            ]
+        )
+    headers = ["backend", "installed", "version", "devices", "float64 on", "grad", "compile"]
+    print(format_table(headers, table))
+    for r in rows:
+        if not r["installed"]:
+            print(f"{r['backend']}: {r['error']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and argument errors (already printed)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Shared fixtures: hypothesis profiles, the shared copy of The Time Machine, backends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+# ci: fast and derandomized (the same examples every run); dev: deeper, random.
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("ROSETTA_RNN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow reproduction run; set ROSETTA_RNN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def timemachine() -> Path:
+    """The shared copy (never committed): $ROSETTA_RNN_TEST_CORPUS or ../shared/data/."""
+    path = Path(
+        os.environ.get(
+            "ROSETTA_RNN_TEST_CORPUS", REPO.parent / "shared" / "data" / "timemachine.txt"
+        )
+    )
+    if not path.is_file():
+        pytest.fail(f"The Time Machine is expected at {path} (set ROSETTA_RNN_TEST_CORPUS)")
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,198 @@
+"""The Time Machine pipeline: d2l's figures, vocabulary, iterators, where the text comes from."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rosetta_rnn.core import data
+from rosetta_rnn.core.errors import DataError
+
+
+def test_shared_copy_is_d2ls_file(timemachine: Path) -> None:
+    assert data.sha1_of(timemachine) == data.DATA_SHA1
+    assert len(data.read_lines(timemachine)) == 3221
+
+
+def test_char_figures(timemachine: Path) -> None:
+    corpus = data.load_corpus(timemachine, "char")
+    assert len(corpus.vocab) == 28
+    assert len(corpus.ids) == 170580
+    assert corpus.vocab.idx_to_token[:4] == ["<unk>", " ", "e", "t"]  # d2l's order
+
+
+def test_word_figures(timemachine: Path) -> None:
+    corpus = data.load_corpus(timemachine, "word")
+    assert len(corpus.vocab) == 4580
+    assert len(corpus.ids) == 32775
+    assert corpus.vocab.idx_to_token[1:4] == ["the", "i", "and"]
+
+
+def test_max_tokens_truncates(timemachine: Path) -> None:
+    corpus = data.load_corpus(timemachine, "char", max_tokens=10000)
+    assert len(corpus.ids) == 10000
+    assert len(corpus.vocab) == 28  # the vocabulary is built on the whole text, as in d2l
+
+
+def test_preprocess() -> None:
+    assert data.preprocess("  The Time-Traveller (for so it will be convenient!) ") == (
+        "the time traveller for so it will be convenient"
+    )
+    assert data.preprocess("1234 --") == ""
+
+
+def test_vocab_order_unk_min_freq_reserved() -> None:
+    vocab = data.Vocab([["b", "a", "b"], ["c", "b", "a"]], min_freq=2, reserved_tokens=["<pad>"])
+    assert vocab.idx_to_token == ["<unk>", "<pad>", "b", "a"]
+    assert vocab["c"] == 0 and vocab["zzz"] == 0
+    assert vocab.lookup(["a", "b"]) == [3, 2]
+    assert vocab.to_tokens([2, 3]) == ["b", "a"]
+    again = data.Vocab.from_tokens(vocab.idx_to_token)
+    assert again.token_to_idx == vocab.token_to_idx
+
+
+def test_vocab_ties_keep_first_seen_order() -> None:
+    assert data.Vocab(["x", "y", "z", "y"]).idx_to_token == ["<unk>", "y", "x", "z"]
+
+
+# d2l demonstrates both iterators on list(range(35)) with batch_size 2 and num_steps 5.
+SEQ = list(range(35))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_iterator_on_range35(seed: int) -> None:
+    batches = list(data.seq_data_iter_random(SEQ, 2, 5, np.random.default_rng(seed)))
+    starts = []
+    for X, Y in batches:
+        assert X.shape == Y.shape == (2, 5)
+        assert (Y == X + 1).all()  # labels are the inputs shifted by one
+        assert (np.diff(X, axis=1) == 1).all()  # each row is a contiguous subsequence
+        starts += list(X[:, 0])
+    offsets = {s % 5 for s in starts}
+    assert len(offsets) == 1  # one random offset per epoch
+    assert len(set(starts)) == len(starts)  # non-overlapping subsequences
+    assert len(batches) == ((35 - offsets.pop()) - 1) // 5 // 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sequential_iterator_on_range35(seed: int) -> None:
+    batches = list(data.seq_data_iter_sequential(SEQ, 2, 5, np.random.default_rng(seed)))
+    assert batches
+    offset = int(batches[0][0][0, 0])
+    assert 0 <= offset <= 5
+    for X, Y in batches:
+        assert X.shape == Y.shape == (2, 5)
+        assert (Y == X + 1).all()
+    for (X0, _), (X1, _) in itertools.pairwise(batches):
+        assert (X1[:, 0] == X0[:, -1] + 1).all()  # rows continue across minibatches
+
+
+def test_iterators_are_reproducible_from_the_seed() -> None:
+    for sampling in data.SAMPLING_KINDS:
+        a = list(data.data_iter(SEQ, 2, 5, np.random.default_rng(7), sampling))
+        b = list(data.data_iter(SEQ, 2, 5, np.random.default_rng(7), sampling))
+        assert all(
+            (x1 == x2).all() and (y1 == y2).all() for (x1, y1), (x2, y2) in zip(a, b, strict=True)
+        )
+
+
+@given(
+    n=st.integers(2, 400),
+    batch_size=st.integers(1, 8),
+    num_steps=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    sampling=st.sampled_from(data.SAMPLING_KINDS),
+)
+def test_num_batches_is_a_lower_bound(
+    n: int, batch_size: int, num_steps: int, seed: int, sampling: str
+) -> None:
+    got = len(
+        list(
+            data.data_iter(
+                np.arange(n), batch_size, num_steps, np.random.default_rng(seed), sampling
+            )
+        )
+    )
+    assert got >= data.num_batches(n, batch_size, num_steps, sampling)
+
+
+# --- where the text comes from ----------------------------------------------------------
+
+
+def test_locate_prefers_corpus_then_env(
+    tmp_path: Path, timemachine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine.txt"
+    mine.write_text("hello world\n")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(timemachine.parent))
+    assert data.locate_time_machine(mine) == mine
+    assert data.locate_time_machine() == timemachine.parent / data.DATA_FILENAME
+    with pytest.raises(DataError, match="not found"):
+        data.locate_time_machine(tmp_path / "missing.txt")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="does not exist"):
+        data.locate_time_machine()
+
+
+def _file_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+def test_download_verifies_and_caches(
+    tmp_path: Path, timemachine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DATA_URL", _file_url(timemachine))
+    got = data.locate_time_machine()
+    assert got == tmp_path / "cache" / data.DATA_FILENAME
+    assert data.sha1_of(got) == data.DATA_SHA1
+    assert [p.name for p in got.parent.iterdir()] == [data.DATA_FILENAME]  # no temp file left
+    # the cache is used without downloading again
+    monkeypatch.setattr(data, "DATA_URL", "http://127.0.0.1:9/unreachable")
+    assert data.locate_time_machine() == got
+
+
+def test_damaged_cache_is_replaced(
+    tmp_path: Path, timemachine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path))
+    (tmp_path / data.DATA_FILENAME).write_text("not the time machine")
+    monkeypatch.setattr(data, "DATA_URL", _file_url(timemachine))
+    assert data.sha1_of(data.locate_time_machine()) == data.DATA_SHA1
+
+
+def test_sha1_mismatch_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("some other book\n")
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DATA_URL", _file_url(wrong))
+    with pytest.raises(DataError, match="sha1"):
+        data.locate_time_machine()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_offline_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(data, "DATA_URL", "http://127.0.0.1:9/timemachine.txt")
+    with pytest.raises(DataError) as info:
+        data.locate_time_machine()
+    message = str(info.value)
+    assert "\n" not in message and "--corpus" in message and data.DATA_DIR_ENV in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_copy_gives_the_same_corpus(tmp_path: Path, timemachine: Path) -> None:
+    copy = tmp_path / "copy.txt"
+    shutil.copy(timemachine, copy)
+    assert hashlib.sha1(copy.read_bytes()).hexdigest() == data.DATA_SHA1
+    assert (data.load_corpus(copy).ids == data.load_corpus(timemachine).ids).all()

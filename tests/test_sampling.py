@@ -1,0 +1,72 @@
+"""Greedy and temperature sampling: ties, reproducibility from the core generator, warm-up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.core import model, sampling
+
+OPS = numpy_backend.make_ops("float64", "cpu")
+
+
+def test_greedy_breaks_ties_towards_the_lowest_index() -> None:
+    assert sampling.greedy_choice(np.array([[1.0, 3.0, 3.0, 2.0]])) == 1
+    assert sampling.greedy_choice(np.zeros(5)) == 0
+
+
+def test_inverse_cdf_choice() -> None:
+    p = np.array([0.1, 0.0, 0.6, 0.3])
+    assert sampling.inverse_cdf_choice(p, 0.0) == 0
+    assert sampling.inverse_cdf_choice(p, 0.0999) == 0
+    assert sampling.inverse_cdf_choice(p, 0.1) == 2  # zero-probability index 1 is never picked
+    assert sampling.inverse_cdf_choice(p, 0.7) == 3
+    assert sampling.inverse_cdf_choice(p, 0.999999) == 3
+
+
+def _params(seed: int = 0) -> dict[str, np.ndarray]:
+    return model.init_params(6, 8, np.random.default_rng(seed), "float64", sigma=0.5)
+
+
+def test_temperature_sampling_is_reproducible_from_the_seed() -> None:
+    params = _params()
+    runs = [
+        sampling.predict(OPS, params, [1, 2], 30, temperature=1.0, rng=np.random.default_rng(s))
+        for s in (5, 5, 6)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_low_temperature_approaches_greedy() -> None:
+    params = _params(1)
+    greedy = sampling.predict(OPS, params, [3], 20)
+    cold = sampling.predict(OPS, params, [3], 20, temperature=1e-3, rng=np.random.default_rng(0))
+    assert greedy == cold
+
+
+def test_greedy_draws_nothing_from_the_generator() -> None:
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    sampling.predict(OPS, _params(), [1, 2, 3], 10, rng=rng)
+    assert rng.bit_generator.state == before
+
+
+def test_predict_is_d2ls_warm_up_then_predict() -> None:
+    params = _params(2)
+    prefix = [1, 4, 2]
+    out = sampling.predict(OPS, params, prefix, 5)
+    assert out[:3] == prefix and len(out) == 8
+    # by hand: feed every token one step at a time, starting from zeros
+    H = np.zeros((1, 8))
+    seq = list(prefix)
+    for i in range(len(prefix) - 1 + 5):
+        H = np.tanh(params["W_xh"][[seq[i]]] + params["b_h"] + H @ params["W_hh"])
+        if i >= len(prefix) - 1:
+            seq.append(int(np.argmax(H @ params["W_hq"] + params["b_q"])))
+    assert out == seq
+
+
+def test_predict_needs_a_prefix() -> None:
+    with pytest.raises(ValueError):
+        sampling.predict(OPS, _params(), [], 3)
