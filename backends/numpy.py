@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import Params, bptt_value_and_grad, train_step
 from rosetta_rnn.core.ops import python_scan

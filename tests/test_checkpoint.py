@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from rosetta_rnn.core import checkpoint, model
 from rosetta_rnn.core.errors import CheckpointError
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rosetta_rnn.core import data
 from rosetta_rnn.core.errors import DataError
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
+from rosetta_rnn import backends
 from rosetta_rnn.conformance.interface import missing_operations
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.ops import OPERATIONS, Ops
-
-from rosetta_rnn import backends
 
 
 @pytest.mark.parametrize("name", backends.BACKENDS)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import model
 

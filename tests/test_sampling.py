@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import model, sampling
 

@@ -1,0 +1,207 @@
+"""PyTorch backend: gradients by ``torch.autograd`` over core's forward, or core's BPTT on
+torch tensors; eager by default, ``torch.compile`` on request. TF32 is off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from rosetta_rnn.core.errors import BackendUnavailable
+from rosetta_rnn.core.model import (
+    PARAM_NAMES,
+    Params,
+    ValueAndGrad,
+    bptt_value_and_grad,
+    forward_loss,
+    train_step,
+)
+from rosetta_rnn.core.ops import python_scan
+from rosetta_rnn.core.training import StepFn
+
+NAME = "torch"
+FRAMEWORK = "PyTorch"
+EXTRA = "torch"
+GRAD_MODES = ("autograd", "bptt")
+COMPILE_MODES = ("eager", "torch.compile")
+
+# TF32 off: every float32 matmul and convolution in full float32 precision.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+torch.set_float32_matmul_precision("highest")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def version() -> str:
+    return str(torch.__version__)
+
+
+def _gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"gpu:{i}" for i in range(_gpu_count())]
+
+
+def supports_float64(device: str) -> bool:
+    return True  # CPU and every CUDA device compute in float64 (slowly on some GPUs)
+
+
+def resolve_device(device: str) -> str:
+    """auto -> gpu:0 when CUDA is there, else cpu; gpu -> gpu:0; checks the index."""
+    count = _gpu_count()
+    if device == "auto":
+        return "gpu:0" if count else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "gpu" or device.startswith("gpu:"):
+        try:
+            index = 0 if device == "gpu" else int(device.split(":", 1)[1])
+        except ValueError:
+            raise BackendUnavailable(
+                f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)"
+            ) from None
+        if index >= count:
+            raise BackendUnavailable(f"PyTorch sees {count} GPU(s); there is no gpu:{index}")
+        return f"gpu:{index}"
+    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+
+
+def _torch_device(label: str) -> torch.device:
+    return torch.device("cpu") if label == "cpu" else torch.device("cuda", int(label.split(":")[1]))
+
+
+class TorchOps:
+    """The tensor interface over torch tensors."""
+
+    name = NAME
+
+    def __init__(self, dtype: str = "float32", device: str = "cpu") -> None:
+        self.dtype = dtype
+        self.device = device
+        self._dtype = _DTYPES[dtype]
+        self._device = _torch_device(device)
+
+    def asarray(self, x: np.ndarray) -> torch.Tensor:
+        x = np.ascontiguousarray(x)
+        t = torch.from_numpy(x)
+        if t.is_floating_point():
+            return t.to(device=self._device, dtype=self._dtype)
+        return t.to(device=self._device, dtype=torch.int64)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def zeros(self, shape: Sequence[int]) -> torch.Tensor:
+        return torch.zeros(tuple(shape), dtype=self._dtype, device=self._device)
+
+    def cast(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self._dtype)
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b
+
+    def one_hot(self, indices: torch.Tensor, depth: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(indices, depth).to(self._dtype)
+
+    def gather(self, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return table[indices]
+
+    def tanh(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    def exp(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
+
+    def log(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+    def sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x)
+
+    def minimum(self, a: Any, b: Any) -> torch.Tensor:
+        a = torch.as_tensor(a, dtype=self._dtype, device=self._device)
+        b = torch.as_tensor(b, dtype=self._dtype, device=self._device)
+        return torch.minimum(a, b)
+
+    def max(self, x: torch.Tensor, axis: int, keepdims: bool = False) -> torch.Tensor:
+        return torch.amax(x, dim=axis, keepdim=keepdims)
+
+    def sum(self, x: torch.Tensor, axis: int | None = None, keepdims: bool = False) -> torch.Tensor:
+        if axis is None:
+            return torch.sum(x)
+        return torch.sum(x, dim=axis, keepdim=keepdims)
+
+    def argmax(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        return torch.argmax(x, dim=axis)  # documented: the first maximal index
+
+    def reshape(self, x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        return torch.reshape(x, tuple(shape))
+
+    def transpose(self, x: torch.Tensor, axes: Sequence[int] | None = None) -> torch.Tensor:
+        return torch.permute(x, tuple(axes) if axes is not None else tuple(range(x.ndim))[::-1])
+
+    def stack(self, xs: Sequence[torch.Tensor], axis: int = 0) -> torch.Tensor:
+        return torch.stack(list(xs), dim=axis)
+
+    def concat(self, xs: Sequence[torch.Tensor], axis: int = 0) -> torch.Tensor:
+        return torch.cat(list(xs), dim=axis)
+
+    def stop_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach()
+
+    def scan(
+        self, fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, reverse: bool = False
+    ) -> tuple[Any, Any]:
+        return python_scan(self, fn, carry, xs, reverse)
+
+
+def make_ops(dtype: str = "float32", device: str = "cpu") -> TorchOps:
+    return TorchOps(dtype, resolve_device(device))
+
+
+def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAndGrad:
+    """(loss, grads, H_T) with grads from ``torch.autograd.grad`` over core's forward."""
+
+    def value_and_grad(
+        params: Params, inputs: Any, labels: Any, state: Any
+    ) -> tuple[Any, Params, Any]:
+        leaves = {k: params[k].detach().requires_grad_(True) for k in PARAM_NAMES}
+        with torch.enable_grad():
+            loss, H_T = forward_loss(ops, leaves, inputs, labels, state, activation)
+            grads = torch.autograd.grad(loss, [leaves[k] for k in PARAM_NAMES])
+        return loss.detach(), dict(zip(PARAM_NAMES, grads, strict=True)), H_T.detach()
+
+    return value_and_grad
+
+
+def make_train_step(
+    ops: TorchOps, grad: str = "autograd", compiled: bool | None = None, activation: str = "tanh"
+) -> StepFn:
+    """core's train step; ``compiled=True`` wraps the BPTT step in ``torch.compile``."""
+    if grad == "autograd":
+        value_and_grad = autograd_value_and_grad(ops, activation)
+    elif grad == "bptt":
+        value_and_grad = bptt_value_and_grad(ops, activation)
+    else:
+        raise BackendUnavailable(f"unknown --grad {grad!r} for torch (use autograd or bptt)")
+
+    def step(
+        params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
+    ) -> tuple[Params, Any, Any, Any]:
+        with torch.no_grad():
+            new, H_T, loss, norm = train_step(
+                ops, value_and_grad, params, inputs, labels, state.detach(), lr, theta
+            )
+        return new, H_T.detach(), loss, norm
+
+    if compiled:
+        return torch.compile(step, dynamic=False)  # type: ignore[return-value]
+    return step
