@@ -4,6 +4,8 @@ Every backend module has the same names (the Keras 3 convention):
     NAME, FRAMEWORK, EXTRA, GRAD_MODES, COMPILE_MODES
     version() -> str, devices() -> list[str], supports_float64(device) -> bool
     make_ops(dtype, device) -> Ops
+    make_value_and_grad(ops, grad, activation) -> (params, inputs, labels, state)
+        -> (loss, grads, H_T), eager (used by the conformance suite)
     make_train_step(ops, grad, compiled, activation) -> step function (see core.training)
 """
 

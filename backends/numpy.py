@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn.core.errors import BackendUnavailable
-from rosetta_rnn.core.model import Params, bptt_value_and_grad, train_step
+from rosetta_rnn.core.model import Params, ValueAndGrad, bptt_value_and_grad, train_step
 from rosetta_rnn.core.ops import python_scan
 from rosetta_rnn.core.training import StepFn
 
@@ -161,13 +161,20 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> NumpyOps:
     return NumpyOps(dtype, resolve_device(device))
 
 
+def make_value_and_grad(
+    ops: NumpyOps, grad: str = "bptt", activation: str = "tanh"
+) -> ValueAndGrad:
+    """(params, inputs, labels, state) -> (loss, grads, H_T) by core's BPTT."""
+    if grad != "bptt":
+        raise BackendUnavailable("the numpy backend has only --grad bptt (it has no autodiff)")
+    return bptt_value_and_grad(ops, activation)
+
+
 def make_train_step(
     ops: NumpyOps, grad: str = "bptt", compiled: bool = False, activation: str = "tanh"
 ) -> StepFn:
     """core's train step with core's BPTT; NumPy has no autograd and nothing to compile."""
-    if grad != "bptt":
-        raise BackendUnavailable("the numpy backend has only --grad bptt (it has no autodiff)")
-    value_and_grad = bptt_value_and_grad(ops, activation)
+    value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float

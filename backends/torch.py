@@ -182,16 +182,22 @@ def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAnd
     return value_and_grad
 
 
+def make_value_and_grad(
+    ops: TorchOps, grad: str = "autograd", activation: str = "tanh"
+) -> ValueAndGrad:
+    """(params, inputs, labels, state) -> (loss, grads, H_T) by autograd or core's BPTT."""
+    if grad == "autograd":
+        return autograd_value_and_grad(ops, activation)
+    if grad == "bptt":
+        return bptt_value_and_grad(ops, activation)
+    raise BackendUnavailable(f"unknown --grad {grad!r} for torch (use autograd or bptt)")
+
+
 def make_train_step(
     ops: TorchOps, grad: str = "autograd", compiled: bool | None = None, activation: str = "tanh"
 ) -> StepFn:
     """core's train step; ``compiled=True`` wraps the BPTT step in ``torch.compile``."""
-    if grad == "autograd":
-        value_and_grad = autograd_value_and_grad(ops, activation)
-    elif grad == "bptt":
-        value_and_grad = bptt_value_and_grad(ops, activation)
-    else:
-        raise BackendUnavailable(f"unknown --grad {grad!r} for torch (use autograd or bptt)")
+    value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
