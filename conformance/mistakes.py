@@ -85,7 +85,7 @@ class Float32Leak(BackendSubject):
 
     def __init__(self, module: Any, dtype: str, device: str = "cpu") -> None:
         super().__init__(module, dtype, device)
-        leaky = numpy_backend.make_ops("float32", "cpu")
+        leaky = module.make_ops("float32", device)
         leaky.dtype = dtype  # claims float64, computes float32
         self.ops = leaky
 

@@ -1,0 +1,258 @@
+"""JAX backend: gradients by ``jax.value_and_grad`` (or core's BPTT), the whole step under
+``jax.jit`` by default, the recurrence as ``lax.scan``. Float64 through ``jax_enable_x64``."""
+
+from __future__ import annotations
+
+import os
+
+# JAX otherwise claims most of a GPU's memory at start, starving TF or torch in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from rosetta_rnn.core.errors import BackendUnavailable
+from rosetta_rnn.core.model import (
+    Params,
+    ValueAndGrad,
+    bptt_value_and_grad,
+    forward_loss,
+    train_step,
+)
+from rosetta_rnn.core.ops import python_scan
+from rosetta_rnn.core.training import StepFn
+
+# float64 exists only with x64 on; float32 runs stay float32 because every array is made with an
+# explicit dtype and Python scalars are weakly typed. "highest" turns TF32 matmuls off on GPUs.
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_default_matmul_precision", "highest")
+
+NAME = "jax"
+FRAMEWORK = "JAX"
+EXTRA = "jax"
+GRAD_MODES = ("autograd", "bptt")
+COMPILE_MODES = ("jit", "eager")
+
+
+def version() -> str:
+    return jax.__version__
+
+
+def _gpu_devices() -> list[Any]:
+    """The GPUs JAX sees (CUDA or ROCm); none when no GPU plugin or driver is present."""
+    try:
+        return list(jax.devices("gpu"))
+    except RuntimeError:  # "Unknown backend gpu" / no driver
+        return []
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"gpu:{i}" for i in range(len(_gpu_devices()))]
+
+
+def supports_float64(device: str) -> bool:
+    return True
+
+
+def resolve_device(device: str) -> str:
+    """auto -> gpu:0 when JAX sees a GPU, else cpu; gpu -> gpu:0; checks the index."""
+    if device == "auto":
+        return "gpu:0" if _gpu_devices() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "gpu" or device.startswith("gpu:"):
+        try:
+            index = 0 if device == "gpu" else int(device.split(":", 1)[1])
+        except ValueError:
+            raise BackendUnavailable(
+                f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)"
+            ) from None
+        count = len(_gpu_devices())
+        if count == 0:
+            raise BackendUnavailable(
+                "JAX sees no GPU; install a GPU build with: pip install -U 'jax[cuda12]'"
+            )
+        if not 0 <= index < count:
+            raise BackendUnavailable(f"JAX sees {count} GPU(s); there is no gpu:{index}")
+        return f"gpu:{index}"
+    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+
+
+def _jax_device(label: str) -> Any:
+    """A resolved label ("cpu", "gpu:N") -> the ``jax.Device``."""
+    if label == "cpu":
+        return jax.devices("cpu")[0]
+    return _gpu_devices()[int(label.split(":", 1)[1])]
+
+
+def _traced(tree: Any) -> bool:
+    """Whether any leaf is a tracer (inside ``jax.jit``, ``jax.grad`` ...) rather than a value."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+class JaxOps:
+    """The tensor interface over ``jax.numpy``; arrays are committed to one device.
+
+    ``scan`` is ``lax.scan`` while being traced and a Python loop on concrete arrays (and
+    always with ``eager_loops``): outside ``jit`` a ``lax.scan`` compiles its body on every
+    call, which makes sampling and the ``--eager`` step many times slower than op-by-op.
+    """
+
+    name = NAME
+
+    def __init__(
+        self, dtype: str = "float32", device: str = "cpu", eager_loops: bool = False
+    ) -> None:
+        self.dtype = dtype
+        self.device = device
+        self.eager_loops = eager_loops
+        self._dtype = np.dtype(dtype)
+        self._device = _jax_device(device)
+
+    def asarray(self, x: np.ndarray) -> Any:
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating):
+            x = x.astype(self._dtype)
+        return jax.device_put(x, self._device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def zeros(self, shape: Sequence[int]) -> Any:
+        return jnp.zeros(tuple(shape), dtype=self._dtype, device=self._device)
+
+    def cast(self, x: Any) -> Any:
+        return jnp.asarray(x, dtype=self._dtype)
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        return jnp.matmul(a, b)
+
+    def one_hot(self, indices: Any, depth: int) -> Any:
+        return jax.nn.one_hot(indices, depth, dtype=self._dtype)
+
+    def gather(self, table: Any, indices: Any) -> Any:
+        return jnp.take(table, indices, axis=0)
+
+    def tanh(self, x: Any) -> Any:
+        return jnp.tanh(x)
+
+    def relu(self, x: Any) -> Any:
+        return jax.nn.relu(x)  # derivative [x > 0], 0 at 0, like core's BPTT
+
+    def exp(self, x: Any) -> Any:
+        return jnp.exp(x)
+
+    def log(self, x: Any) -> Any:
+        return jnp.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return jnp.sqrt(x)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return jnp.minimum(a, b).astype(self._dtype)
+
+    def max(self, x: Any, axis: int, keepdims: bool = False) -> Any:
+        return jnp.max(x, axis=axis, keepdims=keepdims)
+
+    def sum(self, x: Any, axis: int | None = None, keepdims: bool = False) -> Any:
+        return jnp.sum(x, axis=axis, keepdims=keepdims)
+
+    def argmax(self, x: Any, axis: int) -> Any:
+        return jnp.argmax(x, axis=axis)
+
+    def reshape(self, x: Any, shape: Sequence[int]) -> Any:
+        return jnp.reshape(x, tuple(shape))
+
+    def transpose(self, x: Any, axes: Sequence[int] | None = None) -> Any:
+        return jnp.transpose(x, None if axes is None else tuple(axes))
+
+    def stack(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return jnp.stack(list(xs), axis=axis)
+
+    def concat(self, xs: Sequence[Any], axis: int = 0) -> Any:
+        return jnp.concatenate(list(xs), axis=axis)
+
+    def stop_gradient(self, x: Any) -> Any:
+        return lax.stop_gradient(x)
+
+    def scan(
+        self, fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, reverse: bool = False
+    ) -> tuple[Any, Any]:
+        if self.eager_loops or not _traced((carry, xs)):
+            return python_scan(self, fn, carry, xs, reverse)
+        return lax.scan(fn, carry, xs, reverse=reverse)
+
+
+def make_ops(dtype: str = "float32", device: str = "cpu") -> JaxOps:
+    return JaxOps(dtype, resolve_device(device))
+
+
+def autograd_value_and_grad(ops: JaxOps, activation: str = "tanh") -> ValueAndGrad:
+    """∂loss/∂params of core's ``forward_loss`` by reverse-mode autodiff; H_T rides as aux."""
+
+    def loss_fn(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
+        return forward_loss(ops, params, inputs, labels, state, activation)
+
+    vg = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
+
+    def value_and_grad(
+        params: Params, inputs: Any, labels: Any, state: Any
+    ) -> tuple[Any, Params, Any]:
+        (loss, H_T), grads = vg(params, inputs, labels, state)
+        return loss, grads, H_T
+
+    return value_and_grad
+
+
+def _step_ops(ops: JaxOps, compiled: bool | None) -> JaxOps:
+    """The ops a step computes with: eager steps loop in Python (see ``JaxOps``)."""
+    return JaxOps(ops.dtype, ops.device, eager_loops=True) if compiled is False else ops
+
+
+def _value_and_grad(ops: JaxOps, grad: str, activation: str) -> ValueAndGrad:
+    if grad == "autograd":
+        return autograd_value_and_grad(ops, activation)
+    if grad == "bptt":
+        return bptt_value_and_grad(ops, activation)
+    raise BackendUnavailable(f"the jax backend has --grad autograd or bptt, not {grad!r}")
+
+
+def make_value_and_grad(
+    ops: JaxOps, grad: str = "autograd", activation: str = "tanh", *, compiled: bool | None = None
+) -> ValueAndGrad:
+    """(params, inputs, labels, state) -> (loss, grads, H_T) as the train step computes them."""
+    value_and_grad = _value_and_grad(_step_ops(ops, compiled), grad, activation)
+    return value_and_grad if compiled is False else jax.jit(value_and_grad)
+
+
+def make_train_step(
+    ops: JaxOps, grad: str = "autograd", compiled: bool | None = None, activation: str = "tanh"
+) -> StepFn:
+    """core's train step with JAX autodiff or core's BPTT; jitted unless ``compiled`` is False.
+
+    Eager steps run every operation as it comes, the recurrence as a Python loop that
+    autodiff unrolls; jitted steps trace it once into ``lax.scan``.
+    """
+    ops = _step_ops(ops, compiled)
+    value_and_grad = _value_and_grad(ops, grad, activation)
+    dtype = np.dtype(ops.dtype)
+
+    def step(
+        params: Params, inputs: Any, labels: Any, state: Any, lr: Any, theta: Any
+    ) -> tuple[Params, Any, Any, Any]:
+        # lr and θ as ops.dtype scalars: float32 runs stay float32, rounded as NumPy rounds them
+        lr, theta = jnp.asarray(lr, dtype=dtype), jnp.asarray(theta, dtype=dtype)
+        new_params, H_T, loss, norm = train_step(
+            ops, value_and_grad, params, inputs, labels, state, lr, theta
+        )
+        return new_params, lax.stop_gradient(H_T), loss, norm  # the next state starts a new graph
+
+    if compiled is False:
+        return step
+    # lr and θ are traced arguments: a new learning rate or θ reuses the compiled step
+    return jax.jit(step)
