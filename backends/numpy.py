@@ -179,7 +179,8 @@ def make_train_step(
     def step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
     ) -> tuple[Params, Any, Any, Any]:
-        with np.errstate(divide="ignore"):  # θ/‖g‖ with ‖g‖ = 0 is inf, and min(1, inf) = 1
+        # θ/‖g‖ with ‖g‖ = 0 is inf and min(1, inf) = 1; overflow and NaN are caught by the trainer
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             return train_step(ops, value_and_grad, params, inputs, labels, state, lr, theta)
 
     return step

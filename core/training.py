@@ -7,6 +7,7 @@ zeros. Loss and gradient norm are checked every step; a non-finite value stops t
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import data
 from .errors import UserError
-from .model import Params, begin_state
+from .model import Params, begin_state, to_numpy
 from .ops import Ops, Tensor
 
 StepFn = Callable[
@@ -58,9 +59,20 @@ class EpochResult:
 class TrainingDiverged(UserError):
     """Loss or gradient norm became NaN or infinite."""
 
+    exit_code = 3
+
+
+class TrainingInterrupted(Exception):
+    """A stop was requested (SIGINT); the trainer stopped after a whole step."""
+
 
 class Trainer:
-    """Runs epochs of SGD on one backend. ``params`` are backend arrays."""
+    """Runs epochs of SGD on one backend. ``params`` are backend arrays.
+
+    The trainer's position (epochs done, minibatches done in the current epoch, the generator
+    state when that epoch began, the carried hidden state and the epoch's running totals) is
+    everything needed to continue exactly: see ``snapshot`` and ``restore``.
+    """
 
     def __init__(
         self,
@@ -73,31 +85,46 @@ class Trainer:
         epoch: int = 0,
     ) -> None:
         self.ops = ops
-        self.step = step
+        self.step_fn = step
         self.params = params
         self.corpus_ids = corpus_ids
         self.config = config
         self.rng = rng
         self.epoch = epoch  # epochs completed
+        self.step = 0  # minibatches completed in the current epoch
+        self.hidden: Tensor | None = None  # carried state (sequential partitioning)
+        self.epoch_rng_state: dict[str, Any] | None = None
         self.last_finite_norm = float("nan")
+        self._totals = _Totals()
 
-    def run_epoch(self, on_step: Callable[[int], None] | None = None) -> EpochResult:
-        """One pass over the corpus; returns perplexity and tokens/s of the epoch."""
+    def run_epoch(
+        self,
+        on_step: Callable[[int], None] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> EpochResult:
+        """One pass over the corpus (the rest of it, after a mid-epoch restore)."""
         cfg, ops = self.config, self.ops
-        state: Tensor | None = None
-        total_loss, total_tokens, max_norm = 0.0, 0, 0.0
-        norms: list[float] = []
-        start = time.perf_counter()
+        if self.step == 0:
+            self.epoch_rng_state = dict(copy.deepcopy(self.rng.bit_generator.state))
+            self._totals = _Totals()
+            self.hidden = None
+        else:  # continue an epoch: replay its draws, skip the minibatches already done
+            assert self.epoch_rng_state is not None
+            self.rng.bit_generator.state = copy.deepcopy(self.epoch_rng_state)
+        totals = self._totals
+        start = time.perf_counter() - totals.seconds
         batches = data.data_iter(
             self.corpus_ids, cfg.batch_size, cfg.num_steps, self.rng, cfg.sampling
         )
         for i, (X, Y) in enumerate(batches):
-            if state is None or cfg.sampling == "random":
-                state = begin_state(ops, X.shape[0], cfg.num_hiddens)
+            if i < self.step:
+                continue
+            if self.hidden is None or cfg.sampling == "random":
+                self.hidden = begin_state(ops, X.shape[0], cfg.num_hiddens)
             # time-major inputs and labels: (num_steps, batch_size)
             inputs, labels = ops.asarray(X.T), ops.asarray(Y.T)
-            self.params, state, loss, norm = self.step(
-                self.params, inputs, labels, state, cfg.lr, cfg.clip
+            params, hidden, loss, norm = self.step_fn(
+                self.params, inputs, labels, self.hidden, cfg.lr, cfg.clip
             )
             loss_f = float(ops.to_numpy(loss))
             norm_f = float(ops.to_numpy(norm))
@@ -107,26 +134,75 @@ class Trainer:
                     f"loss {loss_f}, gradient norm {norm_f} "
                     f"(last finite gradient norm {self.last_finite_norm:.6g})"
                 )
+            self.params, self.hidden = params, hidden
             self.last_finite_norm = norm_f
-            norms.append(norm_f)
-            max_norm = max(max_norm, norm_f)
-            total_loss += loss_f * Y.size
-            total_tokens += Y.size
+            totals.add(loss_f * Y.size, Y.size, norm_f)
+            self.step = i + 1
+            totals.seconds = time.perf_counter() - start
             if on_step is not None:
                 on_step(i)
-        seconds = time.perf_counter() - start
-        if total_tokens == 0:
+            if stop_requested is not None and stop_requested():
+                raise TrainingInterrupted
+        totals.seconds = time.perf_counter() - start
+        if totals.tokens == 0:
             raise UserError(
                 f"the corpus ({len(self.corpus_ids)} tokens) is too short for one minibatch of "
                 f"batch size {cfg.batch_size} × {cfg.num_steps} steps"
             )
         self.epoch += 1
+        self.step = 0
+        self.hidden = None
         return EpochResult(
             epoch=self.epoch,
-            perplexity=math.exp(total_loss / total_tokens),
-            tokens_per_sec=total_tokens / seconds if seconds > 0 else float("inf"),
-            tokens=total_tokens,
-            max_grad_norm=max_norm,
-            seconds=seconds,
-            grad_norms=norms,
+            perplexity=math.exp(totals.loss_sum / totals.tokens),
+            tokens_per_sec=totals.tokens / totals.seconds if totals.seconds > 0 else math.inf,
+            tokens=totals.tokens,
+            max_grad_norm=totals.max_norm,
+            seconds=totals.seconds,
+            grad_norms=list(totals.norms),
         )
+
+    # -- exact continuation ---------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(tensors, position metadata): parameters, the carried state, and where we are."""
+        tensors = to_numpy(self.ops, self.params)
+        if self.step > 0 and self.hidden is not None:
+            tensors["state"] = self.ops.to_numpy(self.hidden)
+        rng_state = self.epoch_rng_state if self.step > 0 else self.rng.bit_generator.state
+        position = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng_state": copy.deepcopy(rng_state),
+            "totals": asdict(self._totals) if self.step > 0 else None,
+            "last_finite_norm": self.last_finite_norm,
+        }
+        return tensors, position
+
+    def restore(self, tensors: dict[str, np.ndarray], position: dict[str, Any]) -> None:
+        """Continue from ``snapshot``'s output (parameters already in ``self.params``)."""
+        self.epoch = int(position["epoch"])
+        self.step = int(position["step"])
+        self.rng.bit_generator.state = copy.deepcopy(position["rng_state"])
+        self.last_finite_norm = float(position.get("last_finite_norm", math.nan))
+        if self.step > 0:
+            self.epoch_rng_state = copy.deepcopy(position["rng_state"])
+            self._totals = _Totals(**position["totals"])
+            self.hidden = self.ops.asarray(tensors["state"]) if "state" in tensors else None
+
+
+@dataclass
+class _Totals:
+    """Running sums of the current epoch."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+    max_norm: float = 0.0
+    seconds: float = 0.0
+    norms: list[float] = field(default_factory=list)
+
+    def add(self, loss_sum: float, tokens: int, norm: float) -> None:
+        self.loss_sum += loss_sum
+        self.tokens += tokens
+        self.max_norm = max(self.max_norm, norm)
+        self.norms.append(norm)

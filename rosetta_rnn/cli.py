@@ -7,17 +7,15 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import numpy as np
 
 from rosetta_rnn import __version__, backends
 from rosetta_rnn.core import checkpoint, data, model, sampling
 from rosetta_rnn.core.errors import UserError
-from rosetta_rnn.core.training import EpochResult, TrainConfig, Trainer
 
 PROG = "rosetta-rnn"
-SAMPLE_PREFIXES = ("time traveller", "traveller")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,27 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train on The Time Machine and print samples")
-    _add_backend_args(t, "float32")
-    t.add_argument("--seed", type=_int, default=0, help="seed of the one core generator")
+    _add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
+    # Hyperparameters default to None so that --resume can tell what was given explicitly;
+    # rosetta_rnn.train_command.DEFAULTS holds the chapter's values.
+    t.add_argument("--seed", type=_int, help="seed of the one core generator (default 0)")
     t.add_argument("--corpus", metavar="FILE", help="a text file instead of The Time Machine")
-    t.add_argument("--token", choices=data.TOKEN_KINDS, default="char")
-    t.add_argument("--max-tokens", type=_int, default=10000, help="<= 0 keeps the whole text")
-    t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--num-steps", type=_positive_int, default=35)
-    t.add_argument("--num-hiddens", type=_positive_int, default=512)
-    t.add_argument("--lr", type=_positive_float, default=1.0)
-    t.add_argument("--epochs", type=_positive_int, default=500)
+    t.add_argument("--token", choices=data.TOKEN_KINDS, help="char (default) or word")
+    t.add_argument("--max-tokens", type=_int, help="10000 (default); <= 0 keeps the whole text")
+    t.add_argument("--batch-size", type=_positive_int, help="default 32")
+    t.add_argument("--num-steps", type=_positive_int, help="default 35")
+    t.add_argument("--num-hiddens", type=_positive_int, help="default 512")
+    t.add_argument("--lr", type=_positive_float, help="default 1")
+    t.add_argument("--epochs", type=_positive_int, help="total epochs (default 500)")
     clip = t.add_mutually_exclusive_group()
-    clip.add_argument("--clip", type=_positive_float, default=1.0, metavar="THETA")
+    clip.add_argument("--clip", type=_positive_float, metavar="THETA", help="default 1")
     clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
-    t.add_argument("--sampling", choices=data.SAMPLING_KINDS, default="sequential")
+    t.add_argument("--sampling", choices=data.SAMPLING_KINDS, help="default sequential")
+    t.add_argument("--activation", choices=("tanh", "relu"), help="default tanh")
     t.add_argument("--grad", choices=("autograd", "bptt"), help="default: the backend's first")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--eager", action="store_true", help="no jit / tf.function")
     mode.add_argument("--compile", action="store_true", help="compile where optional (torch)")
     t.add_argument("--checkpoint", metavar="PATH", help="write a safetensors checkpoint here")
+    t.add_argument("--save-every", type=_positive_int, metavar="N", help="save every N epochs")
+    t.add_argument("--resume", metavar="CKPT", help="continue a checkpoint up to --epochs")
     t.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="continue a prefix from a checkpoint")
     g.add_argument("--checkpoint", metavar="PATH", required=True)
@@ -135,158 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- helpers ------------------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from rosetta_rnn.train_command import cmd_train
 
-
-def _say(out: TextIO, *parts: Any) -> None:
-    print(*parts, file=out, flush=True)
-
-
-def _validate_corpus(corpus: data.Corpus, cfg: TrainConfig, source: str) -> None:
-    n = len(corpus.ids)
-    if n == 0:
-        raise UserError(f"corpus {source} has no letters after preprocessing")
-    if n < cfg.num_steps + 1:
-        raise UserError(
-            f"corpus {source} has {n} tokens, fewer than --num-steps + 1 = {cfg.num_steps + 1}"
-        )
-    if data.num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling) == 0:
-        raise UserError(
-            f"corpus {source} ({n} tokens) is too short for --batch-size {cfg.batch_size} × "
-            f"--num-steps {cfg.num_steps}; lower them or raise --max-tokens"
-        )
-
-
-def _sample(ops: Any, params: Any, corpus_vocab: data.Vocab, token: str, prefix: str) -> str:
-    ids = corpus_vocab.lookup(data.split_text(prefix, token))
-    out = sampling.predict(ops, params, ids, 50)
-    return data.join_tokens(corpus_vocab.to_tokens(out), token)
-
-
-class _Progress:
-    """A one-line progress bar on a terminal; silent elsewhere."""
-
-    def __init__(self, out: TextIO, total: int) -> None:
-        self.out, self.total = out, total
-        self.active = out.isatty()
-
-    def update(self, epoch: int, text: str) -> None:
-        if self.active:
-            width = 30
-            done = int(width * epoch / self.total)
-            bar = "#" * done + "." * (width - done)
-            self.out.write(f"\r[{bar}] {epoch}/{self.total} {text}")
-            self.out.flush()
-
-    def clear(self) -> None:
-        if self.active:
-            self.out.write("\r\033[K")
-            self.out.flush()
-
-
-# --- commands -----------------------------------------------------------------------------
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    human = sys.stderr if args.json else sys.stdout
-    cfg = TrainConfig(
-        batch_size=args.batch_size,
-        num_steps=args.num_steps,
-        num_hiddens=args.num_hiddens,
-        lr=args.lr,
-        epochs=args.epochs,
-        clip=math.inf if args.no_clip else args.clip,
-        sampling=args.sampling,
-    )
-    backend = backends.load(args.backend)
-    ops = backend.make_ops(args.dtype, args.device)
-    grad = args.grad or backend.GRAD_MODES[0]
-    compiled = False if args.eager else (True if args.compile else None)
-    step = backend.make_train_step(ops, grad=grad, compiled=compiled, activation=cfg.activation)
-
-    source = data.locate_time_machine(args.corpus)
-    corpus = data.load_corpus(source, args.token, args.max_tokens)
-    _validate_corpus(corpus, cfg, str(source))
-    if args.checkpoint:
-        checkpoint.check_writable(args.checkpoint)
-
-    rng = np.random.default_rng(args.seed)
-    params = model.to_backend(
-        ops, model.init_params(len(corpus.vocab), cfg.num_hiddens, rng, args.dtype)
-    )
-    trainer = Trainer(ops, step, params, corpus.ids, cfg, rng)
-    _say(
-        human,
-        f"training on {backend.FRAMEWORK} ({args.backend}, {ops.device}, {args.dtype}, "
-        f"grad {grad}): {len(corpus.ids)} tokens, vocab {len(corpus.vocab)}, {cfg.epochs} epochs",
-    )
-    progress = _Progress(human, cfg.epochs)
-    history: list[EpochResult] = []
-    for _ in range(cfg.epochs):
-        res = trainer.run_epoch()
-        history.append(res)
-        progress.update(res.epoch, f"perplexity {res.perplexity:.2f}")
-        if res.epoch % 10 == 0:
-            progress.clear()
-            sample = _sample(ops, trainer.params, corpus.vocab, args.token, SAMPLE_PREFIXES[0])
-            _say(
-                human,
-                f"epoch {res.epoch:4d}  perplexity {res.perplexity:8.3f}  "
-                f"{res.tokens_per_sec:9.1f} tokens/sec  {sample}",
-            )
-    progress.clear()
-    last = history[-1]
-    samples = {
-        p: _sample(ops, trainer.params, corpus.vocab, args.token, p) for p in SAMPLE_PREFIXES
-    }
-    _say(
-        human,
-        f"perplexity {last.perplexity:.1f}, {last.tokens_per_sec:.1f} tokens/sec on {ops.device}",
-    )
-    for text in samples.values():
-        _say(human, text)
-
-    if args.checkpoint:
-        metadata = {
-            "backend": args.backend,
-            "device": ops.device,
-            "dtype": args.dtype,
-            "epoch": trainer.epoch,
-            "seed": args.seed,
-            "token": args.token,
-            "max_tokens": args.max_tokens,
-            "grad": grad,
-            "config": cfg.to_dict(),
-            "vocab": corpus.vocab.idx_to_token,
-            "perplexity": last.perplexity,
-        }
-        checkpoint.save(args.checkpoint, model.to_numpy(ops, trainer.params), metadata)
-        _say(human, f"checkpoint written to {args.checkpoint}")
-
-    if args.json:
-        doc = {
-            "backend": args.backend,
-            "device": ops.device,
-            "dtype": args.dtype,
-            "grad": grad,
-            "epochs": trainer.epoch,
-            "perplexity": last.perplexity,
-            "tokens_per_sec": last.tokens_per_sec,
-            "config": cfg.to_dict(),
-            "history": [
-                {
-                    "epoch": r.epoch,
-                    "perplexity": r.perplexity,
-                    "tokens_per_sec": r.tokens_per_sec,
-                    "max_grad_norm": r.max_grad_norm,
-                }
-                for r in history
-            ],
-            "samples": samples,
-            "checkpoint": args.checkpoint,
-        }
-        print(json.dumps(doc))
-    return 0
+    return cmd_train(args)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

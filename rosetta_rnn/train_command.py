@@ -1,0 +1,352 @@
+"""``rosetta-rnn train``: the chapter's training run, with checkpoints that continue exactly.
+
+A checkpoint holds the parameters, the carried hidden state and the trainer's position (epoch,
+minibatch, generator state), so ``--resume`` continues as if never stopped. Ctrl-C finishes
+the current step, saves, prints how to resume and exits 130. A NaN or inf stops training
+without overwriting the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import numpy as np
+
+from rosetta_rnn import backends
+from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
+from rosetta_rnn.core.training import (
+    EpochResult,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
+
+SAMPLE_PREFIXES = ("time traveller", "traveller")
+INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
+    "num_steps": 35,
+    "num_hiddens": 512,
+    "lr": 1.0,
+    "clip": 1.0,
+    "sampling": "sequential",
+    "activation": "tanh",
+    "token": "char",
+    "max_tokens": 10000,
+    "dtype": "float32",
+    "seed": 0,
+}
+"""The chapter's hyperparameters. With --resume the checkpoint's values replace them, and an
+explicit flag that disagrees with the checkpoint is an error."""
+EPOCHS = 500
+
+
+def _say(out: TextIO, *parts: Any) -> None:
+    print(*parts, file=out, flush=True)
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The hyperparameters given on the command line (None: not given)."""
+    given = {k: getattr(args, k) for k in DEFAULTS}
+    if args.no_clip:
+        given["clip"] = math.inf
+    return given
+
+
+def _saved(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """The hyperparameters a checkpoint was trained with."""
+    try:
+        cfg = meta["config"]
+        saved = {
+            k: cfg[k]
+            for k in ("batch_size", "num_steps", "num_hiddens", "lr", "sampling", "activation")
+        }
+        saved["clip"] = math.inf if cfg["clip"] is None else cfg["clip"]
+        saved.update({k: meta[k] for k in ("token", "max_tokens", "dtype", "seed")})
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
+    return saved
+
+
+def _hyperparameters(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[str, Any]:
+    given = _given(args)
+    if meta is None:
+        return {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    saved = _saved(meta, args.resume)
+    for key, value in given.items():
+        if value is not None and value != saved[key]:
+            flag = (
+                "--no-clip" if key == "clip" and math.isinf(value) else f"--{key.replace('_', '-')}"
+            )
+            raise UserError(
+                f"--resume {args.resume}: {flag} {'' if flag == '--no-clip' else value} differs "
+                f"from the checkpoint's {key} {saved[key]}; drop it to continue, or start a new run"
+            )
+    return saved
+
+
+def _validate_corpus(corpus: data.Corpus, cfg: TrainConfig, source: str) -> None:
+    n = len(corpus.ids)
+    if n == 0:
+        raise UserError(f"corpus {source} has no letters after preprocessing")
+    if n < cfg.num_steps + 1:
+        raise UserError(
+            f"corpus {source} has {n} tokens, fewer than --num-steps + 1 = {cfg.num_steps + 1}"
+        )
+    if data.num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling) == 0:
+        raise UserError(
+            f"corpus {source} ({n} tokens) is too short for --batch-size {cfg.batch_size} × "
+            f"--num-steps {cfg.num_steps}; lower them or raise --max-tokens"
+        )
+
+
+def _corpus_fingerprint(corpus: data.Corpus) -> str:
+    return hashlib.sha1(corpus.ids.astype("<i8").tobytes()).hexdigest()
+
+
+def _sample(ops: Any, params: Any, vocab: data.Vocab, token: str, prefix: str, act: str) -> str:
+    ids = vocab.lookup(data.split_text(prefix, token))
+    out = sampling.predict(ops, params, ids, 50, activation=act)
+    return data.join_tokens(vocab.to_tokens(out), token)
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent elsewhere."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out, self.total = out, total
+        self.active = out.isatty()
+
+    def update(self, epoch: int, text: str) -> None:
+        if self.active:
+            done = int(30 * epoch / self.total)
+            self.out.write(f"\r[{'#' * done}{'.' * (30 - done)}] {epoch}/{self.total} {text}")
+            self.out.flush()
+
+    def clear(self) -> None:
+        if self.active:
+            self.out.write("\r\033[K")
+            self.out.flush()
+
+
+class _StopFlag:
+    """SIGINT sets the flag (the trainer stops after the current step); a second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    human = sys.stderr if args.json else sys.stdout
+    resume_tensors, resume_meta = (None, None)
+    if args.resume:
+        resume_tensors, resume_meta = checkpoint.load_model(args.resume)
+    hp = _hyperparameters(args, resume_meta)
+    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or EPOCHS
+    cfg = TrainConfig(
+        batch_size=hp["batch_size"],
+        num_steps=hp["num_steps"],
+        num_hiddens=hp["num_hiddens"],
+        lr=hp["lr"],
+        epochs=epochs,
+        clip=hp["clip"],
+        sampling=hp["sampling"],
+        activation=hp["activation"],
+    )
+    dtype = hp["dtype"]
+    out_path = args.checkpoint or args.resume
+    if args.save_every and not out_path:
+        raise UserError("--save-every needs --checkpoint PATH to save to")
+    if out_path:
+        checkpoint.check_writable(out_path)
+
+    backend = backends.load(args.backend)
+    ops = backend.make_ops(dtype, args.device)
+    if dtype == "float64" and not backend.supports_float64(ops.device):
+        raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
+    grad = args.grad or backend.GRAD_MODES[0]
+    if grad not in backend.GRAD_MODES:
+        raise BackendUnavailable(
+            f"the {args.backend} backend has no --grad {grad}; "
+            f"it has {', '.join(backend.GRAD_MODES)}"
+        )
+    compiled = False if args.eager else (True if args.compile else None)
+    step = backend.make_train_step(ops, grad=grad, compiled=compiled, activation=cfg.activation)
+
+    corpus_arg = args.corpus
+    if corpus_arg is None and resume_meta and resume_meta.get("corpus_path"):
+        if Path(resume_meta["corpus_path"]).is_file():  # the text it was trained on
+            corpus_arg = resume_meta["corpus_path"]
+    source = data.locate_time_machine(corpus_arg)
+    corpus = data.load_corpus(source, hp["token"], hp["max_tokens"])
+    _validate_corpus(corpus, cfg, str(source))
+    fingerprint = _corpus_fingerprint(corpus)
+
+    rng = np.random.default_rng(hp["seed"])
+    history: list[dict[str, Any]] = []
+    if resume_meta is None:
+        init = model.init_params(len(corpus.vocab), cfg.num_hiddens, rng, dtype)
+        trainer = Trainer(ops, step, model.to_backend(ops, init), corpus.ids, cfg, rng)
+    else:
+        assert resume_tensors is not None
+        if (
+            resume_meta.get("corpus_sha1") != fingerprint
+            or resume_meta["vocab"] != corpus.vocab.idx_to_token
+        ):
+            raise UserError(
+                f"--resume {args.resume}: the corpus differs from the one it was trained on; "
+                "pass the same --corpus"
+            )
+        trainer = Trainer(ops, step, model.to_backend(ops, resume_tensors), corpus.ids, cfg, rng)
+        try:
+            trainer.restore(resume_tensors, resume_meta["position"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{args.resume}: its training position is damaged") from None
+        history = list(resume_meta.get("history", []))
+        if trainer.epoch >= epochs:
+            raise UserError(
+                f"--resume {args.resume}: already trained {trainer.epoch} epochs; "
+                f"ask for more with --epochs N (the total, > {trainer.epoch})"
+            )
+
+    def metadata() -> dict[str, Any]:
+        _, position = trainer.snapshot()
+        return {
+            "backend": args.backend,
+            "device": ops.device,
+            "dtype": dtype,
+            "epoch": trainer.epoch,
+            "target_epochs": epochs,
+            "seed": hp["seed"],
+            "token": hp["token"],
+            "max_tokens": hp["max_tokens"],
+            "grad": grad,
+            "config": cfg.to_dict(),
+            "vocab": corpus.vocab.idx_to_token,
+            "corpus_sha1": fingerprint,
+            "corpus_path": str(Path(source).resolve()),
+            "position": position,
+            "history": history,
+            "perplexity": history[-1]["perplexity"] if history else None,
+        }
+
+    def save(path: str) -> None:
+        tensors, _ = trainer.snapshot()
+        checkpoint.save(path, tensors, metadata())
+
+    verb = "resuming" if resume_meta else "training"
+    _say(
+        human,
+        f"{verb} on {backend.FRAMEWORK} ({args.backend}, {ops.device}, {dtype}, grad {grad}): "
+        f"{len(corpus.ids)} tokens, vocab {len(corpus.vocab)}, epoch {trainer.epoch}/{epochs}",
+    )
+    progress = _Progress(human, epochs)
+    last: EpochResult | None = None
+    with _StopFlag() as stop:
+        try:
+            while trainer.epoch < epochs:
+                last = trainer.run_epoch(stop_requested=stop)
+                history.append(
+                    {
+                        "epoch": last.epoch,
+                        "perplexity": last.perplexity,
+                        "tokens_per_sec": last.tokens_per_sec,
+                        "max_grad_norm": last.max_grad_norm,
+                    }
+                )
+                progress.update(last.epoch, f"perplexity {last.perplexity:.2f}")
+                if last.epoch % 10 == 0:
+                    progress.clear()
+                    sample = _sample(
+                        ops,
+                        trainer.params,
+                        corpus.vocab,
+                        hp["token"],
+                        SAMPLE_PREFIXES[0],
+                        cfg.activation,
+                    )
+                    _say(
+                        human,
+                        f"epoch {last.epoch:4d}  perplexity {last.perplexity:8.3f}  "
+                        f"{last.tokens_per_sec:9.1f} tokens/sec  {sample}",
+                    )
+                if out_path and args.save_every and last.epoch % args.save_every == 0:
+                    save(out_path)
+                if stop():
+                    raise TrainingInterrupted
+        except TrainingInterrupted:
+            progress.clear()
+            path = out_path or INTERRUPTED_PATH
+            save(path)
+            _say(
+                sys.stderr,
+                f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step}; saved {path}\n"
+                f"resume with: rosetta-rnn train --resume {path} --epochs {epochs}",
+            )
+            return 130
+        except TrainingDiverged as e:
+            progress.clear()
+            kept = (
+                f"; the last good checkpoint is {out_path}"
+                if out_path and Path(out_path).is_file()
+                else "; no checkpoint was written"
+            )
+            raise TrainingDiverged(f"{e}{kept}") from None
+    progress.clear()
+    assert last is not None
+    samples = {
+        p: _sample(ops, trainer.params, corpus.vocab, hp["token"], p, cfg.activation)
+        for p in SAMPLE_PREFIXES
+    }
+    _say(
+        human,
+        f"perplexity {last.perplexity:.1f}, {last.tokens_per_sec:.1f} tokens/sec on {ops.device}",
+    )
+    for text in samples.values():
+        _say(human, text)
+    if out_path:
+        save(out_path)
+        _say(human, f"checkpoint written to {out_path}")
+    if args.json:
+        doc = {
+            "backend": args.backend,
+            "device": ops.device,
+            "dtype": dtype,
+            "grad": grad,
+            "epochs": trainer.epoch,
+            "perplexity": last.perplexity,
+            "tokens_per_sec": last.tokens_per_sec,
+            "config": cfg.to_dict(),
+            "history": history,
+            "samples": samples,
+            "checkpoint": out_path,
+        }
+        print(json.dumps(doc))
+    return 0

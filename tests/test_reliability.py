@@ -1,0 +1,385 @@
+"""Reliability: bad input gives one line and a non-zero exit, blow-ups stop cleanly, training
+resumes exactly, SIGINT saves, and loading is safe."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rosetta_rnn import backends
+from rosetta_rnn.cli import main
+from rosetta_rnn.core import checkpoint, data
+
+SMALL = ["--batch-size", "4", "--num-steps", "8", "--num-hiddens", "16"]
+TEXT = "The Time Traveller (for so it will be convenient to speak of him) was expounding.\n"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT * 12)
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err: str, words: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("rosetta-rnn: error: ")]
+    assert len(lines) == 1 and words in lines[0], err
+    assert "Traceback" not in err
+
+
+# --- resume is exact ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_ten_plus_ten_epochs_equal_twenty(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], sampling: str
+) -> None:
+    common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--sampling", sampling]
+    straight, half = tmp_path / "straight.st", tmp_path / "half.st"
+    assert _run(capsys, "train", *common, "--epochs", "20", "--checkpoint", str(straight))[0] == 0
+    assert _run(capsys, "train", *common, "--epochs", "10", "--checkpoint", str(half))[0] == 0
+    code, out, _ = _run(capsys, "train", "--resume", str(half), "--epochs", "20", "--json")
+    assert code == 0
+    a, meta_a = checkpoint.load(straight)
+    b, meta_b = checkpoint.load(half)  # --resume keeps writing to the checkpoint it resumed
+    assert meta_b["epoch"] == 20
+    for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"):
+        assert np.array_equal(a[k], b[k]), k  # bit-identical
+    assert [h["perplexity"] for h in meta_a["history"]] == [
+        h["perplexity"] for h in meta_b["history"]
+    ]
+    assert len(json.loads(out)["history"]) == 20
+
+
+def test_resume_rejects_other_hyperparameters(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "c.st"
+    _run(
+        capsys, "train", "--corpus", str(corpus), *SMALL, "--epochs", "2", "--checkpoint", str(ckpt)
+    )
+    code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--lr", "0.5")
+    assert code == 2
+    _one_line_error(err, "--lr 0.5 differs from the checkpoint's lr 1.0")
+    code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--no-clip")
+    _one_line_error(err, "--no-clip")
+    code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "2")
+    _one_line_error(err, "already trained 2 epochs")
+    other = tmp_path / "other.txt"
+    other.write_text("a quite different text about nothing in particular\n" * 20)
+    code, _, err = _run(
+        capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--corpus", str(other)
+    )
+    _one_line_error(err, "corpus differs")
+    # the same values given explicitly are fine
+    code, _, _ = _run(
+        capsys,
+        "train",
+        "--resume",
+        str(ckpt),
+        "--epochs",
+        "3",
+        "--lr",
+        "1",
+        "--corpus",
+        str(corpus),
+    )
+    assert code == 0
+
+
+def test_save_every_writes_periodic_checkpoints(
+    tmp_path: Path,
+    corpus: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ckpt = tmp_path / "c.st"
+    seen: list[int] = []
+    original = checkpoint.save
+
+    def spy(path, tensors, metadata):  # type: ignore[no-untyped-def]
+        seen.append(metadata["epoch"])
+        original(path, tensors, metadata)
+
+    monkeypatch.setattr(checkpoint, "save", spy)
+    args = ["train", "--corpus", str(corpus), *SMALL, "--epochs", "6", "--save-every", "2"]
+    assert _run(capsys, *args, "--checkpoint", str(ckpt))[0] == 0
+    assert seen == [2, 4, 6, 6]  # every 2 epochs, and at the end
+    _code, _, err = _run(capsys, "train", "--corpus", str(corpus), "--save-every", "2")
+    _one_line_error(err, "--save-every needs --checkpoint")
+
+
+# --- blow-ups -----------------------------------------------------------------------------
+
+
+BLOW_UP = [
+    "--no-clip",
+    "--activation",
+    "relu",
+    "--num-hiddens",
+    "64",
+    "--batch-size",
+    "8",
+    "--num-steps",
+    "10",
+    "--epochs",
+    "50",
+]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(
+        "The Time Traveller (for so it will be convenient to speak of him) was expounding "
+        "a recondite matter to us.\n" * 30
+    )
+    ckpt = tmp_path / "c.st"
+    args = ["train", "--corpus", str(corpus), *BLOW_UP, "--lr", "10"]
+    code, _, err = _run(capsys, *args, "--checkpoint", str(ckpt), "--save-every", "1")
+    assert code == 3
+    _one_line_error(err, "training diverged at epoch")
+    assert "step" in err and "last finite gradient norm" in err and str(ckpt) in err
+    tensors, meta = checkpoint.load_model(ckpt)
+    assert all(np.isfinite(v).all() for v in tensors.values())
+    assert meta["epoch"] >= 1
+    assert f"at epoch {meta['epoch'] + 1}," in err  # saved after the last finished epoch
+    # diverging before any checkpoint: nothing is written, and the message says so
+    other = tmp_path / "other.st"
+    code, _, err = _run(capsys, *args[:-1], "10000", "--checkpoint", str(other))
+    assert code == 3 and "no checkpoint was written" in err and not other.exists()
+
+
+# --- SIGINT end to end --------------------------------------------------------------------
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rosetta_rnn", *args]
+
+
+def test_sigint_saves_and_resume_continues_exactly(tmp_path: Path, corpus: Path) -> None:
+    common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--epochs", "60"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    straight = tmp_path / "straight.st"
+    subprocess.run(
+        _cli("train", *common, "--checkpoint", str(straight)),
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+
+    ckpt = tmp_path / "c.st"
+    proc = subprocess.Popen(
+        _cli("train", *common, "--checkpoint", str(ckpt)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("epoch   10"):
+            break
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at epoch" in err and f"rosetta-rnn train --resume {ckpt} --epochs 60" in err
+    _, meta = checkpoint.load_model(ckpt)
+    assert 10 <= meta["epoch"] < 60
+
+    r = subprocess.run(
+        _cli("train", "--resume", str(ckpt)), capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    a, _ = checkpoint.load(straight)
+    b, meta_b = checkpoint.load(ckpt)
+    assert meta_b["epoch"] == 60
+    assert all(np.array_equal(a[k], b[k]) for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"))
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def test_unreadable_corpus(
+    tmp_path: Path,
+    corpus: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_open = open
+
+    def deny(path, *a, **k):  # type: ignore[no-untyped-def]
+        if str(path) == str(corpus):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    code, _, err = _run(capsys, "train", "--corpus", str(corpus))
+    assert code == 2
+    _one_line_error(err, "cannot read corpus")
+    code, _, err = _run(capsys, "train", "--corpus", str(tmp_path))  # a folder
+    _one_line_error(err, "corpus file not found")
+
+
+def test_framework_not_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.import_module
+
+    def fake(name: str, *a: object, **k: object):  # type: ignore[no-untyped-def]
+        if name == "rosetta_rnn.backends.jax":
+            raise ModuleNotFoundError("No module named 'jax'", name="jax")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    code, _, err = _run(capsys, "train", "--backend", "jax")
+    assert code == 2
+    _one_line_error(err, "pip install 'rosetta-rnn[jax]'")
+    assert main(["backends"]) == 0
+    assert "jax" in capsys.readouterr().out
+
+
+def test_gpu_asked_for_but_absent(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "train", "--device", "gpu")
+    assert code == 2
+    _one_line_error(err, "gpu")
+    code, _, err = _run(capsys, "train", "--device", "gpu:7")
+    _one_line_error(err, "gpu")
+
+
+def test_float64_on_a_device_without_it(
+    monkeypatch: pytest.MonkeyPatch, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(backends.load("numpy"), "supports_float64", lambda device: False)
+    code, _, err = _run(capsys, "train", "--corpus", str(corpus), "--dtype", "float64")
+    assert code == 2
+    _one_line_error(err, "has no float64")
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b"PK\x03\x04 a zip file, not safetensors" * 4, "not a valid"),
+        (lambda b: b"", "too short"),
+    ],
+    ids=["truncated", "not-safetensors", "empty"],
+)
+def test_damaged_checkpoints(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], damage, words: str
+) -> None:  # type: ignore[no-untyped-def]
+    ckpt = tmp_path / "c.st"
+    _run(
+        capsys, "train", "--corpus", str(corpus), *SMALL, "--epochs", "1", "--checkpoint", str(ckpt)
+    )
+    ckpt.write_bytes(damage(ckpt.read_bytes()))
+    for cmd in (
+        ["generate", "--checkpoint", str(ckpt)],
+        ["train", "--resume", str(ckpt), "--epochs", "3"],
+    ):
+        code, out, err = _run(capsys, *cmd)
+        assert code == 2 and out == ""
+        _one_line_error(err, words)
+
+
+def test_checkpoint_from_a_newer_format_and_wrong_shapes(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "c.st"
+    _run(
+        capsys, "train", "--corpus", str(corpus), *SMALL, "--epochs", "1", "--checkpoint", str(ckpt)
+    )
+    tensors, meta = checkpoint.load(ckpt)
+    newer = tmp_path / "newer.st"
+    checkpoint.atomic_write(newer, checkpoint.encode(tensors, {**meta, "format_version": 2}))
+    _one_line_error(_run(capsys, "generate", "--checkpoint", str(newer))[2], "format 2")
+    wrong = tmp_path / "wrong.st"
+    checkpoint.save(wrong, {**tensors, "W_hh": np.zeros((3, 3), tensors["W_hh"].dtype)}, meta)
+    _one_line_error(
+        _run(capsys, "generate", "--checkpoint", str(wrong))[2], "W_hh has shape [3, 3]"
+    )
+
+
+def test_loading_never_unpickles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    evil = tmp_path / "evil.st"
+    evil.write_bytes(pickle.dumps({"W_hh": np.zeros(3)}))
+    code, _, err = _run(capsys, "generate", "--checkpoint", str(evil))
+    assert code == 2
+    _one_line_error(err, "not a valid rosetta-rnn checkpoint")
+
+
+# --- hypothesis: odd corpora and argument values ------------------------------------------
+
+texts = st.text(st.characters(codec="utf-8"), max_size=400)
+
+
+@settings(max_examples=max(5, settings.default.max_examples // 2))
+@given(text=texts)
+def test_any_text_gives_a_corpus_or_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    path = tmp_path_factory.mktemp("c") / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = data.load_corpus(path, "char")
+    assert all(0 <= i < len(corpus.vocab) for i in corpus.ids)
+    assert set("".join(corpus.vocab.idx_to_token[1:])) <= set("abcdefghijklmnopqrstuvwxyz ")
+
+
+@settings(max_examples=max(5, settings.default.max_examples // 2))
+@given(
+    text=texts,
+    batch=st.sampled_from(["0", "-3", "1", "2", "nan", "x", "1e9"]),
+    steps=st.sampled_from(["1", "3", "0", "1.5", "100000"]),
+    lr=st.sampled_from(["0", "-1", "nan", "inf", "1e-3", "1"]),
+)
+def test_cli_never_shows_a_traceback(
+    tmp_path_factory: pytest.TempPathFactory, text: str, batch: str, steps: str, lr: str
+) -> None:
+    path = tmp_path_factory.mktemp("c") / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    args = [
+        "train",
+        "--corpus",
+        str(path),
+        "--batch-size",
+        batch,
+        "--num-steps",
+        steps,
+        "--lr",
+        lr,
+        "--num-hiddens",
+        "4",
+        "--epochs",
+        "1",
+    ]
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    assert code in (0, 2, 3)
+    if code != 0:
+        lines = err.getvalue().strip().splitlines()
+        assert lines and lines[-1].startswith("rosetta-rnn: error: ")
