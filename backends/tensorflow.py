@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
-    PARAM_NAMES,
     Params,
     ValueAndGrad,
     bptt_value_and_grad,
     forward_loss,
+    param_names,
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
@@ -290,7 +290,8 @@ def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> Val
             loss, H_T = forward_loss(ops, params, inputs, labels, state, activation)
         grads = tape.gradient(loss, params)
         # ∂loss/∂W_xh through the gather arrives as IndexedSlices: make every gradient dense
-        return loss, {name: tf.convert_to_tensor(grads[name]) for name in PARAM_NAMES}, H_T
+        dense = {name: tf.convert_to_tensor(grads[name]) for name in param_names(params)}
+        return loss, dense, H_T
 
     return value_and_grad
 

@@ -11,11 +11,11 @@ import torch
 
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
-    PARAM_NAMES,
     Params,
     ValueAndGrad,
     bptt_value_and_grad,
     forward_loss,
+    param_names,
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
@@ -173,11 +173,12 @@ def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAnd
     def value_and_grad(
         params: Params, inputs: Any, labels: Any, state: Any
     ) -> tuple[Any, Params, Any]:
-        leaves = {k: params[k].detach().requires_grad_(True) for k in PARAM_NAMES}
+        names = param_names(params)
+        leaves = {k: params[k].detach().requires_grad_(True) for k in names}
         with torch.enable_grad():
             loss, H_T = forward_loss(ops, leaves, inputs, labels, state, activation)
-            grads = torch.autograd.grad(loss, [leaves[k] for k in PARAM_NAMES])
-        return loss.detach(), dict(zip(PARAM_NAMES, grads, strict=True)), H_T.detach()
+            grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+        return loss.detach(), dict(zip(names, grads, strict=True)), H_T.detach()
 
     return value_and_grad
 

@@ -247,13 +247,16 @@ def q_train(sampling_kind: str) -> Quantity:
             num_hiddens=problem.num_hiddens,
             lr=1.0,
             clip=0.1,  # small enough that clipping acts on most steps
-            sampling=sampling_kind,
+            sampling=sampling_kind if sampling_kind != "no-detach" else "sequential",
+            embed_dim=problem.embed_dim,
+            loss="last-step" if problem.last_step_loss else "all-steps",
+            detach=sampling_kind != "no-detach",
         )
-        steps = TRAIN_STEPS[dtype]
+        steps = TRAIN_STEPS[dtype] if sampling_kind != "no-detach" else min(TRAIN_STEPS[dtype], 20)
         traj = subject.train(
             _default_mode(subject), params, problem.corpus(), cfg, problem.seed, steps
         )
-        return {k: np.stack([p[k] for p in traj]) for k in model.PARAM_NAMES}
+        return {k: np.stack([p[k] for p in traj]) for k in model.param_names(traj[0])}
 
     return q
 
@@ -290,7 +293,7 @@ def check_bptt_vs_fd(problem: Problem, h: float = 1e-5) -> Cell:
 
     _, grads, _, _ = model.bptt(ops, params, inputs, labels, state)
     worst = 0.0
-    for name in model.PARAM_NAMES:
+    for name in model.param_names(params):
         value = params[name]
         numeric = np.zeros_like(value)
         for idx in np.ndindex(value.shape):
@@ -325,7 +328,7 @@ def check_checkpoint(
         "dtype": subject.dtype,
         "backend": subject.backend,
         "epoch": 0,
-        "config": {"num_hiddens": problem.num_hiddens},
+        "config": {"num_hiddens": problem.num_hiddens, "embed_dim": problem.embed_dim},
         "vocab": [f"t{i}" for i in range(problem.vocab_size)],
     }
     ref = reference().forward({k: v.astype(np.float64) for k, v in mine.items()}, inputs, state)
@@ -367,6 +370,7 @@ CHECKS: dict[str, tuple[Quantity, str, bool]] = {
     "sample/ties": (q_ties, "values", True),
     "train/sequential": (q_train("sequential"), "train", False),
     "train/random": (q_train("random"), "train", False),
+    "train/no-detach": (q_train("no-detach"), "train", False),
 }
 
 

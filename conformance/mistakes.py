@@ -54,7 +54,7 @@ class SecondBias(BackendSubject):
 def _clip_with_epsilon(ops: Any, grads: Any, theta: float, eps: float = 1e-6) -> tuple[Any, Any]:
     norm = model.global_norm(ops, grads)
     scale = ops.minimum(1.0, theta / (norm + eps))
-    return {k: grads[k] * scale for k in model.PARAM_NAMES}, norm
+    return {k: grads[k] * scale for k in model.param_names(grads)}, norm
 
 
 class ClipEpsilon(BackendSubject):

@@ -23,17 +23,27 @@ class Problem:
     num_steps: int = 5
     scale: str = "moderate"
     seed: int = 0
+    embed_dim: int | None = None  # a learned embedding E instead of one-hot inputs
+    last_step_loss: bool = False  # the loss sees only the last step
+
+    @property
+    def plain(self) -> bool:
+        """The chapter's model exactly (what the torch.nn.RNN and Keras oracles can run)."""
+        return self.embed_dim is None and not self.last_step_loss
 
     def draw(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """float64 (params, inputs, labels, state); inputs and labels are time-major."""
         rng = np.random.default_rng(self.seed)
         V, H, B, T = self.vocab_size, self.num_hiddens, self.batch_size, self.num_steps
-        params = model.init_params(V, H, rng, "float64")  # d2l: normal × 0.01, zero biases
+        D = self.embed_dim
+        params = model.init_params(V, H, rng, "float64", embed_dim=D)  # d2l: normal × 0.01
         if self.scale != "d2l":
             w_in, bias, radius = {"moderate": (0.5, 0.3, 0.9), "saturating": (4.0, 2.0, 0.5)}[
                 self.scale
             ]
-            params["W_xh"] = rng.standard_normal((V, H)) * w_in
+            params["W_xh"] = rng.standard_normal((D or V, H)) * w_in
+            if D:
+                params["E"] = rng.standard_normal((V, D))
             params["W_hh"] = rng.standard_normal((H, H)) * (radius / np.sqrt(H))
             params["b_h"] = rng.standard_normal(H) * bias
             # the output layer stays moderate in every regime: overconfident logits make the
@@ -42,7 +52,7 @@ class Problem:
             params["W_hq"] = rng.standard_normal((H, V)) * 0.5
             params["b_q"] = rng.standard_normal(V) * 0.3
         inputs = rng.integers(0, V, (T, B))
-        labels = rng.integers(0, V, (T, B))
+        labels = rng.integers(0, V, (1 if self.last_step_loss else T, B))
         state = np.tanh(rng.standard_normal((B, H)))
         return params, inputs, labels, state
 
@@ -61,5 +71,7 @@ DEFAULT_PROBLEMS = (
     Problem(28, 32, 4, 7, "d2l", 1),
     Problem(5, 6, 1, 1, "saturating", 2),
     Problem(12, 9, 2, 12, "saturating", 3),
+    Problem(9, 10, 3, 6, "moderate", 4, embed_dim=5),
+    Problem(7, 8, 2, 6, "saturating", 5, last_step_loss=True),
 )
 """What ``rosetta-rnn conform`` runs (the pytest suite draws shapes with hypothesis)."""

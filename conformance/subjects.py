@@ -76,7 +76,11 @@ class BackendSubject:
         """(loss, grads, H_T) as the adapter computes them with ``--grad mode``."""
         vg = self.module.make_value_and_grad(self.ops, mode)
         loss, grads, H_T = vg(self.put(params), *self._inputs(inputs, labels, state))
-        return self.get(loss), {k: self.get(grads[k]) for k in model.PARAM_NAMES}, self.get(H_T)
+        return (
+            self.get(loss),
+            {k: self.get(grads[k]) for k in model.param_names(grads)},
+            self.get(H_T),
+        )
 
     def clip(self, grads: Arrays, theta: float) -> tuple[Arrays, np.ndarray]:
         clipped, norm = model.clip_by_global_norm(self.ops, self.put(grads), theta)

@@ -165,12 +165,15 @@ def load_model(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load a checkpoint and check that the five parameters fit its vocabulary and size."""
-    from .model import PARAM_NAMES, param_shapes
+    from .model import param_shapes
 
     tensors, metadata = load(path)
     vocab, num_hiddens, dtype = model_metadata(metadata, str(path))
-    expected = param_shapes(len(vocab), num_hiddens)
-    for name in PARAM_NAMES:
+    embed_dim = metadata["config"].get("embed_dim")
+    if embed_dim is not None and not (isinstance(embed_dim, int) and embed_dim > 0):
+        raise CheckpointError(f"{path}: metadata config.embed_dim {embed_dim!r} is not valid")
+    expected = param_shapes(len(vocab), num_hiddens, embed_dim)
+    for name in expected:
         if name not in tensors:
             raise CheckpointError(f"{path}: parameter {name} is missing")
         if tensors[name].shape != expected[name]:

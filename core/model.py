@@ -1,9 +1,15 @@
 """The chapter's model, written once against the tensor interface ``ops``.
 
 Shapes, time-major as inside the model (d2l-en #1349 is what happens otherwise):
-    inputs, labels  (num_steps, batch_size)              integer token ids
+    inputs          (num_steps, batch_size)              integer token ids
+    labels          (loss_steps, batch_size)             ids of the next token for the last
+                                                         loss_steps steps (all steps: the
+                                                         chapter; 1: last-step loss)
     Hs              (num_steps, batch_size, num_hiddens) hidden state after every step
-    logits          (num_steps * batch_size, vocab_size) rows in time-major order
+    logits          (loss_steps * batch_size, vocab_size) rows in time-major order
+
+With a learned embedding (an exercise) the parameters gain E (vocab_size, embed_dim) and
+W_xh becomes (embed_dim, num_hiddens): X_t W_xh with X_t = E[x_t] instead of one_hot(x_t).
 """
 
 from __future__ import annotations
@@ -16,16 +22,28 @@ import numpy as np
 from .ops import Ops, Tensor
 
 PARAM_NAMES: tuple[str, ...] = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
+EMBEDDING = "E"
+ALL_PARAM_NAMES: tuple[str, ...] = (EMBEDDING, *PARAM_NAMES)
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu")
 
 Params = dict[str, Tensor]
 ValueAndGrad = Callable[[Params, Tensor, Tensor, Tensor], tuple[Tensor, Params, Tensor]]
 
 
-def param_shapes(vocab_size: int, num_hiddens: int) -> dict[str, tuple[int, ...]]:
-    """The shapes of ``W_xh, W_hh, b_h, W_hq, b_q``."""
+def param_names(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The parameters present, in canonical order (E only with a learned embedding)."""
+    return tuple(name for name in ALL_PARAM_NAMES if name in params)
+
+
+def param_shapes(
+    vocab_size: int, num_hiddens: int, embed_dim: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``W_xh, W_hh, b_h, W_hq, b_q`` (and ``E`` with a learned embedding)."""
     V, H = vocab_size, num_hiddens
-    return {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    shapes = {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    if embed_dim:
+        shapes = {EMBEDDING: (V, embed_dim), **shapes, "W_xh": (embed_dim, H)}
+    return shapes
 
 
 def init_params(
@@ -34,20 +52,24 @@ def init_params(
     rng: np.random.Generator,
     dtype: str = "float64",
     sigma: float = 0.01,
+    embed_dim: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """d2l's ``get_params``: weights ``normal * sigma``, biases zero, drawn W_xh, W_hh, W_hq.
+    """d2l's ``get_params``: weights ``normal * sigma``, biases zero, drawn W_xh, W_hh, W_hq
+    (then E, for a learned embedding).
 
     Drawn in float64 from the core generator and then cast, so every backend and dtype starts
     from the same numbers (float32 is the rounding of the float64 draw).
     """
-    shapes = param_shapes(vocab_size, num_hiddens)
+    shapes = param_shapes(vocab_size, num_hiddens, embed_dim)
     params: dict[str, np.ndarray] = {}
-    for name in PARAM_NAMES:
-        if name.startswith("W"):
-            params[name] = rng.standard_normal(shapes[name]) * sigma
-        else:
+    for name in (*PARAM_NAMES, EMBEDDING):
+        if name not in shapes:
+            continue
+        if name.startswith("b"):
             params[name] = np.zeros(shapes[name])
-    return {name: params[name].astype(dtype) for name in PARAM_NAMES}
+        else:
+            params[name] = rng.standard_normal(shapes[name]) * sigma
+    return {name: params[name].astype(dtype) for name in param_names(params)}
 
 
 def begin_state(ops: Ops, batch_size: int, num_hiddens: int) -> Tensor:
@@ -66,8 +88,13 @@ def activation_grad(ops: Ops, activation: str, H: Tensor) -> Tensor:
 
 
 def embed(ops: Ops, params: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
-    """one_hot(inputs) @ W_xh, computed as a row gather (exactly equal): (T, B, H)."""
-    return ops.gather(params["W_xh"], inputs)
+    """X_t W_xh for every step: (T, B, H). One-hot inputs make it a row gather of W_xh
+    (exactly equal to the matmul); a learned embedding gathers rows of E first."""
+    if EMBEDDING not in params:
+        return ops.gather(params["W_xh"], inputs)
+    T, B = (int(n) for n in inputs.shape)
+    X = ops.reshape(ops.gather(params[EMBEDDING], inputs), (T * B, int(params[EMBEDDING].shape[1])))
+    return ops.reshape(ops.matmul(X, params["W_xh"]), (T, B, int(params["W_xh"].shape[1])))
 
 
 def rnn_forward(
@@ -119,6 +146,14 @@ def perplexity(mean_cross_entropy: float) -> float:
     return float(np.exp(mean_cross_entropy))
 
 
+def loss_window(Hs: Tensor, labels: Tensor) -> Tensor:
+    """The hidden states the loss sees: the last ``len(labels)`` steps."""
+    T, w = int(Hs.shape[0]), int(labels.shape[0])
+    if not 1 <= w <= T:
+        raise ValueError(f"labels cover {w} steps, the inputs {T}")
+    return Hs if w == T else Hs[T - w :]
+
+
 def forward_loss(
     ops: Ops,
     params: Mapping[str, Tensor],
@@ -127,9 +162,10 @@ def forward_loss(
     state: Tensor,
     activation: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
-    """The training objective for autodiff: (mean cross-entropy, H_T)."""
+    """The training objective for autodiff: (mean cross-entropy over the labelled last
+    steps, H_T)."""
     Hs, H_T = rnn_forward(ops, params, inputs, state, activation)
-    return cross_entropy(ops, output_layer(ops, params, Hs), labels), H_T
+    return cross_entropy(ops, output_layer(ops, params, loss_window(Hs, labels)), labels), H_T
 
 
 def bptt(
@@ -151,17 +187,21 @@ def bptt(
     H = int(W_hh.shape[0])
     V = int(W_hq.shape[1])
     N = T * B
+    w = int(labels.shape[0])  # the loss sees the last w steps
+    M = w * B
 
     Hs, H_T = rnn_forward(ops, params, inputs, state, activation)
-    logits = output_layer(ops, params, Hs)
+    Hs_seen = loss_window(Hs, labels)
+    logits = output_layer(ops, params, Hs_seen)
     loss = cross_entropy(ops, logits, labels)
 
-    # ∂loss/∂logits of the mean cross-entropy: (softmax - one_hot) / N
-    dlogits = (softmax(ops, logits) - ops.one_hot(ops.reshape(labels, (N,)), V)) / N
-    Hs_flat = ops.reshape(Hs, (N, H))
-    dW_hq = ops.matmul(ops.transpose(Hs_flat), dlogits)
+    # ∂loss/∂logits of the mean cross-entropy: (softmax - one_hot) / M
+    dlogits = (softmax(ops, logits) - ops.one_hot(ops.reshape(labels, (M,)), V)) / M
+    dW_hq = ops.matmul(ops.transpose(ops.reshape(Hs_seen, (M, H))), dlogits)
     db_q = ops.sum(dlogits, axis=0)
-    dHs = ops.reshape(ops.matmul(dlogits, ops.transpose(W_hq)), (T, B, H))
+    dHs = ops.reshape(ops.matmul(dlogits, ops.transpose(W_hq)), (w, B, H))
+    if w < T:  # steps before the window get no gradient from the output layer
+        dHs = ops.concat([ops.zeros((T - w, B, H)), dHs])
 
     W_hh_T = ops.transpose(W_hh)
 
@@ -174,15 +214,22 @@ def bptt(
 
     dZ_flat = ops.reshape(dZ, (N, H))
     H_prev = ops.reshape(ops.concat([ops.reshape(state, (1, B, H)), Hs[:-1]]), (N, H))
-    X_flat = ops.one_hot(ops.reshape(inputs, (N,)), V)
+    one_hot_flat = ops.one_hot(ops.reshape(inputs, (N,)), V)
     grads = {
-        "W_xh": ops.matmul(ops.transpose(X_flat), dZ_flat),  # Xᵀ dZ (a scatter-add of rows)
         "W_hh": ops.matmul(ops.transpose(H_prev), dZ_flat),  # H_{t-1}ᵀ dZ over all steps
         "b_h": ops.sum(dZ_flat, axis=0),
         "W_hq": dW_hq,
         "b_q": db_q,
     }
-    return loss, grads, H_T, dstate
+    if EMBEDDING in params:
+        E = params[EMBEDDING]
+        X_flat = ops.reshape(ops.gather(E, inputs), (N, int(E.shape[1])))
+        grads["W_xh"] = ops.matmul(ops.transpose(X_flat), dZ_flat)  # Xᵀ dZ
+        dX = ops.matmul(dZ_flat, ops.transpose(params["W_xh"]))  # dZ W_xhᵀ
+        grads[EMBEDDING] = ops.matmul(ops.transpose(one_hot_flat), dX)  # scatter-add into E
+    else:
+        grads["W_xh"] = ops.matmul(ops.transpose(one_hot_flat), dZ_flat)  # one_hotᵀ dZ
+    return loss, {name: grads[name] for name in param_names(params)}, H_T, dstate
 
 
 def bptt_value_and_grad(ops: Ops, activation: str = "tanh") -> ValueAndGrad:
@@ -200,7 +247,7 @@ def bptt_value_and_grad(ops: Ops, activation: str = "tanh") -> ValueAndGrad:
 def global_norm(ops: Ops, grads: Mapping[str, Tensor]) -> Tensor:
     """‖g‖ over all parameters together: sqrt(Σ_params Σ g²)."""
     total = None
-    for name in PARAM_NAMES:
+    for name in param_names(grads):
         g = grads[name]
         s = ops.sum(g * g)
         total = s if total is None else total + s
@@ -216,12 +263,12 @@ def clip_by_global_norm(
     """
     norm = global_norm(ops, grads)
     scale = ops.minimum(1.0, theta / norm)
-    return {name: grads[name] * scale for name in PARAM_NAMES}, norm
+    return {name: grads[name] * scale for name in param_names(grads)}, norm
 
 
 def sgd(ops: Ops, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: float) -> Params:
     """d2l's ``sgd(params, lr, batch_size=1)``: p ← p - lr·g."""
-    return {name: params[name] - lr * grads[name] for name in PARAM_NAMES}
+    return {name: params[name] - lr * grads[name] for name in param_names(params)}
 
 
 def train_step(
@@ -242,9 +289,9 @@ def train_step(
 
 def to_backend(ops: Ops, params: Mapping[str, np.ndarray]) -> Params:
     """NumPy parameters -> backend arrays of ``ops.dtype``."""
-    return {name: ops.asarray(np.asarray(params[name])) for name in PARAM_NAMES}
+    return {name: ops.asarray(np.asarray(params[name])) for name in param_names(params)}
 
 
 def to_numpy(ops: Ops, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Backend parameters -> NumPy arrays."""
-    return {name: ops.to_numpy(params[name]) for name in PARAM_NAMES}
+    return {name: ops.to_numpy(params[name]) for name in param_names(params)}

@@ -21,6 +21,8 @@ from .errors import UserError
 from .model import Params, begin_state, to_numpy
 from .ops import Ops, Tensor
 
+LOSSES = ("all-steps", "last-step")
+
 StepFn = Callable[
     [Params, Tensor, Tensor, Tensor, float, float], tuple[Params, Tensor, Tensor, Tensor]
 ]
@@ -38,6 +40,18 @@ class TrainConfig:
     clip: float = 1.0  # θ of the global-norm clipping; math.inf means --no-clip
     sampling: str = "sequential"
     activation: str = "tanh"
+    embed_dim: int | None = None  # None: one-hot inputs (the chapter); N: a learned embedding
+    loss: str = "all-steps"  # or "last-step": only the last character of each subsequence
+    detach: bool = True  # False: gradients flow through the whole epoch (sequential only)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if not self.detach and self.sampling != "sequential":
+            raise UserError(
+                "--no-detach needs --sampling sequential (random sampling resets "
+                "the state every minibatch)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,13 +130,19 @@ class Trainer:
         batches = data.data_iter(
             self.corpus_ids, cfg.batch_size, cfg.num_steps, self.rng, cfg.sampling
         )
+        epoch_inputs: list[np.ndarray] = []  # --no-detach: the epoch so far, time-major
         for i, (X, Y) in enumerate(batches):
+            if not cfg.detach:
+                epoch_inputs.append(X.T)
             if i < self.step:
                 continue
-            if self.hidden is None or cfg.sampling == "random":
+            if self.hidden is None or cfg.sampling == "random" or not cfg.detach:
                 self.hidden = begin_state(ops, X.shape[0], cfg.num_hiddens)
-            # time-major inputs and labels: (num_steps, batch_size)
-            inputs, labels = ops.asarray(X.T), ops.asarray(Y.T)
+            # time-major inputs and labels: (num_steps, batch_size); the loss sees the
+            # labelled last steps (all of them, or the last one)
+            X_t = X.T if cfg.detach else np.concatenate(epoch_inputs)
+            Y_t = Y.T if cfg.loss == "all-steps" else Y.T[-1:]
+            inputs, labels = ops.asarray(X_t), ops.asarray(Y_t)
             params, hidden, loss, norm = self.step_fn(
                 self.params, inputs, labels, self.hidden, cfg.lr, cfg.clip
             )
@@ -136,7 +156,7 @@ class Trainer:
                 )
             self.params, self.hidden = params, hidden
             self.last_finite_norm = norm_f
-            totals.add(loss_f * Y.size, Y.size, norm_f)
+            totals.add(loss_f * Y_t.size, Y_t.size, norm_f)
             self.step = i + 1
             totals.seconds = time.perf_counter() - start
             if on_step is not None:

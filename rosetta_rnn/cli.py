@@ -52,6 +52,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
 def _nonnegative_float(text: str) -> float:
     try:
         value = float(text)
@@ -100,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
     t.add_argument("--sampling", choices=data.SAMPLING_KINDS, help="default sequential")
     t.add_argument("--activation", choices=("tanh", "relu"), help="default tanh")
+    t.add_argument("--embedding", choices=("onehot", "learned"), help="default onehot")
+    t.add_argument("--embed-dim", type=_positive_int, help="size of a learned embedding (32)")
+    t.add_argument("--loss", choices=("all-steps", "last-step"), help="default all-steps")
+    t.add_argument(
+        "--no-detach",
+        action="store_true",
+        help="keep the state in the graph across minibatches (sequential only)",
+    )
+    t.add_argument(
+        "--train-fraction",
+        type=_fraction,
+        help="train on this first part of the corpus, report perplexity on the rest",
+    )
+    t.add_argument("--plot", metavar="PNG", help="write perplexity per epoch (and held-out)")
     t.add_argument("--grad", choices=("autograd", "bptt"), help="default: the backend's first")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--eager", action="store_true", help="no jit / tf.function")

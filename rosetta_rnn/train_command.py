@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
     "clip": 1.0,
     "sampling": "sequential",
     "activation": "tanh",
+    "embedding": "onehot",
+    "embed_dim": None,
+    "loss": "all-steps",
+    "detach": True,
+    "train_fraction": None,
     "token": "char",
     "max_tokens": 10000,
     "dtype": "float32",
@@ -57,9 +62,12 @@ def _say(out: TextIO, *parts: Any) -> None:
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The hyperparameters given on the command line (None: not given)."""
-    given = {k: getattr(args, k) for k in DEFAULTS}
+    given = {k: getattr(args, k, None) for k in DEFAULTS}
     if args.no_clip:
         given["clip"] = math.inf
+    given["detach"] = False if args.no_detach else None
+    if given["embed_dim"] is not None and given["embedding"] is None:
+        given["embedding"] = "learned"
     return given
 
 
@@ -67,12 +75,22 @@ def _saved(meta: dict[str, Any], source: str) -> dict[str, Any]:
     """The hyperparameters a checkpoint was trained with."""
     try:
         cfg = meta["config"]
-        saved = {
-            k: cfg[k]
-            for k in ("batch_size", "num_steps", "num_hiddens", "lr", "sampling", "activation")
-        }
+        keys = (
+            "batch_size",
+            "num_steps",
+            "num_hiddens",
+            "lr",
+            "sampling",
+            "activation",
+            "embed_dim",
+            "loss",
+            "detach",
+        )
+        saved = {k: cfg[k] for k in keys}
         saved["clip"] = math.inf if cfg["clip"] is None else cfg["clip"]
-        saved.update({k: meta[k] for k in ("token", "max_tokens", "dtype", "seed")})
+        saved["embedding"] = "onehot" if cfg["embed_dim"] is None else "learned"
+        for k in ("token", "max_tokens", "dtype", "seed", "train_fraction"):
+            saved[k] = meta[k]
     except (KeyError, TypeError):
         raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
     return saved
@@ -81,7 +99,12 @@ def _saved(meta: dict[str, Any], source: str) -> dict[str, Any]:
 def _hyperparameters(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[str, Any]:
     given = _given(args)
     if meta is None:
-        return {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+        hp = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+        if hp["embedding"] == "learned" and hp["embed_dim"] is None:
+            hp["embed_dim"] = 32
+        if hp["embedding"] == "onehot" and hp["embed_dim"] is not None:
+            raise UserError("--embed-dim goes with --embedding learned")
+        return hp
     saved = _saved(meta, args.resume)
     for key, value in given.items():
         if value is not None and value != saved[key]:
@@ -179,6 +202,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         clip=hp["clip"],
         sampling=hp["sampling"],
         activation=hp["activation"],
+        embed_dim=hp["embed_dim"],
+        loss=hp["loss"],
+        detach=hp["detach"],
     )
     dtype = hp["dtype"]
     out_path = args.checkpoint or args.resume
@@ -212,7 +238,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(hp["seed"])
     history: list[dict[str, Any]] = []
     if resume_meta is None:
-        init = model.init_params(len(corpus.vocab), cfg.num_hiddens, rng, dtype)
+        init = model.init_params(
+            len(corpus.vocab), cfg.num_hiddens, rng, dtype, embed_dim=cfg.embed_dim
+        )
         trainer = Trainer(ops, step, model.to_backend(ops, init), corpus.ids, cfg, rng)
     else:
         assert resume_tensors is not None
@@ -247,6 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "seed": hp["seed"],
             "token": hp["token"],
             "max_tokens": hp["max_tokens"],
+            "train_fraction": hp["train_fraction"],
             "grad": grad,
             "config": cfg.to_dict(),
             "vocab": corpus.vocab.idx_to_token,

@@ -62,7 +62,10 @@ problems = st.builds(
     num_steps=st.integers(1, 8),
     scale=st.sampled_from(SCALES),
     seed=st.integers(0, 2**31 - 1),
+    embed_dim=st.none() | st.integers(1, 6),
+    last_step_loss=st.booleans(),
 )
+plain_problems = problems.filter(lambda p: p.plain)
 
 
 def _assert(cell: checks.Cell) -> None:
@@ -123,8 +126,12 @@ def test_sampling(backend: BackendSubject, problem: Problem) -> None:
         _check(name, backend, problem)
 
 
-@pytest.mark.parametrize("sampling", ["sequential", "random"])
-@pytest.mark.parametrize("problem", DEFAULT_PROBLEMS[:2], ids=["moderate", "d2l"])
+@pytest.mark.parametrize("sampling", ["sequential", "random", "no-detach"])
+@pytest.mark.parametrize(
+    "problem",
+    [DEFAULT_PROBLEMS[0], DEFAULT_PROBLEMS[1], DEFAULT_PROBLEMS[4], DEFAULT_PROBLEMS[5]],
+    ids=["moderate", "d2l", "embedding", "last-step"],
+)
 def test_training(backend: BackendSubject, sampling: str, problem: Problem) -> None:
     _check(f"train/{sampling}", backend, problem)
 
@@ -149,7 +156,7 @@ ORACLES = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("oracle_name", list(ORACLES))
 @EXAMPLES
-@given(problem=problems)
+@given(problem=plain_problems)
 def test_oracle(oracle_name: str, dtype: str, problem: Problem) -> None:
     framework, cls = ORACLES[oracle_name]
     pytest.importorskip(framework, reason=f"the {oracle_name} oracle needs {framework}")

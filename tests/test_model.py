@@ -113,6 +113,22 @@ def test_bptt_matches_central_finite_differences(vocab, hidden, batch, steps, se
     assert _finite_difference_check(params, inputs, labels, state) <= 1e-7
 
 
+@given(
+    embed_dim=st.integers(1, 4),
+    window=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_bptt_matches_finite_differences_with_embedding_and_loss_window(
+    embed_dim: int, window: int, seed: int
+) -> None:
+    """A learned embedding E, and a loss over only the last ``window`` steps."""
+    params, inputs, labels, state = _problem(6, 4, 2, 4, seed, 1.0)
+    rng = np.random.default_rng(seed)
+    params["E"] = rng.standard_normal((6, embed_dim))
+    params["W_xh"] = rng.standard_normal((embed_dim, 4)) * 0.5
+    assert _finite_difference_check(params, inputs, labels[4 - window :], state) <= 1e-7
+
+
 def test_bptt_matches_finite_differences_for_relu() -> None:
     params, inputs, labels, state = _problem(5, 4, 2, 3, 11)
     assert _finite_difference_check(params, inputs, labels, state, "relu") <= 1e-7
