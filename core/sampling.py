@@ -43,6 +43,29 @@ def next_token(
     return inverse_cdf_choice(probs, float(rng.random()))
 
 
+def warm_up(
+    ops: Ops, params: Mapping[str, Tensor], prefix: Sequence[int], activation: str = "tanh"
+) -> Tensor:
+    """The state after reading the whole prefix, and the logits of the next token."""
+    num_hiddens = int(params["W_hh"].shape[0])
+    state = begin_state(ops, 1, num_hiddens)
+    x = ops.asarray(np.asarray(prefix, dtype=np.int64).reshape(-1, 1))
+    Hs, _ = rnn_forward(ops, params, x, state, activation)
+    return output_layer(ops, params, Hs[-1:])
+
+
+def next_distribution(
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    prefix: Sequence[int],
+    alpha: float = 1.0,
+    activation: str = "tanh",
+) -> np.ndarray:
+    """q ∝ P^α of the token after ``prefix`` (α = 1/temperature): softmax(α · logits)."""
+    logits = warm_up(ops, params, prefix, activation)
+    return ops.to_numpy(softmax(ops, logits * alpha)).reshape(-1)
+
+
 def predict(
     ops: Ops,
     params: Mapping[str, Tensor],

@@ -11,9 +11,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from rosetta_rnn import __version__, backends
+from rosetta_rnn import __version__, backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
 from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.evaluation import perplexity_on
 
 PROG = "rosetta-rnn"
 
@@ -52,6 +53,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _alphas(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1,2, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -59,16 +70,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
 
 
@@ -139,12 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(g, None)
     g.add_argument("--prefix", default="time traveller")
     g.add_argument("--num-chars", type=_int, default=50, help="how many tokens to predict")
-    g.add_argument(
-        "--temperature", type=_nonnegative_float, default=0.0, help="0 (default) is greedy"
-    )
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--greedy", action="store_true", help="argmax (the default)")
+    how.add_argument("--temperature", type=_positive_float, help="sample softmax(logits / T)")
+    how.add_argument("--alpha", type=_positive_float, help="sample q ∝ P^α (T = 1/α)")
+    g.add_argument("--plot", metavar="PNG", help="plot the next-token distribution for --alphas")
+    g.add_argument("--alphas", type=_alphas, default=[0.5, 1.0, 2.0, 4.0], metavar="A,B,...")
     g.add_argument("--seed", type=_int, default=0, help="seed of the sampling uniforms")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="perplexity of a checkpoint on a text")
+    e.add_argument("--checkpoint", metavar="PATH", required=True)
+    e.add_argument("--corpus", metavar="FILE", help="default: The Time Machine")
+    _add_backend_args(e, None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser(
+        "clipping", help="train with and without clipping; plot the gradient norm per step"
+    )
+    _add_backend_args(x, "float32")
+    x.add_argument("--corpus", metavar="FILE")
+    x.add_argument("--epochs", type=_positive_int, default=50)
+    x.add_argument("--lr", type=_positive_float, default=1.0)
+    x.add_argument("--clip", type=_positive_float, default=1.0, metavar="THETA")
+    x.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
+    x.add_argument("--num-hiddens", type=_positive_int, default=512)
+    x.add_argument("--plot", metavar="PNG", required=True)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=_clipping)
 
     c = sub.add_parser("conform", help="prove the backends agree with NumPy float64")
     c.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), metavar="NAME")
@@ -189,14 +214,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     rng = np.random.default_rng(args.seed)
+    activation = meta.get("config", {}).get("activation", "tanh")
+    temperature = args.temperature or (1.0 / args.alpha if args.alpha else None)
+    if args.plot:
+        plots.check_plot_path(args.plot)
+        probs = {
+            a: sampling.next_distribution(ops, params, vocab.lookup(tokens), a, activation)
+            for a in args.alphas
+        }
+        title = f"next token after {args.prefix!r}: q ∝ P^α"
+        plots.distributions(probs, vocab.idx_to_token, args.plot, title)
+        print(f"plot written to {args.plot}", file=sys.stderr)
     ids = sampling.predict(
         ops,
         params,
         vocab.lookup(tokens),
         args.num_chars,
-        temperature=args.temperature or None,
+        temperature=temperature,
         rng=rng,
-        activation=meta.get("config", {}).get("activation", "tanh"),
+        activation=activation,
     )
     continuation = vocab.to_tokens(ids[len(tokens) :])
     sep = "" if token == "char" else " "
@@ -255,6 +291,52 @@ def cmd_backends(args: argparse.Namespace) -> int:
         if not r["installed"]:
             print(f"{r['backend']}: {r['error']}")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Perplexity on a text the model may not have seen; unknown tokens count as <unk>."""
+    tensors, meta = checkpoint.load_model(args.checkpoint)
+    vocab = data.Vocab.from_tokens(meta["vocab"])
+    token = meta.get("token", "char")
+    dtype = args.dtype or meta["dtype"]
+    backend = backends.load(args.backend)
+    ops = backend.make_ops(dtype, args.device)
+    params = model.to_backend(ops, {k: v.astype(dtype) for k, v in tensors.items()})
+    source = data.locate_time_machine(args.corpus)
+    tokens = [t for line in data.tokenize(data.read_lines(source), token) for t in line]
+    if len(tokens) < 2:
+        raise UserError(f"corpus {source} has fewer than 2 tokens after preprocessing")
+    ids = np.asarray(vocab.lookup(tokens), dtype=np.int64)
+    unknown = int(sum(1 for t in tokens if t not in vocab.token_to_idx))
+    config = meta.get("config", {})
+    ppl, n = perplexity_on(
+        ops, params, ids, int(config.get("num_steps", 35)), config.get("activation", "tanh")
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "perplexity": ppl,
+                    "tokens": n,
+                    "unknown_tokens": unknown,
+                    "corpus": str(source),
+                    "backend": args.backend,
+                    "dtype": dtype,
+                }
+            )
+        )
+    else:
+        print(
+            f"perplexity {ppl:.3f} on {n} predicted tokens of {source} "
+            f"({unknown} outside the vocabulary, counted as <unk>)"
+        )
+    return 0
+
+
+def _clipping(args: argparse.Namespace) -> int:
+    from rosetta_rnn.experiments import cmd_clipping
+
+    return cmd_clipping(args)
 
 
 def cmd_conform(args: argparse.Namespace) -> int:

@@ -20,9 +20,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from rosetta_rnn import backends
+from rosetta_rnn import backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
+from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.core.training import (
     EpochResult,
     TrainConfig,
@@ -137,6 +138,16 @@ def _corpus_fingerprint(corpus: data.Corpus) -> str:
     return hashlib.sha1(corpus.ids.astype("<i8").tobytes()).hexdigest()
 
 
+def _largest_grad_norm(history: list[dict[str, Any]]) -> tuple[float, int, int] | None:
+    """(norm, epoch, step) of the largest gradient norm seen (before clipping)."""
+    best: tuple[float, int, int] | None = None
+    for h in history:
+        for i, g in enumerate(h.get("grad_norms", [])):
+            if best is None or g > best[0]:
+                best = (g, h["epoch"], i + 1)
+    return best
+
+
 def _sample(ops: Any, params: Any, vocab: data.Vocab, token: str, prefix: str, act: str) -> str:
     ids = vocab.lookup(data.split_text(prefix, token))
     out = sampling.predict(ops, params, ids, 50, activation=act)
@@ -230,10 +241,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if corpus_arg is None and resume_meta and resume_meta.get("corpus_path"):
         if Path(resume_meta["corpus_path"]).is_file():  # the text it was trained on
             corpus_arg = resume_meta["corpus_path"]
+    if args.plot:
+        plots.check_plot_path(args.plot)
     source = data.locate_time_machine(corpus_arg)
     corpus = data.load_corpus(source, hp["token"], hp["max_tokens"])
-    _validate_corpus(corpus, cfg, str(source))
     fingerprint = _corpus_fingerprint(corpus)
+    train_ids, heldout_ids = corpus.ids, None
+    if hp["train_fraction"]:  # hold out the end of the corpus
+        cut = int(len(corpus.ids) * hp["train_fraction"])
+        train_ids, heldout_ids = corpus.ids[:cut], corpus.ids[cut:]
+        if len(heldout_ids) < 2:
+            raise UserError("--train-fraction leaves fewer than 2 tokens to hold out")
+    _validate_corpus(data.Corpus(train_ids, corpus.vocab, corpus.token), cfg, str(source))
 
     rng = np.random.default_rng(hp["seed"])
     history: list[dict[str, Any]] = []
@@ -241,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init = model.init_params(
             len(corpus.vocab), cfg.num_hiddens, rng, dtype, embed_dim=cfg.embed_dim
         )
-        trainer = Trainer(ops, step, model.to_backend(ops, init), corpus.ids, cfg, rng)
+        trainer = Trainer(ops, step, model.to_backend(ops, init), train_ids, cfg, rng)
     else:
         assert resume_tensors is not None
         if (
@@ -252,7 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume {args.resume}: the corpus differs from the one it was trained on; "
                 "pass the same --corpus"
             )
-        trainer = Trainer(ops, step, model.to_backend(ops, resume_tensors), corpus.ids, cfg, rng)
+        trainer = Trainer(ops, step, model.to_backend(ops, resume_tensors), train_ids, cfg, rng)
         try:
             trainer.restore(resume_tensors, resume_meta["position"])
         except (KeyError, TypeError, ValueError):
@@ -302,14 +321,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             while trainer.epoch < epochs:
                 last = trainer.run_epoch(stop_requested=stop)
-                history.append(
-                    {
-                        "epoch": last.epoch,
-                        "perplexity": last.perplexity,
-                        "tokens_per_sec": last.tokens_per_sec,
-                        "max_grad_norm": last.max_grad_norm,
-                    }
-                )
+                entry = {
+                    "epoch": last.epoch,
+                    "perplexity": last.perplexity,
+                    "tokens_per_sec": last.tokens_per_sec,
+                    "max_grad_norm": last.max_grad_norm,
+                    "grad_norms": last.grad_norms,
+                }
+                if heldout_ids is not None:
+                    entry["heldout_perplexity"], _ = perplexity_on(
+                        ops, trainer.params, heldout_ids, cfg.num_steps, cfg.activation
+                    )
+                history.append(entry)
                 progress.update(last.epoch, f"perplexity {last.perplexity:.2f}")
                 if last.epoch % 10 == 0:
                     progress.clear()
@@ -321,9 +344,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                         SAMPLE_PREFIXES[0],
                         cfg.activation,
                     )
+                    held = (
+                        f"  held-out {entry['heldout_perplexity']:8.3f}"
+                        if heldout_ids is not None
+                        else ""
+                    )
                     _say(
                         human,
-                        f"epoch {last.epoch:4d}  perplexity {last.perplexity:8.3f}  "
+                        f"epoch {last.epoch:4d}  perplexity {last.perplexity:8.3f}{held}  "
                         f"{last.tokens_per_sec:9.1f} tokens/sec  {sample}",
                     )
                 if out_path and args.save_every and last.epoch % args.save_every == 0:
@@ -360,6 +388,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     for text in samples.values():
         _say(human, text)
+    largest = _largest_grad_norm(history)
+    if largest is not None and math.isinf(cfg.clip):
+        _say(human, "largest gradient norm {:.4g} (epoch {}, step {})".format(*largest))
+    if history and history[-1].get("heldout_perplexity") is not None:
+        _say(human, f"held-out perplexity {history[-1]['heldout_perplexity']:.2f}")
+    if args.plot:
+        plots.perplexity(history, args.plot, f"{args.backend} {dtype}: perplexity per epoch")
+        _say(human, f"plot written to {args.plot}")
     if out_path:
         save(out_path)
         _say(human, f"checkpoint written to {out_path}")
@@ -371,6 +407,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "grad": grad,
             "epochs": trainer.epoch,
             "perplexity": last.perplexity,
+            "heldout_perplexity": history[-1].get("heldout_perplexity"),
+            "max_grad_norm": largest[0] if largest else None,
             "tokens_per_sec": last.tokens_per_sec,
             "config": cfg.to_dict(),
             "history": history,

@@ -1,0 +1,41 @@
+"""Perplexity on a text: one pass, the state carried from chunk to chunk, every next token
+predicted (no random offset, nothing dropped)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .model import begin_state, forward_loss
+from .ops import Ops, Tensor
+
+
+def perplexity_on(
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    ids: np.ndarray,
+    num_steps: int = 35,
+    activation: str = "tanh",
+) -> tuple[float, int]:
+    """exp(mean cross-entropy) of predicting ids[1:] from ids[:-1]; returns (perplexity, n)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) < 2:
+        raise ValueError("a text of at least 2 tokens is needed for a perplexity")
+    state = begin_state(ops, 1, int(params["W_hh"].shape[0]))
+    total, n = 0.0, 0
+    for start in range(0, len(ids) - 1, num_steps):
+        y = ids[start + 1 : start + 1 + num_steps]
+        x = ids[start : start + len(y)]
+        loss, state = forward_loss(
+            ops,
+            params,
+            ops.asarray(x.reshape(-1, 1)),
+            ops.asarray(y.reshape(-1, 1)),
+            state,
+            activation,
+        )
+        total += float(ops.to_numpy(loss)) * len(y)
+        n += len(y)
+    return math.exp(total / n), n

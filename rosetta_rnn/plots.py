@@ -1,0 +1,109 @@
+"""PNG plots (matplotlib, Agg), each written atomically to a path the user gives."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rosetta_rnn.core.errors import UserError
+
+
+def _figure() -> tuple[Any, Any]:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plots need matplotlib: pip install 'rosetta-rnn[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.2), dpi=110)
+
+
+def check_plot_path(path: str | os.PathLike[str]) -> None:
+    """Fail before any work when the plot cannot be written."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise UserError(f"cannot write {p}: folder {p.parent} does not exist")
+    if p.suffix.lower() != ".png":
+        raise UserError(f"plots are PNG files; {p} does not end in .png")
+
+
+def save(fig: Any, path: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    check_plot_path(p)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".png", dir=p.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def perplexity(history: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
+    """Perplexity per epoch: training, and held-out when there is one."""
+    fig, ax = _figure()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["perplexity"] for h in history], label="train")
+    held = [h.get("heldout_perplexity") for h in history]
+    if any(v is not None for v in held):
+        ax.plot(epochs, held, label="held-out")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    _plain_ticks(ax)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save(fig, path)
+
+
+def _plain_ticks(ax: Any) -> None:
+    """Log axes labelled 2, 5, 10 rather than 2×10⁰."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
+def grad_norms(runs: Mapping[str, Sequence[float]], theta: float, path: str, title: str) -> None:
+    """Gradient norm per step for several runs, with the clipping threshold θ."""
+    fig, ax = _figure()
+    for label, norms in runs.items():
+        ax.plot(range(1, len(norms) + 1), norms, label=label, linewidth=0.8)
+    ax.axhline(theta, color="gray", linestyle="--", linewidth=0.8, label=f"θ = {theta:g}")
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("global gradient norm ‖g‖ (before clipping)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save(fig, path)
+
+
+def distributions(
+    probs: Mapping[float, Sequence[float]], tokens: Sequence[str], path: str, title: str
+) -> None:
+    """The next-token distribution q ∝ P^α for several α, one bar group per token."""
+    import numpy as np
+
+    fig, ax = _figure()
+    alphas = list(probs)
+    x = np.arange(len(tokens))
+    width = 0.8 / max(len(alphas), 1)
+    for i, alpha in enumerate(alphas):
+        ax.bar(x + i * width - 0.4 + width / 2, probs[alpha], width, label=f"α = {alpha:g}")
+    ax.set_xticks(x, [repr(t)[1:-1] if t != " " else "␣" for t in tokens])
+    ax.set_xlabel("next character")
+    ax.set_ylabel("probability")
+    ax.set_title(title)
+    ax.legend()
+    save(fig, path)
