@@ -1,4 +1,4 @@
-"""The ``rosetta-rnn`` command: train, generate, backends."""
+"""The ``rosetta-rnn`` command: train, generate, eval, clipping, conform, bench, backends."""
 
 from __future__ import annotations
 
@@ -193,14 +193,32 @@ def _train(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
+class _Model:
+    """A checkpoint loaded on the backend, dtype and device the command asks for."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        tensors, self.meta = checkpoint.load_model(args.checkpoint)
+        self.vocab = data.Vocab.from_tokens(self.meta["vocab"])
+        self.token = self.meta.get("token", "char")
+        self.config = self.meta.get("config", {})
+        self.activation = self.config.get("activation", "tanh")
+        self.dtype = args.dtype or self.meta["dtype"]
+        self.ops = backends.load(args.backend).make_ops(self.dtype, args.device)
+        self.params = model.to_backend(
+            self.ops, {k: v.astype(self.dtype) for k, v in tensors.items()}
+        )
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    tensors, meta = checkpoint.load_model(args.checkpoint)
-    vocab = data.Vocab.from_tokens(meta["vocab"])
-    token = meta.get("token", "char")
-    dtype = args.dtype or meta["dtype"]
-    backend = backends.load(args.backend)
-    ops = backend.make_ops(dtype, args.device)
-    params = model.to_backend(ops, {k: v.astype(dtype) for k, v in tensors.items()})
+    m = _Model(args)
+    ops, params, vocab, token, dtype, activation = (
+        m.ops,
+        m.params,
+        m.vocab,
+        m.token,
+        m.dtype,
+        m.activation,
+    )
     if args.num_chars < 0:
         raise UserError(f"--num-chars must be >= 0, got {args.num_chars}")
     tokens = data.split_text(args.prefix, token)
@@ -214,7 +232,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     rng = np.random.default_rng(args.seed)
-    activation = meta.get("config", {}).get("activation", "tanh")
     temperature = args.temperature or (1.0 / args.alpha if args.alpha else None)
     if args.plot:
         plots.check_plot_path(args.plot)
@@ -295,23 +312,15 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity on a text the model may not have seen; unknown tokens count as <unk>."""
-    tensors, meta = checkpoint.load_model(args.checkpoint)
-    vocab = data.Vocab.from_tokens(meta["vocab"])
-    token = meta.get("token", "char")
-    dtype = args.dtype or meta["dtype"]
-    backend = backends.load(args.backend)
-    ops = backend.make_ops(dtype, args.device)
-    params = model.to_backend(ops, {k: v.astype(dtype) for k, v in tensors.items()})
+    m = _Model(args)
     source = data.locate_time_machine(args.corpus)
-    tokens = [t for line in data.tokenize(data.read_lines(source), token) for t in line]
+    tokens = [t for line in data.tokenize(data.read_lines(source), m.token) for t in line]
     if len(tokens) < 2:
         raise UserError(f"corpus {source} has fewer than 2 tokens after preprocessing")
-    ids = np.asarray(vocab.lookup(tokens), dtype=np.int64)
-    unknown = int(sum(1 for t in tokens if t not in vocab.token_to_idx))
-    config = meta.get("config", {})
-    ppl, n = perplexity_on(
-        ops, params, ids, int(config.get("num_steps", 35)), config.get("activation", "tanh")
-    )
+    ids = np.asarray(m.vocab.lookup(tokens), dtype=np.int64)
+    unknown = int(sum(1 for t in tokens if t not in m.vocab.token_to_idx))
+    num_steps = int(m.config.get("num_steps", 35))
+    ppl, n = perplexity_on(m.ops, m.params, ids, num_steps, m.activation)
     if args.json:
         print(
             json.dumps(
@@ -321,7 +330,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     "unknown_tokens": unknown,
                     "corpus": str(source),
                     "backend": args.backend,
-                    "dtype": dtype,
+                    "dtype": m.dtype,
                 }
             )
         )
