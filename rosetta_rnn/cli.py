@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON document on stdout")
     c.set_defaults(func=cmd_conform)
 
+    from rosetta_rnn import corpus_stats
+
+    corpus_stats.register(sub)
+
     b = sub.add_parser("backends", help="list the backends, installed or not")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_backends)

@@ -1,0 +1,555 @@
+"""One small test per claim of docs/frameworks.md, "How the four frameworks differ on exactly
+this model": each shows a framework's own behaviour next to what our backends do about it.
+
+Timings are in the doc, with the commands that measure them; tests check structure only (a
+scan in the jaxpr, a While op in the graph), never a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.core import data, model, sampling
+from rosetta_rnn.core.errors import BackendUnavailable
+from rosetta_rnn.core.ops import python_scan
+
+REF = numpy_backend.make_ops("float64", "cpu")
+V, H, B, T = 6, 5, 3, 4  # vocab_size, num_hiddens, batch_size, num_steps of the small problems
+
+Problem = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]
+
+
+def _problem(seed: int = 0, steps: int = T) -> Problem:
+    """float64 parameters with σ = 0.3 and nonzero biases, inputs, labels, a nonzero state."""
+    rng = np.random.default_rng(seed)
+    params = model.init_params(V, H, rng, "float64", sigma=0.3)
+    params["b_h"] = rng.standard_normal(H) * 0.3
+    params["b_q"] = rng.standard_normal(V) * 0.3
+    inputs = rng.integers(0, V, (steps, B))
+    labels = rng.integers(0, V, (steps, B))
+    state = rng.standard_normal((B, H)) * 0.5
+    return params, inputs, labels, state
+
+
+def _core_hidden(params: dict[str, np.ndarray], inputs: np.ndarray, state: np.ndarray) -> Any:
+    return model.rnn_forward(REF, params, inputs, state)[0]
+
+
+def _close(a: Any, b: Any, tol: float = 1e-12) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and float(np.abs(a - b).max()) <= tol * max(np.abs(b).max(), 1.0)
+
+
+def _torch() -> Any:
+    return pytest.importorskip("torch", reason="PyTorch not installed")
+
+
+def _jax() -> Any:
+    return pytest.importorskip("jax", reason="JAX not installed")
+
+
+def _tf() -> Any:
+    return pytest.importorskip("tensorflow", reason="TensorFlow not installed")
+
+
+# --- 1. autodiff: four mechanisms -------------------------------------------------------------
+
+
+def test_numpy_gradients_are_the_hand_written_bptt() -> None:
+    assert numpy_backend.GRAD_MODES == ("bptt",)
+    with pytest.raises(BackendUnavailable, match="no autodiff"):
+        numpy_backend.make_value_and_grad(REF, "autograd")
+    params, inputs, labels, state = _problem()
+    _, grads, _, _ = model.bptt(REF, params, inputs, labels, state)
+    for name, index in [("W_xh", (2, 1)), ("W_hh", (0, 3)), ("b_h", (4,)), ("W_hq", (1, 5))]:
+        eps = 1e-6  # central difference of the loss
+        up, down = ({**params, name: params[name].copy()} for _ in range(2))
+        up[name][index] += eps
+        down[name][index] -= eps
+        fd = (
+            model.forward_loss(REF, up, inputs, labels, state)[0]
+            - model.forward_loss(REF, down, inputs, labels, state)[0]
+        ) / (2 * eps)
+        assert abs(grads[name][index] - fd) <= 1e-8
+
+
+def _count_nodes(grad_fn: Any, kind: str) -> int:
+    """How many nodes of one kind (e.g. TanhBackward0) the recorded autograd graph holds."""
+    seen: set[int] = set()
+    stack, count = [grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        count += node.name() == kind
+        stack.extend(child for child, _ in node.next_functions)
+    return count
+
+
+@pytest.mark.parametrize("steps", [1, 4, 9])
+def test_torch_autograd_records_the_graph_as_the_loop_runs(steps: int) -> None:
+    torch = _torch()
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    ops = torch_backend.make_ops("float64", "cpu")
+    params, inputs, labels, state = _problem(steps=steps)
+    leaves = {k: ops.asarray(v).requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        loss, _ = model.forward_loss(
+            ops, leaves, ops.asarray(inputs), ops.asarray(labels), ops.asarray(state)
+        )
+    # the Python loop ran `steps` times, so the graph recorded `steps` tanh nodes
+    assert _count_nodes(loss.grad_fn, "TanhBackward0") == steps
+    (dW_hh,) = torch.autograd.grad(loss, [leaves["W_hh"]])
+    _, grads, _, _ = model.bptt(REF, params, inputs, labels, state)
+    assert _close(dW_hh.numpy(), grads["W_hh"])
+
+
+def test_jax_value_and_grad_transforms_the_function() -> None:
+    jax = _jax()
+    jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
+    ops = jax_backend.make_ops("float64", "cpu")
+    params, inputs, labels, state = _problem()
+
+    def loss_fn(p: Any, x: Any, y: Any, s: Any) -> Any:
+        return model.forward_loss(ops, p, x, y, s)
+
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)  # a new function, no tape
+    args = (model.to_backend(ops, params), *(ops.asarray(a) for a in (inputs, labels, state)))
+    _, grads = value_and_grad(*args)
+    assert set(grads) == set(params)  # the gradient has the structure of the argument (pytree)
+    _, ref, _, _ = model.bptt(REF, params, inputs, labels, state)
+    assert all(_close(grads[k], ref[k]) for k in model.PARAM_NAMES)
+    # the derived program: the forward lax.scan and the reverse scan JAX wrote for the backward
+    jaxpr = str(jax.make_jaxpr(value_and_grad)(*args))
+    assert jaxpr.count("scan[") == 2
+    assert "reverse=False" in jaxpr and "reverse=True" in jaxpr
+
+
+def test_tensorflow_tape_records_only_what_it_watches() -> None:
+    tf = _tf()
+    tf_backend = pytest.importorskip("rosetta_rnn.backends.tensorflow")
+    x = tf.constant([1.0, 2.0], tf.float64)
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(x * x)
+    assert tape.gradient(y, x) is None  # a plain tensor is not watched: nothing recorded
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(x * x)
+    assert tape.gradient(y, x).numpy().tolist() == [2.0, 4.0]
+    # our backend watches the parameter dict, then asks the tape
+    ops = tf_backend.make_ops("float64", "cpu")
+    params, inputs, labels, state = _problem()
+    vg = tf_backend.make_value_and_grad(ops, "autograd")
+    _, grads, _ = vg(
+        model.to_backend(ops, params), *(ops.asarray(a) for a in (inputs, labels, state))
+    )
+    _, ref, _, _ = model.bptt(REF, params, inputs, labels, state)
+    assert all(_close(grads[k], ref[k]) for k in model.PARAM_NAMES)
+
+
+# --- 2 and 3. torch.nn.RNN and Keras SimpleRNN: biases and weight layouts ---------------------
+
+
+def _torch_rnn_hidden(
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    bias_ih: np.ndarray,
+    bias_hh: np.ndarray,
+    inputs: np.ndarray,
+    state: np.ndarray,
+) -> tuple[Any, Any]:
+    """torch.nn.RNN loaded with the four tensors given: (hidden states (T, B, H), the layer)."""
+    torch = _torch()
+    rnn = torch.nn.RNN(V, H, nonlinearity="tanh", dtype=torch.float64)
+    with torch.no_grad():
+        for tensor, value in [
+            (rnn.weight_ih_l0, weight_ih),
+            (rnn.weight_hh_l0, weight_hh),
+            (rnn.bias_ih_l0, bias_ih),
+            (rnn.bias_hh_l0, bias_hh),
+        ]:
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    X = torch.nn.functional.one_hot(torch.from_numpy(inputs), V).to(torch.float64)
+    Hs, _ = rnn(X, torch.from_numpy(state)[None])
+    return Hs, rnn
+
+
+def test_torch_rnn_has_two_biases_and_only_their_sum_matters() -> None:
+    torch = _torch()
+    params, inputs, _, state = _problem()
+    shapes = {n: tuple(p.shape) for n, p in torch.nn.RNN(V, H).named_parameters()}
+    assert shapes == {
+        "weight_ih_l0": (H, V),
+        "weight_hh_l0": (H, H),
+        "bias_ih_l0": (H,),
+        "bias_hh_l0": (H,),
+    }
+    W_ih, W_hh, b_h = params["W_xh"].T, params["W_hh"].T, params["b_h"]
+    split = np.random.default_rng(1).standard_normal(H)
+    Hs, rnn = _torch_rnn_hidden(W_ih, W_hh, b_h - split, split, inputs, state)
+    assert _close(Hs.detach().numpy(), _core_hidden(params, inputs, state))  # any split works
+    Hs.sum().backward()
+    assert _close(rnn.bias_ih_l0.grad, rnn.bias_hh_l0.grad)  # both get ∂loss/∂b_h
+    doubled, _ = _torch_rnn_hidden(W_ih, W_hh, b_h, b_h, inputs, state)
+    assert not _close(doubled.detach().numpy(), _core_hidden(params, inputs, state), 1e-3)
+
+
+def test_torch_weights_are_transposed_and_a_square_one_fits_either_way() -> None:
+    params, inputs, _, state = _problem()
+    zero = np.zeros(H)
+    want = _core_hidden(params, inputs, state)
+    right, _ = _torch_rnn_hidden(
+        params["W_xh"].T, params["W_hh"].T, params["b_h"], zero, inputs, state
+    )
+    assert _close(right.detach().numpy(), want)
+    # W_hh is (H, H): loading it untransposed raises nothing and computes something else
+    wrong, _ = _torch_rnn_hidden(
+        params["W_xh"].T, params["W_hh"], params["b_h"], zero, inputs, state
+    )
+    assert not _close(wrong.detach().numpy(), want, 1e-3)
+    with pytest.raises(RuntimeError):  # W_xh is (V, H): only the rectangular one is caught
+        _torch_rnn_hidden(params["W_xh"], params["W_hh"].T, params["b_h"], zero, inputs, state)
+
+
+def test_keras_simple_rnn_has_one_bias_and_our_layout() -> None:
+    _tf()
+    keras = pytest.importorskip("keras", reason="Keras not installed")
+    from rosetta_rnn.conformance.subjects import KerasRNNOracle
+
+    rnn = keras.layers.SimpleRNN(H, dtype="float64")
+    rnn.build((None, None, V))
+    assert [(w.name, tuple(w.shape)) for w in rnn.weights] == [
+        ("kernel", (V, H)),  # W_xh as it is
+        ("recurrent_kernel", (H, H)),  # W_hh as it is
+        ("bias", (H,)),  # b_h, the only bias
+    ]
+    params, inputs, _, state = _problem()
+    got = KerasRNNOracle("float64").forward(params, inputs, state)["hidden"]
+    assert _close(got, _core_hidden(params, inputs, state))
+
+
+# --- 4. dtypes: defaults and promotion --------------------------------------------------------
+
+
+def test_numpy_and_torch_promote_float32_with_float64() -> None:
+    torch = _torch()
+    assert np.zeros(2).dtype == np.float64 and torch.zeros(2).dtype == torch.float32  # defaults
+    assert (np.ones(2, np.float32) + np.ones(2, np.float64)).dtype == np.float64
+    assert (torch.ones(2) + torch.ones(2, dtype=torch.float64)).dtype == torch.float64
+    # Python floats are weak in both; torch also lets a 0-d float64 tensor take the array's dtype
+    assert (np.ones(2, np.float32) * 0.5).dtype == np.float32
+    assert (torch.ones(2) * torch.tensor(0.5, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_tensorflow_never_promotes() -> None:
+    tf = _tf()
+    a, b = tf.constant([1.0]), tf.constant([1.0], tf.float64)
+    assert a.dtype == tf.float32  # the default float
+    with pytest.raises(tf.errors.InvalidArgumentError, match="double tensor"):
+        a + b  # eager
+    with pytest.raises(TypeError, match="float64 that does not match type float32"):
+        tf.function(lambda x, y: x + y, autograph=False)(a, b)  # while tracing
+    assert (a * 0.5).dtype == tf.float32  # a Python float converts to the tensor's dtype
+
+
+def test_jax_is_float32_unless_x64_is_on() -> None:
+    jax = _jax()
+    jnp = jax.numpy
+    with jax.enable_x64(False):
+        assert jnp.zeros(2).dtype == jnp.float32
+        assert jnp.asarray(np.ones(2)).dtype == jnp.float32  # float64 NumPy arrives as float32
+        with pytest.warns(UserWarning, match="truncated to dtype float32"):
+            assert jnp.ones(2, dtype=jnp.float64).dtype == jnp.float32
+    jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
+    assert jax.config.jax_enable_x64  # our backend turns x64 on, so float64 runs exist ...
+    assert jnp.zeros(2).dtype == jnp.float64  # ... and the default float becomes float64,
+    ops = jax_backend.make_ops("float32", "cpu")  # so every array names its dtype
+    assert ops.zeros((2,)).dtype == jnp.float32 and ops.asarray(np.ones(2)).dtype == jnp.float32
+    assert (jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)).dtype == jnp.float64  # promotes
+
+
+# --- 5. TF32 ------------------------------------------------------------------------------------
+
+_TF32_DEFAULTS = {
+    "torch": (
+        "import torch; print(json.dumps([torch.backends.cuda.matmul.allow_tf32, "
+        "torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()]))"
+    ),
+    "jax": "import jax; print(json.dumps([jax.config.jax_default_matmul_precision]))",
+    "tensorflow": (
+        "import tensorflow as tf; "
+        "print(json.dumps([tf.config.experimental.tensor_float_32_execution_enabled()]))"
+    ),
+}
+_TF32_WANT = {
+    "torch": ([False, True, "highest"], [False, False, "highest"]),
+    "jax": ([None], ["highest"]),
+    "tensorflow": ([True], [False]),
+}
+
+
+def _tf32_ours(framework: str) -> list[Any]:
+    if framework == "torch":
+        torch = pytest.importorskip("rosetta_rnn.backends.torch").torch
+        return [
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(),
+        ]
+    if framework == "jax":
+        jax = pytest.importorskip("rosetta_rnn.backends.jax").jax
+        return [jax.config.jax_default_matmul_precision]
+    tf = pytest.importorskip("rosetta_rnn.backends.tensorflow").tf
+    return [tf.config.experimental.tensor_float_32_execution_enabled()]
+
+
+@pytest.mark.parametrize("framework", list(_TF32_DEFAULTS))
+def test_tf32_defaults_and_what_our_backends_set(framework: str) -> None:
+    pytest.importorskip(framework, reason=f"{framework} not installed")
+    default, ours = _TF32_WANT[framework]
+    # the framework's own defaults, in a fresh interpreter that never imported our backends
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; " + _TF32_DEFAULTS[framework]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == default
+    assert _tf32_ours(framework) == ours
+
+
+# --- 6. random numbers ------------------------------------------------------------------------
+
+
+def _jax_float64_normals(jax: Any) -> np.ndarray:
+    with jax.enable_x64(True):  # as our backend runs: float64 draws from the same key
+        return np.asarray(jax.random.normal(jax.random.key(0), (3,), dtype="float64"))
+
+
+def test_the_same_seed_gives_different_normals_in_every_framework() -> None:
+    torch, jax, tf = _torch(), _jax(), _tf()
+    draws = {
+        "numpy": np.random.default_rng(0).standard_normal(3),
+        "numpy-legacy": np.random.RandomState(0).standard_normal(3),
+        "torch": torch.randn(3, generator=torch.Generator().manual_seed(0)).numpy(),
+        "jax": np.asarray(jax.random.normal(jax.random.key(0), (3,), dtype="float32")),
+        "jax-float64": _jax_float64_normals(jax),
+        "tf": tf.random.Generator.from_seed(0).normal((3,)).numpy(),
+        "tf-stateless": tf.random.stateless_normal((3,), seed=[0, 0]).numpy(),
+    }
+    names = list(draws)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not np.allclose(draws[a], draws[b], atol=1e-3), (a, b)
+    # each is reproducible on its own: seeding works within a framework, never across
+    again = torch.randn(3, generator=torch.Generator().manual_seed(0)).numpy()
+    assert np.array_equal(again, draws["torch"])
+    assert np.allclose(draws["numpy"], [0.12573022, -0.13210486, 0.64042265])
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow"])
+def test_core_draws_everything_from_one_numpy_generator(backend: str) -> None:
+    module = pytest.importorskip(f"rosetta_rnn.backends.{backend}")
+    ops = module.make_ops("float64", "cpu")
+    ref = model.init_params(V, H, np.random.default_rng(0), "float64")
+    got = model.to_numpy(ops, model.to_backend(ops, ref))
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)  # bit for bit: drawn once, in NumPy
+    sharp = {k: v * 30 if k.startswith("W") else v for k, v in ref.items()}  # worth sampling
+    sampled, want = (
+        sampling.predict(o, p, [1, 2], 20, temperature=1.0, rng=np.random.default_rng(7))
+        for o, p in [(ops, model.to_backend(ops, sharp)), (REF, sharp)]
+    )
+    assert sampled == want  # the uniforms come from the core generator, not the framework
+
+
+# --- 7. clipping --------------------------------------------------------------------------------
+
+
+def _core_scale(g: np.ndarray, theta: float) -> float:
+    clipped, _ = model.clip_by_global_norm(REF, {"W_xh": g}, theta)
+    return float(clipped["W_xh"][0] / g[0])
+
+
+@pytest.mark.parametrize(
+    ("norm", "theta", "torch_scale", "exact_scale"),
+    [
+        (2.0, 1.0, 1.0 / (2.0 + 1e-6), 0.5),  # 0.49999975: off by 5e-7 relative
+        (2e-6, 1e-6, 1e-6 / 3e-6, 0.5),  # small gradients: a third instead of a half
+        (1e-6, 1e-6, 0.5, 1.0),  # at the threshold torch still halves, d2l leaves it
+    ],
+)
+def test_torch_clip_grad_norm_adds_an_epsilon(
+    norm: float, theta: float, torch_scale: float, exact_scale: float
+) -> None:
+    torch = _torch()
+    g = np.array([0.6, 0.8]) * norm  # ‖g‖ = norm
+    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    p.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_norm_([p], max_norm=theta)
+    assert p.grad.numpy()[0] / g[0] == pytest.approx(torch_scale, rel=1e-12)
+    assert _core_scale(g, theta) == pytest.approx(exact_scale, rel=1e-15)  # d2l: min(1, θ/‖g‖)
+
+
+@pytest.mark.parametrize(("norm", "theta"), [(2.0, 1.0), (2e-6, 1e-6), (1e-6, 1e-6), (0.5, 1.0)])
+def test_tensorflow_clip_by_global_norm_is_d2l(norm: float, theta: float) -> None:
+    tf = _tf()
+    g = np.array([0.6, 0.8]) * norm
+    (clipped,), global_norm = tf.clip_by_global_norm([tf.constant(g)], theta)
+    assert float(global_norm) == pytest.approx(norm, rel=1e-15)
+    assert clipped.numpy()[0] / g[0] == pytest.approx(_core_scale(g, theta), rel=1e-15)
+
+
+# --- 8. argmax ties -----------------------------------------------------------------------------
+
+TIES = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, -1.0, 5.0, 5.0]])
+FIRST = [1, 0, 2]
+
+
+def _framework_argmax(framework: str) -> Callable[[np.ndarray], list[int]]:
+    if framework == "numpy":
+        return lambda x: np.argmax(x, axis=1).tolist()
+    if framework == "torch":
+        torch = _torch()
+        return lambda x: torch.argmax(torch.from_numpy(x), dim=1).tolist()
+    if framework == "jax":
+        jnp = _jax().numpy
+        return lambda x: np.asarray(jnp.argmax(jnp.asarray(x), axis=1)).tolist()
+    tf = _tf()
+    return lambda x: tf.math.argmax(tf.constant(x), axis=1).numpy().tolist()
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax", "tensorflow"])
+def test_argmax_ties_go_to_the_first_index_on_cpu(framework: str) -> None:
+    argmax = _framework_argmax(framework)
+    assert argmax(TIES) == FIRST
+    many = np.random.default_rng(0).integers(0, 3, (200, 28)).astype(np.float32)
+    assert argmax(many) == [int(np.flatnonzero(r == r.max())[0]) for r in many]
+
+
+def test_greedy_choice_is_where_the_tie_rule_lives() -> None:
+    # sampling decides in NumPy, from the logits the backend hands over
+    assert [sampling.greedy_choice(row) for row in TIES] == FIRST
+    assert sampling.greedy_choice(np.zeros((1, 28))) == 0
+
+
+# --- 9. label layout (d2l-en #1349) -------------------------------------------------------------
+
+
+def test_labels_must_be_transposed_to_time_major() -> None:
+    rng = np.random.default_rng(0)
+    steps = batch = 5  # batch == steps: a forgotten transpose cannot show up as a shape error
+    corpus = rng.integers(0, V, 400)
+    X, Y = next(data.seq_data_iter_sequential(corpus, batch, steps, rng))
+    assert X.shape == Y.shape == (batch, steps)  # d2l's iterators are batch-major
+    params = model.init_params(V, H, rng, "float64", sigma=0.5)
+    Hs, _ = model.rnn_forward(REF, params, X.T, np.zeros((batch, H)))  # the model is time-major
+    logits = model.output_layer(REF, params, Hs)  # rows in (t, b) order
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.mean([log_p[t * batch + b, Y[b, t]] for t in range(steps) for b in range(batch)])
+    assert model.cross_entropy(REF, logits, Y.T) == pytest.approx(want, rel=1e-12)
+    # Y as it comes: flattened in (b, t) order against (t, b) rows; nothing raises
+    assert model.cross_entropy(REF, logits, Y) != pytest.approx(want, rel=1e-3)
+
+
+# --- 10. scan vs an unrolled loop ---------------------------------------------------------------
+
+
+def _jaxpr_lines(step: Any, ops: Any, steps: int) -> tuple[int, str]:
+    jax = _jax()
+    params, inputs, labels, state = _problem(steps=steps)
+    args = (
+        model.to_backend(ops, {k: v.astype(ops.dtype) for k, v in params.items()}),
+        *(ops.asarray(a) for a in (inputs, labels, state)),
+    )
+    text = str(jax.make_jaxpr(step)(*args, 1.0, 1.0))
+    return len(text.splitlines()), text
+
+
+def test_jax_jit_step_is_one_scan_whatever_num_steps() -> None:
+    _jax()
+    jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
+    ops = jax_backend.make_ops("float32", "cpu")
+    ours = jax_backend.make_train_step(ops, compiled=True)  # what `train` runs
+    (short, text), (long, _) = (_jaxpr_lines(ours, ops, n) for n in (3, 12))
+    assert "scan[" in text and short == long  # the program does not grow with num_steps
+    unrolled = jax_backend.make_train_step(ops, compiled=False)  # the eager step: a Python loop
+    (short, text), (long, _) = (_jaxpr_lines(unrolled, ops, n) for n in (3, 12))
+    assert "scan[" not in text and long > short + 9 * 5  # traced under jit, it unrolls
+
+
+def _graph_ops(ops: Any, steps: int) -> list[str]:
+    tf = _tf()
+    tf_backend = pytest.importorskip("rosetta_rnn.backends.tensorflow")
+    params, inputs, labels, state = _problem(steps=steps)
+    vg = tf.function(tf_backend.make_value_and_grad(ops, "autograd"), autograph=False)
+    args = (model.to_backend(ops, params), *(ops.asarray(a) for a in (inputs, labels, state)))
+    return [op.type for op in vg.get_concrete_function(*args).graph.get_operations()]
+
+
+def test_tensorflow_traced_step_is_one_while_loop_whatever_num_steps() -> None:
+    _tf()
+    tf_backend = pytest.importorskip("rosetta_rnn.backends.tensorflow")
+    ops = tf_backend.make_ops("float64", "cpu")
+    short, long = _graph_ops(ops, 3), _graph_ops(ops, 12)
+    assert any("While" in t for t in short) and len(short) == len(long)
+
+    base: Any = tf_backend.TensorFlowOps
+
+    class UnrolledOps(base):
+        """scan as a Python loop even while tracing: num_steps copies of the body."""
+
+        def scan(self, fn: Any, carry: Any, xs: Any, reverse: bool = False) -> tuple[Any, Any]:
+            return python_scan(self, fn, carry, xs, reverse)
+
+    unrolled = UnrolledOps("float64", "cpu")
+    short, long = _graph_ops(unrolled, 3), _graph_ops(unrolled, 12)
+    assert not any("While" in t for t in short) and len(long) > len(short) + 9 * 5
+
+
+# --- 11. eager vs compiled: the same numbers --------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_eager_and_compiled_steps_compute_the_same_step(backend: str) -> None:
+    module = pytest.importorskip(f"rosetta_rnn.backends.{backend}")
+    ops = module.make_ops("float64", "cpu")
+    params, inputs, labels, state = _problem()
+    args = (model.to_backend(ops, params), *(ops.asarray(a) for a in (inputs, labels, state)))
+    eager = module.make_train_step(ops, compiled=False)(*args, 0.5, 1.0)
+    compiled = module.make_train_step(ops, compiled=True)(*args, 0.5, 1.0)
+    for k in model.PARAM_NAMES:
+        assert _close(ops.to_numpy(eager[0][k]), ops.to_numpy(compiled[0][k]))
+    assert math.isclose(float(eager[2]), float(compiled[2]), rel_tol=1e-12)
+
+
+# --- the guide itself ---------------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "frameworks.md"
+
+
+def test_every_test_the_guide_names_exists() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    named = re.findall(r"`(tests/\w+\.py)::(\w+)(?:\[[^\]`]*\])?`", text)
+    assert len(named) >= 30
+    root = GUIDE.parent.parent
+    for path, name in named:
+        assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), f"{path}::{name}"
+    here = {name for path, name in named if path == "tests/test_frameworks_guide.py"}
+    mine = {n for n in globals() if n.startswith("test_")} - {
+        "test_every_test_the_guide_names_exists"
+    }
+    assert mine <= here, f"tests the guide does not cite: {sorted(mine - here)}"
