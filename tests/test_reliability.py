@@ -383,3 +383,30 @@ def test_cli_never_shows_a_traceback(
     if code != 0:
         lines = err.getvalue().strip().splitlines()
         assert lines and lines[-1].startswith("rosetta-rnn: error: ")
+
+
+def test_offline_without_a_copy_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DATA_URL", "http://127.0.0.1:9/timemachine.txt")
+    code, out, err = _run(capsys, "train")
+    assert code == 2 and out == ""
+    _one_line_error(err, "cannot download The Time Machine")
+    assert "--corpus FILE" in err and data.DATA_DIR_ENV in err
+    assert not any((tmp_path / "cache").glob("*"))  # nothing half-written
+
+
+def test_sha1_mismatch_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("another book entirely\n")
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DATA_URL", wrong.resolve().as_uri())
+    code, _, err = _run(capsys, "train")
+    assert code == 2
+    _one_line_error(err, "sha1")
+    assert not any((tmp_path / "cache").glob("*"))  # the bad file is not kept
