@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -61,3 +62,27 @@ def info(name: str) -> dict[str, Any]:
         compile_modes=list(mod.COMPILE_MODES),
     )
     return row
+
+
+def resolve_device(
+    device: str, gpu_count: Callable[[], int], framework: str, no_gpu: str = ""
+) -> str:
+    """The device label a backend runs on: ``auto`` -> ``gpu:0`` when the framework sees a
+    GPU, else ``cpu``; ``gpu`` -> ``gpu:0``; ``gpu:N`` is checked against what it sees.
+    ``no_gpu`` is the one-line error for a GPU request where there is none (default: the count)."""
+    unknown = BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+    if device == "cpu":
+        return "cpu"
+    if device == "auto":
+        return "gpu:0" if gpu_count() else "cpu"
+    if device != "gpu" and not device.startswith("gpu:"):
+        raise unknown
+    index_text = "0" if device == "gpu" else device[len("gpu:") :]
+    if not index_text.isdigit():
+        raise unknown
+    index, count = int(index_text), gpu_count()
+    if count == 0 and no_gpu:
+        raise BackendUnavailable(no_gpu)
+    if index >= count:
+        raise BackendUnavailable(f"{framework} sees {count} GPU(s); there is no gpu:{index}")
+    return f"gpu:{index}"

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from rosetta_rnn import backends as _registry
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
@@ -61,26 +62,8 @@ def supports_float64(device: str) -> bool:
 
 def resolve_device(device: str) -> str:
     """auto -> gpu:0 when JAX sees a GPU, else cpu; gpu -> gpu:0; checks the index."""
-    if device == "auto":
-        return "gpu:0" if _gpu_devices() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "gpu" or device.startswith("gpu:"):
-        try:
-            index = 0 if device == "gpu" else int(device.split(":", 1)[1])
-        except ValueError:
-            raise BackendUnavailable(
-                f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)"
-            ) from None
-        count = len(_gpu_devices())
-        if count == 0:
-            raise BackendUnavailable(
-                "JAX sees no GPU; install a GPU build with: pip install -U 'jax[cuda12]'"
-            )
-        if not 0 <= index < count:
-            raise BackendUnavailable(f"JAX sees {count} GPU(s); there is no gpu:{index}")
-        return f"gpu:{index}"
-    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+    no_gpu = "JAX sees no GPU; install a GPU build with: pip install -U 'jax[cuda12]'"
+    return _registry.resolve_device(device, lambda: len(_gpu_devices()), "JAX", no_gpu)
 
 
 def _jax_device(label: str) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rosetta_rnn import backends as _registry
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import Params, ValueAndGrad, bptt_value_and_grad, train_step
 from rosetta_rnn.core.ops import python_scan
@@ -52,22 +53,13 @@ def supports_float64(device: str) -> bool:
 
 def resolve_device(device: str) -> str:
     """auto -> gpu:0 when CuPy sees a GPU, else cpu; gpu -> gpu:0; checks the index."""
-    if device == "auto":
-        return "gpu:0" if _gpu_count() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "gpu" or device.startswith("gpu:"):
-        index = 0 if device == "gpu" else int(device.split(":", 1)[1])
-        if _cupy() is None:
-            raise BackendUnavailable(
-                "numpy on gpu runs through CuPy, which is not installed; "
-                "install it with: pip install 'rosetta-rnn[cupy]'"
-            )
-        count = _gpu_count()
-        if index >= count:
-            raise BackendUnavailable(f"numpy/CuPy sees {count} GPU(s); there is no gpu:{index}")
-        return f"gpu:{index}"
-    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+    no_gpu = (
+        "numpy on gpu runs through CuPy, which is not installed; "
+        "install it with: pip install 'rosetta-rnn[cupy]'"
+        if _cupy() is None
+        else ""
+    )
+    return _registry.resolve_device(device, _gpu_count, "numpy/CuPy", no_gpu)
 
 
 class NumpyOps:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import tensorflow as tf
 
+from rosetta_rnn import backends as _registry
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
@@ -61,24 +62,11 @@ def supports_float64(device: str) -> bool:
 
 def resolve_device(device: str) -> str:
     """auto -> gpu:0 when TensorFlow sees a GPU, else cpu; gpu -> gpu:0; checks the index."""
-    if device == "auto":
-        return "gpu:0" if _gpu_count() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "gpu" or device.startswith("gpu:"):
-        index_text = "0" if device == "gpu" else device.split(":", 1)[1]
-        if not index_text.isdigit():
-            raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
-        index, count = int(index_text), _gpu_count()
-        if count == 0:
-            raise BackendUnavailable(
-                "TensorFlow sees no GPU (a CUDA build of TensorFlow and a driver are needed: "
-                "pip install 'tensorflow[and-cuda]'); use --device cpu"
-            )
-        if index >= count:
-            raise BackendUnavailable(f"TensorFlow sees {count} GPU(s); there is no gpu:{index}")
-        return f"gpu:{index}"
-    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+    no_gpu = (
+        "TensorFlow sees no GPU (a CUDA build of TensorFlow and a driver are needed: "
+        "pip install 'tensorflow[and-cuda]'); use --device cpu"
+    )
+    return _registry.resolve_device(device, _gpu_count, "TensorFlow", no_gpu)
 
 
 def _tf_device_name(device: str) -> str:

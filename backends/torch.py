@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rosetta_rnn import backends as _registry
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
@@ -53,22 +54,7 @@ def supports_float64(device: str) -> bool:
 
 def resolve_device(device: str) -> str:
     """auto -> gpu:0 when CUDA is there, else cpu; gpu -> gpu:0; checks the index."""
-    count = _gpu_count()
-    if device == "auto":
-        return "gpu:0" if count else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "gpu" or device.startswith("gpu:"):
-        try:
-            index = 0 if device == "gpu" else int(device.split(":", 1)[1])
-        except ValueError:
-            raise BackendUnavailable(
-                f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)"
-            ) from None
-        if index >= count:
-            raise BackendUnavailable(f"PyTorch sees {count} GPU(s); there is no gpu:{index}")
-        return f"gpu:{index}"
-    raise BackendUnavailable(f"unknown device {device!r} (use auto, cpu, gpu or gpu:N)")
+    return _registry.resolve_device(device, _gpu_count, "PyTorch")
 
 
 def _torch_device(label: str) -> torch.device:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import numpy as np
 
-from rosetta_rnn import __version__, backends, plots
+from rosetta_rnn import __version__, argtypes, backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.evaluation import perplexity_on
@@ -24,53 +23,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _alphas(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1,2, got {text!r}") from None
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
 
 
 def _add_backend_args(p: argparse.ArgumentParser, dtype_default: str | None) -> None:
@@ -97,22 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
     # Hyperparameters default to None so that --resume can tell what was given explicitly;
     # rosetta_rnn.train_command.DEFAULTS holds the chapter's values.
-    t.add_argument("--seed", type=_int, help="seed of the one core generator (default 0)")
+    t.add_argument(
+        "--seed", type=argtypes.integer, help="seed of the one core generator (default 0)"
+    )
     t.add_argument("--corpus", metavar="FILE", help="a text file instead of The Time Machine")
     t.add_argument("--token", choices=data.TOKEN_KINDS, help="char (default) or word")
-    t.add_argument("--max-tokens", type=_int, help="10000 (default); <= 0 keeps the whole text")
-    t.add_argument("--batch-size", type=_positive_int, help="default 32")
-    t.add_argument("--num-steps", type=_positive_int, help="default 35")
-    t.add_argument("--num-hiddens", type=_positive_int, help="default 512")
-    t.add_argument("--lr", type=_positive_float, help="default 1")
-    t.add_argument("--epochs", type=_positive_int, help="total epochs (default 500)")
+    t.add_argument(
+        "--max-tokens", type=argtypes.integer, help="10000 (default); <= 0 keeps the whole text"
+    )
+    t.add_argument("--batch-size", type=argtypes.positive_int, help="default 32")
+    t.add_argument("--num-steps", type=argtypes.positive_int, help="default 35")
+    t.add_argument("--num-hiddens", type=argtypes.positive_int, help="default 512")
+    t.add_argument("--lr", type=argtypes.positive_float, help="default 1")
+    t.add_argument("--epochs", type=argtypes.positive_int, help="total epochs (default 500)")
     clip = t.add_mutually_exclusive_group()
-    clip.add_argument("--clip", type=_positive_float, metavar="THETA", help="default 1")
+    clip.add_argument("--clip", type=argtypes.positive_float, metavar="THETA", help="default 1")
     clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
     t.add_argument("--sampling", choices=data.SAMPLING_KINDS, help="default sequential")
     t.add_argument("--activation", choices=("tanh", "relu"), help="default tanh")
     t.add_argument("--embedding", choices=("onehot", "learned"), help="default onehot")
-    t.add_argument("--embed-dim", type=_positive_int, help="size of a learned embedding (32)")
+    t.add_argument(
+        "--embed-dim", type=argtypes.positive_int, help="size of a learned embedding (32)"
+    )
     t.add_argument("--loss", choices=("all-steps", "last-step"), help="default all-steps")
     t.add_argument(
         "--no-detach",
@@ -121,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--train-fraction",
-        type=_fraction,
+        type=argtypes.fraction,
         help="train on this first part of the corpus, report perplexity on the rest",
     )
     t.add_argument("--plot", metavar="PNG", help="write perplexity per epoch (and held-out)")
@@ -130,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--eager", action="store_true", help="no jit / tf.function")
     mode.add_argument("--compile", action="store_true", help="compile where optional (torch)")
     t.add_argument("--checkpoint", metavar="PATH", help="write a safetensors checkpoint here")
-    t.add_argument("--save-every", type=_positive_int, metavar="N", help="save every N epochs")
+    t.add_argument(
+        "--save-every", type=argtypes.positive_int, metavar="N", help="save every N epochs"
+    )
     t.add_argument("--resume", metavar="CKPT", help="continue a checkpoint up to --epochs")
     t.add_argument("--json", action="store_true", help="one JSON document on stdout")
     t.set_defaults(func=_train)
@@ -139,14 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", metavar="PATH", required=True)
     _add_backend_args(g, None)
     g.add_argument("--prefix", default="time traveller")
-    g.add_argument("--num-chars", type=_int, default=50, help="how many tokens to predict")
+    g.add_argument(
+        "--num-chars", type=argtypes.integer, default=50, help="how many tokens to predict"
+    )
     how = g.add_mutually_exclusive_group()
     how.add_argument("--greedy", action="store_true", help="argmax (the default)")
-    how.add_argument("--temperature", type=_positive_float, help="sample softmax(logits / T)")
-    how.add_argument("--alpha", type=_positive_float, help="sample q ∝ P^α (T = 1/α)")
+    how.add_argument(
+        "--temperature", type=argtypes.positive_float, help="sample softmax(logits / T)"
+    )
+    how.add_argument("--alpha", type=argtypes.positive_float, help="sample q ∝ P^α (T = 1/α)")
     g.add_argument("--plot", metavar="PNG", help="plot the next-token distribution for --alphas")
-    g.add_argument("--alphas", type=_alphas, default=[0.5, 1.0, 2.0, 4.0], metavar="A,B,...")
-    g.add_argument("--seed", type=_int, default=0, help="seed of the sampling uniforms")
+    g.add_argument(
+        "--alphas", type=argtypes.alphas, default=[0.5, 1.0, 2.0, 4.0], metavar="A,B,..."
+    )
+    g.add_argument("--seed", type=argtypes.integer, default=0, help="seed of the sampling uniforms")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
 
@@ -162,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_backend_args(x, "float32")
     x.add_argument("--corpus", metavar="FILE")
-    x.add_argument("--epochs", type=_positive_int, default=50)
-    x.add_argument("--lr", type=_positive_float, default=1.0)
-    x.add_argument("--clip", type=_positive_float, default=1.0, metavar="THETA")
+    x.add_argument("--epochs", type=argtypes.positive_int, default=50)
+    x.add_argument("--lr", type=argtypes.positive_float, default=1.0)
+    x.add_argument("--clip", type=argtypes.positive_float, default=1.0, metavar="THETA")
     x.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
-    x.add_argument("--num-hiddens", type=_positive_int, default=512)
+    x.add_argument("--num-hiddens", type=argtypes.positive_int, default=512)
     x.add_argument("--plot", metavar="PNG", required=True)
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=_clipping)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rosetta_rnn import argtypes
 from rosetta_rnn.core import data
 from rosetta_rnn.core.errors import UserError
 
@@ -29,16 +30,6 @@ ORDERS: tuple[tuple[int, str], ...] = ((1, "unigram"), (2, "bigram"), (3, "trigr
 DEFAULT_TOP = 10
 
 Gram = tuple[str, ...]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -50,7 +41,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=DEFAULT_TOP,
         metavar="N",
         help=f"how many of each to list (default {DEFAULT_TOP})",

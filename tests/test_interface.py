@@ -45,3 +45,32 @@ def test_missing_operations_names_what_is_missing() -> None:
     missing = missing_operations(Partial())
     assert "tanh" in missing and "matmul" not in missing
     assert len(missing) == len(OPERATIONS) - 1
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "expected"),
+    [
+        ("cpu", 2, "cpu"),
+        ("auto", 0, "cpu"),
+        ("auto", 2, "gpu:0"),
+        ("gpu", 2, "gpu:0"),
+        ("gpu:1", 2, "gpu:1"),
+        ("gpu:2", 2, "no gpu:2"),
+        ("gpu", 0, "no gpu:0"),
+        ("gpu:x", 2, "unknown device"),
+        ("gpu:-1", 2, "unknown device"),
+        ("tpu", 2, "unknown device"),
+    ],
+)
+def test_device_resolution_is_shared(device: str, gpus: int, expected: str) -> None:
+    try:
+        got = backends.resolve_device(device, lambda: gpus, "Framework")
+    except BackendUnavailable as e:
+        assert expected in str(e) and "\n" not in str(e)
+    else:
+        assert got == expected
+
+
+def test_device_resolution_says_how_to_get_a_gpu() -> None:
+    with pytest.raises(BackendUnavailable, match="install a GPU build"):
+        backends.resolve_device("gpu", lambda: 0, "F", no_gpu="F sees no GPU; install a GPU build")
