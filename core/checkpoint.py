@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CheckpointError
+from .files import atomic_write_bytes
 
 FORMAT = "rosetta-rnn-checkpoint"
 FORMAT_VERSION = 1
@@ -111,20 +111,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: folder {path.parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save(

@@ -9,7 +9,6 @@ import collections
 import hashlib
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .files import atomic_file
 
 DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 DATA_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -51,26 +51,22 @@ def sha1_of(path: Path) -> str:
 def download(url: str, dest: Path, sha1: str, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` atomically; a file whose sha1 differs is not kept."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    digest = hashlib.sha1()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with atomic_file(dest) as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for block in iter(lambda: resp.read(1 << 16), b""):
+                digest.update(block)
                 out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        got = sha1_of(tmp)
-        if got != sha1:
-            raise DataError(f"downloaded {url} has sha1 {got}, expected {sha1}; not kept")
-        os.replace(tmp, dest)
+            if digest.hexdigest() != sha1:  # raising here leaves nothing behind
+                raise DataError(
+                    f"downloaded {url} has sha1 {digest.hexdigest()}, expected {sha1}; not kept"
+                )
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(
             f"cannot download The Time Machine from {url} ({reason}); pass --corpus FILE "
             f"or set {DATA_DIR_ENV} to a folder holding {DATA_FILENAME}"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -15,7 +15,6 @@ import collections
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from rosetta_rnn import argtypes
 from rosetta_rnn.core import data
 from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.files import atomic_write_bytes
 
 HELP = "top unigrams, bigrams and trigrams of a corpus and its Zipf plot (d2l's language models)"
 ORDERS: tuple[tuple[int, str], ...] = ((1, "unigram"), (2, "bigram"), (3, "trigram"))
@@ -133,20 +133,9 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
 def _write_atomic(path: Path, payload: bytes) -> None:
     """``path`` is either the old file or the whole new one (temp file, fsync, rename)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        atomic_write_bytes(path, payload)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def zipf_figure(stats: CorpusStats, title: str) -> Any:

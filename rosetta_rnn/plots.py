@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.files import atomic_file
 
 
 def _figure() -> tuple[Any, Any]:
@@ -32,20 +32,18 @@ def check_plot_path(path: str | os.PathLike[str]) -> None:
 
 
 def save(fig: Any, path: str | os.PathLike[str]) -> None:
-    import matplotlib.pyplot as plt
-
-    p = Path(path)
-    check_plot_path(p)
+    """Write the figure as a PNG, atomically."""
+    check_plot_path(path)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".png", dir=p.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, p)
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
+        import matplotlib.pyplot as plt
+
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def perplexity(history: Sequence[Mapping[str, Any]], path: str, title: str) -> None:

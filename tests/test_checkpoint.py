@@ -120,3 +120,15 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         checkpoint.save(path, {"bad": np.array(["text"])}, META)
     assert path.read_bytes() == before
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        checkpoint.save(path, _params(), META)
+        assert path.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
+    finally:
+        os.umask(mask)
