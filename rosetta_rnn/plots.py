@@ -88,20 +88,28 @@ def grad_norms(runs: Mapping[str, Sequence[float]], theta: float, path: str, tit
 
 
 def distributions(
-    probs: Mapping[float, Sequence[float]], tokens: Sequence[str], path: str, title: str
+    probs: Mapping[float, Sequence[float]],
+    tokens: Sequence[str],
+    path: str,
+    title: str,
+    top: int = 12,
 ) -> None:
-    """The next-token distribution q ∝ P^α for several α, one bar group per token."""
+    """The next-token distribution q ∝ P^α for several α: the ``top`` most likely tokens
+    (by their largest probability under any α), one bar group per token."""
     import numpy as np
 
     fig, ax = _figure()
     alphas = list(probs)
-    x = np.arange(len(tokens))
+    table = np.array([probs[a] for a in alphas])  # (alphas, vocab)
+    order = np.argsort(-table.max(axis=0), kind="stable")[:top]
+    x = np.arange(len(order))
     width = 0.8 / max(len(alphas), 1)
     for i, alpha in enumerate(alphas):
-        ax.bar(x + i * width - 0.4 + width / 2, probs[alpha], width, label=f"α = {alpha:g}")
-    ax.set_xticks(x, [repr(t)[1:-1] if t != " " else "␣" for t in tokens])
-    ax.set_xlabel("next character")
-    ax.set_ylabel("probability")
+        ax.bar(x + i * width - 0.4 + width / 2, table[i, order], width, label=f"α = {alpha:g}")
+    labels = ["space" if tokens[j] == " " else tokens[j] for j in order]
+    ax.set_xticks(x, labels)
+    ax.set_xlabel(f"next token (the {len(order)} most likely)")
+    ax.set_ylabel("probability q")
     ax.set_title(title)
     ax.legend()
     save(fig, path)
