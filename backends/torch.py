@@ -146,7 +146,9 @@ class TorchOps:
     def scan(
         self, fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, reverse: bool = False
     ) -> tuple[Any, Any]:
-        return python_scan(self, fn, carry, xs, reverse)
+        # unbind once: reading xs[t] step by step makes autograd zero-fill a whole
+        # (T, B, H) gradient per read, which made the eager autograd step O(T²)
+        return python_scan(self, fn, carry, xs, reverse, unstack=lambda x: x.unbind(0))
 
 
 def make_ops(dtype: str = "float32", device: str = "cpu") -> TorchOps:

@@ -129,14 +129,21 @@ def python_scan(
     carry: Any,
     xs: Any,
     reverse: bool = False,
+    unstack: Callable[[Any], Sequence[Any]] | None = None,
 ) -> tuple[Any, Any]:
-    """A plain Python loop with ``Ops.scan`` semantics, for backends without a scan primitive."""
+    """A plain Python loop with ``Ops.scan`` semantics, for backends without a scan primitive.
+
+    ``unstack`` splits an array along its leading axis (default: ``x[t]`` for every t); a
+    backend passes its own when step-by-step indexing is costly (torch: ``unbind``).
+    """
+    split = unstack or (lambda x: [x[t] for t in range(int(x.shape[0]))])
     is_tuple = isinstance(xs, tuple)
-    length = int((xs[0] if is_tuple else xs).shape[0])
+    columns = [split(x) for x in xs] if is_tuple else [split(xs)]
+    length = len(columns[0])
     steps = range(length - 1, -1, -1) if reverse else range(length)
     ys: list[Any] = []
     for t in steps:
-        x_t = tuple(x[t] for x in xs) if is_tuple else xs[t]
+        x_t = tuple(c[t] for c in columns) if is_tuple else columns[0][t]
         carry, y = fn(carry, x_t)
         ys.append(y)
     if reverse:

@@ -148,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_conform)
 
     from rosetta_rnn import corpus_stats
+    from rosetta_rnn.benchmarks import cli as bench_cli
 
     corpus_stats.register(sub)
+    bench_cli.register(sub)
 
     b = sub.add_parser("backends", help="list the backends, installed or not")
     b.add_argument("--json", action="store_true")

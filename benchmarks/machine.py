@@ -1,0 +1,203 @@
+"""A description of the machine and software a benchmark ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+_LSCPU_KEYS = (
+    "Model name",
+    "Vendor ID",
+    "CPU family",
+    "Model",
+    "Thread(s) per core",
+    "Core(s) per socket",
+    "Socket(s)",
+    "CPU max MHz",
+    "L1d cache",
+    "L2 cache",
+    "L3 cache",
+    "Hypervisor vendor",
+)
+
+
+def _lscpu() -> dict[str, str]:
+    if shutil.which("lscpu") is None:
+        return {}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in _LSCPU_KEYS:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                    return [x for x in wanted if x in flags]
+    except OSError:
+        pass
+    return []
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other work on a shared machine shows here)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class CpuMeter:
+    """How many CPUs other processes kept busy between ``start`` and ``read`` (Linux).
+
+    From /proc/stat (every CPU's busy ticks) minus this process's own ticks (/proc/self/stat):
+    a benchmark on a shared machine shows here how much of the machine it did not have.
+    """
+
+    def __init__(self) -> None:
+        self.start()
+
+    @staticmethod
+    def _ticks() -> tuple[int, int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+        steal = fields[7] if len(fields) > 7 else 0
+        busy = user + nice + system + irq + softirq
+        return busy, int(own[11]) + int(own[12]), steal  # utime + stime of this process
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.ticks0 = self._ticks()
+
+    def read(self) -> dict[str, float] | None:
+        """{"other_cpus": mean CPUs busy with other processes, "steal_cpus": taken by the host}."""
+        ticks = self._ticks()
+        elapsed = time.monotonic() - self.t0
+        if ticks is None or self.ticks0 is None or elapsed <= 0:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        busy, own, steal = (b - a for a, b in zip(self.ticks0, ticks, strict=True))
+        return {
+            "other_cpus": round(max(0.0, (busy - own) / hz / elapsed), 2),
+            "steal_cpus": round(max(0.0, steal / hz / elapsed), 2),
+        }
+
+
+def source_version() -> dict[str, Any]:
+    """rosetta-rnn's version and, in a git checkout, the commit (``+dirty`` with local edits)."""
+    from rosetta_rnn import __version__
+
+    out: dict[str, Any] = {"version": __version__}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if commit:
+        out["git"] = commit + ("+dirty" if dirty else "")
+    return out
+
+
+def describe(frameworks: dict[str, dict[str, Any]], threads: dict[str, Any]) -> dict[str, Any]:
+    """CPU, cores, memory, OS, Python, framework versions and thread settings."""
+    lscpu = _lscpu()
+    return {
+        "cpu": lscpu.get("Model name") or platform.processor() or platform.machine(),
+        "lscpu": lscpu,
+        "cpu_flags": _cpu_flags(),
+        "cpus": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "rosetta_rnn": source_version(),
+        "frameworks": frameworks,
+        "threads": threads,
+        "load_average_start": load_average(),
+    }
+
+
+def markdown(machine: dict[str, Any]) -> str:
+    """``machine.md``: the machine, the software and how threads were set."""
+    lines = ["# Machine", ""]
+    lines.append(f"- CPU: {machine['cpu']} ({machine['cpus']} CPUs visible)")
+    for key, value in machine.get("lscpu", {}).items():
+        if key != "Model name":
+            lines.append(f"  - {key}: {value}")
+    if machine.get("cpu_flags"):
+        lines.append(f"- SIMD: {', '.join(machine['cpu_flags'])}")
+    lines.append(f"- Memory: {machine['memory_gb']} GB")
+    lines.append(f"- OS: {machine['os']}")
+    lines.append(f"- Python {machine['python']}")
+    source = machine.get("rosetta_rnn", {})
+    lines.append(f"- rosetta-rnn {source.get('version')} (git {source.get('git', '-')})")
+    lines.append(
+        f"- Load average (1/5/15 min) at start {machine.get('load_average_start')}, "
+        f"at end {machine.get('load_average_end')}"
+    )
+    background = machine.get("background")
+    if background:
+        lines.append(
+            f"- CPUs kept busy by other processes during the run: {background['other_cpus']} on "
+            f"average (host steal {background['steal_cpus']})"
+        )
+    lines += ["", "## Frameworks", "", "| framework | version | import RSS (MB) | threads |"]
+    lines.append("|---|---|---|---|")
+    for name, fw in machine["frameworks"].items():
+        rss = fw.get("import_rss_mb")
+        lines.append(
+            f"| {name} | {fw.get('version', '-')} | "
+            f"{'-' if rss is None else f'{rss:.0f}'} | {fw.get('threads', '-')} |"
+        )
+    threads = machine["threads"]
+    lines += ["", "## Threads", ""]
+    lines.append(f"- every framework: {threads.get('threads')} thread(s)")
+    if "affinity" in threads:
+        lines.append(f"- CPU affinity of the process: {threads['affinity']}")
+    for var, value in threads.get("env", {}).items():
+        lines.append(f"- `{var}={value}`")
+    if "numpy" in threads:
+        lines.append(f"- NumPy: {threads['numpy']}")
+    return "\n".join(lines) + "\n"

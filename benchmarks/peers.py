@@ -1,0 +1,600 @@
+"""The peers: the same character RNN written the way each framework's own users write it.
+
+Independent of ``rosetta_rnn.core`` on purpose: each peer is what a user of that framework would
+write without us, so the benchmark can say whether going through core's interface costs speed.
+
+- ``torch.nn.RNN``: ``nn.RNN`` + ``nn.Linear`` + ``clip_grad_norm_`` + ``torch.optim.SGD``
+  (d2l's concise implementation), eager.
+- ``keras.SimpleRNN``: ``SimpleRNN`` + ``Dense``, a ``tf.function`` custom training step,
+  ``keras.optimizers.SGD(global_clipnorm=θ)``.
+- ``jax.lax.scan``: a pure function over a parameter dict, ``jax.value_and_grad``, the recurrence
+  as ``lax.scan``, the whole step under ``jax.jit``.
+- ``numpy.min-char-rnn``: Karpathy's loop (cache the forward per step, walk it backwards,
+  accumulate every gradient per step), batched, with d2l's global-norm clip.
+
+Every peer takes time-major ``(num_steps, batch_size)`` token ids like core and converts them
+once, outside the timed call, to its own layout. Parameters start from one seeded NumPy draw
+(d2l's ``normal * 0.01``, zero biases); ``set_params`` loads core-named arrays, which is how the
+tests prove a peer computes the same step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+PEER_NAMES: tuple[str, ...] = (
+    "torch.nn.RNN",
+    "keras.SimpleRNN",
+    "jax.lax.scan",
+    "numpy.min-char-rnn",
+)
+PEER_FRAMEWORK = {
+    "torch.nn.RNN": "torch",
+    "keras.SimpleRNN": "tensorflow",
+    "jax.lax.scan": "jax",
+    "numpy.min-char-rnn": "numpy",
+}
+
+PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # core's names, the chapter's order
+Arrays = dict[str, np.ndarray]
+Call = Callable[[], Any]
+
+
+def init_arrays(vocab_size: int, num_hiddens: int, dtype: str, seed: int) -> Arrays:
+    """d2l-style initial parameters under core's names: weights normal·0.01, biases zero."""
+    rng = np.random.default_rng(seed)
+    V, H = vocab_size, num_hiddens
+    return {
+        "W_xh": (rng.standard_normal((V, H)) * 0.01).astype(dtype),
+        "W_hh": (rng.standard_normal((H, H)) * 0.01).astype(dtype),
+        "b_h": np.zeros(H, dtype=dtype),
+        "W_hq": (rng.standard_normal((H, V)) * 0.01).astype(dtype),
+        "b_q": np.zeros(V, dtype=dtype),
+    }
+
+
+class Peer:
+    """What the runner needs from a peer: three workloads, a sync, and the test hooks."""
+
+    name: str
+    framework: str
+    modes: ClassVar[dict[str, str]]  # workload -> mode label
+
+    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+        self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        self.dtype, self.device = dtype, device
+
+    def set_params(self, params: Arrays) -> None:
+        raise NotImplementedError
+
+    def get_params(self) -> Arrays:
+        """Core-named parameters (for ``torch.nn.RNN``: ``b_h`` = bias_ih + bias_hh)."""
+        raise NotImplementedError
+
+    def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
+        """One call = one SGD step on the batch; the hidden state carries over, detached."""
+        raise NotImplementedError
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        """One call = forward pass and mean cross-entropy, no gradient."""
+        raise NotImplementedError
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        """One call = ``num_preds`` greedy tokens from ``first`` at batch 1 (host ids)."""
+        raise NotImplementedError
+
+    def sync(self, out: Any) -> None:
+        """Wait until ``out`` (and the device queue) is computed."""
+
+    def step_once(
+        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
+    ) -> tuple[float, np.ndarray]:
+        """One training step from ``state``: (loss, H_T) as NumPy; parameters are updated."""
+        raise NotImplementedError
+
+
+# --- torch.nn.RNN ---------------------------------------------------------------------------
+
+
+class TorchRNNPeer(Peer):
+    """d2l's concise RNN in PyTorch: one-hot -> nn.RNN -> nn.Linear, SGD with clip_grad_norm_."""
+
+    name = "torch.nn.RNN"
+    framework = "torch"
+    modes: ClassVar[dict[str, str]] = {
+        "train": "autograd/eager",
+        "forward": "eager",
+        "generate": "eager",
+    }
+
+    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+        super().__init__(vocab_size, num_hiddens, dtype, device)
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        self.torch, self.F = torch, F
+        self.tdtype = getattr(torch, dtype)
+        self.tdevice = torch.device("cpu" if device == "cpu" else f"cuda:{device.split(':')[1]}")
+        V, H = vocab_size, num_hiddens
+
+        class RNNModel(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rnn = nn.RNN(V, H)  # time-major: (num_steps, batch, features)
+                self.linear = nn.Linear(H, V)
+
+            def forward(self, X: Any, state: Any) -> tuple[Any, Any]:
+                Y, state = self.rnn(F.one_hot(X, V).to(self.linear.weight.dtype), state)
+                return self.linear(Y.reshape(-1, H)), state
+
+        self.model = RNNModel().to(device=self.tdevice, dtype=self.tdtype)
+
+    def _tensor(self, x: np.ndarray) -> Any:
+        t = self.torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(self.tdevice, self.tdtype if t.is_floating_point() else self.torch.int64)
+
+    def set_params(self, params: Arrays) -> None:
+        m: Any = self.model
+        t = self._tensor
+        with self.torch.no_grad():
+            m.rnn.weight_ih_l0.copy_(t(params["W_xh"].T))
+            m.rnn.weight_hh_l0.copy_(t(params["W_hh"].T))
+            m.rnn.bias_ih_l0.copy_(t(params["b_h"]))
+            m.rnn.bias_hh_l0.zero_()  # torch has two biases; their sum is b_h
+            m.linear.weight.copy_(t(params["W_hq"].T))
+            m.linear.bias.copy_(t(params["b_q"]))
+
+    def get_params(self) -> Arrays:
+        m: Any = self.model
+
+        def n(x: Any) -> np.ndarray:
+            return x.detach().cpu().numpy()
+
+        return {
+            "W_xh": n(m.rnn.weight_ih_l0).T,
+            "W_hh": n(m.rnn.weight_hh_l0).T,
+            "b_h": n(m.rnn.bias_ih_l0) + n(m.rnn.bias_hh_l0),
+            "W_hq": n(m.linear.weight).T,
+            "b_q": n(m.linear.bias),
+        }
+
+    def _make_step(self, lr: float, theta: float) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
+        torch, F, model = self.torch, self.F, self.model
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+        def step(X: Any, Y: Any, state: Any) -> tuple[Any, Any]:
+            logits, state = model(X, state.detach())
+            loss = F.cross_entropy(logits, Y.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), theta)
+            optimizer.step()
+            return loss, state
+
+        return step
+
+    def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
+        step = self._make_step(lr, theta)
+        X, Y = self._tensor(inputs), self._tensor(labels)
+        state = self.torch.zeros((1, X.shape[1], self.num_hiddens), dtype=self.tdtype)
+        box = [state.to(self.tdevice)]
+
+        def call() -> Any:
+            loss, box[0] = step(X, Y, box[0])
+            return loss
+
+        return call
+
+    def step_once(
+        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
+    ) -> tuple[float, np.ndarray]:
+        step = self._make_step(lr, theta)
+        loss, H = step(self._tensor(inputs), self._tensor(labels), self._tensor(state)[None])
+        return float(loss.detach()), H[0].detach().cpu().numpy()
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        torch, F, model = self.torch, self.F, self.model
+        X, Y = self._tensor(inputs), self._tensor(labels)
+        state = torch.zeros((1, X.shape[1], self.num_hiddens), dtype=self.tdtype).to(self.tdevice)
+
+        def call() -> Any:
+            with torch.no_grad():
+                logits, _ = model(X, state)
+                return F.cross_entropy(logits, Y.reshape(-1))
+
+        return call
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        torch, model = self.torch, self.model
+
+        def call() -> list[int]:
+            outputs = [first]
+            state = torch.zeros((1, 1, self.num_hiddens), dtype=self.tdtype, device=self.tdevice)
+            with torch.no_grad():
+                for _ in range(num_preds):
+                    X = torch.tensor([[outputs[-1]]], device=self.tdevice)
+                    logits, state = model(X, state)
+                    outputs.append(int(logits.argmax(dim=1)))
+            return outputs
+
+        return call
+
+    def sync(self, out: Any) -> None:
+        if self.tdevice.type == "cuda":
+            self.torch.cuda.synchronize(self.tdevice)
+
+
+# --- keras.SimpleRNN ------------------------------------------------------------------------
+
+
+class KerasRNNPeer(Peer):
+    """Keras SimpleRNN + Dense, batch-major, trained by a ``tf.function`` custom step."""
+
+    name = "keras.SimpleRNN"
+    framework = "tensorflow"
+    modes: ClassVar[dict[str, str]] = {
+        "train": "autograd/tf.function",
+        "forward": "tf.function",
+        "generate": "tf.function",
+    }
+
+    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+        super().__init__(vocab_size, num_hiddens, dtype, device)
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+        import tensorflow as tf
+
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(f"Keras runs on {keras.backend.backend()}, not TensorFlow")
+        self.tf, self.keras = tf, keras
+        self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+        V, H = vocab_size, num_hiddens
+
+        class RNNModel(keras.Model):
+            def __init__(self) -> None:
+                super().__init__(dtype=dtype)
+                self.rnn = keras.layers.SimpleRNN(
+                    H, return_sequences=True, return_state=True, dtype=dtype
+                )
+                self.dense = keras.layers.Dense(V, dtype=dtype)
+
+            def call(self, X: Any, state: Any) -> tuple[Any, Any]:
+                Hs, state = self.rnn(tf.one_hot(X, V, dtype=dtype), initial_state=state)
+                return self.dense(Hs), state
+
+        with tf.device(self.tf_device):
+            self.model = RNNModel()
+            self.model(tf.zeros((1, 1), tf.int64), tf.zeros((1, H), dtype))  # build the weights
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
+
+    def set_params(self, params: Arrays) -> None:
+        self.model.rnn.set_weights([params["W_xh"], params["W_hh"], params["b_h"]])
+        self.model.dense.set_weights([params["W_hq"], params["b_q"]])
+
+    def get_params(self) -> Arrays:
+        W_xh, W_hh, b_h = self.model.rnn.get_weights()
+        W_hq, b_q = self.model.dense.get_weights()
+        return {"W_xh": W_xh, "W_hh": W_hh, "b_h": b_h, "W_hq": W_hq, "b_q": b_q}
+
+    def _make_step(self, lr: float, theta: float) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
+        tf, model, loss_fn = self.tf, self.model, self.loss_fn
+        optimizer = self.keras.optimizers.SGD(learning_rate=lr, global_clipnorm=theta)
+
+        @tf.function
+        def train_step(X: Any, Y: Any, state: Any) -> tuple[Any, Any]:
+            with tf.GradientTape() as tape:
+                logits, state = model(X, state)
+                loss = loss_fn(Y, logits)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss, state
+
+        return train_step
+
+    def _batch_major(self, ids: np.ndarray) -> Any:
+        return self.tf.constant(np.ascontiguousarray(ids.T), dtype=self.tf.int64)
+
+    def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
+        tf = self.tf
+        with tf.device(self.tf_device):
+            step = self._make_step(lr, theta)
+            X, Y = self._batch_major(inputs), self._batch_major(labels)
+            box = [tf.zeros((inputs.shape[1], self.num_hiddens), self.dtype)]
+
+        def call() -> Any:
+            with tf.device(self.tf_device):
+                loss, box[0] = step(X, Y, box[0])
+            return loss
+
+        return call
+
+    def step_once(
+        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
+    ) -> tuple[float, np.ndarray]:
+        tf = self.tf
+        with tf.device(self.tf_device):
+            step = self._make_step(lr, theta)
+            loss, H = step(self._batch_major(inputs), self._batch_major(labels), tf.constant(state))
+        return float(loss), H.numpy()
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        tf, model, loss_fn = self.tf, self.model, self.loss_fn
+
+        @tf.function
+        def forward(X: Any, Y: Any, state: Any) -> Any:
+            logits, _ = model(X, state)
+            return loss_fn(Y, logits)
+
+        with tf.device(self.tf_device):
+            X, Y = self._batch_major(inputs), self._batch_major(labels)
+            state = tf.zeros((inputs.shape[1], self.num_hiddens), self.dtype)
+
+        def call() -> Any:
+            with tf.device(self.tf_device):
+                return forward(X, Y, state)
+
+        return call
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        tf, model = self.tf, self.model
+
+        @tf.function
+        def next_token(x: Any, state: Any) -> tuple[Any, Any]:
+            logits, state = model(tf.reshape(x, (1, 1)), state)
+            return tf.argmax(logits[0, -1]), state
+
+        def call() -> list[int]:
+            outputs = [first]
+            with tf.device(self.tf_device):
+                state = tf.zeros((1, self.num_hiddens), self.dtype)
+                for _ in range(num_preds):
+                    x, state = next_token(tf.constant(outputs[-1], tf.int64), state)
+                    outputs.append(int(x))
+            return outputs
+
+        return call
+
+    def sync(self, out: Any) -> None:
+        self.tf.test.experimental.sync_devices()
+
+
+# --- jax.lax.scan ---------------------------------------------------------------------------
+
+
+class JaxScanPeer(Peer):
+    """Plain JAX: a pure loss over a parameter dict, ``lax.scan`` recurrence, jitted step."""
+
+    name = "jax.lax.scan"
+    framework = "jax"
+    modes: ClassVar[dict[str, str]] = {"train": "autograd/jit", "forward": "jit", "generate": "jit"}
+
+    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+        super().__init__(vocab_size, num_hiddens, dtype, device)
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        if dtype == "float64":
+            jax.config.update("jax_enable_x64", True)  # JAX computes float64 only with x64 on
+        self.jax, self.jnp = jax, jnp
+        kind = "cpu" if device == "cpu" else "gpu"
+        self.jdevice = jax.devices(kind)[0 if device == "cpu" else int(device.split(":")[1])]
+        V = vocab_size
+
+        def rnn(params: dict[str, Any], X: Any, h: Any) -> tuple[Any, Any]:
+            def cell(h: Any, x: Any) -> tuple[Any, Any]:
+                h = jnp.tanh(x @ params["W_xh"] + h @ params["W_hh"] + params["b_h"])
+                return h, h
+
+            h, Hs = lax.scan(cell, h, jax.nn.one_hot(X, V, dtype=dtype))
+            return Hs @ params["W_hq"] + params["b_q"], h
+
+        def loss_fn(params: dict[str, Any], X: Any, Y: Any, h: Any) -> tuple[Any, Any]:
+            logits, h = rnn(params, X, h)
+            logp = jax.nn.log_softmax(logits)
+            return -jnp.mean(jnp.take_along_axis(logp, Y[..., None], axis=-1)), h
+
+        def train_step(
+            params: dict[str, Any], X: Any, Y: Any, h: Any, lr: Any, theta: Any
+        ) -> tuple[dict[str, Any], Any, Any]:
+            (loss, h), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, X, Y, h)
+            norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+            scale = jnp.minimum(1.0, theta / norm)  # d2l's clip: g·min(1, θ/‖g‖)
+            params = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
+            return params, h, loss
+
+        def next_token(params: dict[str, Any], x: Any, h: Any) -> tuple[Any, Any]:
+            logits, h = rnn(params, jnp.reshape(x, (1, 1)), h)
+            return jnp.argmax(logits[0]), h
+
+        self._train_step = jax.jit(train_step)
+        self._forward = jax.jit(lambda p, X, Y, h: loss_fn(p, X, Y, h)[0])
+        self._next_token = jax.jit(next_token)
+        self.set_params(init_arrays(vocab_size, num_hiddens, dtype, 0))
+
+    def _put(self, x: np.ndarray) -> Any:
+        return self.jax.device_put(x, self.jdevice)
+
+    def set_params(self, params: Arrays) -> None:
+        self.params = {k: self._put(np.asarray(v, dtype=self.dtype)) for k, v in params.items()}
+
+    def get_params(self) -> Arrays:
+        return {k: np.asarray(v) for k, v in self.params.items()}
+
+    def _scalar(self, x: float) -> Any:
+        return self._put(np.asarray(x, dtype=self.dtype))
+
+    def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
+        X, Y = self._put(inputs), self._put(labels)
+        lr_, theta_ = self._scalar(lr), self._scalar(theta)
+        h = self._put(np.zeros((inputs.shape[1], self.num_hiddens), self.dtype))
+        box = [h]
+
+        def call() -> Any:
+            self.params, box[0], loss = self._train_step(self.params, X, Y, box[0], lr_, theta_)
+            return (self.params, loss)
+
+        return call
+
+    def step_once(
+        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
+    ) -> tuple[float, np.ndarray]:
+        self.params, H, loss = self._train_step(
+            self.params,
+            self._put(inputs),
+            self._put(labels),
+            self._put(state),
+            self._scalar(lr),
+            self._scalar(theta),
+        )
+        return float(loss), np.asarray(H)
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        X, Y = self._put(inputs), self._put(labels)
+        h = self._put(np.zeros((inputs.shape[1], self.num_hiddens), self.dtype))
+        return lambda: self._forward(self.params, X, Y, h)
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        def call() -> list[int]:
+            outputs = [first]
+            h = self._put(np.zeros((1, self.num_hiddens), self.dtype))
+            for _ in range(num_preds):
+                x, h = self._next_token(self.params, outputs[-1], h)
+                outputs.append(int(x))
+            return outputs
+
+        return call
+
+    def sync(self, out: Any) -> None:
+        self.jax.block_until_ready(out)
+
+
+# --- numpy.min-char-rnn ---------------------------------------------------------------------
+
+
+class MinCharRNNPeer(Peer):
+    """Karpathy's min-char-rnn loop, batched: per-step forward cache, per-step gradient sums."""
+
+    name = "numpy.min-char-rnn"
+    framework = "numpy"
+    modes: ClassVar[dict[str, str]] = {
+        "train": "bptt/eager",
+        "forward": "eager",
+        "generate": "eager",
+    }
+
+    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+        if device != "cpu":
+            raise RuntimeError("min-char-rnn is a NumPy program: cpu only")
+        super().__init__(vocab_size, num_hiddens, dtype, device)
+        self.eye = np.eye(vocab_size, dtype=dtype)
+        self.set_params(init_arrays(vocab_size, num_hiddens, dtype, 0))
+
+    def set_params(self, params: Arrays) -> None:
+        Wxh, Whh, bh, Why, by = (params[k].astype(self.dtype) for k in PARAM_ORDER)
+        self.Wxh, self.Whh, self.bh, self.Why, self.by = Wxh, Whh, bh, Why, by
+
+    def get_params(self) -> Arrays:
+        values = (self.Wxh, self.Whh, self.bh, self.Why, self.by)
+        return dict(zip(PARAM_ORDER, values, strict=True))
+
+    def _forward(self, inputs: np.ndarray, targets: np.ndarray, hprev: np.ndarray) -> tuple:
+        T, B = inputs.shape
+        rows = np.arange(B)
+        xs, hs, ps = {}, {-1: hprev}, {}
+        loss = 0.0
+        for t in range(T):
+            xs[t] = self.eye[inputs[t]]  # one-hot (B, V)
+            hs[t] = np.tanh(xs[t] @ self.Wxh + hs[t - 1] @ self.Whh + self.bh)
+            ys = hs[t] @ self.Why + self.by
+            e = np.exp(ys - ys.max(axis=1, keepdims=True))
+            ps[t] = e / e.sum(axis=1, keepdims=True)  # softmax
+            loss += -np.log(ps[t][rows, targets[t]]).sum()
+        return loss / (T * B), xs, hs, ps
+
+    def _loss_fun(self, inputs: np.ndarray, targets: np.ndarray, hprev: np.ndarray) -> tuple:
+        """min-char-rnn's ``lossFun``: loss, gradients and the last hidden state."""
+        T, B = inputs.shape
+        N, rows = T * B, np.arange(B)
+        loss, xs, hs, ps = self._forward(inputs, targets, hprev)
+        dWxh, dWhh, dWhy = (np.zeros_like(w) for w in (self.Wxh, self.Whh, self.Why))
+        dbh, dby = np.zeros_like(self.bh), np.zeros_like(self.by)
+        dhnext = np.zeros_like(hs[0])
+        for t in reversed(range(T)):
+            dy = ps[t].copy()
+            dy[rows, targets[t]] -= 1  # ∂loss/∂y: softmax - one_hot (of the mean: / N)
+            dy /= N
+            dWhy += hs[t].T @ dy
+            dby += dy.sum(axis=0)
+            dh = dy @ self.Why.T + dhnext
+            dhraw = (1 - hs[t] * hs[t]) * dh  # back through tanh
+            dbh += dhraw.sum(axis=0)
+            dWxh += xs[t].T @ dhraw
+            dWhh += hs[t - 1].T @ dhraw
+            dhnext = dhraw @ self.Whh.T
+        return loss, (dWxh, dWhh, dbh, dWhy, dby), hs[T - 1]
+
+    def _update(self, grads: tuple, lr: float, theta: float) -> None:
+        norm = np.sqrt(sum(float((d * d).sum()) for d in grads))
+        scale = min(1.0, theta / norm) if norm > 0 else 1.0  # d2l's global-norm clip
+        for param, dparam in zip(
+            (self.Wxh, self.Whh, self.bh, self.Why, self.by), grads, strict=True
+        ):
+            param -= (lr * scale) * dparam
+
+    def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
+        box = [np.zeros((inputs.shape[1], self.num_hiddens), self.dtype)]
+
+        def call() -> Any:
+            loss, grads, box[0] = self._loss_fun(inputs, labels, box[0])
+            self._update(grads, lr, theta)
+            return loss
+
+        return call
+
+    def step_once(
+        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
+    ) -> tuple[float, np.ndarray]:
+        loss, grads, h = self._loss_fun(inputs, labels, state.astype(self.dtype))
+        self._update(grads, lr, theta)
+        return float(loss), h
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        h = np.zeros((inputs.shape[1], self.num_hiddens), self.dtype)
+        return lambda: self._forward(inputs, labels, h)[0]
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        def call() -> list[int]:
+            """min-char-rnn's ``sample``, greedy: argmax instead of a random choice."""
+            h = np.zeros((1, self.num_hiddens), self.dtype)
+            ixes = [first]
+            for _ in range(num_preds):
+                x = self.eye[ixes[-1]][None]
+                h = np.tanh(x @ self.Wxh + h @ self.Whh + self.bh)
+                y = h @ self.Why + self.by
+                ixes.append(int(np.argmax(y)))
+            return ixes
+
+        return call
+
+
+PEERS: dict[str, type[Peer]] = {
+    "torch.nn.RNN": TorchRNNPeer,
+    "keras.SimpleRNN": KerasRNNPeer,
+    "jax.lax.scan": JaxScanPeer,
+    "numpy.min-char-rnn": MinCharRNNPeer,
+}
+
+
+def make_peer(
+    name: str, vocab_size: int, num_hiddens: int, dtype: str, device: str, seed: int = 0
+) -> Peer:
+    """A peer with d2l-style parameters drawn from ``seed``."""
+    peer = PEERS[name](vocab_size, num_hiddens, dtype, device)
+    peer.set_params(init_arrays(vocab_size, num_hiddens, dtype, seed))
+    return peer

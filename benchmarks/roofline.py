@@ -1,0 +1,174 @@
+"""The machine's limit: measured matmul throughput × the FLOP count of the workload.
+
+FLOPs are the matrix products of the chapter's step (a multiply-add is 2 FLOPs). The input
+layer is a row gather (one-hot @ W_xh without the zeros), so it costs no FLOPs; elementwise work
+(tanh, softmax, bias) is O(H + V) per token, under 2 % at the d2l shape, and is not counted.
+Per token (one position of one sequence), with H = num_hiddens and V = vocab_size:
+
+    forward   2H² (H_{t-1} W_hh) + 2HV (H_t W_hq)
+    backward  2H² (dZ W_hhᵀ) + 2H² (H_{t-1}ᵀ dZ) + 2HV (dY W_hqᵀ) + 2HV (Hᵀ dY)
+
+so a training step is B·T·(6H² + 6HV) plus 5 FLOPs per parameter for the global-norm clip and
+SGD (g², the sum, the scale, lr·g, the subtraction): backward ≈ 2 × forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+WORKLOADS: tuple[str, ...] = ("train", "forward", "generate")
+PEAK_SIZE = 2048  # square matmul size for the peak: large enough to be compute-bound
+
+
+def num_params(num_hiddens: int, vocab_size: int) -> int:
+    """|W_xh| + |W_hh| + |b_h| + |W_hq| + |b_q|."""
+    H, V = num_hiddens, vocab_size
+    return V * H + H * H + H + H * V + V
+
+
+def forward_flops_per_token(num_hiddens: int, vocab_size: int) -> int:
+    """2H² + 2HV: the recurrence and the output layer for one token."""
+    H, V = num_hiddens, vocab_size
+    return 2 * H * H + 2 * H * V
+
+
+def step_flops(
+    workload: str, batch_size: int, num_steps: int, num_hiddens: int, vocab_size: int
+) -> int:
+    """FLOPs of one call's worth of tokens: a train step, a forward pass, or one generated token."""
+    fwd = forward_flops_per_token(num_hiddens, vocab_size)
+    if workload == "generate":
+        return fwd  # batch 1, one token
+    tokens = batch_size * num_steps
+    if workload == "forward":
+        return tokens * fwd
+    if workload == "train":
+        return tokens * 3 * fwd + 5 * num_params(num_hiddens, vocab_size)
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def flops_per_token(
+    workload: str, batch_size: int, num_steps: int, num_hiddens: int, vocab_size: int
+) -> float:
+    """``step_flops`` divided by the tokens it processes."""
+    tokens = 1 if workload == "generate" else batch_size * num_steps
+    return step_flops(workload, batch_size, num_steps, num_hiddens, vocab_size) / tokens
+
+
+def roofline_tokens_per_sec(peak_flops: float, workload: str, *shape: int) -> float:
+    """The most tokens/s ``peak_flops`` FLOP/s could give: peak / FLOPs per token."""
+    return peak_flops / flops_per_token(workload, *shape)
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up: library load, JIT, first-touch
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _matmul_fn(framework: str, a: np.ndarray, b: np.ndarray) -> Callable[[], Any]:
+    """``a @ b`` in one framework, synced (the product is finished when the call returns)."""
+    if framework == "numpy":
+        return lambda: a @ b
+    if framework == "torch":
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        return lambda: ta @ tb
+    if framework == "jax":
+        import jax
+
+        ja, jb = jax.device_put(a, jax.devices("cpu")[0]), jax.device_put(b, jax.devices("cpu")[0])
+        mm = jax.jit(lambda x, y: x @ y)
+        return lambda: mm(ja, jb).block_until_ready()
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        with tf.device("/CPU:0"):
+            xa, xb = tf.constant(a), tf.constant(b)
+
+        def run() -> Any:
+            with tf.device("/CPU:0"):
+                out = tf.linalg.matmul(xa, xb)
+            tf.test.experimental.sync_devices()
+            return out
+
+        return run
+    raise ValueError(framework)
+
+
+def measure_peak(
+    frameworks: list[str], dtype: str, size: int = PEAK_SIZE, repeats: int = 5
+) -> dict[str, float]:
+    """Best-of-``repeats`` GFLOP/s of a ``size``² matmul on the CPU in each framework."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    out = {}
+    for fw in frameworks:
+        seconds = _best_seconds(_matmul_fn(fw, a, b), repeats)
+        out[fw] = 2 * size**3 / seconds / 1e9
+    return out
+
+
+def step_matmuls(
+    batch_size: int, num_steps: int, num_hiddens: int, vocab_size: int
+) -> list[tuple[str, int, int, int, int]]:
+    """The matrix products of one training step: (what, m, k, n, how many)."""
+    B, T, H, V = batch_size, num_steps, num_hiddens, vocab_size
+    N = B * T
+    return [
+        ("H_{t-1} W_hh", B, H, H, T),
+        ("H W_hq", N, H, V, 1),
+        ("dY W_hqᵀ", N, V, H, 1),
+        ("Hᵀ dY", H, N, V, 1),
+        ("dZ W_hhᵀ", B, H, H, T),
+        ("H_{t-1}ᵀ dZ", H, N, H, 1),
+    ]
+
+
+def measure_matmul_floor(
+    frameworks: list[str],
+    dtype: str,
+    batch_size: int,
+    num_steps: int,
+    num_hiddens: int,
+    vocab_size: int,
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """Time a training step's matmuls alone, at their own shapes (best framework per product).
+
+    The sum bounds any implementation that runs those products one by one: it is what the
+    small recurrence matmuls (B × H × H) really sustain, as against the large-matmul peak.
+    """
+    rng = np.random.default_rng(0)
+    total, parts = 0.0, []
+    for what, m, k, n, count in step_matmuls(batch_size, num_steps, num_hiddens, vocab_size):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        best = {fw: _best_seconds(_matmul_fn(fw, a, b), repeats) for fw in frameworks}
+        fw = min(best, key=lambda f: best[f])
+        total += count * best[fw]
+        parts.append(
+            {
+                "matmul": what,
+                "shape": [m, k, n],
+                "count": count,
+                "framework": fw,
+                "gflops": 2 * m * k * n / best[fw] / 1e9,
+                "ms_per_step": count * best[fw] * 1e3,
+            }
+        )
+    return {
+        "ms_per_step": total * 1e3,
+        "tokens_per_sec": batch_size * num_steps / total,
+        "parts": parts,
+    }

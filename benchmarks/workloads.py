@@ -1,0 +1,273 @@
+"""The measured workloads, as cases: one backend (or peer) × device × dtype × mode × shape.
+
+- ``train``: one full step (forward, BPTT or autograd, global-norm clip, SGD), the hidden state
+  carried to the next call as training carries it; tokens = batch_size × num_steps.
+- ``forward``: core's ``forward_loss`` (mean cross-entropy and H_T), no gradient; compiled the
+  way each framework compiles (``jax.jit``, ``tf.function``; torch and NumPy eager).
+- ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token;
+  tokens = the predicted tokens, and ``ms_per_step`` is per token.
+
+The token ids are uniform draws from one seeded generator: the step's cost does not depend on
+the text, and no corpus is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rosetta_rnn import backends
+from rosetta_rnn.core import model, sampling
+
+from . import peers as peers_mod
+
+VOCAB_SIZE = 28  # The Time Machine's character vocabulary in d2l
+GENERATE_TOKENS = 50
+LR, THETA = 1.0, 1.0  # the chapter's learning rate and clipping threshold
+
+Call = Callable[[], Any]
+Sync = Callable[[Any], None]
+Builder = Callable[[], tuple[Call, Sync]]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """batch_size × num_steps sequences, num_hiddens units, vocab_size classes (d2l's defaults)."""
+
+    batch_size: int = 32
+    num_steps: int = 35
+    num_hiddens: int = 512
+    vocab_size: int = VOCAB_SIZE
+
+    def astuple(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, self.num_steps, self.num_hiddens, self.vocab_size)
+
+
+D2L = Shape()
+
+
+@dataclass
+class Case:
+    """One row to measure. ``build()`` returns (call, sync); one call is one step (or, for
+    ``generate``, ``GENERATE_TOKENS`` tokens)."""
+
+    name: str
+    backend: str  # a backend name, or "peer"
+    framework: str
+    device: str
+    dtype: str
+    mode: str
+    workload: str
+    shape: Shape
+    build: Builder
+    sweep: str | None = None  # "num_steps" or "num_hiddens" for sweep rows
+
+    @property
+    def steps_per_call(self) -> int:
+        return GENERATE_TOKENS if self.workload == "generate" else 1
+
+    @property
+    def tokens_per_call(self) -> int:
+        if self.workload == "generate":
+            return GENERATE_TOKENS
+        return self.shape.batch_size * self.shape.num_steps
+
+
+def minibatch(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Time-major inputs and labels ``(num_steps, batch_size)`` of uniform token ids."""
+    rng = np.random.default_rng(seed)
+    size = (shape.num_steps, shape.batch_size)
+    return rng.integers(0, shape.vocab_size, size), rng.integers(0, shape.vocab_size, size)
+
+
+def compile_modes(backend: str, workload: str) -> tuple[str, ...]:
+    """The compile modes a backend offers for a workload; the first is its default."""
+    modes = tuple(backends.load(backend).COMPILE_MODES)
+    if workload == "forward":
+        return tuple(m for m in modes if m != "torch.compile")
+    if workload == "generate":
+        return ("eager",)  # core's predict is a host loop: one token at a time
+    return modes
+
+
+def syncer(backend: str, ops: Any) -> Sync:
+    """Wait for the device: block_until_ready, TensorFlow's sync_devices, CUDA synchronize."""
+    if backend == "jax":
+        import jax
+
+        return jax.block_until_ready
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return lambda out: tf.test.experimental.sync_devices()
+    if backend == "torch" and ops.device != "cpu":
+        import torch
+
+        return lambda out: torch.cuda.synchronize()
+    if backend == "numpy" and ops.device != "cpu":
+        return lambda out: ops.xp.cuda.Device().synchronize()
+    return lambda out: None
+
+
+def _params(ops: Any, shape: Shape, seed: int) -> model.Params:
+    rng = np.random.default_rng(seed)
+    return model.to_backend(
+        ops, model.init_params(shape.vocab_size, shape.num_hiddens, rng, ops.dtype)
+    )
+
+
+def _train_builder(
+    backend: str, grad: str, mode: str, device: str, dtype: str, shape: Shape
+) -> Builder:
+    def build() -> tuple[Call, Sync]:
+        mod = backends.load(backend)
+        ops = mod.make_ops(dtype, device)
+        step = mod.make_train_step(ops, grad=grad, compiled=mode != "eager", activation="tanh")
+        X, Y = minibatch(shape)
+        inputs, labels = ops.asarray(X), ops.asarray(Y)
+        box = [_params(ops, shape, 0), model.begin_state(ops, shape.batch_size, shape.num_hiddens)]
+
+        def call() -> Any:
+            box[0], box[1], loss, _ = step(box[0], inputs, labels, box[1], LR, THETA)
+            return box[0], loss
+
+        return call, syncer(backend, ops)
+
+    return build
+
+
+def forward_fn(backend: str, ops: Any, mode: str) -> Callable[..., Any]:
+    """core's ``forward_loss`` as each framework runs it: jitted, a tf.function, or eager."""
+
+    def forward(params: Any, inputs: Any, labels: Any, state: Any) -> Any:
+        return model.forward_loss(ops, params, inputs, labels, state)
+
+    if backend == "jax" and mode == "jit":
+        import jax
+
+        return jax.jit(forward)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        run = tf.function(forward, autograph=False) if mode == "tf.function" else forward
+
+        def placed(*args: Any) -> Any:
+            with ops.placed():
+                return run(*args)
+
+        return placed
+    if backend == "torch":
+        import torch
+
+        def no_grad(*args: Any) -> Any:
+            with torch.no_grad():
+                return forward(*args)
+
+        return no_grad
+    return forward
+
+
+def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
+    def build() -> tuple[Call, Sync]:
+        ops = backends.load(backend).make_ops(dtype, device)
+        fn = forward_fn(backend, ops, mode)
+        X, Y = minibatch(shape)
+        args = (
+            _params(ops, shape, 0),
+            ops.asarray(X),
+            ops.asarray(Y),
+            model.begin_state(ops, shape.batch_size, shape.num_hiddens),
+        )
+        return (lambda: fn(*args)), syncer(backend, ops)
+
+    return build
+
+
+def _generate_builder(backend: str, device: str, dtype: str, shape: Shape) -> Builder:
+    def build() -> tuple[Call, Sync]:
+        ops = backends.load(backend).make_ops(dtype, device)
+        params = _params(ops, shape, 0)
+        return (
+            lambda: sampling.predict(ops, params, [1], GENERATE_TOKENS),
+            syncer(backend, ops),
+        )
+
+    return build
+
+
+def backend_cases(
+    backend: str,
+    device: str,
+    dtype: str,
+    shape: Shape,
+    workloads: list[str],
+    all_modes: bool = True,
+    sweep: str | None = None,
+) -> list[Case]:
+    """Every (grad, compile) mode of one backend for each workload (only the default with
+    ``all_modes=False``). ``device`` must be resolved already."""
+    mod = backends.load(backend)
+
+    def common(name: str, mode: str, workload: str, build: Callable[[], Any]) -> Case:
+        return Case(name, backend, backend, device, dtype, mode, workload, shape, build, sweep)
+
+    cases: list[Case] = []
+    for workload in workloads:
+        compiles = compile_modes(backend, workload)
+        if not all_modes:
+            compiles = compiles[:1]
+        if workload == "train":
+            grads = mod.GRAD_MODES if all_modes else mod.GRAD_MODES[:1]
+            for grad in grads:
+                for mode in compiles:
+                    label = f"{grad}/{mode}"
+                    build = _train_builder(backend, grad, mode, device, dtype, shape)
+                    cases.append(common(f"{backend} {label}", label, workload, build))
+        elif workload == "forward":
+            for mode in compiles:
+                build = _forward_builder(backend, mode, device, dtype, shape)
+                cases.append(common(f"{backend} {mode}", mode, workload, build))
+        elif workload == "generate":
+            build = _generate_builder(backend, device, dtype, shape)
+            cases.append(common(f"{backend} eager", "eager", workload, build))
+    return cases
+
+
+def _peer_builder(name: str, workload: str, device: str, dtype: str, shape: Shape) -> Builder:
+    def build() -> tuple[Call, Sync]:
+        peer = peers_mod.make_peer(name, shape.vocab_size, shape.num_hiddens, dtype, device)
+        X, Y = minibatch(shape)
+        if workload == "train":
+            call = peer.train(X, Y, LR, THETA)
+        elif workload == "forward":
+            call = peer.forward(X, Y)
+        else:
+            call = peer.generate(1, GENERATE_TOKENS)
+        return call, peer.sync
+
+    return build
+
+
+def peer_cases(
+    name: str, device: str, dtype: str, shape: Shape, workloads: list[str], sweep: str | None = None
+) -> list[Case]:
+    """One peer's rows for each workload."""
+    cls = peers_mod.PEERS[name]
+    return [
+        Case(
+            name=name,
+            backend="peer",
+            framework=cls.framework,
+            device=device,
+            dtype=dtype,
+            mode=cls.modes[w],
+            workload=w,
+            shape=shape,
+            build=_peer_builder(name, w, device, dtype, shape),
+            sweep=sweep,
+        )
+        for w in workloads
+    ]
