@@ -1,8 +1,9 @@
 """The training loop of d2l's ``train_ch8``, backend-neutral.
 
 Sequential partitioning carries the hidden state from one minibatch to the next (detached,
-so gradients stop at the minibatch boundary); random sampling starts every minibatch from
-zeros. Loss and gradient norm are checked every step; a non-finite value stops training.
+so gradients stop at the minibatch boundary; with ``detach=False`` every step backpropagates
+through the epoch so far); random sampling starts every minibatch from zeros. Loss and
+gradient norm are checked every step; a non-finite value stops training.
 """
 
 from __future__ import annotations
