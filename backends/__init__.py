@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
+from rosetta_rnn.core.model import ValueAndGrad, bptt_value_and_grad
 
 BACKENDS: tuple[str, ...] = ("numpy", "torch", "jax", "tensorflow")
 FRAMEWORKS = {"numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "tensorflow": "TensorFlow"}
@@ -86,3 +87,22 @@ def resolve_device(
     if index >= count:
         raise BackendUnavailable(f"{framework} sees {count} GPU(s); there is no gpu:{index}")
     return f"gpu:{index}"
+
+
+def gradient_engine(
+    backend: str,
+    grad: str,
+    ops: Any,
+    activation: str = "tanh",
+    autograd: Callable[[Any, str], ValueAndGrad] | None = None,
+) -> ValueAndGrad:
+    """The ``--grad`` engine of a backend: core's BPTT on its arrays, or its own autodiff."""
+    engines: dict[str, Callable[[Any, str], ValueAndGrad]] = {}
+    if autograd is not None:
+        engines["autograd"] = autograd
+    engines["bptt"] = bptt_value_and_grad
+    if grad not in engines:
+        raise BackendUnavailable(
+            f"the {backend} backend has no --grad {grad!r}; it has {' or '.join(engines)}"
+        )
+    return engines[grad](ops, activation)

@@ -17,11 +17,9 @@ import numpy as np
 from jax import lax
 
 from rosetta_rnn import backends as _registry
-from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
-    bptt_value_and_grad,
     forward_loss,
     train_step,
 )
@@ -198,11 +196,7 @@ def _step_ops(ops: JaxOps, compiled: bool | None) -> JaxOps:
 
 
 def _value_and_grad(ops: JaxOps, grad: str, activation: str) -> ValueAndGrad:
-    if grad == "autograd":
-        return autograd_value_and_grad(ops, activation)
-    if grad == "bptt":
-        return bptt_value_and_grad(ops, activation)
-    raise BackendUnavailable(f"the jax backend has --grad autograd or bptt, not {grad!r}")
+    return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_value_and_grad(

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn import backends as _registry
-from rosetta_rnn.core.errors import BackendUnavailable
-from rosetta_rnn.core.model import Params, ValueAndGrad, bptt_value_and_grad, train_step
+from rosetta_rnn.core.model import Params, ValueAndGrad, train_step
 from rosetta_rnn.core.ops import python_scan
 from rosetta_rnn.core.training import StepFn
 
@@ -156,10 +155,8 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> NumpyOps:
 def make_value_and_grad(
     ops: NumpyOps, grad: str = "bptt", activation: str = "tanh"
 ) -> ValueAndGrad:
-    """(params, inputs, labels, state) -> (loss, grads, H_T) by core's BPTT."""
-    if grad != "bptt":
-        raise BackendUnavailable("the numpy backend has only --grad bptt (it has no autodiff)")
-    return bptt_value_and_grad(ops, activation)
+    """(params, inputs, labels, state) -> (loss, grads, H_T) by core's BPTT (no autodiff)."""
+    return _registry.gradient_engine(NAME, grad, ops, activation)
 
 
 def make_train_step(

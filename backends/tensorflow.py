@@ -17,11 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from rosetta_rnn import backends as _registry
-from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
-    bptt_value_and_grad,
     forward_loss,
     param_names,
     train_step,
@@ -288,13 +286,7 @@ def make_value_and_grad(
     ops: TensorFlowOps, grad: str = "autograd", activation: str = "tanh"
 ) -> ValueAndGrad:
     """The gradient engine named by ``--grad``: the tape (autograd) or core's BPTT."""
-    if grad == "autograd":
-        return autograd_value_and_grad(ops, activation)
-    if grad == "bptt":
-        return bptt_value_and_grad(ops, activation)
-    raise BackendUnavailable(
-        f"the tensorflow backend has no --grad {grad!r}; choose from {', '.join(GRAD_MODES)}"
-    )
+    return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_train_step(

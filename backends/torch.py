@@ -10,11 +10,9 @@ import numpy as np
 import torch
 
 from rosetta_rnn import backends as _registry
-from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
-    bptt_value_and_grad,
     forward_loss,
     param_names,
     train_step,
@@ -175,11 +173,7 @@ def make_value_and_grad(
     ops: TorchOps, grad: str = "autograd", activation: str = "tanh"
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by autograd or core's BPTT."""
-    if grad == "autograd":
-        return autograd_value_and_grad(ops, activation)
-    if grad == "bptt":
-        return bptt_value_and_grad(ops, activation)
-    raise BackendUnavailable(f"unknown --grad {grad!r} for torch (use autograd or bptt)")
+    return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_train_step(

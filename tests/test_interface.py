@@ -74,3 +74,26 @@ def test_device_resolution_is_shared(device: str, gpus: int, expected: str) -> N
 def test_device_resolution_says_how_to_get_a_gpu() -> None:
     with pytest.raises(BackendUnavailable, match="install a GPU build"):
         backends.resolve_device("gpu", lambda: 0, "F", no_gpu="F sees no GPU; install a GPU build")
+
+
+@pytest.mark.parametrize("name", backends.BACKENDS)
+def test_every_backend_refuses_an_unknown_gradient_engine_in_one_line(name: str) -> None:
+    try:
+        mod = backends.load(name)
+    except BackendUnavailable as e:
+        pytest.skip(f"{name} not installed: {e}")
+    ops = mod.make_ops("float64", "cpu")
+    with pytest.raises(
+        BackendUnavailable, match=f"the {name} backend has no --grad 'nope'; it has"
+    ):
+        mod.make_train_step(ops, grad="nope")
+    for grad in mod.GRAD_MODES:
+        assert callable(mod.make_value_and_grad(ops, grad))
+
+
+def test_numpy_has_no_autograd(capsys: pytest.CaptureFixture[str]) -> None:
+    from rosetta_rnn.cli import main
+
+    assert main(["train", "--grad", "autograd"]) == 2
+    err = capsys.readouterr().err
+    assert err == "rosetta-rnn: error: the numpy backend has no --grad 'autograd'; it has bptt\n"
