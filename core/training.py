@@ -2,7 +2,9 @@
 
 Sequential partitioning carries the hidden state from one minibatch to the next (detached,
 so gradients stop at the minibatch boundary; with ``detach=False`` every step backpropagates
-through the epoch so far); random sampling starts every minibatch from zeros. Loss and
+through the epoch so far); random sampling starts every minibatch from zeros, and so does
+sequential partitioning with ``reset_state=True`` (what d2l's ``use_random_iter=True`` run
+does: the chapter passes that flag with its sequential iterator). Loss and
 gradient norm are checked every step; a non-finite value stops training.
 """
 
@@ -44,6 +46,7 @@ class TrainConfig:
     embed_dim: int | None = None  # None: one-hot inputs (the chapter); N: a learned embedding
     loss: str = "all-steps"  # or "last-step": only the last character of each subsequence
     detach: bool = True  # False: gradients flow through the whole epoch (sequential only)
+    reset_state: bool = False  # True: every minibatch starts from zeros (random always does)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -53,6 +56,8 @@ class TrainConfig:
                 "--no-detach needs --sampling sequential (random sampling resets "
                 "the state every minibatch)"
             )
+        if not self.detach and self.reset_state:
+            raise UserError("--no-detach and --reset-state contradict each other")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,7 +142,7 @@ class Trainer:
                 epoch_inputs.append(X.T)
             if i < self.step:
                 continue
-            if self.hidden is None or cfg.sampling == "random" or not cfg.detach:
+            if self.hidden is None or self._fresh_state_every_minibatch:
                 self.hidden = begin_state(ops, X.shape[0], cfg.num_hiddens)
             # time-major inputs and labels: (num_steps, batch_size); the loss sees the
             # labelled last steps (all of them, or the last one)
@@ -182,6 +187,11 @@ class Trainer:
             seconds=totals.seconds,
             grad_norms=list(totals.norms),
         )
+
+    @property
+    def _fresh_state_every_minibatch(self) -> bool:
+        cfg = self.config
+        return cfg.sampling == "random" or cfg.reset_state or not cfg.detach
 
     # -- exact continuation ---------------------------------------------------------------
 

@@ -72,10 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--embed-dim", type=argtypes.positive_int, help="size of a learned embedding (32)"
     )
     t.add_argument("--loss", choices=("all-steps", "last-step"), help="default all-steps")
-    t.add_argument(
+    state = t.add_mutually_exclusive_group()
+    state.add_argument(
         "--no-detach",
         action="store_true",
         help="keep the state in the graph across minibatches (sequential only)",
+    )
+    state.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="start every minibatch from a zero state, as d2l's use_random_iter=True run does "
+        "on its sequential iterator (random sampling always does)",
     )
     t.add_argument(
         "--train-fraction",

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "embed_dim": None,
     "loss": "all-steps",
     "detach": True,
+    "reset_state": False,
     "train_fraction": None,
     "token": "char",
     "max_tokens": 10000,
@@ -67,6 +68,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_clip:
         given["clip"] = math.inf
     given["detach"] = False if args.no_detach else None
+    given["reset_state"] = True if args.reset_state else None
     if given["embed_dim"] is not None and given["embedding"] is None:
         given["embedding"] = "learned"
     return given
@@ -88,6 +90,7 @@ def _saved(meta: dict[str, Any], source: str) -> dict[str, Any]:
             "detach",
         )
         saved = {k: cfg[k] for k in keys}
+        saved["reset_state"] = cfg.get("reset_state", False)  # older checkpoints lack it
         saved["clip"] = math.inf if cfg["clip"] is None else cfg["clip"]
         saved["embedding"] = "onehot" if cfg["embed_dim"] is None else "learned"
         for k in ("token", "max_tokens", "dtype", "seed", "train_fraction"):
@@ -216,6 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         embed_dim=hp["embed_dim"],
         loss=hp["loss"],
         detach=hp["detach"],
+        reset_state=hp["reset_state"],
     )
     dtype = hp["dtype"]
     out_path = args.checkpoint or args.resume

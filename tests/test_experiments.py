@@ -1,5 +1,6 @@
 """The chapter's experiments as commands: held-out and eval perplexity, plots, α sampling,
-the clipping comparison, word tokens, no-detach, learned embeddings, last-step loss."""
+the clipping comparison, word tokens, no-detach, reset-state, learned embeddings, last-step
+loss."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.cli import main
 from rosetta_rnn.core import model, sampling
+from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.evaluation import perplexity_on
+from rosetta_rnn.core.training import TrainConfig, Trainer
 
 SMALL = ["--batch-size", "4", "--num-steps", "8", "--num-hiddens", "16"]
 TEXT = "the time traveller for so it will be convenient to speak of him was expounding\n"
@@ -173,11 +176,12 @@ def test_word_tokens_end_to_end(
     "extra",
     [
         ["--no-detach"],
+        ["--reset-state"],
         ["--embedding", "learned", "--embed-dim", "8"],
         ["--loss", "last-step"],
         ["--activation", "relu"],
     ],
-    ids=["no-detach", "learned-embedding", "last-step", "relu"],
+    ids=["no-detach", "reset-state", "learned-embedding", "last-step", "relu"],
 )
 def test_variants_train_and_generate(
     tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
@@ -203,3 +207,63 @@ def test_variants_train_and_generate(
 def test_no_detach_needs_sequential(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--corpus", str(corpus), "--no-detach", "--sampling", "random"]) == 2
     assert "--no-detach needs --sampling sequential" in capsys.readouterr().err
+
+
+def _states_seen(sampling: str, reset_state: bool) -> tuple[list[bool], list[float]]:
+    """Per minibatch of two epochs: did it start from zeros; and the epochs' perplexities."""
+    ops = numpy_backend.make_ops("float64", "cpu")
+    step = numpy_backend.make_train_step(ops)
+    zeros: list[bool] = []
+
+    def spy(params, inputs, labels, state, lr, clip):  # type: ignore[no-untyped-def]
+        zeros.append(not np.any(state))
+        return step(params, inputs, labels, state, lr, clip)
+
+    cfg = TrainConfig(
+        batch_size=2, num_steps=5, num_hiddens=8, sampling=sampling, reset_state=reset_state
+    )
+    rng = np.random.default_rng(0)
+    params = model.to_backend(ops, model.init_params(10, cfg.num_hiddens, rng))
+    ids = np.random.default_rng(1).integers(0, 10, size=200)
+    trainer = Trainer(ops, spy, params, ids, cfg, rng)
+    ppl = [trainer.run_epoch().perplexity for _ in range(2)]
+    return zeros, ppl
+
+
+def test_reset_state_starts_every_sequential_minibatch_from_zeros() -> None:
+    carried, carried_ppl = _states_seen("sequential", reset_state=False)
+    reset, reset_ppl = _states_seen("sequential", reset_state=True)
+    per_epoch = len(carried) // 2
+    assert per_epoch > 2
+    # carried: zeros only where an epoch begins; reset: zeros everywhere, on the same batches
+    assert carried == ([True] + [False] * (per_epoch - 1)) * 2
+    assert reset == [True] * len(carried)
+    assert reset_ppl != carried_ppl
+    # random sampling resets anyway, so the flag changes nothing there
+    assert _states_seen("random", False) == _states_seen("random", True)
+
+
+def test_reset_state_and_no_detach_exclude_each_other(
+    corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--corpus", str(corpus), "--no-detach", "--reset-state"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "rosetta-rnn: error: argument --reset-state: not allowed with argument --no-detach\n"
+    )
+    with pytest.raises(UserError, match="contradict"):
+        TrainConfig(detach=False, reset_state=True)
+
+
+def test_reset_state_is_kept_by_the_checkpoint_and_resume(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "r.st"
+    common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--reset-state"]
+    straight = _json(capsys, "train", *common, "--epochs", "4")
+    first = _json(capsys, "train", *common, "--epochs", "2", "--checkpoint", str(ckpt))
+    assert first["config"]["reset_state"] is True
+    resumed = _json(capsys, "train", "--resume", str(ckpt), "--epochs", "4")
+    assert resumed["config"]["reset_state"] is True
+    got = [h["perplexity"] for h in resumed["history"]]
+    assert got == [h["perplexity"] for h in straight["history"]][-len(got) :]
