@@ -31,3 +31,32 @@ def test_the_time_machine_is_not_tracked() -> None:
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False
     ).stdout
     assert not re.search(r"time_?machine[^/]*\.txt", tracked, re.I)
+
+
+def test_the_readme_cli_reference_names_every_flag() -> None:
+    """Each subcommand's every option appears on its lines of the README's CLI reference."""
+    import argparse
+
+    from rosetta_rnn.cli import build_parser
+
+    text = (REPO / "README.md").read_text()
+    reference = text.split("## CLI reference", 1)[1].split("```")[1]
+    blocks: dict[str, str] = {}
+    command = ""
+    for line in reference.splitlines():
+        if line.startswith("rosetta-rnn "):
+            command = line.split()[1]
+        blocks[command] = blocks.get(command, "") + line + "\n"
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for command, sub in subparsers.choices.items():
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if (
+                    flag.startswith("--")
+                    and flag != "--help"
+                    and flag not in blocks.get(command, "")
+                ):
+                    missing.append(f"{command} {flag}")
+    assert not missing, missing
