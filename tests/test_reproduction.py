@@ -44,7 +44,8 @@ def test_500_epochs_reach_perplexity_one(backend: str, timemachine: Path, tmp_pa
 
 @pytest.mark.slow
 def test_random_sampling_reaches_the_chapters_range(timemachine: Path) -> None:
-    """d2l prints 1.3-1.4 for one run. Ours fluctuates from epoch to epoch: seeds 0-3 ended at
+    """d2l prints 1.3-1.5 for its use_random_iter run, which is not this iterator (see the next
+    test). Ours fluctuates from epoch to epoch: seeds 0-3 ended at
     1.51, 1.62, 1.59, 1.61, with last-50-epoch means 1.54-1.56 and best epochs 1.35-1.41
     (measured, see the README). We check the regime: the chapter's range is reached, and the
     late epochs stay near it; the single last epoch is not a stable statistic."""
@@ -52,3 +53,21 @@ def test_random_sampling_reaches_the_chapters_range(timemachine: Path) -> None:
     late = [h["perplexity"] for h in doc["history"][-50:]]
     assert min(late) <= 1.45
     assert sum(late) / len(late) <= 1.6
+
+
+@pytest.mark.slow
+def test_d2l_use_random_iter_run_is_sequential_with_reset_state(timemachine: Path) -> None:
+    """d2l's "random sampling" figure (1.3-1.5 across its printings) comes from
+    ``train_ch8(..., use_random_iter=True)`` fed the *sequential* ``train_iter``: only the state
+    is re-initialised every minibatch. ``--reset-state`` is that run. Measured (NumPy float32):
+    seeds 0-3 end at 1.308, 1.337, 1.494, 1.527, last-50 means 1.45-1.47; seed 0 greedily
+    continues 'time traveller' with d2l's own printed sample 'it s against reason said
+    filbycan a cube that does' (two pieces of the book joined at 'said filby')."""
+    doc = _train("--corpus", str(timemachine), "--reset-state")
+    late = [h["perplexity"] for h in doc["history"][-50:]]
+    assert doc["perplexity"] <= 1.5  # d2l: 1.3-1.5
+    assert sum(late) / len(late) <= 1.5
+    corpus = "".join(data.read_lines(timemachine))
+    sample = doc["samples"]["time traveller"]
+    # book text, spliced at most once (d2l's sample jumps from one 'said filby' to another)
+    assert any(sample[:i] in corpus and sample[i:] in corpus for i in range(1, len(sample)))
