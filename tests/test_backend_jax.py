@@ -13,6 +13,8 @@ import pytest
 
 jax = pytest.importorskip("jax", reason="the jax backend needs JAX: pip install 'rosetta-rnn[jax]'")
 
+from rnn_problems import Problem, random_problem  # noqa: E402
+
 from rosetta_rnn.backends import jax as jax_backend  # noqa: E402
 from rosetta_rnn.backends import numpy as numpy_backend  # noqa: E402
 from rosetta_rnn.cli import main  # noqa: E402
@@ -41,18 +43,12 @@ def rel_err(a: Any, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-300))
 
 
-def problem(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+def problem(seed: int) -> Problem:
     """A random small problem in float64: parameters σ = 0.3, nonzero biases and state."""
     rng = np.random.default_rng(seed)
     vocab, hidden = int(rng.integers(5, 9)), int(rng.integers(4, 17))
     batch, steps = int(rng.integers(1, 4)), int(rng.integers(1, 7))
-    params = model.init_params(vocab, hidden, rng, "float64", sigma=0.3)
-    params["b_h"] = rng.standard_normal(hidden) * 0.3
-    params["b_q"] = rng.standard_normal(vocab) * 0.3
-    inputs = rng.integers(0, vocab, (steps, batch))
-    labels = rng.integers(0, vocab, (steps, batch))
-    state = rng.standard_normal((batch, hidden)) * 0.5
-    return params, inputs, labels, state
+    return random_problem(rng, vocab, hidden, batch, steps, bias=0.3)
 
 
 def to_jax(

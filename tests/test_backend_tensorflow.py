@@ -14,6 +14,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from rnn_problems import Problem, random_problem  # noqa: E402
+
 from rosetta_rnn.backends import numpy as numpy_backend  # noqa: E402
 from rosetta_rnn.backends import tensorflow as tf_backend  # noqa: E402
 from rosetta_rnn.cli import main  # noqa: E402
@@ -27,19 +29,10 @@ COMPILED = {"tf.function": True, "eager": False}
 # max|a - b| / max|ref| against NumPy float64 BPTT
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
-Problem = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]
-
 
 def _problem(vocab: int, hidden: int, batch: int, steps: int, seed: int) -> Problem:
     """Weights with σ = 0.3, nonzero biases and a nonzero initial state, all float64."""
-    rng = np.random.default_rng(seed)
-    params = model.init_params(vocab, hidden, rng, "float64", sigma=0.3)
-    params["b_h"] = rng.standard_normal(hidden) * 0.1
-    params["b_q"] = rng.standard_normal(vocab) * 0.1
-    inputs = rng.integers(0, vocab, (steps, batch))
-    labels = rng.integers(0, vocab, (steps, batch))
-    state = rng.standard_normal((batch, hidden)) * 0.5
-    return params, inputs, labels, state
+    return random_problem(np.random.default_rng(seed), vocab, hidden, batch, steps)
 
 
 def _problems() -> list[tuple[int, int, int, int, int]]:

@@ -12,6 +12,8 @@ torch = pytest.importorskip(
     "torch", reason="PyTorch not installed: pip install 'rosetta-rnn[torch]'"
 )
 
+from rnn_problems import random_problem  # noqa: E402
+
 from rosetta_rnn.backends import numpy as numpy_backend  # noqa: E402
 from rosetta_rnn.backends import torch as torch_backend  # noqa: E402
 from rosetta_rnn.cli import main  # noqa: E402
@@ -23,16 +25,7 @@ TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
 def _problem(seed: int, V: int = 7, H: int = 6, B: int = 3, T: int = 5):
-    rng = np.random.default_rng(seed)
-    p = model.init_params(V, H, rng, "float64", sigma=0.3)
-    p["b_h"] = rng.standard_normal(H) * 0.1
-    p["b_q"] = rng.standard_normal(V) * 0.1
-    return (
-        p,
-        rng.integers(0, V, (T, B)),
-        rng.integers(0, V, (T, B)),
-        rng.standard_normal((B, H)) * 0.5,
-    )
+    return random_problem(np.random.default_rng(seed), V, H, B, T)
 
 
 def _rel(a: np.ndarray, ref: np.ndarray) -> float:

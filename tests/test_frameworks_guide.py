@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rnn_problems import Problem, random_problem
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import data, model, sampling
@@ -28,19 +29,10 @@ from rosetta_rnn.core.ops import python_scan
 REF = numpy_backend.make_ops("float64", "cpu")
 V, H, B, T = 6, 5, 3, 4  # vocab_size, num_hiddens, batch_size, num_steps of the small problems
 
-Problem = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]
-
 
 def _problem(seed: int = 0, steps: int = T) -> Problem:
     """float64 parameters with σ = 0.3 and nonzero biases, inputs, labels, a nonzero state."""
-    rng = np.random.default_rng(seed)
-    params = model.init_params(V, H, rng, "float64", sigma=0.3)
-    params["b_h"] = rng.standard_normal(H) * 0.3
-    params["b_q"] = rng.standard_normal(V) * 0.3
-    inputs = rng.integers(0, V, (steps, B))
-    labels = rng.integers(0, V, (steps, B))
-    state = rng.standard_normal((B, H)) * 0.5
-    return params, inputs, labels, state
+    return random_problem(np.random.default_rng(seed), V, H, B, steps, bias=0.3)
 
 
 def _core_hidden(params: dict[str, np.ndarray], inputs: np.ndarray, state: np.ndarray) -> Any:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rnn_problems import random_problem
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import model
@@ -17,13 +18,7 @@ OPS64 = numpy_backend.make_ops("float64", "cpu")
 
 def _problem(vocab: int, hidden: int, batch: int, steps: int, seed: int, scale: float = 1.0):
     rng = np.random.default_rng(seed)
-    params = model.init_params(vocab, hidden, rng, "float64", sigma=0.01 * scale * 30)
-    params["b_h"] = rng.standard_normal(hidden) * 0.1
-    params["b_q"] = rng.standard_normal(vocab) * 0.1
-    inputs = rng.integers(0, vocab, (steps, batch))
-    labels = rng.integers(0, vocab, (steps, batch))
-    state = rng.standard_normal((batch, hidden)) * 0.5
-    return params, inputs, labels, state
+    return random_problem(rng, vocab, hidden, batch, steps, sigma=0.01 * scale * 30)
 
 
 def test_init_params_shapes_and_draws() -> None:
