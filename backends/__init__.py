@@ -65,6 +65,16 @@ def info(name: str) -> dict[str, Any]:
     return row
 
 
+def device_labels(gpu_count: int) -> list[str]:
+    """The labels a backend lists: ``cpu``, then ``gpu:0`` .. ``gpu:N-1``."""
+    return ["cpu"] + [f"gpu:{i}" for i in range(gpu_count)]
+
+
+def gpu_index(label: str) -> int:
+    """N of a resolved ``gpu:N`` label."""
+    return int(label.split(":", 1)[1])
+
+
 def resolve_device(
     device: str, gpu_count: Callable[[], int], framework: str, no_gpu: str = ""
 ) -> str:

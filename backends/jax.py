@@ -51,7 +51,7 @@ def _gpu_devices() -> list[Any]:
 
 
 def devices() -> list[str]:
-    return ["cpu"] + [f"gpu:{i}" for i in range(len(_gpu_devices()))]
+    return _registry.device_labels(len(_gpu_devices()))
 
 
 def supports_float64(device: str) -> bool:
@@ -68,7 +68,7 @@ def _jax_device(label: str) -> Any:
     """A resolved label ("cpu", "gpu:N") -> the ``jax.Device``."""
     if label == "cpu":
         return jax.devices("cpu")[0]
-    return _gpu_devices()[int(label.split(":", 1)[1])]
+    return _gpu_devices()[_registry.gpu_index(label)]
 
 
 def _traced(tree: Any) -> bool:

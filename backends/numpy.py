@@ -43,7 +43,7 @@ def _gpu_count() -> int:
 
 
 def devices() -> list[str]:
-    return ["cpu"] + [f"gpu:{i}" for i in range(_gpu_count())]
+    return _registry.device_labels(_gpu_count())
 
 
 def supports_float64(device: str) -> bool:
@@ -73,7 +73,7 @@ class NumpyOps:
             self.xp: Any = np
         else:
             self.xp = _cupy()
-            self._cuda_device = self.xp.cuda.Device(int(device.split(":")[1]))
+            self._cuda_device = self.xp.cuda.Device(_registry.gpu_index(device))
             self._cuda_device.use()
         self._dtype = np.dtype(dtype)
 

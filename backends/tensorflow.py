@@ -51,7 +51,7 @@ def _gpu_count() -> int:
 
 
 def devices() -> list[str]:
-    return ["cpu"] + [f"gpu:{i}" for i in range(_gpu_count())]
+    return _registry.device_labels(_gpu_count())
 
 
 def supports_float64(device: str) -> bool:
@@ -69,7 +69,7 @@ def resolve_device(device: str) -> str:
 
 def _tf_device_name(device: str) -> str:
     """Our label -> TensorFlow's: cpu -> /CPU:0, gpu:N -> /GPU:N."""
-    return "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+    return "/CPU:0" if device == "cpu" else f"/GPU:{_registry.gpu_index(device)}"
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

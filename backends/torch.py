@@ -43,7 +43,7 @@ def _gpu_count() -> int:
 
 
 def devices() -> list[str]:
-    return ["cpu"] + [f"gpu:{i}" for i in range(_gpu_count())]
+    return _registry.device_labels(_gpu_count())
 
 
 def supports_float64(device: str) -> bool:
@@ -56,7 +56,9 @@ def resolve_device(device: str) -> str:
 
 
 def _torch_device(label: str) -> torch.device:
-    return torch.device("cpu") if label == "cpu" else torch.device("cuda", int(label.split(":")[1]))
+    return (
+        torch.device("cpu") if label == "cpu" else torch.device("cuda", _registry.gpu_index(label))
+    )
 
 
 class TorchOps:

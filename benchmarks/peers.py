@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rosetta_rnn.backends import gpu_index
+
 PEER_NAMES: tuple[str, ...] = (
     "torch.nn.RNN",
     "keras.SimpleRNN",
@@ -119,7 +121,9 @@ class TorchRNNPeer(Peer):
 
         self.torch, self.F = torch, F
         self.tdtype = getattr(torch, dtype)
-        self.tdevice = torch.device("cpu" if device == "cpu" else f"cuda:{device.split(':')[1]}")
+        self.tdevice = (
+            torch.device("cpu") if device == "cpu" else torch.device("cuda", gpu_index(device))
+        )
         V, H = vocab_size, num_hiddens
 
         class RNNModel(nn.Module):
@@ -252,7 +256,7 @@ class KerasRNNPeer(Peer):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"Keras runs on {keras.backend.backend()}, not TensorFlow")
         self.tf, self.keras = tf, keras
-        self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+        self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{gpu_index(device)}"
         V, H = vocab_size, num_hiddens
 
         class RNNModel(keras.Model):
@@ -383,7 +387,7 @@ class JaxScanPeer(Peer):
             jax.config.update("jax_enable_x64", True)  # JAX computes float64 only with x64 on
         self.jax, self.jnp = jax, jnp
         kind = "cpu" if device == "cpu" else "gpu"
-        self.jdevice = jax.devices(kind)[0 if device == "cpu" else int(device.split(":")[1])]
+        self.jdevice = jax.devices(kind)[0 if device == "cpu" else gpu_index(device)]
         V = vocab_size
 
         def rnn(params: dict[str, Any], X: Any, h: Any) -> tuple[Any, Any]:
