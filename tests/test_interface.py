@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from rosetta_rnn import backends
@@ -10,12 +12,16 @@ from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.ops import OPERATIONS, Ops
 
 
-@pytest.mark.parametrize("name", backends.BACKENDS)
-def test_backend_has_every_operation(name: str) -> None:
+def _load_or_skip(name: str) -> Any:
     try:
-        mod = backends.load(name)
+        return backends.load(name)
     except BackendUnavailable as e:
         pytest.skip(f"{name} not installed: {e}")
+
+
+@pytest.mark.parametrize("name", backends.BACKENDS)
+def test_backend_has_every_operation(name: str) -> None:
+    mod = _load_or_skip(name)
     for dtype in ("float32", "float64"):
         ops = mod.make_ops(dtype, "cpu")
         assert missing_operations(ops) == []
@@ -78,10 +84,7 @@ def test_device_resolution_says_how_to_get_a_gpu() -> None:
 
 @pytest.mark.parametrize("name", backends.BACKENDS)
 def test_every_backend_refuses_an_unknown_gradient_engine_in_one_line(name: str) -> None:
-    try:
-        mod = backends.load(name)
-    except BackendUnavailable as e:
-        pytest.skip(f"{name} not installed: {e}")
+    mod = _load_or_skip(name)
     ops = mod.make_ops("float64", "cpu")
     with pytest.raises(
         BackendUnavailable, match=f"the {name} backend has no --grad 'nope'; it has"
