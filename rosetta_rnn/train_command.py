@@ -100,6 +100,19 @@ def _saved(meta: dict[str, Any], source: str) -> dict[str, Any]:
     return saved
 
 
+SWITCHES = {("clip", math.inf): "--no-clip", ("detach", False): "--no-detach"}
+"""Hyperparameter values that come from a switch rather than from a flag with a value."""
+
+
+def _as_given(key: str, value: Any) -> str:
+    """How ``key = value`` was written on the command line: ``--lr 0.5``, ``--no-clip``."""
+    if (key, value) in SWITCHES:
+        return SWITCHES[key, value]
+    if value is True:
+        return f"--{key.replace('_', '-')}"
+    return f"--{key.replace('_', '-')} {value}"
+
+
 def _hyperparameters(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[str, Any]:
     given = _given(args)
     if meta is None:
@@ -112,12 +125,9 @@ def _hyperparameters(args: argparse.Namespace, meta: dict[str, Any] | None) -> d
     saved = _saved(meta, args.resume)
     for key, value in given.items():
         if value is not None and value != saved[key]:
-            flag = (
-                "--no-clip" if key == "clip" and math.isinf(value) else f"--{key.replace('_', '-')}"
-            )
             raise UserError(
-                f"--resume {args.resume}: {flag} {'' if flag == '--no-clip' else value} differs "
-                f"from the checkpoint's {key} {saved[key]}; drop it to continue, or start a new run"
+                f"--resume {args.resume}: {_as_given(key, value)} differs from the checkpoint's "
+                f"{key} {saved[key]}; drop it to continue, or start a new run"
             )
     return saved
 

@@ -80,6 +80,15 @@ def test_resume_rejects_other_hyperparameters(
     _one_line_error(err, "--lr 0.5 differs from the checkpoint's lr 1.0")
     code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--no-clip")
     _one_line_error(err, "--no-clip")
+    # switches are named as they were typed, never as a key and a Python value
+    for switch, saved in [
+        ("--no-clip", "clip 1.0"),
+        ("--no-detach", "detach True"),
+        ("--reset-state", "reset_state False"),
+    ]:
+        code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", switch)
+        assert code == 2
+        _one_line_error(err, f"{switch} differs from the checkpoint's {saved}; drop it")
     code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "2")
     _one_line_error(err, "already trained 2 epochs")
     other = tmp_path / "other.txt"
