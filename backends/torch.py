@@ -1,5 +1,7 @@
 """PyTorch backend: gradients by ``torch.autograd`` over core's forward, or core's BPTT on
-torch tensors; eager by default, ``torch.compile`` on request. TF32 is off."""
+torch tensors; eager by default, ``torch.compile`` on request, and on a CUDA device
+``torch.compile(mode="reduce-overhead")``, which replays the whole step as CUDA graphs. TF32 is
+off."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
@@ -24,7 +27,8 @@ NAME = "torch"
 FRAMEWORK = "PyTorch"
 EXTRA = "torch"
 GRAD_MODES = ("autograd", "bptt")
-COMPILE_MODES = ("eager", "torch.compile")
+COMPILE_MODES = ("eager", "torch.compile", "reduce-overhead")
+CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs: nothing to replay on a CPU
 
 # TF32 off: every float32 matmul and convolution in full float32 precision.
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -179,9 +183,13 @@ def make_value_and_grad(
 
 
 def make_train_step(
-    ops: TorchOps, grad: str = "autograd", compiled: bool | None = None, activation: str = "tanh"
+    ops: TorchOps,
+    grad: str = "autograd",
+    compiled: bool | str | None = None,
+    activation: str = "tanh",
 ) -> StepFn:
-    """core's train step; ``compiled=True`` wraps the BPTT step in ``torch.compile``."""
+    """core's train step. ``compiled``: None or False eager; True or ``"torch.compile"``
+    ``torch.compile`` (inductor); ``"reduce-overhead"`` the same with CUDA graphs (CUDA only)."""
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -193,6 +201,35 @@ def make_train_step(
             )
         return new, H_T.detach(), loss, norm
 
+    if compiled == "reduce-overhead":
+        return _cuda_graph_step(ops, step)
     if compiled:
         return torch.compile(step, dynamic=False)  # type: ignore[return-value]
     return step
+
+
+def _cuda_graph_step(ops: TorchOps, step: StepFn) -> StepFn:
+    """``step`` under ``torch.compile(mode="reduce-overhead")``: after the first calls the whole
+    step (forward, backward, clip, SGD: hundreds of kernels) is one CUDA graph replay, so the
+    launch overhead that bounds the eager step on a GPU is paid once per step, not per kernel."""
+    if ops.device == "cpu":
+        raise BackendUnavailable(
+            "torch's reduce-overhead mode replays CUDA graphs and needs a CUDA device; "
+            "on cpu use --compile"
+        )
+    graphed = torch.compile(step, mode="reduce-overhead", dynamic=False)
+
+    def replay(
+        params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
+    ) -> tuple[Params, Any, Any, Any]:
+        torch.compiler.cudagraph_mark_step_begin()
+        new, H_T, loss, norm = graphed(params, inputs, labels, state, lr, theta)
+        # the next replay overwrites the graph's output buffers; the caller keeps these
+        return (
+            {k: v.clone() for k, v in new.items()},
+            H_T.clone(),
+            loss.clone(),
+            norm.clone(),
+        )
+
+    return replay

@@ -136,8 +136,40 @@ def source_version() -> dict[str, Any]:
     return out
 
 
+def gpus() -> list[str]:
+    """Each NVIDIA GPU as ``nvidia-smi`` names it (name, driver, memory); none without it."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = "--query-gpu=name,driver_version,memory.total"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _cuda_versions() -> dict[str, Any]:
+    """The CUDA and cuDNN builds of the frameworks already imported (none are imported here)."""
+    found: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.version.cuda:
+        found["torch_cuda"] = torch.version.cuda
+        found["torch_cudnn"] = torch.backends.cudnn.version()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        found["cupy"] = cupy.__version__
+        found["cupy_cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+    return found
+
+
 def describe(frameworks: dict[str, dict[str, Any]], threads: dict[str, Any]) -> dict[str, Any]:
-    """CPU, cores, memory, OS, Python, framework versions and thread settings."""
+    """CPU, cores, memory, GPUs, OS, Python, framework versions and thread settings."""
     lscpu = _lscpu()
     return {
         "cpu": lscpu.get("Model name") or platform.processor() or platform.machine(),
@@ -145,6 +177,8 @@ def describe(frameworks: dict[str, dict[str, Any]], threads: dict[str, Any]) -> 
         "cpu_flags": _cpu_flags(),
         "cpus": os.cpu_count(),
         "memory_gb": _memory_gb(),
+        "gpus": gpus(),
+        "cuda": _cuda_versions(),
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "rosetta_rnn": source_version(),
@@ -164,6 +198,10 @@ def markdown(machine: dict[str, Any]) -> str:
     if machine.get("cpu_flags"):
         lines.append(f"- SIMD: {', '.join(machine['cpu_flags'])}")
     lines.append(f"- Memory: {machine['memory_gb']} GB")
+    for gpu in machine.get("gpus", []):
+        lines.append(f"- GPU: {gpu}")
+    if machine.get("cuda"):
+        lines.append(f"- CUDA builds: {machine['cuda']}")
     lines.append(f"- OS: {machine['os']}")
     lines.append(f"- Python {machine['python']}")
     source = machine.get("rosetta_rnn", {})

@@ -137,8 +137,9 @@ def terminal(doc: dict[str, Any]) -> str:
 def _roofline_line(doc: dict[str, Any]) -> str:
     out = []
     for dtype, roof in doc.get("roofline", {}).items():
+        where = roof.get("device", "cpu")
         line = (
-            f"roofline ({dtype}): peak matmul {roof['peak_gflops']:.1f} GFLOP/s × "
+            f"roofline ({dtype}, {where}): peak matmul {roof['peak_gflops']:.1f} GFLOP/s × "
             f"{roof['flops_per_token'].get('train', 0) / 1e6:.3f} MFLOP/token (train) = "
             f"{roof['tokens_per_sec'].get('train', 0):,.0f} tokens/s"
         )

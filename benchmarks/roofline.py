@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 WORKLOADS: tuple[str, ...] = ("train", "forward", "generate")
-PEAK_SIZE = 2048  # square matmul size for the peak: large enough to be compute-bound
+PEAK_SIZE = 2048  # square matmul size for the CPU peak: large enough to be compute-bound
+GPU_PEAK_SIZE = 8192  # the same on a GPU (an H100 does a 2048² float32 product in ~0.3 ms)
 
 
 def num_params(num_hiddens: int, vocab_size: int) -> int:
@@ -74,29 +75,61 @@ def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def _matmul_fn(framework: str, a: np.ndarray, b: np.ndarray) -> Callable[[], Any]:
-    """``a @ b`` in one framework, synced (the product is finished when the call returns)."""
+def _matmul_fn(
+    framework: str, a: np.ndarray, b: np.ndarray, device: str = "cpu"
+) -> Callable[[], Any]:
+    """``a @ b`` in one framework on ``device`` (``cpu`` or ``gpu:N``), synced (the product is
+    finished when the call returns). float32 products run without TF32 on every GPU."""
+    gpu = None if device == "cpu" else int(device.split(":", 1)[1])
     if framework == "numpy":
-        return lambda: a @ b
+        if gpu is None:
+            return lambda: a @ b
+        import cupy  # CuPy uses TF32 only when $CUPY_TF32 is set
+
+        with cupy.cuda.Device(gpu):
+            ca, cb = cupy.asarray(a), cupy.asarray(b)
+
+        def run_cupy() -> Any:
+            with cupy.cuda.Device(gpu):
+                out = ca @ cb
+                cupy.cuda.Device(gpu).synchronize()
+            return out
+
+        return run_cupy
     if framework == "torch":
         import torch
 
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        return lambda: ta @ tb
+        tdev = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
+        ta, tb = torch.from_numpy(a).to(tdev), torch.from_numpy(b).to(tdev)
+
+        def run_torch() -> Any:
+            tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                out = ta @ tb
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+            if gpu is not None:
+                torch.cuda.synchronize(tdev)
+            return out
+
+        return run_torch
     if framework == "jax":
         import jax
 
-        ja, jb = jax.device_put(a, jax.devices("cpu")[0]), jax.device_put(b, jax.devices("cpu")[0])
-        mm = jax.jit(lambda x, y: x @ y)
+        jdev = jax.devices("cpu")[0] if gpu is None else jax.devices("gpu")[gpu]
+        ja, jb = jax.device_put(a, jdev), jax.device_put(b, jdev)
+        mm = jax.jit(lambda x, y: jax.numpy.matmul(x, y, precision="highest"))
         return lambda: mm(ja, jb).block_until_ready()
     if framework == "tensorflow":
         import tensorflow as tf
 
-        with tf.device("/CPU:0"):
+        tdev_name = "/CPU:0" if gpu is None else f"/GPU:{gpu}"
+        with tf.device(tdev_name):
             xa, xb = tf.constant(a), tf.constant(b)
 
         def run() -> Any:
-            with tf.device("/CPU:0"):
+            with tf.device(tdev_name):
                 out = tf.linalg.matmul(xa, xb)
             tf.test.experimental.sync_devices()
             return out
@@ -105,16 +138,25 @@ def _matmul_fn(framework: str, a: np.ndarray, b: np.ndarray) -> Callable[[], Any
     raise ValueError(framework)
 
 
+def peak_size(device: str) -> int:
+    """The square matmul size for the peak: a GPU needs a larger product to be compute-bound."""
+    return PEAK_SIZE if device == "cpu" else GPU_PEAK_SIZE
+
+
 def measure_peak(
-    frameworks: list[str], dtype: str, size: int = PEAK_SIZE, repeats: int = 5
+    frameworks: list[str],
+    dtype: str,
+    size: int = PEAK_SIZE,
+    repeats: int = 5,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Best-of-``repeats`` GFLOP/s of a ``size``² matmul on the CPU in each framework."""
+    """Best-of-``repeats`` GFLOP/s of a ``size``² matmul on ``device`` in each framework."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
     out = {}
     for fw in frameworks:
-        seconds = _best_seconds(_matmul_fn(fw, a, b), repeats)
+        seconds = _best_seconds(_matmul_fn(fw, a, b, device), repeats)
         out[fw] = 2 * size**3 / seconds / 1e9
     return out
 
@@ -143,6 +185,7 @@ def measure_matmul_floor(
     num_hiddens: int,
     vocab_size: int,
     repeats: int = 20,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Time a training step's matmuls alone, at their own shapes (best framework per product).
 
@@ -154,7 +197,7 @@ def measure_matmul_floor(
     for what, m, k, n, count in step_matmuls(batch_size, num_steps, num_hiddens, vocab_size):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
-        best = {fw: _best_seconds(_matmul_fn(fw, a, b), repeats) for fw in frameworks}
+        best = {fw: _best_seconds(_matmul_fn(fw, a, b, device), repeats) for fw in frameworks}
         fw = min(best, key=lambda f: best[f])
         total += count * best[fw]
         parts.append(

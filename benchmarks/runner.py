@@ -248,6 +248,43 @@ def _run_group(
     return rows
 
 
+def _roofline(
+    cfg: BenchConfig,
+    frameworks: list[str],
+    dtype: str,
+    device: str,
+    guard: timing.QuietGuard | None,
+    log: _Log,
+) -> dict[str, Any]:
+    """Peak matmul GFLOP/s on ``device`` (best framework), the tokens/s it bounds per workload,
+    and the training step's own matmuls timed alone (the floor for op-by-op code)."""
+    log(f"measuring peak matmul throughput ({dtype}, {device}) ...")
+    if guard is not None:
+        guard.wait_quiet()
+    size = roofline.peak_size(device)
+    peak = roofline.measure_peak(frameworks, dtype, size, device=device)
+    best = max(peak.values())
+    entry: dict[str, Any] = {
+        "device": device,
+        "peak_gflops": best,
+        "peak_gflops_by_framework": peak,
+        "matmul_size": size,
+        "flops_per_token": {
+            w: roofline.flops_per_token(w, *cfg.shape.astuple()) for w in cfg.workloads
+        },
+        "tokens_per_sec": {
+            w: roofline.roofline_tokens_per_sec(best * 1e9, w, *cfg.shape.astuple())
+            for w in cfg.workloads
+        },
+    }
+    if "train" in cfg.workloads:
+        entry["matmul_floor"] = roofline.measure_matmul_floor(
+            frameworks, dtype, *cfg.shape.astuple(), device=device
+        )
+    log(f"   peak {best:.1f} GFLOP/s; roofline {entry['tokens_per_sec']} tokens/s")
+    return entry
+
+
 def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | None = None) -> dict:
     """Everything in one process, so every ratio compares like with like. Returns the document."""
     start = time.perf_counter()
@@ -269,40 +306,26 @@ def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | Non
     desc = machine.describe(frameworks, thread_info)
     whole_run = machine.CpuMeter()
 
-    # the machine's limit: the best large-matmul rate of any framework, per dtype (CPU)
+    # the machine's limit on each device: the best large-matmul rate of any framework there
     # other processes may use the CPUs this run leaves free, and BUSY_CPUS more
     spare = max(0, cpus - cfg.threads)
     guard = timing.QuietGuard(spare + BUSY_CPUS, cfg.max_wait) if cfg.max_wait > 0 else None
-    roof: dict[str, Any] = {}
-    for dtype in cfg.dtypes:
-        log(f"measuring peak matmul throughput ({dtype}) ...")
-        if guard is not None:
-            guard.wait_quiet()
-        peak = roofline.measure_peak(loaded, dtype)
-        best = max(peak.values())
-        entry: dict[str, Any] = {
-            "peak_gflops": best,
-            "peak_gflops_by_framework": peak,
-            "matmul_size": roofline.PEAK_SIZE,
-            "flops_per_token": {
-                w: roofline.flops_per_token(w, *cfg.shape.astuple()) for w in cfg.workloads
-            },
-            "tokens_per_sec": {
-                w: roofline.roofline_tokens_per_sec(best * 1e9, w, *cfg.shape.astuple())
-                for w in cfg.workloads
-            },
+    all_devices = list(dict.fromkeys(d for devs in devices.values() for d in devs))
+    if not all_devices:
+        raise UserError(f"no backend runs on {' '.join(cfg.devices)}: {'; '.join(notes)}")
+    main_device = "cpu" if "cpu" in all_devices else all_devices[0]
+    roof_by_device: dict[str, dict[str, Any]] = {}
+    for device in all_devices:
+        on_device = [name for name in loaded if device in devices[name]]
+        roof_by_device[device] = {
+            dtype: _roofline(cfg, on_device, dtype, device, guard, log) for dtype in cfg.dtypes
         }
-        if "train" in cfg.workloads:
-            entry["matmul_floor"] = roofline.measure_matmul_floor(
-                loaded, dtype, *cfg.shape.astuple()
-            )
-        roof[dtype] = entry
-        log(f"   peak {best:.1f} GFLOP/s; roofline {entry['tokens_per_sec']} tokens/s")
+    roof = roof_by_device[main_device]
 
     rows: list[dict[str, Any]] = []
     for label, cases in _groups(cfg, devices, peer_names):
         dtype = cases[0].dtype
-        peak_gflops = roof[dtype]["peak_gflops"] if cases[0].device == "cpu" else None
+        peak_gflops = roof_by_device[cases[0].device][dtype]["peak_gflops"]
         group_rows = _run_group(label, cases, cfg, peak_gflops, notes, log, guard)
         rows += group_rows
         if on_group is not None:
@@ -326,6 +349,8 @@ def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | Non
         ),
         "rows": rows,
         "roofline": roof,
+        "roofline_device": main_device,
+        "roofline_by_device": roof_by_device,
         "shape": {
             "batch_size": cfg.shape.batch_size,
             "num_steps": cfg.shape.num_steps,

@@ -1,7 +1,8 @@
 """The issue's targets, measured and reported (never asserted): ratios at the main shape.
 
 Every ratio compares training-step tokens/s at the main shape (the d2l shape by default), in
-the first dtype asked for, on the CPU, between rows of the same process run. A backend's figure
+the first dtype asked for, on the main device (the CPU if it was measured, else the first
+device), between rows of the same process run. A backend's figure
 is its best mode.
 """
 
@@ -29,7 +30,7 @@ COMPILE_TARGETS: tuple[tuple[str, str, float], ...] = (
 
 
 def main_rows(doc: dict[str, Any], dtype: str, workload: str = "train") -> list[dict[str, Any]]:
-    """Rows at the main shape (no sweep) of ``workload`` and ``dtype``, on cpu if measured."""
+    """Rows at the main shape (no sweep) of ``workload`` and ``dtype`` on the main device."""
     rows = [
         r
         for r in doc["rows"]

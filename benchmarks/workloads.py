@@ -83,11 +83,13 @@ def minibatch(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, shape.vocab_size, size), rng.integers(0, shape.vocab_size, size)
 
 
-def compile_modes(backend: str, workload: str) -> tuple[str, ...]:
-    """The compile modes a backend offers for a workload; the first is its default."""
-    modes = tuple(backends.load(backend).COMPILE_MODES)
+def compile_modes(backend: str, workload: str, device: str = "cpu") -> tuple[str, ...]:
+    """The compile modes a backend offers for a workload on a device; the first is its default."""
+    mod = backends.load(backend)
+    cuda_only = getattr(mod, "CUDA_ONLY_MODES", ())
+    modes = tuple(m for m in mod.COMPILE_MODES if device != "cpu" or m not in cuda_only)
     if workload == "forward":
-        return tuple(m for m in modes if m != "torch.compile")
+        return tuple(m for m in modes if m not in ("torch.compile", *cuda_only))
     if workload == "generate":
         return ("eager",)  # core's predict is a host loop: one token at a time
     return modes
@@ -125,7 +127,8 @@ def _train_builder(
     def build() -> tuple[Call, Sync]:
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
-        step = mod.make_train_step(ops, grad=grad, compiled=mode != "eager", activation="tanh")
+        compiled = False if mode == "eager" else mode
+        step = mod.make_train_step(ops, grad=grad, compiled=compiled, activation="tanh")
         X, Y = minibatch(shape)
         inputs, labels = ops.asarray(X), ops.asarray(Y)
         box = [_params(ops, shape, 0), model.begin_state(ops, shape.batch_size, shape.num_hiddens)]
@@ -216,7 +219,7 @@ def backend_cases(
 
     cases: list[Case] = []
     for workload in workloads:
-        compiles = compile_modes(backend, workload)
+        compiles = compile_modes(backend, workload, device)
         if not all_modes:
             compiles = compiles[:1]
         if workload == "train":

@@ -60,13 +60,16 @@ def subjects(
     return out, skipped
 
 
-def oracles(names: Sequence[str], dtypes: Sequence[str]) -> list[Any]:
+def oracles(names: Sequence[str], dtypes: Sequence[str], device: str = "cpu") -> list[Any]:
+    """The frameworks' own RNN layers: torch.nn.RNN on the device asked for (cuDNN on a GPU),
+    Keras SimpleRNN on the CPU."""
     found: list[Any] = []
     for dtype in dtypes:
         if "torch" in names:
             try:
-                found.append(TorchRNNOracle(dtype))
-            except ImportError:
+                torch_device = backends.load("torch").resolve_device(device)
+                found.append(TorchRNNOracle(dtype, torch_device))
+            except (ImportError, BackendUnavailable):
                 pass
         if "tensorflow" in names:
             try:
@@ -101,7 +104,7 @@ def run(
             )
         )
     if with_oracles:
-        for oracle in oracles(names, dtypes):
+        for oracle in oracles(names, dtypes, device):
             plain = [p for p in problems if p.plain]
             for name in ORACLE_CHECKS:
                 report.cells.append(run_check(name, oracle, plain))

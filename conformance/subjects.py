@@ -3,6 +3,7 @@ NumPy-out methods, so every check is written once for all of them."""
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -136,7 +137,8 @@ class BackendSubject:
 
 class TorchRNNOracle:
     """``torch.nn.RNN`` + ``nn.Linear``: W_ih = W_xhᵀ, W_hh = W_hhᵀ, bias_ih = b_h and
-    bias_hh = 0 (torch has two biases; one must be zero), Linear weight = W_hqᵀ."""
+    bias_hh = 0 (torch has two biases; one must be zero), Linear weight = W_hqᵀ. On a CUDA
+    device the layer is cuDNN's RNN, run with TF32 off (cuDNN's default allows it)."""
 
     backend = "torch.nn.RNN"
     label = "oracle:torch.nn.RNN"
@@ -147,41 +149,66 @@ class TorchRNNOracle:
 
         self.torch = torch
         self.dtype = dtype
-        self.device = "cpu" if device == "auto" else device
+        self.device = device  # "cpu" or a resolved "gpu:N"
+        self.tdevice = (
+            torch.device("cpu")
+            if device == "cpu"
+            else torch.device("cuda", backends.gpu_index(device))
+        )
         self.second_bias = second_bias  # the mistake of loading b_h into both biases
+
+    def _tensor(self, x: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(x)).to(self.tdevice)
 
     def _run(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> tuple[Any, ...]:
         torch = self.torch
         dt = getattr(torch, self.dtype)
         V, H = params["W_xh"].shape
-        rnn = torch.nn.RNN(V, H, nonlinearity="tanh", dtype=dt)
-        out = torch.nn.Linear(H, V, dtype=dt)
+        rnn = torch.nn.RNN(V, H, nonlinearity="tanh", dtype=dt, device=self.tdevice)
+        out = torch.nn.Linear(H, V, dtype=dt, device=self.tdevice)
         with torch.no_grad():
-            rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_xh"].T.copy()))
-            rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_hh"].T.copy()))
-            rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_h"]))
+            rnn.weight_ih_l0.copy_(self._tensor(params["W_xh"].T))
+            rnn.weight_hh_l0.copy_(self._tensor(params["W_hh"].T))
+            rnn.bias_ih_l0.copy_(self._tensor(params["b_h"]))
             rnn.bias_hh_l0.copy_(
-                torch.from_numpy(params["b_h"] if self.second_bias else 0 * params["b_h"])
+                self._tensor(params["b_h"] if self.second_bias else 0 * params["b_h"])
             )
-            out.weight.copy_(torch.from_numpy(params["W_hq"].T.copy()))
-            out.bias.copy_(torch.from_numpy(params["b_q"]))
-        X = torch.nn.functional.one_hot(torch.from_numpy(inputs), V).to(dt)  # (T, B, V)
-        h0 = torch.from_numpy(state).to(dt)[None]
+            out.weight.copy_(self._tensor(params["W_hq"].T))
+            out.bias.copy_(self._tensor(params["b_q"]))
+        X = torch.nn.functional.one_hot(self._tensor(inputs), V).to(dt)  # (T, B, V)
+        h0 = self._tensor(state).to(dt)[None]
         Hs, _ = rnn(X, h0)
         logits = out(Hs.reshape(-1, H))
         return rnn, out, Hs, logits
 
+    def _full_precision(self) -> Any:
+        """TF32 off for cuDNN and cuBLAS while the oracle runs, then as they were."""
+        torch = self.torch
+        matmul = torch.backends.cuda.matmul
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.backends.cudnn.flags(enabled=True, allow_tf32=False))
+        was = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        stack.callback(setattr, matmul, "allow_tf32", was)
+        return stack
+
+    @staticmethod
+    def _numpy(t: Any) -> np.ndarray:
+        return np.array(t.detach().cpu().numpy())
+
     def forward(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> Arrays:
-        _, _, Hs, logits = self._run(params, inputs, state)
-        return {"hidden": Hs.detach().numpy(), "logits": logits.detach().numpy()}
+        with self._full_precision():
+            _, _, Hs, logits = self._run(params, inputs, state)
+        return {"hidden": self._numpy(Hs), "logits": self._numpy(logits)}
 
     def value_and_grad(
         self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray
     ) -> tuple[np.ndarray, Arrays, np.ndarray]:
         torch = self.torch
-        rnn, out, Hs, logits = self._run(params, inputs, state)
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels.reshape(-1)))
-        loss.backward()
+        with self._full_precision():
+            rnn, out, Hs, logits = self._run(params, inputs, state)
+            loss = torch.nn.functional.cross_entropy(logits, self._tensor(labels.reshape(-1)))
+            loss.backward()
         grads = {
             "W_xh": rnn.weight_ih_l0.grad.T,
             "W_hh": rnn.weight_hh_l0.grad.T,
@@ -190,9 +217,9 @@ class TorchRNNOracle:
             "b_q": out.bias.grad,
         }
         return (
-            loss.detach().numpy(),
-            {k: v.numpy().copy() for k, v in grads.items()},
-            Hs[-1].detach().numpy(),
+            self._numpy(loss),
+            {k: self._numpy(v) for k, v in grads.items()},
+            self._numpy(Hs[-1]),
         )
 
 

@@ -93,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad", choices=("autograd", "bptt"), help="default: the backend's first")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--eager", action="store_true", help="no jit / tf.function")
-    mode.add_argument("--compile", action="store_true", help="compile where optional (torch)")
+    mode.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        metavar="MODE",
+        help="compile where optional: torch.compile (torch); MODE reduce-overhead replays the "
+        "step as CUDA graphs (torch on a GPU)",
+    )
     t.add_argument("--checkpoint", metavar="PATH", help="write a safetensors checkpoint here")
     t.add_argument(
         "--save-every", type=argtypes.positive_int, metavar="N", help="save every N epochs"

@@ -243,7 +243,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dtype == "float64" and not backend.supports_float64(ops.device):
         raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
     grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
-    compiled = False if args.eager else (True if args.compile else None)
+    compiled = False if args.eager else args.compile  # None: the backend's default
+    if isinstance(compiled, str):  # --compile MODE
+        if compiled not in backend.COMPILE_MODES:
+            raise UserError(
+                f"the {args.backend} backend has no compile mode {compiled!r}; "
+                f"it has {', '.join(backend.COMPILE_MODES)}"
+            )
+        compiled = False if compiled == "eager" else compiled
     step = backend.make_train_step(ops, grad=grad, compiled=compiled, activation=cfg.activation)
 
     corpus_arg = args.corpus

@@ -142,3 +142,11 @@ def test_cli_training_matches_numpy(
     ref = _history(capsys, "--corpus", str(tiny_corpus), "--backend", "numpy")
     got = _history(capsys, "--corpus", str(tiny_corpus), "--backend", "torch", *extra)
     assert max(abs(a - b) / b for a, b in zip(got, ref, strict=True)) <= 1e-9
+
+
+def test_reduce_overhead_needs_a_cuda_device() -> None:
+    ops = torch_backend.make_ops("float32", "cpu")
+    with pytest.raises(BackendUnavailable, match="needs a CUDA device"):
+        torch_backend.make_train_step(ops, compiled="reduce-overhead")
+    assert "reduce-overhead" in torch_backend.COMPILE_MODES
+    assert torch_backend.CUDA_ONLY_MODES == ("reduce-overhead",)

@@ -357,3 +357,39 @@ def test_register_uses_the_callers_parser_class() -> None:
     args = parser.parse_args(["bench", "--no-sweep", "--json"])
     assert args.func is bench_cli.cmd_bench and args.no_sweep and args.json
     assert args.workload == "all" and args.device == ["cpu"] and args.dtype == ["float32"]
+
+
+def test_cuda_only_modes_are_offered_on_a_gpu_alone() -> None:
+    pytest.importorskip("torch")
+    from rosetta_rnn.benchmarks.workloads import compile_modes
+
+    assert compile_modes("torch", "train", "cpu") == ("eager", "torch.compile")
+    assert compile_modes("torch", "train", "gpu:0") == ("eager", "torch.compile", "reduce-overhead")
+    assert compile_modes("torch", "forward", "gpu:0") == ("eager",)
+    assert compile_modes("numpy", "train", "gpu:0") == ("eager",)
+
+
+def test_roofline_peak_on_a_named_device() -> None:
+    peak = roofline.measure_peak(["numpy"], "float64", size=64, repeats=1, device="cpu")
+    assert set(peak) == {"numpy"} and peak["numpy"] > 0
+    assert roofline.peak_size("cpu") == roofline.PEAK_SIZE
+    assert roofline.peak_size("gpu:0") == roofline.GPU_PEAK_SIZE > roofline.PEAK_SIZE
+
+
+def test_machine_without_nvidia_smi_lists_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine.shutil, "which", lambda name: None)
+    assert machine.gpus() == []
+
+
+def test_a_device_no_backend_has_is_an_error_before_measuring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    numpy_backend = backends.load("numpy")
+    monkeypatch.setattr(numpy_backend, "_gpu_count", lambda: 0)
+    measured: list[str] = []
+    monkeypatch.setattr(roofline, "measure_peak", lambda *a, **k: measured.append("peak"))
+    out = tmp_path / "out"
+    code, stdout, err = bench(["--backends", "numpy", "--device", "gpu", "--out", str(out)], capsys)
+    assert code == 2 and stdout == "" and not measured
+    assert len(err.strip().splitlines()) == 1 and "no backend runs on gpu" in err
+    assert not (out / "results.json").exists()

@@ -128,6 +128,11 @@ def test_env_sets_the_default_backend(
         (["train", "--num-steps", "x"], "positive integer"),
         (["generate", "--checkpoint", "/nonexistent.safetensors"], "checkpoint not found"),
         (["train", "--device", "tpu"], "unknown device"),
+        (["train", "--compile", "fastest"], "the numpy backend has no compile mode 'fastest'"),
+        (
+            ["train", "--backend", "torch", "--device", "cpu", "--compile", "reduce-overhead"],
+            "reduce-overhead mode replays CUDA graphs and needs a CUDA device",
+        ),
     ],
 )
 def test_user_errors_are_one_line(
