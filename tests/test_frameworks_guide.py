@@ -545,3 +545,59 @@ def test_every_test_the_guide_names_exists() -> None:
         "test_every_test_the_guide_names_exists"
     }
     assert mine <= here, f"tests the guide does not cite: {sorted(mine - here)}"
+
+
+def test_gpu_figures_are_the_committed_h100_run() -> None:
+    """Point 12, the TF32 figures of point 5 and the README's GPU summary quote
+    benchmarks/results/h100/: each quoted figure is recomputed from those files here."""
+    root = GUIDE.parent.parent
+    results = root / "benchmarks" / "results" / "h100"
+    bench = json.loads((results / "results.json").read_text())
+    probes = json.loads((results / "probes.json").read_text())
+    chapter = json.loads((results / "chapter.json").read_text())
+    conform = json.loads((results / "conform.json").read_text())
+    guide = GUIDE.read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+
+    def train_ms(name: str) -> float:
+        (row,) = [
+            r
+            for r in bench["rows"]
+            if r["name"] == name and r["workload"] == "train" and r["sweep"] is None
+        ]
+        return float(row["ms_per_step"])
+
+    assert f"{train_ms('torch bptt/reduce-overhead'):.2f} ms" in guide  # 0.71 ms
+    assert f"{train_ms('torch autograd/eager'):.1f} ms per step" in guide  # 8.6
+    assert f"{train_ms('torch.nn.RNN'):.1f} ms for cuDNN" in guide  # 3.0
+    assert f"({train_ms('torch bptt/torch.compile'):.1f} ms with bptt)" in guide  # 3.9
+    assert f"NumPy-on-CuPy, launch per call from Python, is {train_ms('numpy bptt/eager'):.1f}" in (
+        " ".join(guide.split())
+    )
+    ratios = {t["target"]: t["value"] for t in bench["targets"]}
+    assert f"{ratios['torch ≥ 1.00× torch.nn.RNN']:.2f}× cuDNN" in readme  # 4.30×
+    assert f"{ratios['jax ≥ 1.00× jax.lax.scan']:.2f}× its `lax.scan` peer" in readme  # 1.22×
+
+    tf32 = probes["tf32"]
+    for key, text in (
+        ("torch matmul, default", "1.5e-6 with torch's and CuPy's defaults"),
+        ("torch matmul, allow_tf32=True", "3.3e-4 with TF32 on"),
+        ("jax matmul, default precision", "3.3e-4 with JAX's default precision"),
+        ("jax matmul, precision=highest", "5.1e-7 with"),
+        ("cuDNN RNN, allow_tf32=True", "cuDNN's RNN gives 4.3e-4"),
+        ("cuDNN RNN, allow_tf32=False", "3.1e-7 with it off"),
+    ):
+        short = f"{tf32[key]:.1e}".replace("e-0", "e-")  # 1.5e-06 as the guide writes it
+        assert short in text and text in " ".join(guide.split()), key
+
+    determinism = probes["determinism"]
+    jax_autograd = determinism.pop("jax/autograd")
+    assert jax_autograd["loss equal"]
+    assert [k for k, same in jax_autograd["grads equal"].items() if not same] == ["W_xh"]
+    for runs in [*determinism.values(), *probes[next(k for k in probes if "xla" in k)].values()]:
+        assert runs["loss equal"] and all(runs["grads equal"].values())
+
+    assert conform["passed"] and not conform["skipped"] and len(conform["cells"]) == 121
+    assert "121 cells" in readme
+    perplexities = [f"{chapter[k]['perplexity']:.3f}" for k in ("torch", "jax", "numpy")]
+    assert f"perplexity {' / '.join(perplexities)}" in " ".join(readme.split())
