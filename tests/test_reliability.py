@@ -138,43 +138,84 @@ def test_save_every_writes_periodic_checkpoints(
 # --- blow-ups -----------------------------------------------------------------------------
 
 
-BLOW_UP = [
-    "--no-clip",
-    "--activation",
-    "relu",
-    "--num-hiddens",
-    "64",
-    "--batch-size",
-    "8",
-    "--num-steps",
-    "10",
-    "--epochs",
-    "50",
-]
+def _nan_loss_from_call(monkeypatch: pytest.MonkeyPatch, first_bad: int) -> None:
+    """The numpy backend's train step, with a NaN loss from its ``first_bad``-th call (1-based)
+    on: a blow-up at a chosen step, the same on every machine whatever the rounding."""
+    numpy_backend = backends.load("numpy")
+    real = numpy_backend.make_train_step
+
+    def make_train_step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        step = real(*args, **kwargs)
+        calls = [0]
+
+        def nan_step(params, inputs, labels, state, lr, theta):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            new, hidden, loss, norm = step(params, inputs, labels, state, lr, theta)
+            return new, hidden, loss * np.nan if calls[0] >= first_bad else loss, norm
+
+        return nan_step
+
+    monkeypatch.setattr(numpy_backend, "make_train_step", make_train_step)
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    corpus: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(
-        "The Time Traveller (for so it will be convenient to speak of him) was expounding "
-        "a recondite matter to us.\n" * 30
-    )
+    common = ["train", "--corpus", str(corpus), *SMALL, "--epochs", "5"]
+    code, out, _ = _run(capsys, *common[:-1], "1", "--json")
+    assert code == 0
+    steps_per_epoch = len(json.loads(out)["history"][0]["grad_norms"])
+    assert steps_per_epoch >= 2
+
+    # NaN at the second step of epoch 3: epochs 1 and 2 were saved
+    _nan_loss_from_call(monkeypatch, 2 * steps_per_epoch + 2)
     ckpt = tmp_path / "c.st"
-    args = ["train", "--corpus", str(corpus), *BLOW_UP, "--lr", "10"]
-    code, _, err = _run(capsys, *args, "--checkpoint", str(ckpt), "--save-every", "1")
+    code, _, err = _run(capsys, *common, "--checkpoint", str(ckpt), "--save-every", "1")
     assert code == 3
-    _one_line_error(err, "training diverged at epoch")
-    assert "step" in err and "last finite gradient norm" in err and str(ckpt) in err
+    _one_line_error(err, "training diverged at epoch 3, step 2: loss nan")
+    assert "last finite gradient norm" in err and str(ckpt) in err
     tensors, meta = checkpoint.load_model(ckpt)
     assert all(np.isfinite(v).all() for v in tensors.values())
-    assert meta["epoch"] >= 1
-    assert f"at epoch {meta['epoch'] + 1}," in err  # saved after the last finished epoch
+    assert meta["epoch"] == 2
+
     # diverging before any checkpoint: nothing is written, and the message says so
+    _nan_loss_from_call(monkeypatch, 1)
     other = tmp_path / "other.st"
-    code, _, err = _run(capsys, *args[:-1], "10000", "--checkpoint", str(other))
+    code, _, err = _run(capsys, *common, "--checkpoint", str(other))
     assert code == 3 and "no checkpoint was written" in err and not other.exists()
+    _one_line_error(err, "training diverged at epoch 1, step 1")
+
+
+def test_an_overflowing_first_step_is_caught() -> None:
+    """A real float32 overflow, by construction: every logit is a sum of positive terms of
+    1e38 (tanh(10) ≈ 1 times W_hq = 1e38), which is inf in any summation order."""
+    from rosetta_rnn.core import model
+    from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingDiverged
+
+    numpy_backend = backends.load("numpy")
+    ops = numpy_backend.make_ops("float32", "cpu")
+    V, H = 5, 4
+    params = {
+        "W_xh": np.zeros((V, H)),
+        "W_hh": np.zeros((H, H)),
+        "b_h": np.full(H, 10.0),
+        "W_hq": np.full((H, V), 1e38),
+        "b_q": np.zeros(V),
+    }
+    cfg = TrainConfig(batch_size=2, num_steps=3, num_hiddens=H, epochs=1)
+    trainer = Trainer(
+        ops,
+        numpy_backend.make_train_step(ops),
+        model.to_backend(ops, params),
+        np.arange(40) % V,
+        cfg,
+        np.random.default_rng(0),
+    )
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1, step 1"):
+        trainer.run_epoch()
 
 
 # --- SIGINT end to end --------------------------------------------------------------------
