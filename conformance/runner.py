@@ -9,6 +9,7 @@ from typing import Any
 from rosetta_rnn import backends
 from rosetta_rnn.core.errors import BackendUnavailable
 
+from . import reference_checks
 from .checks import (
     CHECKS,
     Cell,
@@ -85,8 +86,14 @@ def run(
     device: str = "cpu",
     problems: Sequence[Problem] = DEFAULT_PROBLEMS,
     with_oracles: bool = True,
+    with_reference: bool = True,
+    corpus: str | None = None,
 ) -> Report:
+    """The matrix; with ``with_reference`` also core against the independent reference
+    (``reference/*`` cells; ``corpus`` is The Time Machine for the vocabulary checks)."""
     report = Report()
+    if with_reference:
+        report.cells += reference_checks.run_all(corpus)
     subs, report.skipped = subjects(names, dtypes, device)
     if "numpy" in names and "float64" in dtypes:
         report.cells.append(

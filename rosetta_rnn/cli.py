@@ -151,13 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=_clipping)
 
-    c = sub.add_parser("conform", help="prove the backends agree with NumPy float64")
+    c = sub.add_parser(
+        "conform",
+        help="prove the backends agree with NumPy float64, and core with the plain reference",
+    )
     c.add_argument("--backends", nargs="+", default=list(backends.BACKENDS), metavar="NAME")
     c.add_argument(
         "--dtype", nargs="+", choices=("float32", "float64"), default=["float64", "float32"]
     )
     c.add_argument("--device", default="cpu", help="cpu (default), auto, gpu or gpu:N")
     c.add_argument("--no-oracles", action="store_true", help="skip torch.nn.RNN and Keras")
+    c.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the reference/* cells (core against conformance/reference.py)",
+    )
+    c.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="The Time Machine for the reference/vocab cells (default: the usual lookup)",
+    )
     c.add_argument("--json", action="store_true", help="one JSON document on stdout")
     c.set_defaults(func=cmd_conform)
 
@@ -340,7 +353,14 @@ def cmd_conform(args: argparse.Namespace) -> int:
     for name in args.backends:
         if name not in backends.BACKENDS:
             raise UserError(f"unknown backend {name!r}; choose from {', '.join(backends.BACKENDS)}")
-    report = runner.run(args.backends, args.dtype, args.device, with_oracles=not args.no_oracles)
+    report = runner.run(
+        args.backends,
+        args.dtype,
+        args.device,
+        with_oracles=not args.no_oracles,
+        with_reference=not args.no_reference,
+        corpus=args.corpus,
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0 if report.passed else 1

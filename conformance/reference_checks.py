@@ -1,0 +1,413 @@
+"""Core against the independent reference (``reference.py``): the checks that can see a mistake
+every backend would inherit.
+
+The backend checks compare each framework with NumPy float64 running the same core code; these
+compare that core code, on NumPy float64, with a plain re-implementation of the chapter that
+shares nothing with it. Integers (vocabularies, ids, minibatches, sampled tokens) must be equal;
+floats agree to the float64 tolerance. Each check returns one ``reference/*`` cell.
+
+The random draws are made explicit on the reference's side as d2l defines them (an offset in
+[0, num_steps] for sequential partitioning, [0, num_steps - 1] and a shuffle for random
+sampling, one uniform per sampled token), drawn from a generator seeded like core's.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.training import TrainConfig, Trainer
+
+from . import reference as ref
+from .checks import Cell, max_error
+from .tolerances import tolerance
+
+SUBJECT = "core"
+DTYPE = "float64"
+TRAIN_EPOCHS = 3
+SEED = 7
+
+Arrays = dict[str, np.ndarray]
+
+
+def _cell(name: str, err: float, tol: float, message: str = "") -> Cell:
+    passed = err <= tol
+    return Cell(f"reference/{name}", SUBJECT, DTYPE, "cpu", err, tol, passed, message)
+
+
+def _exact(name: str, mismatches: list[str]) -> Cell:
+    """An integer check: every mismatch is named (the first few) and the error is their count."""
+    return _cell(name, float(len(mismatches)), 0.0, "; ".join(mismatches[:3]))
+
+
+def _guarded(name: str, run: Callable[[], Cell]) -> Cell:
+    """A check that raises fails with the error as its message: it never silently passes."""
+    try:
+        return run()
+    except Exception as e:  # any failure of core or of the check is the cell's result
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return _cell(name, math.inf, 0.0, f"{type(e).__name__}: {first}")
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def check_vocab(corpus_path: str | Path | None, token: str) -> Cell:
+    """The Time Machine read, tokenised, counted and numbered by core and by the reference."""
+    name = f"vocab-{token}"
+
+    def run() -> Cell:
+        path = data.locate_time_machine(corpus_path)
+        corpus = data.load_corpus(path, token)
+        ids, vocab = ref.load_corpus_time_machine(path, token)
+        bad = []
+        if list(corpus.vocab.idx_to_token) != list(vocab.idx_to_token):
+            pairs = zip(corpus.vocab.idx_to_token, vocab.idx_to_token, strict=False)
+            first = next(
+                (i for i, (a, b) in enumerate(pairs) if a != b),
+                min(len(corpus.vocab), len(vocab)),
+            )
+            bad.append(f"the vocabularies differ from index {first}")
+        if corpus.ids.tolist() != ids:
+            bad.append(f"the ids differ ({len(corpus.ids)} tokens in core, {len(ids)} here)")
+        limited = data.load_corpus(path, token, max_tokens=10000).ids.tolist()
+        if limited != ref.load_corpus_time_machine(path, token, max_tokens=10000)[0]:
+            bad.append("--max-tokens 10000 keeps other ids")
+        return _exact(name, bad)
+
+    return _guarded(name, run)
+
+
+class _Forced:
+    """A stand-in generator: records the ranges core asks for and answers with chosen draws."""
+
+    def __init__(self, offset: int, order: np.ndarray | None = None) -> None:
+        self.offset, self.order = offset, order
+        self.asked: list[tuple[int, int]] = []
+
+    def integers(self, low: int, high: int) -> int:
+        self.asked.append((int(low), int(high)))
+        return self.offset
+
+    def permutation(self, x: Any) -> np.ndarray:
+        assert self.order is not None
+        return np.asarray(x)[self.order]
+
+
+def _batches(batches: Iterator[tuple[np.ndarray, np.ndarray]] | list) -> list:
+    return [(np.asarray(X).tolist(), np.asarray(Y).tolist()) for X, Y in batches]
+
+
+ITERATOR_SHAPES = ((2, 3), (3, 5), (4, 7), (1, 4))
+
+
+def check_iterators() -> Cell:
+    """Both iterators at every offset for several shapes: the offset range core asks the
+    generator for, and every minibatch, against the reference; a random epoch visits each
+    subsequence once, in the drawn order."""
+    name = "iterators"
+
+    def run() -> Cell:
+        stream = np.random.default_rng(SEED).integers(0, 11, 103)
+        shuffle = np.random.default_rng(SEED + 1)
+        bad = []
+        for B, T in ITERATOR_SHAPES:
+            for offset in range(T + 1):
+                forced = _Forced(offset)
+                got = _batches(data.seq_data_iter_sequential(stream, B, T, forced))  # type: ignore[arg-type]
+                if forced.asked != [(0, T + 1)]:
+                    bad.append(f"sequential B={B} T={T}: core draws the offset from {forced.asked}")
+                if got != _batches(ref.seq_data_iter_sequential(stream.tolist(), B, T, offset)):
+                    bad.append(f"sequential B={B} T={T} offset {offset}: other minibatches")
+            for offset in range(T):
+                n = (len(stream) - offset - 1) // T
+                order = shuffle.permutation(n)
+                forced = _Forced(offset, order)
+                got = _batches(data.seq_data_iter_random(stream, B, T, forced))  # type: ignore[arg-type]
+                if forced.asked != [(0, T)]:
+                    bad.append(f"random B={B} T={T}: core draws the offset from {forced.asked}")
+                want = ref.seq_data_iter_random(stream.tolist(), B, T, offset, order.tolist())
+                if got != _batches(want):
+                    bad.append(f"random B={B} T={T} offset {offset}: other minibatches")
+                starts = [_start(stream, offset, row) for X, _ in got for row in X]
+                used = (n // B) * B
+                if starts != [offset + T * int(k) for k in order[:used]]:
+                    bad.append(f"random B={B} T={T} offset {offset}: not the drawn subsequences")
+        return _exact(name, bad)
+
+    return _guarded(name, run)
+
+
+def _start(stream: np.ndarray, offset: int, row: list[int]) -> int:
+    """Where ``row`` begins in ``stream`` (at or after ``offset``, on the subsequence grid)."""
+    T = len(row)
+    for j in range(offset, len(stream) - T + 1, T):
+        if stream[j : j + T].tolist() == row:
+            return j
+    return -1
+
+
+def check_init() -> Cell:
+    """core's ``init_params`` and the reference's ``get_params`` from the same seed."""
+
+    def run() -> Cell:
+        err = 0.0
+        for embed_dim in (None, 5):
+            got = model.init_params(9, 12, np.random.default_rng(SEED), DTYPE, embed_dim=embed_dim)
+            want = ref.get_params(9, 12, np.random.default_rng(SEED), embed_dim=embed_dim)
+            if set(got) != set(want):
+                return _cell("init", math.inf, 0.0, f"names {sorted(got)} vs {sorted(want)}")
+            err = max(err, max_error(got, want))
+        return _cell("init", err, tolerance(DTYPE, "values"))
+
+    return _guarded("init", run)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+TRAIN_CORPUS_LENGTH = 160
+TRAIN_VOCAB = 7
+
+
+def _train_corpus() -> np.ndarray:
+    """A stream with structure (a repeated phrase with a tenth of its tokens replaced)."""
+    rng = np.random.default_rng(SEED)
+    phrase = rng.integers(0, TRAIN_VOCAB, 13)
+    stream = np.resize(phrase, TRAIN_CORPUS_LENGTH)
+    noise = rng.random(TRAIN_CORPUS_LENGTH) < 0.1
+    stream[noise] = rng.integers(0, TRAIN_VOCAB, int(noise.sum()))
+    return stream
+
+
+# name -> (TrainConfig overrides, what must hold of the clipping on every step)
+TRAIN_MODES: dict[str, tuple[dict[str, Any], str]] = {
+    "sequential": ({}, "any"),
+    "random": ({"sampling": "random"}, "any"),
+    "reset-state": ({"reset_state": True}, "any"),
+    "clip-active": ({"clip": 0.05}, "active"),
+    "clip-inactive": ({"clip": 1e6}, "inactive"),
+    "no-clip": ({"clip": math.inf}, "inactive"),
+    "last-step": ({"loss": "last-step"}, "any"),
+    "learned-embedding": ({"embed_dim": 4}, "any"),
+    "no-detach": ({"detach": False}, "any"),
+    "relu": ({"activation": "relu", "lr": 0.2}, "any"),
+}
+
+
+def _config(overrides: dict[str, Any]) -> TrainConfig:
+    base: dict[str, Any] = {"batch_size": 3, "num_steps": 5, "num_hiddens": 10, "lr": 1.0}
+    return TrainConfig(**{"clip": 1.0, **base, **overrides})
+
+
+def _reference_draws(rng: np.random.Generator, cfg: TrainConfig, length: int) -> dict[str, Any]:
+    """d2l's draws for one epoch, from a generator seeded like core's."""
+    T = cfg.num_steps
+    if cfg.sampling == "sequential":
+        return {"offset": int(rng.integers(0, T + 1))}
+    offset = int(rng.integers(0, T))
+    return {"offset": offset, "order": rng.permutation((length - offset - 1) // T).tolist()}
+
+
+_trained: dict[str, dict[str, Any]] = {}
+
+
+def train_both(overrides: dict[str, Any], epochs: int = TRAIN_EPOCHS) -> dict[str, Any]:
+    """Train core (NumPy float64, BPTT) and the reference from the same parameters and seed:
+    per epoch the parameters, the perplexity and every step's gradient norm. Cached: the
+    training checks and the perplexity check share the runs."""
+    key = repr((sorted(overrides.items()), epochs))
+    if key not in _trained:
+        _trained[key] = _train_both(overrides, epochs)
+    return _trained[key]
+
+
+def _train_both(overrides: dict[str, Any], epochs: int) -> dict[str, Any]:
+    cfg = _config(overrides)
+    corpus = _train_corpus()
+    params = ref.get_params(
+        TRAIN_VOCAB, cfg.num_hiddens, np.random.default_rng(SEED + 2), embed_dim=cfg.embed_dim
+    )
+    # ×10 (normal × 0.1): gradient norms of 0.3–3 that clipping can act on, while the dynamics
+    # stay contracting (at ×30 the no-detach and last-step runs amplify rounding ~1e3 per epoch)
+    params = {k: v * 10 for k, v in params.items()}
+    ops = numpy_backend.make_ops(DTYPE, "cpu")
+    trainer = Trainer(
+        ops,
+        numpy_backend.make_train_step(ops, activation=cfg.activation),
+        model.to_backend(ops, params),
+        corpus,
+        cfg,
+        np.random.default_rng(SEED + 3),
+    )
+    draws = np.random.default_rng(SEED + 3)
+    out: dict[str, Any] = {"core": [], "reference": [], "config": cfg, "trainer": trainer}
+    mine = params
+    for _ in range(epochs):
+        result = trainer.run_epoch()
+        out["core"].append(
+            {
+                "params": model.to_numpy(ops, trainer.params),
+                "perplexity": result.perplexity,
+                "norms": list(result.grad_norms),
+            }
+        )
+        mine, perplexity, steps = ref.train_epoch(
+            mine,
+            corpus.tolist(),
+            cfg.batch_size,
+            cfg.num_steps,
+            cfg.lr,
+            cfg.clip,
+            sampling=cfg.sampling,
+            reset_state=cfg.reset_state,
+            detach=cfg.detach,
+            last_step=cfg.loss == "last-step",
+            activation=cfg.activation,
+            **_reference_draws(draws, cfg, len(corpus)),
+        )
+        out["reference"].append(
+            {"params": mine, "perplexity": perplexity, "norms": [n for _, n in steps]}
+        )
+    return out
+
+
+def check_train(mode: str) -> Cell:
+    """``TRAIN_EPOCHS`` epochs of core's training loop against the reference's: the parameters
+    after every epoch and every step's gradient norm."""
+    name = f"train/{mode}"
+    overrides, clipping = TRAIN_MODES[mode]
+
+    def run() -> Cell:
+        both = train_both(overrides)
+        theta = both["config"].clip
+        norms = [n for epoch in both["reference"] for n in epoch["norms"]]
+        if clipping == "active" and not all(n > theta for n in norms):
+            return _cell(name, math.inf, 0.0, "the case does not clip on every step")
+        if clipping == "inactive" and not all(n < theta for n in norms):
+            return _cell(name, math.inf, 0.0, "the case clips")
+        if [len(e["norms"]) for e in both["core"]] != [len(e["norms"]) for e in both["reference"]]:
+            return _cell(name, math.inf, 0.0, "another number of minibatches per epoch")
+        err = 0.0
+        for got, want in zip(both["core"], both["reference"], strict=True):
+            err = max(err, max_error(got["params"], want["params"]))
+            err = max(err, max_error({"n": np.array(got["norms"])}, {"n": np.array(want["norms"])}))
+        return _cell(name, err, tolerance(DTYPE, "values"))
+
+    return _guarded(name, run)
+
+
+def check_perplexity() -> Cell:
+    """The per-epoch perplexity (exp of the label-weighted mean loss) in every training mode."""
+
+    def run() -> Cell:
+        err = 0.0
+        for overrides, _ in TRAIN_MODES.values():
+            both = train_both(overrides)
+            got = np.array([e["perplexity"] for e in both["core"]])
+            want = np.array([e["perplexity"] for e in both["reference"]])
+            err = max(err, max_error({"ppl": got}, {"ppl": want}))
+        return _cell("perplexity", err, tolerance(DTYPE, "values"))
+
+    return _guarded("perplexity", run)
+
+
+# --- generation and checkpoints --------------------------------------------------------------
+
+# (prefix, temperature, alpha): greedy, temperatures and α ≠ 1, one and several prefix tokens
+GENERATION_CASES: tuple[tuple[tuple[int, ...], float | None, float | None], ...] = (
+    ((3,), None, None),
+    ((3, 1, 4, 1, 5), None, None),
+    ((2,), 0.6, None),
+    ((2, 6, 5, 3), 1.7, None),
+    ((0,), None, 0.5),
+    ((4, 4, 2), None, 3.0),
+)
+
+
+def check_generate() -> Cell:
+    """``predict`` after a warm-up on the prefix, greedy and sampled, against the reference's
+    ``predict_ch8`` given the same uniforms. α is sampled by core as temperature 1/α."""
+
+    def run() -> Cell:
+        both = train_both({}, epochs=2)  # trained parameters: a distribution with a shape
+        params = both["core"][-1]["params"]
+        ops = numpy_backend.make_ops(DTYPE, "cpu")
+        P = model.to_backend(ops, params)
+        bad = []
+        for prefix, temperature, alpha in GENERATION_CASES:
+            T = temperature if alpha is None else 1.0 / alpha
+            got = sampling.predict(
+                ops, P, list(prefix), 40, temperature=T, rng=np.random.default_rng(SEED)
+            )
+            uniforms = np.random.default_rng(SEED).random(40).tolist()
+            want = ref.predict(
+                list(prefix),
+                40,
+                params,
+                temperature=temperature,
+                alpha=alpha,
+                uniforms=uniforms if temperature or alpha else None,
+            )
+            if got != want:
+                first = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
+                bad.append(f"prefix {prefix} T={temperature} α={alpha}: differs at token {first}")
+        return _exact("generate", bad)
+
+    return _guarded("generate", run)
+
+
+PARAM_ORIENTATION = {"W_xh": "(V, H)", "W_hh": "(H, H)", "b_h": "(H,)", "W_hq": "(H, V)"}
+
+
+def check_checkpoint() -> Cell:
+    """A checkpoint written by core after training, read with the ``safetensors`` package
+    alone: each tensor by name, in the documented orientation (W_xh (V, H), W_hh (H, H),
+    b_h (H,), W_hq (H, V), b_q (V,)), against the reference's trained parameters."""
+
+    def run() -> Cell:
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise UserError(
+                "reference/checkpoint reads with the safetensors package: "
+                "pip install 'rosetta-rnn[test]'"
+            ) from None
+        both = train_both({}, epochs=2)
+        tensors, position = both["trainer"].snapshot()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "c.safetensors"
+            checkpoint.save(path, tensors, {"epoch": 2, "position": position})
+            read = load_file(str(path))
+        want = both["reference"][-1]["params"]
+        if set(read) != set(want):
+            return _cell("checkpoint", math.inf, 0.0, f"tensors {sorted(read)} vs {sorted(want)}")
+        V, H = want["W_xh"].shape
+        shapes = {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+        wrong = [f"{k} is {read[k].shape}" for k, s in shapes.items() if read[k].shape != s]
+        if wrong:
+            return _cell("checkpoint", math.inf, 0.0, "; ".join(wrong))
+        return _cell("checkpoint", max_error(read, want), tolerance(DTYPE, "values"))
+
+    return _guarded("checkpoint", run)
+
+
+def run_all(corpus_path: str | Path | None = None) -> list[Cell]:
+    """Every ``reference/*`` cell. ``corpus_path``: The Time Machine (else core's lookup)."""
+    _trained.clear()  # core may have changed since the last call (the tests patch it)
+    cells = [
+        check_vocab(corpus_path, "char"),
+        check_vocab(corpus_path, "word"),
+        check_iterators(),
+        check_init(),
+    ]
+    cells += [check_train(mode) for mode in TRAIN_MODES]
+    cells += [check_perplexity(), check_generate(), check_checkpoint()]
+    return cells
