@@ -325,6 +325,7 @@ def check_perplexity() -> Cell:
 GENERATION_CASES: tuple[tuple[tuple[int, ...], float | None, float | None], ...] = (
     ((3,), None, None),
     ((3, 1, 4, 1, 5), None, None),
+    ((5, 2), None, None),
     ((2,), 0.6, None),
     ((2, 6, 5, 3), 1.7, None),
     ((0,), None, 0.5),

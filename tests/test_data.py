@@ -197,3 +197,21 @@ def test_a_local_copy_gives_the_same_corpus(tmp_path: Path, timemachine: Path) -
     shutil.copy(timemachine, copy)
     assert hashlib.sha1(copy.read_bytes()).hexdigest() == data.DATA_SHA1
     assert (data.load_corpus(copy).ids == data.load_corpus(timemachine).ids).all()
+
+
+def test_split_text_by_characters_or_words() -> None:
+    assert data.split_text("time  mach", "char") == list("time  mach")
+    assert data.split_text("time  mach", "word") == ["time", "mach"]
+    assert data.join_tokens(["t", "i"], "char") == "ti"
+    assert data.join_tokens(["time", "machine"], "word") == "time machine"
+
+
+def test_an_unreadable_corpus_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(data.DataError, match="cannot read corpus"):
+        data.read_lines(tmp_path)  # a folder
+
+
+def test_the_cache_folder_is_named_after_the_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ROSETTA_RNN_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert data.cache_dir() == Path("/somewhere") / "rosetta-rnn"

@@ -71,3 +71,18 @@ def test_predict_is_d2ls_warm_up_then_predict() -> None:
 def test_predict_needs_a_prefix() -> None:
     with pytest.raises(ValueError):
         sampling.predict(OPS, _params(), [], 3)
+
+
+def test_next_distribution_is_softmax_of_alpha_logits_after_the_prefix() -> None:
+    from rosetta_rnn.conformance import reference
+
+    rng = np.random.default_rng(3)
+    params = {k: v * 30 for k, v in model.init_params(6, 5, rng, "float64").items()}
+    ops = numpy_backend.make_ops("float64", "cpu")
+    prefix = [2, 0, 4]
+    for alpha in (0.5, 1.0, 3.0):
+        q = sampling.next_distribution(ops, model.to_backend(ops, params), prefix, alpha)
+        logits, _, _ = reference.rnn(np.array(prefix).reshape(-1, 1), np.zeros((1, 5)), params)
+        z = alpha * logits[-1]
+        want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        assert q.shape == (6,) and np.allclose(q, want, rtol=1e-12, atol=0)

@@ -1,0 +1,87 @@
+"""The training loop on its own: d2l's defaults, the epoch's bookkeeping and clock, a corpus
+too short for one minibatch, and an interrupted epoch continued from a snapshot."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.core import model
+from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.training import TrainConfig, Trainer
+
+CORPUS = np.resize(np.array([3, 1, 4, 1, 5, 2, 6, 5, 3, 5, 0]), 150)
+SMALL = {"batch_size": 3, "num_steps": 4, "num_hiddens": 8}
+
+
+def _trainer(seed: int = 0, **overrides: object) -> Trainer:
+    cfg = TrainConfig(**{**SMALL, **overrides})  # type: ignore[arg-type]
+    ops = numpy_backend.make_ops("float64", "cpu")
+    params = model.init_params(7, cfg.num_hiddens, np.random.default_rng(seed), "float64")
+    params = {k: v * 10 for k, v in params.items()}
+    step = numpy_backend.make_train_step(ops)
+    return Trainer(ops, step, model.to_backend(ops, params), CORPUS, cfg, np.random.default_rng(1))
+
+
+def test_the_defaults_are_the_chapters() -> None:
+    cfg = TrainConfig()
+    assert (cfg.batch_size, cfg.num_steps, cfg.num_hiddens) == (32, 35, 512)
+    assert (cfg.lr, cfg.epochs, cfg.clip) == (1.0, 500, 1.0)
+    assert (cfg.sampling, cfg.activation, cfg.loss) == ("sequential", "tanh", "all-steps")
+    assert cfg.embed_dim is None and cfg.detach and not cfg.reset_state
+
+
+def test_an_epoch_counts_its_tokens_and_times_itself() -> None:
+    trainer = _trainer()
+    t0 = time.perf_counter()
+    result = trainer.run_epoch()
+    wall = time.perf_counter() - t0
+    steps = len(result.grad_norms)
+    assert steps > 1 and result.tokens == steps * 3 * 4
+    assert 0 < result.seconds <= wall
+    assert result.tokens_per_sec == pytest.approx(result.tokens / result.seconds, rel=1e-12)
+    assert result.epoch == 1 and trainer.epoch == 1 and trainer.step == 0
+
+
+def test_a_corpus_too_short_for_one_minibatch_is_a_user_error() -> None:
+    trainer = _trainer()
+    trainer.corpus_ids = CORPUS[:10]
+    with pytest.raises(UserError, match="too short for one minibatch"):
+        trainer.run_epoch()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_an_interrupted_epoch_continues_exactly_from_its_snapshot(sampling: str) -> None:
+    straight = _trainer(sampling=sampling)
+    straight.run_epoch()
+    want = straight.run_epoch()
+
+    first = _trainer(sampling=sampling)
+    first.run_epoch()
+
+    def stop_at_3(i: int) -> None:
+        if i == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        first.run_epoch(on_step=stop_at_3)
+    tensors, position = first.snapshot()
+    assert position["step"] == 3 and isinstance(position["step"], int)
+    assert "state" in tensors  # the carried state (sequential partitioning continues it)
+
+    resumed = _trainer(seed=99, sampling=sampling)  # other parameters: the snapshot's win
+    ops = resumed.ops
+    resumed.params = model.to_backend(ops, {k: tensors[k] for k in model.PARAM_NAMES})
+    resumed.restore(tensors, position)
+    got = resumed.run_epoch()
+    assert got.grad_norms == want.grad_norms
+    assert got.perplexity == want.perplexity
+    for k in model.PARAM_NAMES:
+        assert np.array_equal(resumed.params[k], straight.params[k]), k
