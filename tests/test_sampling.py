@@ -86,3 +86,9 @@ def test_next_distribution_is_softmax_of_alpha_logits_after_the_prefix() -> None
         z = alpha * logits[-1]
         want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         assert q.shape == (6,) and np.allclose(q, want, rtol=1e-12, atol=0)
+
+
+def test_inverse_cdf_choice_never_leaves_the_vocabulary() -> None:
+    probs = np.array([0.2, 0.3, 0.5])
+    assert sampling.inverse_cdf_choice(probs, 1.0) == 2  # u = 1: clamped to the last index
+    assert type(sampling.inverse_cdf_choice(probs, 1.0)) is int

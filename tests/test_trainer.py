@@ -11,7 +11,7 @@ import pytest
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import model
 from rosetta_rnn.core.errors import UserError
-from rosetta_rnn.core.training import TrainConfig, Trainer
+from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingDiverged
 
 CORPUS = np.resize(np.array([3, 1, 4, 1, 5, 2, 6, 5, 3, 5, 0]), 150)
 SMALL = {"batch_size": 3, "num_steps": 4, "num_hiddens": 8}
@@ -85,3 +85,28 @@ def test_an_interrupted_epoch_continues_exactly_from_its_snapshot(sampling: str)
     assert got.perplexity == want.perplexity
     for k in model.PARAM_NAMES:
         assert np.array_equal(resumed.params[k], straight.params[k]), k
+
+
+def test_the_configuration_refuses_contradictions_and_saves_no_clip_as_none() -> None:
+    with pytest.raises(UserError, match="--no-detach needs --sampling sequential"):
+        TrainConfig(detach=False, sampling="random")
+    with pytest.raises(UserError, match="contradict"):
+        TrainConfig(detach=False, reset_state=True)
+    assert TrainConfig(clip=float("inf")).to_dict()["clip"] is None
+    assert TrainConfig(clip=0.5).to_dict()["clip"] == 0.5
+
+
+def test_a_blow_up_names_its_epoch_and_step() -> None:
+    trainer = _trainer()
+    trainer.run_epoch()
+    real = trainer.step_fn
+    calls = [0]
+
+    def nan_on_second(*args):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        new, hidden, loss, norm = real(*args)
+        return new, hidden, loss * np.nan if calls[0] == 2 else loss, norm
+
+    trainer.step_fn = nan_on_second
+    with pytest.raises(TrainingDiverged, match="at epoch 2, step 2: loss nan"):
+        trainer.run_epoch()

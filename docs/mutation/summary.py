@@ -1,15 +1,19 @@
 """Summarise cosmic-ray sessions made by docs/mutation/run.sh.
 
-    python docs/mutation/summary.py SESSION.sqlite [...] [--survivors FILE.md]
+    python docs/mutation/summary.py SESSION.sqlite [...] [--reasons reasons.json]
+                                    [--survivors FILE.md]
 
-Prints the mutation score of core/ before the reference checks (the old fast core suite alone)
-and after (with tests/test_reference.py), per module, and optionally writes every surviving
-mutant (module, line, operator, diff) to a markdown file for triage.
+Prints the mutation score of core/ before the reference checks (the fast core unit tests
+alone) and after (with tests/test_reference.py and tests/test_trainer.py), per module. With
+``--survivors`` it writes every surviving mutant (module, line, operator, diff) with the reason
+from ``--reasons`` (keys ``"core/x.py:LINE"`` or ``"core/x.py:LINE OPERATOR"``) why it cannot
+change a result, and counts the survivors that have none.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 from collections import Counter, defaultdict
 
@@ -58,6 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("sessions", nargs="+")
     p.add_argument("--survivors", metavar="FILE.md")
+    p.add_argument("--reasons", metavar="FILE.json")
     args = p.parse_args()
     rows = _rows(args.sessions)
     by_module: dict[str, Counter] = defaultdict(Counter)
@@ -76,12 +81,29 @@ def main() -> None:
     if total["pending"]:
         print(f"\n{total['pending']} mutants not run yet")
     if args.survivors:
+        reasons = json.load(open(args.reasons)) if args.reasons else {}
+        unexplained = 0
         with open(args.survivors, "w") as f:
-            f.write("# Surviving mutants\n\n")
+            f.write("# Surviving mutants of core/, each with why it cannot change a result\n\n")
             for r in rows:
-                if verdict(r) == "survived":
-                    f.write(f"## {r['module']}:{r['line']} {r['operator']}\n\n")
-                    f.write("```diff\n" + r["diff"].strip() + "\n```\n\n")
+                if verdict(r) != "survived":
+                    continue
+                where = f"{r['module']}:{r['line']}"
+                reason = reasons.get(f"{where} {r['operator']}") or reasons.get(where)
+                unexplained += reason is None
+                f.write(f"## {where} {r['operator']}\n\n")
+                f.write("```diff\n" + _changed_lines(r["diff"]) + "\n```\n\n")
+                f.write(f"{reason or 'UNEXPLAINED'}\n\n")
+        print(f"\n{unexplained} surviving mutants without a reason")
+
+
+def _changed_lines(diff: str) -> str:
+    keep = [
+        line
+        for line in diff.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    return "\n".join(keep)
 
 
 def _line(name: str, c: Counter) -> str:
