@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core import checkpoint, data, evaluation, model, sampling
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.training import TrainConfig, Trainer
 
@@ -365,6 +365,33 @@ def check_generate() -> Cell:
     return _guarded("generate", run)
 
 
+def check_eval() -> Cell:
+    """``rosetta-rnn eval``'s perplexity on a text (chunks of num_steps, the state carried)
+    against the reference's one pass over the whole text from zeros, every next token
+    predicted; tanh and relu, chunk lengths that do and do not divide the text."""
+
+    def run() -> Cell:
+        both = train_both({}, epochs=1)
+        params = both["core"][-1]["params"]
+        ops = numpy_backend.make_ops(DTYPE, "cpu")
+        P = model.to_backend(ops, params)
+        ids = _train_corpus()[:61]
+        err = 0.0
+        for activation in ("tanh", "relu"):
+            logits, _, _ = ref.rnn(ids[:-1].reshape(-1, 1), np.zeros((1, 10)), params, activation)
+            z = logits - logits.max(axis=1, keepdims=True)
+            log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            want = math.exp(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean())
+            for num_steps in (1, 7, 12, 60, 100):
+                got, n = evaluation.perplexity_on(ops, P, ids, num_steps, activation)
+                if n != len(ids) - 1:
+                    return _cell("eval", math.inf, 0.0, f"{n} tokens predicted, not {len(ids) - 1}")
+                err = max(err, abs(got - want) / want)
+        return _cell("eval", err, tolerance(DTYPE, "values"))
+
+    return _guarded("eval", run)
+
+
 PARAM_ORIENTATION = {"W_xh": "(V, H)", "W_hh": "(H, H)", "b_h": "(H,)", "W_hq": "(H, V)"}
 
 
@@ -410,5 +437,5 @@ def run_all(corpus_path: str | Path | None = None) -> list[Cell]:
         check_init(),
     ]
     cells += [check_train(mode) for mode in TRAIN_MODES]
-    cells += [check_perplexity(), check_generate(), check_checkpoint()]
+    cells += [check_perplexity(), check_eval(), check_generate(), check_checkpoint()]
     return cells

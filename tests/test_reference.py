@@ -15,7 +15,7 @@ import pytest
 
 from rosetta_rnn.conformance import reference_checks as rc
 from rosetta_rnn.conformance.checks import Cell
-from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core import checkpoint, data, evaluation, model, sampling
 from rosetta_rnn.core import training as training_mod
 
 CHECKS: dict[str, Callable[[Path], Cell]] = {
@@ -25,6 +25,7 @@ CHECKS: dict[str, Callable[[Path], Cell]] = {
     "init": lambda corpus: rc.check_init(),
     **{f"train/{m}": (lambda corpus, m=m: rc.check_train(m)) for m in rc.TRAIN_MODES},
     "perplexity": lambda corpus: rc.check_perplexity(),
+    "eval": lambda corpus: rc.check_eval(),
     "generate": lambda corpus: rc.check_generate(),
     "checkpoint": lambda corpus: rc.check_checkpoint(),
 }
@@ -174,6 +175,15 @@ def _fault_init_order(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(model, "init_params", init)
 
 
+def _fault_eval_resets_the_state(mp: pytest.MonkeyPatch) -> None:
+    real = model.forward_loss
+
+    def forward_loss(ops, params, inputs, labels, state, activation="tanh"):  # type: ignore[no-untyped-def]
+        return real(ops, params, inputs, labels, state * 0, activation)
+
+    mp.setattr(evaluation, "forward_loss", forward_loss)
+
+
 FAULTS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], list[str]]] = {
     "sequential offset drawn from [0, T-1]": (_fault_offset_range, ["iterators"]),
     "random sampling without the shuffle": (_fault_random_keeps_order, ["train/random"]),
@@ -188,6 +198,7 @@ FAULTS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], list[str]]] = {
     "generation without the warm-up": (_fault_no_warm_up, ["generate"]),
     "checkpoint stores W_xh transposed": (_fault_checkpoint_transposed, ["checkpoint"]),
     "init draws W_hh first": (_fault_init_order, ["init"]),
+    "eval restarts the state every chunk": (_fault_eval_resets_the_state, ["eval"]),
 }
 
 
