@@ -132,3 +132,54 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
         assert path.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
     finally:
         os.umask(mask)
+
+
+def _raw(header: dict, body: bytes = b"") -> bytes:
+    head = json.dumps(header).encode()
+    return struct.pack("<Q", len(head)) + head + body
+
+
+def _ours(extra: dict | None = None) -> dict:
+    meta = {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION, **META}
+    return {"__metadata__": {checkpoint.METADATA_KEY: json.dumps({**meta, **(extra or {})})}}
+
+
+def test_the_header_is_padded_to_eight_bytes() -> None:
+    for n in range(1, 9):  # names of every length: every padding from 0 to 7
+        data = checkpoint.encode({"x" * n: np.zeros(3)}, {"epoch": 1})
+        (length,) = struct.unpack("<Q", data[:8])
+        assert length % 8 == 0 and data[8 + length - 1 : 8 + length] in (b" ", b"}")
+
+
+@pytest.mark.parametrize("fmt", ["another-tool", "zzz", "", None])
+def test_metadata_of_another_format_is_rejected(fmt: object) -> None:
+    with pytest.raises(CheckpointError, match="another format"):
+        checkpoint.decode(_raw(_ours({"format": fmt})))
+
+
+def test_a_negative_dimension_is_rejected() -> None:
+    header = {**_ours(), "W": {"dtype": "F64", "shape": [-1], "data_offsets": [0, 8]}}
+    with pytest.raises(CheckpointError, match="outside the file"):
+        checkpoint.decode(_raw(header, np.zeros(1).tobytes()))
+
+
+@pytest.mark.parametrize("embed_dim", [0, -2, 1.5, "4"])
+def test_an_invalid_embed_dim_is_rejected(tmp_path: Path, embed_dim: object) -> None:
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, _params(), {**META, "config": {"num_hiddens": 4, "embed_dim": embed_dim}})
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        checkpoint.load_model(path)
+
+
+def test_check_writable(tmp_path: Path) -> None:
+    checkpoint.check_writable(tmp_path / "new.safetensors")  # a writable folder: fine
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.check_writable(tmp_path / "no" / "m.safetensors")
+    with pytest.raises(CheckpointError, match="it is a folder"):
+        checkpoint.check_writable(tmp_path)
+
+
+def test_a_folder_in_place_of_a_checkpoint_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "m.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        checkpoint.load(tmp_path / "m.safetensors")

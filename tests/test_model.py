@@ -178,3 +178,20 @@ def test_sgd_step() -> None:
     for k in model.PARAM_NAMES:
         assert np.array_equal(new[k], params[k] - 0.5 * grads[k])
     assert _loss(new, inputs, labels, state) < float(loss)  # a small step goes downhill
+
+
+def test_python_scan_with_tuple_outputs_and_one_step() -> None:
+    from rosetta_rnn.core.ops import python_scan
+
+    xs = np.arange(3.0).reshape(1, 3)
+    carry, (a, b) = python_scan(OPS64, lambda c, x: (c + x, (x, 2 * x)), np.zeros(3), xs)
+    assert np.array_equal(carry, xs[0]) and np.array_equal(a, xs) and np.array_equal(b, 2 * xs)
+
+
+def test_eval_needs_two_tokens() -> None:
+    from rosetta_rnn.core.evaluation import perplexity_on
+
+    params = model.to_backend(OPS64, model.init_params(4, 3, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        perplexity_on(OPS64, params, np.array([1]))
+    assert perplexity_on(OPS64, params, np.array([1, 2]))[1] == 1
