@@ -45,11 +45,19 @@ ROW_KEYS = {
 
 @pytest.fixture(autouse=True)
 def _restore_environ() -> Iterator[None]:
-    """bench sets *_NUM_THREADS for the process; put the environment back afterwards."""
+    """bench sets *_NUM_THREADS and torch's thread count for the process; put both back
+    afterwards, so that later tests run with the threads they would have alone."""
     saved = dict(os.environ)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    torch_threads = torch.get_num_threads() if torch is not None else 0
     yield
     os.environ.clear()
     os.environ.update(saved)
+    if torch is not None:
+        torch.set_num_threads(torch_threads)
 
 
 def bench(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
