@@ -183,3 +183,20 @@ def test_a_folder_in_place_of_a_checkpoint_is_one_error(tmp_path: Path) -> None:
     (tmp_path / "m.safetensors").mkdir()
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "m.safetensors")
+
+
+def test_large_tensors_round_trip(tmp_path: Path) -> None:
+    """Byte counts past the small-integer cache (an identity test of ints would fail here)."""
+    params = model.init_params(60, 70, np.random.default_rng(1), "float64", sigma=1.0)
+    path = tmp_path / "big.safetensors"
+    checkpoint.save(path, params, {**META, "config": {"num_hiddens": 70}, "vocab": ["x"] * 60})
+    tensors, _ = checkpoint.load_model(path)
+    assert all(np.array_equal(tensors[k], params[k]) for k in model.PARAM_NAMES)
+
+
+@pytest.mark.parametrize("vocab", ["abcde", [], ["a", 1], None])
+def test_an_invalid_vocabulary_is_rejected(tmp_path: Path, vocab: object) -> None:
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(path, _params(), {**META, "vocab": vocab})
+    with pytest.raises(CheckpointError, match="no valid vocabulary"):
+        checkpoint.load_model(path)

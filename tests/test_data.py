@@ -215,3 +215,67 @@ def test_the_cache_folder_is_named_after_the_tool(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("ROSETTA_RNN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
     assert data.cache_dir() == Path("/somewhere") / "rosetta-rnn"
+
+
+class _AtOffset:
+    """A generator stand-in that draws a chosen offset (and shuffles nothing)."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def integers(self, low: int, high: int) -> int:
+        assert low <= self.offset < high
+        return self.offset
+
+    def permutation(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+
+@pytest.mark.parametrize("sampling", data.SAMPLING_KINDS)
+@pytest.mark.parametrize(("n", "batch_size", "num_steps"), [(40, 2, 3), (41, 3, 4), (9, 2, 3)])
+def test_num_batches_is_the_count_at_the_worst_offset(
+    n: int, batch_size: int, num_steps: int, sampling: str
+) -> None:
+    offsets = range(num_steps) if sampling == "random" else range(num_steps + 1)
+    counts = [
+        len(list(data.data_iter(np.arange(n), batch_size, num_steps, _AtOffset(o), sampling)))  # type: ignore[arg-type]
+        for o in offsets
+    ]
+    assert data.num_batches(n, batch_size, num_steps, sampling) == min(counts)
+    assert type(data.num_batches(n, batch_size, num_steps, sampling)) is int
+
+
+def test_option_strings_are_compared_by_value() -> None:
+    """Options arrive as strings built at run time (argv, JSON), not as interned literals."""
+    char, word = "".join(["ch", "ar"]), "".join(["wo", "rd"])
+    assert data.split_text("ab c", char) == ["a", "b", " ", "c"]
+    assert data.join_tokens(["a", "b"], char) == "ab"
+    assert data.tokenize(["ab c"], word) == [["ab", "c"]]
+    assert data.tokenize(["ab"], char) == [["a", "b"]]
+    random = "".join(["ran", "dom"])
+    n = data.num_batches(10, 3, 1, random)
+    assert n == data.num_batches(10, 3, 1, "random") == 3
+    assert data.num_batches(10, 3, 1, "sequential") == 2
+    rng = np.random.default_rng(0)
+    assert len(list(data.data_iter(np.arange(10), 3, 1, rng, random))) == 3
+
+
+def test_a_cache_whose_sha1_sorts_before_the_right_one_is_replaced(
+    tmp_path: Path, timemachine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "new" / "cache"))  # made on the way
+    cached = tmp_path / "new" / "cache" / data.DATA_FILENAME
+    cached.parent.mkdir(parents=True)
+    cached.write_text("not the time machine 43")  # sha1 0739... < 090b...
+    assert data.sha1_of(cached) < data.DATA_SHA1
+    monkeypatch.setattr(data, "DATA_URL", _file_url(timemachine))
+    assert data.sha1_of(data.locate_time_machine()) == data.DATA_SHA1
+
+
+def test_the_download_makes_the_cache_folder(
+    tmp_path: Path, timemachine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "a" / "b" / data.DATA_FILENAME
+    got = data.download(_file_url(timemachine), dest, data.DATA_SHA1)
+    assert got == dest and data.sha1_of(dest) == data.DATA_SHA1
