@@ -258,6 +258,10 @@ def test_option_strings_are_compared_by_value() -> None:
     assert data.num_batches(10, 3, 1, "sequential") == 2
     rng = np.random.default_rng(0)
     assert len(list(data.data_iter(np.arange(10), 3, 1, rng, random))) == 3
+    sequential = "".join(["seq", "uential"])
+    got = data.data_iter(np.arange(10), 3, 1, np.random.default_rng(5), sequential)
+    want = data.data_iter(np.arange(10), 3, 1, np.random.default_rng(5), "sequential")
+    assert [x.tolist() for x, _ in got] == [x.tolist() for x, _ in want]
 
 
 def test_a_cache_whose_sha1_sorts_before_the_right_one_is_replaced(

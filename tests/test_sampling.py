@@ -92,3 +92,8 @@ def test_inverse_cdf_choice_never_leaves_the_vocabulary() -> None:
     probs = np.array([0.2, 0.3, 0.5])
     assert sampling.inverse_cdf_choice(probs, 1.0) == 2  # u = 1: clamped to the last index
     assert type(sampling.inverse_cdf_choice(probs, 1.0)) is int
+
+
+def test_inverse_cdf_choice_scales_u_by_the_total() -> None:
+    weights = np.array([1.0, 1.0, 2.0])  # not normalised: u is a fraction of the total, 4
+    assert [sampling.inverse_cdf_choice(weights, u) for u in (0.2, 0.3, 0.6)] == [0, 1, 2]
