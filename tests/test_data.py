@@ -283,3 +283,26 @@ def test_the_download_makes_the_cache_folder(
     dest = tmp_path / "a" / "b" / data.DATA_FILENAME
     got = data.download(_file_url(timemachine), dest, data.DATA_SHA1)
     assert got == dest and data.sha1_of(dest) == data.DATA_SHA1
+
+
+def test_max_tokens_zero_or_less_keeps_the_whole_text(timemachine: Path) -> None:
+    whole = len(data.load_corpus(timemachine).ids)
+    assert len(data.load_corpus(timemachine, max_tokens=0).ids) == whole
+    assert len(data.load_corpus(timemachine, max_tokens=-1).ids) == whole
+    assert len(data.load_corpus(timemachine, max_tokens=1).ids) == 1
+
+
+@pytest.mark.parametrize("sampling", data.SAMPLING_KINDS)
+def test_a_corpus_shorter_than_a_minibatch_has_zero_batches(sampling: str) -> None:
+    assert data.num_batches(2, 2, 3, sampling) == 0
+
+
+def test_a_download_whose_sha1_sorts_low_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text("not the time machine 43")  # sha1 0739... < 090b...
+    dest = tmp_path / "cache" / data.DATA_FILENAME
+    with pytest.raises(data.DataError):
+        data.download(_file_url(other), dest, data.DATA_SHA1)
+    assert not dest.exists()

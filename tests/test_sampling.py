@@ -97,3 +97,24 @@ def test_inverse_cdf_choice_never_leaves_the_vocabulary() -> None:
 def test_inverse_cdf_choice_scales_u_by_the_total() -> None:
     weights = np.array([1.0, 1.0, 2.0])  # not normalised: u is a fraction of the total, 4
     assert [sampling.inverse_cdf_choice(weights, u) for u in (0.2, 0.3, 0.6)] == [0, 1, 2]
+
+
+def test_next_distribution_defaults_to_alpha_one() -> None:
+    params = model.to_backend(OPS, model.init_params(5, 4, np.random.default_rng(2), "float64"))
+    assert np.array_equal(
+        sampling.next_distribution(OPS, params, [1, 2]),
+        sampling.next_distribution(OPS, params, [1, 2], alpha=1.0),
+    )
+
+
+def test_a_two_token_prefix_is_read_before_sampling() -> None:
+    """Untrained moderate weights, so the state after the warm-up shapes every probability."""
+    from rosetta_rnn.conformance import reference
+
+    params = {k: v * 100 for k, v in model.init_params(6, 5, np.random.default_rng(4)).items()}
+    P = model.to_backend(OPS, params)
+    for prefix in ([3, 1], [0, 5], [2, 2]):
+        got = sampling.predict(OPS, P, prefix, 30, temperature=1.0, rng=np.random.default_rng(9))
+        uniforms = np.random.default_rng(9).random(30).tolist()
+        want = reference.predict(prefix, 30, params, temperature=1.0, uniforms=uniforms)
+        assert got == want

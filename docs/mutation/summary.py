@@ -1,13 +1,16 @@
 """Summarise cosmic-ray sessions made by docs/mutation/run.sh.
 
-    python docs/mutation/summary.py SESSION.sqlite [...] [--reasons reasons.json]
-                                    [--survivors FILE.md]
+    python docs/mutation/summary.py SESSION.sqlite [...] [--rerun RERUN.json ...]
+                                    [--reasons reasons.json] [--survivors FILE.md]
 
 Prints the mutation score of core/ before the reference checks (the fast core unit tests
 alone) and after (with tests/test_reference.py and tests/test_trainer.py), per module. With
 ``--survivors`` it writes every surviving mutant (module, line, operator, diff) with the reason
 from ``--reasons`` (keys ``"core/x.py:LINE"`` or ``"core/x.py:LINE OPERATOR"``) why it cannot
-change a result, and counts the survivors that have none.
+change a result, and counts the survivors that have none. ``--rerun`` files hold survivors
+run again against tests written after the session (``{"MODULE OPERATOR OCCURRENCE":
+{"test_outcome": "killed" | "survived", ...}}``, from ``cosmic-ray mutate-and-test``); the
+ones they kill count in a column of their own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def _rows(paths: list[str]) -> list[dict]:
         for module, operator, occurrence, line, worker, test, output, diff in db.execute(query):
             rows.append(
                 {
+                    "key": f"{module} {operator} {occurrence}",
                     "module": module,
                     "operator": operator.split("/")[-1],
                     "occurrence": occurrence,
@@ -43,14 +47,16 @@ def _rows(paths: list[str]) -> list[dict]:
     return rows
 
 
-def verdict(row: dict) -> str:
-    """skipped (filtered out), pending, killed-before, killed-reference, survived, or other."""
+def verdict(row: dict, rerun: dict | None = None) -> str:
+    """skipped (filtered out), pending, killed-before, killed-reference, killed-later,
+    survived, or another worker outcome."""
     if row["worker"] == "SKIPPED":
         return "skipped"
     if row["worker"] is None:
         return "pending"
     if row["test"] == "SURVIVED":
-        return "survived"
+        later = (rerun or {}).get(row["key"], {}).get("test_outcome")
+        return "killed-later" if later == "killed" else "survived"
     if row["test"] == "KILLED":
         if "KILLED-BY: reference" in row["output"]:
             return "killed-reference"
@@ -63,16 +69,22 @@ def main() -> None:
     p.add_argument("sessions", nargs="+")
     p.add_argument("--survivors", metavar="FILE.md")
     p.add_argument("--reasons", metavar="FILE.json")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="FILE.json")
     args = p.parse_args()
     rows = _rows(args.sessions)
+    rerun: dict = {}
+    for path in args.rerun:
+        with open(path) as f:
+            rerun.update(json.load(f))
     by_module: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
-        by_module[r["module"]][verdict(r)] += 1
+        by_module[r["module"]][verdict(r, rerun)] += 1
     total: Counter = Counter()
     print(
-        "| module | mutants run | killed before | killed by reference | survived | before | after |"
+        "| module | mutants run | killed by the unit tests | by the reference checks | "
+        "by tests added after the run | survived | before | after |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for module in sorted(by_module):
         c = by_module[module]
         total.update(c)
@@ -86,7 +98,7 @@ def main() -> None:
         with open(args.survivors, "w") as f:
             f.write("# Surviving mutants of core/, each with why it cannot change a result\n\n")
             for r in rows:
-                if verdict(r) != "survived":
+                if verdict(r, rerun) != "survived":
                     continue
                 where = f"{r['module']}:{r['line']}"
                 reason = reasons.get(f"{where} {r['operator']}") or reasons.get(where)
@@ -107,12 +119,13 @@ def _changed_lines(diff: str) -> str:
 
 
 def _line(name: str, c: Counter) -> str:
-    run = c["killed-before"] + c["killed-reference"] + c["survived"]
+    killed = c["killed-before"] + c["killed-reference"] + c["killed-later"]
+    run = killed + c["survived"]
     before = c["killed-before"] / run if run else float("nan")
-    after = (c["killed-before"] + c["killed-reference"]) / run if run else float("nan")
+    after = killed / run if run else float("nan")
     return (
         f"| {name} | {run} | {c['killed-before']} | {c['killed-reference']} | "
-        f"{c['survived']} | {before:.1%} | {after:.1%} |"
+        f"{c['killed-later']} | {c['survived']} | {before:.1%} | {after:.1%} |"
     )
 
 
