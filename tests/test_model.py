@@ -195,3 +195,13 @@ def test_eval_needs_two_tokens() -> None:
     with pytest.raises(ValueError, match="at least 2 tokens"):
         perplexity_on(OPS64, params, np.array([1]))
     assert perplexity_on(OPS64, params, np.array([1, 2]))[1] == 1
+
+
+def test_activation_names_built_at_run_time() -> None:
+    z = np.linspace(-2, 2, 7)
+    tanh, relu = "".join(["ta", "nh"]), "".join(["re", "lu"])
+    assert np.array_equal(model.activate(OPS64, tanh, z), np.tanh(z))
+    assert np.array_equal(model.activate(OPS64, relu, z), np.maximum(z, 0))
+    H = np.tanh(z)
+    assert np.array_equal(model.activation_grad(OPS64, tanh, H), 1 - H * H)
+    assert np.array_equal(model.activation_grad(OPS64, relu, np.maximum(z, 0)), (z > 0) * 1.0)

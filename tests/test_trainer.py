@@ -44,6 +44,7 @@ def test_an_epoch_counts_its_tokens_and_times_itself() -> None:
     assert 0 < result.seconds <= wall
     assert result.tokens_per_sec == pytest.approx(result.tokens / result.seconds, rel=1e-12)
     assert result.epoch == 1 and trainer.epoch == 1 and trainer.step == 0
+    assert result.max_grad_norm == max(result.grad_norms)
 
 
 def test_a_corpus_too_short_for_one_minibatch_is_a_user_error() -> None:
@@ -81,6 +82,7 @@ def test_an_interrupted_epoch_continues_exactly_from_its_snapshot(sampling: str)
     resumed.params = model.to_backend(ops, {k: tensors[k] for k in model.PARAM_NAMES})
     resumed.restore(tensors, position)
     got = resumed.run_epoch()
+    assert got.seconds >= position["totals"]["seconds"] > 0  # the clock carries on
     assert got.grad_norms == want.grad_norms
     assert got.perplexity == want.perplexity
     for k in model.PARAM_NAMES:
@@ -110,3 +112,34 @@ def test_a_blow_up_names_its_epoch_and_step() -> None:
     trainer.step_fn = nan_on_second
     with pytest.raises(TrainingDiverged, match="at epoch 2, step 2: loss nan"):
         trainer.run_epoch()
+
+
+def test_a_snapshot_between_epochs_continues_exactly() -> None:
+    straight = _trainer(sampling="random")
+    for _ in range(3):
+        straight.run_epoch()
+    first = _trainer(sampling="random")
+    first.run_epoch()
+    tensors, position = first.snapshot()
+    assert position["step"] == 0 and position["totals"] is None and "state" not in tensors
+    resumed = _trainer(seed=99, sampling="random")
+    resumed.params = model.to_backend(resumed.ops, {k: tensors[k] for k in model.PARAM_NAMES})
+    resumed.restore(tensors, position)
+    resumed.run_epoch()
+    resumed.run_epoch()
+    assert resumed.epoch == 3
+    for k in model.PARAM_NAMES:
+        assert np.array_equal(resumed.params[k], straight.params[k]), k
+
+
+def test_option_strings_built_at_run_time_mean_the_same() -> None:
+    """argv and JSON give equal strings, not the interned literals."""
+    built = {
+        "sampling": "".join(["ran", "dom"]),
+        "loss": "".join(["all-", "steps"]),
+        "activation": "".join(["ta", "nh"]),
+    }
+    literal = {"sampling": "random", "loss": "all-steps", "activation": "tanh"}
+    a, b = _trainer(**built).run_epoch(), _trainer(**literal).run_epoch()
+    assert a.grad_norms == b.grad_norms and a.perplexity == b.perplexity
+    TrainConfig(detach=False, sampling="".join(["seq", "uential"]))  # no contradiction
