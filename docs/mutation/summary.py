@@ -102,7 +102,10 @@ def main() -> None:
                     continue
                 where = f"{r['module']}:{r['line']}"
                 reason = reasons.get(f"{where} {r['operator']}") or reasons.get(where)
-                unexplained += reason is None
+                if reason and reason.startswith("Killed after the run"):
+                    # a claim the re-run did not confirm is no reason
+                    reason = f"NOT CONFIRMED (the re-run did not kill it): {reason}"
+                unexplained += reason is None or reason.startswith("NOT CONFIRMED")
                 f.write(f"## {where} {r['operator']}\n\n")
                 f.write("```diff\n" + _changed_lines(r["diff"]) + "\n```\n\n")
                 f.write(f"{reason or 'UNEXPLAINED'}\n\n")
