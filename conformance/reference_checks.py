@@ -376,9 +376,10 @@ def check_eval() -> Cell:
         ops = numpy_backend.make_ops(DTYPE, "cpu")
         P = model.to_backend(ops, params)
         ids = _train_corpus()[:61]
+        zeros = np.zeros((1, params["W_hh"].shape[0]))
         err = 0.0
         for activation in ("tanh", "relu"):
-            logits, _, _ = ref.rnn(ids[:-1].reshape(-1, 1), np.zeros((1, 10)), params, activation)
+            logits, _, _ = ref.rnn(ids[:-1].reshape(-1, 1), zeros, params, activation)
             z = logits - logits.max(axis=1, keepdims=True)
             log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
             want = math.exp(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean())
@@ -390,9 +391,6 @@ def check_eval() -> Cell:
         return _cell("eval", err, tolerance(DTYPE, "values"))
 
     return _guarded("eval", run)
-
-
-PARAM_ORIENTATION = {"W_xh": "(V, H)", "W_hh": "(H, H)", "b_h": "(H,)", "W_hq": "(H, V)"}
 
 
 def check_checkpoint() -> Cell:
