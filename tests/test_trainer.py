@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import model
+from rosetta_rnn.core import model, training
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingDiverged
 
@@ -58,31 +58,74 @@ class _Stop(Exception):
     pass
 
 
+class _StepClock:
+    """A clock that moves one second per training step and stands still otherwise."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.now = 1000.0
+        real = trainer.step_fn
+
+        def timed_step(*args):  # type: ignore[no-untyped-def]
+            self.now += 1.0
+            return real(*args)
+
+        trainer.step_fn = timed_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_the_epoch_clock_counts_training_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _trainer()
+    clock = _StepClock(trainer)
+    monkeypatch.setattr(training.time, "perf_counter", clock.perf_counter)
+    result = trainer.run_epoch()
+    steps = len(result.grad_norms)
+    assert result.seconds == steps and result.tokens_per_sec == 3 * 4
+
+
+def test_an_epoch_of_more_than_256_minibatches_runs_every_one() -> None:
+    """Past 256 a step count is no longer a cached small int: counts compare by value."""
+    trainer = _trainer(batch_size=1, num_steps=1, sampling="sequential")
+    trainer.corpus_ids = np.resize(CORPUS, 300)
+    result = trainer.run_epoch()
+    assert len(result.grad_norms) == result.tokens == 299
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
 @pytest.mark.parametrize("sampling", ["sequential", "random"])
-def test_an_interrupted_epoch_continues_exactly_from_its_snapshot(sampling: str) -> None:
+def test_an_interrupted_epoch_continues_exactly_from_its_snapshot(
+    sampling: str, stop_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight = _trainer(sampling=sampling)
     straight.run_epoch()
     want = straight.run_epoch()
 
     first = _trainer(sampling=sampling)
     first.run_epoch()
+    clock = _StepClock(first)
+    monkeypatch.setattr(training.time, "perf_counter", clock.perf_counter)
 
-    def stop_at_3(i: int) -> None:
-        if i == 2:
+    def stop(i: int) -> None:
+        if i == stop_after - 1:
             raise _Stop
 
     with pytest.raises(_Stop):
-        first.run_epoch(on_step=stop_at_3)
+        first.run_epoch(on_step=stop)
     tensors, position = first.snapshot()
-    assert position["step"] == 3 and isinstance(position["step"], int)
+    assert position["step"] == stop_after and isinstance(position["step"], int)
+    assert position["totals"]["seconds"] == stop_after
     assert "state" in tensors  # the carried state (sequential partitioning continues it)
 
     resumed = _trainer(seed=99, sampling=sampling)  # other parameters: the snapshot's win
     ops = resumed.ops
     resumed.params = model.to_backend(ops, {k: tensors[k] for k in model.PARAM_NAMES})
     resumed.restore(tensors, position)
+    clock = _StepClock(resumed)
+    clock.now = 5000.0  # time between the stop and the resume is not training time
+    monkeypatch.setattr(training.time, "perf_counter", clock.perf_counter)
     got = resumed.run_epoch()
-    assert got.seconds >= position["totals"]["seconds"] > 0  # the clock carries on
+    assert got.seconds == len(got.grad_norms)  # the clock carries on from the snapshot
     assert got.grad_norms == want.grad_norms
     assert got.perplexity == want.perplexity
     for k in model.PARAM_NAMES:
@@ -139,7 +182,8 @@ def test_option_strings_built_at_run_time_mean_the_same() -> None:
         "loss": "".join(["all-", "steps"]),
         "activation": "".join(["ta", "nh"]),
     }
-    literal = {"sampling": "random", "loss": "all-steps", "activation": "tanh"}
-    a, b = _trainer(**built).run_epoch(), _trainer(**literal).run_epoch()
+    a = _trainer(**built).run_epoch()
+    b = _trainer(sampling="random").run_epoch()  # loss and activation: core's own literals
+    assert a.tokens == len(a.grad_norms) * 3 * 4  # the loss saw every step
     assert a.grad_norms == b.grad_norms and a.perplexity == b.perplexity
     TrainConfig(detach=False, sampling="".join(["seq", "uential"]))  # no contradiction

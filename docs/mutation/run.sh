@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Mutation testing of core/ with cosmic-ray (by hand, not in CI; about 45 min on 2 cores).
 #
-#   bash docs/mutation/run.sh [WORKDIR]        # needs .venv with '.[all,test,dev]'
+#   bash docs/mutation/run.sh [WORKDIR [GROUP ...]]   # needs .venv with '.[all,test,dev]'
 #
 # cosmic-ray edits the files it mutates in place, so it runs on a copy of HEAD in WORKDIR
 # (default /tmp/rosetta-rnn-mutation), imported through a small venv that sees that copy
-# first and the project's .venv for everything else. core/ is split into three groups run in
-# parallel; each mutant runs docs/mutation/test-command.sh, which says which suite killed it.
+# first and the project's .venv for everything else. core/ is split into three groups (data,
+# model, checkpoint; all three unless named) run in parallel; each mutant runs
+# docs/mutation/test-command.sh, which says which suite killed it.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${1:-/tmp/rosetta-rnn-mutation}"
+shift || true
+groups=("$@")
+[[ ${#groups[@]} -gt 0 ]] || groups=(data model checkpoint)
 venv_site="$(ls -d "$repo"/.venv/lib/python3*/site-packages)"
 corpus="${ROSETTA_RNN_TEST_CORPUS:-$repo/../shared/data/timemachine.txt}"
 rm -rf "$work" && mkdir -p "$work"
 python3 -m venv --without-pip "$work/venv"
-for group in data model checkpoint; do
+for group in "${groups[@]}"; do
   tree="$work/$group"
   mkdir -p "$tree"
   git -C "$repo" archive HEAD | tar -x -C "$tree"
@@ -28,7 +32,7 @@ declare -A modules=(
   [checkpoint]="core/checkpoint.py core/evaluation.py core/ops.py"
 )
 all="core/data.py core/sampling.py core/files.py core/errors.py core/model.py core/training.py core/checkpoint.py core/evaluation.py core/ops.py"
-for group in data model checkpoint; do
+for group in "${groups[@]}"; do
   excluded=()
   for m in $all; do [[ " ${modules[$group]} " == *" $m "* ]] || excluded+=("'$m'"); done
   sed -e "s#@EXCLUDED@#$(IFS=,; echo "${excluded[*]}")#" \
@@ -41,4 +45,6 @@ for group in data model checkpoint; do
     > "$work/$group.log" 2>&1 &
 done
 wait
-"$repo/.venv/bin/python" "$repo/docs/mutation/summary.py" "$work"/{data,model,checkpoint}.sqlite
+sessions=()
+for group in "${groups[@]}"; do sessions+=("$work/$group.sqlite"); done
+"$repo/.venv/bin/python" "$repo/docs/mutation/summary.py" "${sessions[@]}"
