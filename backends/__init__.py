@@ -1,12 +1,9 @@
 """The backend registry: each backend is one module, imported only when asked for.
 
-Every backend module has the same names (the Keras 3 convention):
-    NAME, FRAMEWORK, EXTRA, GRAD_MODES, COMPILE_MODES
-    version() -> str, devices() -> list[str], supports_float64(device) -> bool
-    make_ops(dtype, device) -> Ops
-    make_value_and_grad(ops, grad, activation) -> (params, inputs, labels, state)
-        -> (loss, grads, H_T), eager (used by the conformance suite)
-    make_train_step(ops, grad, compiled, activation) -> step function (see core.training)
+Every backend module provides the names of ``core.contract.Backend``; ``mypy`` checks each
+against it (the ``TYPE_CHECKING`` block at the end of each module). Adding a backend is one
+module and one ``REGISTRY`` entry (with its pip extra in pyproject.toml). A name may carry an
+option after a colon (``array-api:torch``), which the registry hands to ``with_option``.
 """
 
 from __future__ import annotations
@@ -14,14 +11,25 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple, cast
 
+from rosetta_rnn.core.contract import Backend
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
 from rosetta_rnn.core.model import ValueAndGrad, bptt_value_and_grad
 
-BACKENDS: tuple[str, ...] = ("numpy", "torch", "jax", "tensorflow")
-FRAMEWORKS = {"numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "tensorflow": "TensorFlow"}
+
+class Entry(NamedTuple):
+    framework: str  # what the user installs, in words
+    extra: str | None  # the pip extra that installs it (None: always there)
+
+
+REGISTRY: dict[str, Entry] = {
+    "numpy": Entry("NumPy", None),
+    "torch": Entry("PyTorch", "torch"),
+    "jax": Entry("JAX", "jax"),
+    "tensorflow": Entry("TensorFlow", "tensorflow"),
+}
+BACKENDS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_ENV = "ROSETTA_RNN_BACKEND"
 
 
@@ -30,24 +38,40 @@ def default_backend() -> str:
     return os.environ.get(DEFAULT_ENV) or "numpy"
 
 
-def load(name: str) -> ModuleType:
-    """Import one backend; a missing framework is a one-line error naming the extra."""
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+def check_name(spec: str) -> str:
+    """``spec`` if it names a registered backend (with or without an option), else a one-line
+    error listing them."""
+    if spec.partition(":")[0] not in REGISTRY:
+        raise UserError(f"unknown backend {spec!r}; choose from {', '.join(BACKENDS)}")
+    return spec
+
+
+def load(spec: str) -> Backend[Any]:
+    """Import one backend (``name`` or ``name:option``); a missing framework is a one-line
+    error naming the extra."""
+    name, colon, option = check_name(spec).partition(":")
     try:
-        return importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
     except ImportError as e:
         if e.name and e.name.startswith(__name__):
             raise  # our own module is broken: a bug, not the user's problem
+        extra = REGISTRY[name].extra
         raise BackendUnavailable(
-            f"backend {name!r} needs {FRAMEWORKS[name]}, which is not installed ({e}); "
-            f"install it with: pip install 'rosetta-rnn[{name}]'"
+            f"backend {name!r} needs {REGISTRY[name].framework}, which is not installed ({e}); "
+            f"install it with: pip install 'rosetta-rnn[{extra}]'"
         ) from None
+    if not colon:
+        return cast(Backend[Any], module)
+    with_option = getattr(module, "with_option", None)
+    if with_option is None:
+        raise UserError(f"backend {name!r} takes no option (got {spec!r})")
+    return cast(Backend[Any], with_option(option))
 
 
 def info(name: str) -> dict[str, Any]:
     """What ``rosetta-rnn backends`` shows for one backend."""
-    row: dict[str, Any] = {"backend": name, "framework": FRAMEWORKS[name], "installed": False}
+    framework = REGISTRY[name.partition(":")[0]].framework
+    row: dict[str, Any] = {"backend": name, "framework": framework, "installed": False}
     try:
         mod = load(name)
     except BackendUnavailable as e:
@@ -63,6 +87,22 @@ def info(name: str) -> dict[str, Any]:
         compile_modes=list(mod.COMPILE_MODES),
     )
     return row
+
+
+def framework(name: str) -> str:
+    """The framework a backend runs on, in words."""
+    return REGISTRY[name.partition(":")[0]].framework
+
+
+def pick_mode(backend: str, kind: str, value: str | None, modes: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``modes`` (None: the first), else a one-line error."""
+    if value is None:
+        return modes[0]
+    if value not in modes:
+        raise BackendUnavailable(
+            f"the {backend} backend has no {kind} {value!r}; it has {', '.join(modes)}"
+        )
+    return value
 
 
 def device_labels(gpu_count: int) -> list[str]:
@@ -101,16 +141,19 @@ def resolve_device(
 
 def gradient_engine(
     backend: str,
-    grad: str,
+    grad: str | None,
     ops: Any,
     activation: str = "tanh",
     autograd: Callable[[Any, str], ValueAndGrad] | None = None,
 ) -> ValueAndGrad:
-    """The ``--grad`` engine of a backend: core's BPTT on its arrays, or its own autodiff."""
+    """The ``--grad`` engine of a backend: its own autodiff (the default where it has one) or
+    core's BPTT on its arrays."""
     engines: dict[str, Callable[[Any, str], ValueAndGrad]] = {}
     if autograd is not None:
         engines["autograd"] = autograd
     engines["bptt"] = bptt_value_and_grad
+    if grad is None:
+        grad = next(iter(engines))
     if grad not in engines:
         raise BackendUnavailable(
             f"the {backend} backend has no --grad {grad!r}; it has {' or '.join(engines)}"

@@ -1,15 +1,18 @@
 """JAX backend: gradients by ``jax.value_and_grad`` (or core's BPTT), the whole step under
-``jax.jit`` by default, the recurrence as ``lax.scan``. Float64 through ``jax_enable_x64``."""
+``jax.jit`` by default, the recurrence as ``lax.scan``.
+
+Importing it changes no JAX setting. A float64 run (``make_ops("float64")``) turns on
+``jax_enable_x64``, the one switch JAX has for 64-bit arrays: it is process-wide (JAX offers no
+scoped form that survives into jitted functions called later), so it stays on for the rest of
+the process; float32 runs are unaffected by it because every array is made with an explicit
+dtype and Python scalars are weakly typed. Matmuls ask for ``precision="highest"`` themselves,
+so TF32 is off on GPUs without touching ``jax_default_matmul_precision``.
+"""
 
 from __future__ import annotations
 
-import os
-
-# JAX otherwise claims most of a GPU's memory at start, starving TF or torch in the same process.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ import numpy as np
 from jax import lax
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
@@ -24,18 +28,10 @@ from rosetta_rnn.core.model import (
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
-from rosetta_rnn.core.training import StepFn
-
-# float64 exists only with x64 on; float32 runs stay float32 because every array is made with an
-# explicit dtype and Python scalars are weakly typed. "highest" turns TF32 matmuls off on GPUs.
-jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_default_matmul_precision", "highest")
 
 NAME = "jax"
-FRAMEWORK = "JAX"
-EXTRA = "jax"
-GRAD_MODES = ("autograd", "bptt")
-COMPILE_MODES = ("jit", "eager")
+GRAD_MODES: tuple[str, ...] = ("autograd", "bptt")
+COMPILE_MODES: tuple[str, ...] = ("jit", "eager")
 
 
 def version() -> str:
@@ -56,6 +52,10 @@ def devices() -> list[str]:
 
 def supports_float64(device: str) -> bool:
     return True
+
+
+def compile_modes(device: str) -> tuple[str, ...]:
+    return COMPILE_MODES
 
 
 def resolve_device(device: str) -> str:
@@ -111,7 +111,7 @@ class JaxOps:
         return jnp.asarray(x, dtype=self._dtype)
 
     def matmul(self, a: Any, b: Any) -> Any:
-        return jnp.matmul(a, b)
+        return jnp.matmul(a, b, precision="highest")  # no TF32 on GPUs
 
     def one_hot(self, indices: Any, depth: int) -> Any:
         return jax.nn.one_hot(indices, depth, dtype=self._dtype)
@@ -170,6 +170,8 @@ class JaxOps:
 
 
 def make_ops(dtype: str = "float32", device: str = "cpu") -> JaxOps:
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)  # see the module docstring
     return JaxOps(dtype, resolve_device(device))
 
 
@@ -190,32 +192,39 @@ def autograd_value_and_grad(ops: JaxOps, activation: str = "tanh") -> ValueAndGr
     return value_and_grad
 
 
-def _step_ops(ops: JaxOps, compiled: bool | None) -> JaxOps:
+def _jitted(mode: str | None) -> bool:
+    return _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES) == "jit"
+
+
+def _step_ops(ops: JaxOps, jitted: bool) -> JaxOps:
     """The ops a step computes with: eager steps loop in Python (see ``JaxOps``)."""
-    return JaxOps(ops.dtype, ops.device, eager_loops=True) if compiled is False else ops
+    return ops if jitted else JaxOps(ops.dtype, ops.device, eager_loops=True)
 
 
-def _value_and_grad(ops: JaxOps, grad: str, activation: str) -> ValueAndGrad:
+def _value_and_grad(ops: JaxOps, grad: str | None, activation: str) -> ValueAndGrad:
     return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_value_and_grad(
-    ops: JaxOps, grad: str = "autograd", activation: str = "tanh", *, compiled: bool | None = None
+    ops: JaxOps, grad: str | None = None, activation: str = "tanh", *, mode: str | None = None
 ) -> ValueAndGrad:
-    """(params, inputs, labels, state) -> (loss, grads, H_T) as the train step computes them."""
-    value_and_grad = _value_and_grad(_step_ops(ops, compiled), grad, activation)
-    return value_and_grad if compiled is False else jax.jit(value_and_grad)
+    """(params, inputs, labels, state) -> (loss, grads, H_T) as the train step computes them
+    (jitted unless ``mode`` is ``"eager"``)."""
+    jitted = _jitted(mode)
+    value_and_grad = _value_and_grad(_step_ops(ops, jitted), grad, activation)
+    return jax.jit(value_and_grad) if jitted else value_and_grad
 
 
 def make_train_step(
-    ops: JaxOps, grad: str = "autograd", compiled: bool | None = None, activation: str = "tanh"
+    ops: JaxOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
 ) -> StepFn:
-    """core's train step with JAX autodiff or core's BPTT; jitted unless ``compiled`` is False.
+    """core's train step with JAX autodiff or core's BPTT; jitted unless ``mode`` is eager.
 
     Eager steps run every operation as it comes, the recurrence as a Python loop that
     autodiff unrolls; jitted steps trace it once into ``lax.scan``.
     """
-    ops = _step_ops(ops, compiled)
+    jitted = _jitted(mode)
+    ops = _step_ops(ops, jitted)
     value_and_grad = _value_and_grad(ops, grad, activation)
     dtype = np.dtype(ops.dtype)
 
@@ -229,7 +238,32 @@ def make_train_step(
         )
         return new_params, lax.stop_gradient(H_T), loss, norm  # the next state starts a new graph
 
-    if compiled is False:
-        return step
     # lr and θ are traced arguments: a new learning rate or θ reuses the compiled step
-    return jax.jit(step)
+    return jax.jit(step) if jitted else step
+
+
+def make_forward(ops: JaxOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
+    jitted = _jitted(mode)
+    ops = _step_ops(ops, jitted)
+
+    def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
+        return forward_loss(ops, params, inputs, labels, state, activation)
+
+    return jax.jit(forward) if jitted else forward
+
+
+def sync(ops: JaxOps, out: Any) -> None:
+    jax.block_until_ready(out)  # JAX dispatches asynchronously, on CPU too
+
+
+def set_threads(threads: int) -> str:
+    # XLA's CPU pool has no N-thread setting, only off ($XLA_FLAGS, before import)
+    return "XLA Eigen pool = CPUs in the affinity set" + (
+        " (multi-threading off)" if threads == 1 else ""
+    )
+
+
+if TYPE_CHECKING:  # this module keeps the backend contract
+    from rosetta_rnn.backends import jax as _this
+
+    _checked: Backend[JaxOps] = _this

@@ -4,20 +4,18 @@ code runs on CuPy arrays (``pip install 'rosetta-rnn[cupy]'``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rosetta_rnn import backends as _registry
-from rosetta_rnn.core.model import Params, ValueAndGrad, train_step
+from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
+from rosetta_rnn.core.model import Params, ValueAndGrad, forward_loss, train_step
 from rosetta_rnn.core.ops import python_scan
-from rosetta_rnn.core.training import StepFn
 
 NAME = "numpy"
-FRAMEWORK = "NumPy"
-EXTRA = None
-GRAD_MODES = ("bptt",)
-COMPILE_MODES = ("eager",)
+GRAD_MODES: tuple[str, ...] = ("bptt",)
+COMPILE_MODES: tuple[str, ...] = ("eager",)
 
 
 def version() -> str:
@@ -48,6 +46,10 @@ def devices() -> list[str]:
 
 def supports_float64(device: str) -> bool:
     return True
+
+
+def compile_modes(device: str) -> tuple[str, ...]:
+    return COMPILE_MODES
 
 
 def resolve_device(device: str) -> str:
@@ -153,16 +155,17 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> NumpyOps:
 
 
 def make_value_and_grad(
-    ops: NumpyOps, grad: str = "bptt", activation: str = "tanh"
+    ops: NumpyOps, grad: str | None = None, activation: str = "tanh"
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by core's BPTT (no autodiff)."""
     return _registry.gradient_engine(NAME, grad, ops, activation)
 
 
 def make_train_step(
-    ops: NumpyOps, grad: str = "bptt", compiled: bool = False, activation: str = "tanh"
+    ops: NumpyOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
 ) -> StepFn:
     """core's train step with core's BPTT; NumPy has no autograd and nothing to compile."""
+    _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -173,3 +176,29 @@ def make_train_step(
             return train_step(ops, value_and_grad, params, inputs, labels, state, lr, theta)
 
     return step
+
+
+def make_forward(ops: NumpyOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
+    _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+
+    def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
+        return forward_loss(ops, params, inputs, labels, state, activation)
+
+    return forward
+
+
+def sync(ops: NumpyOps, out: Any) -> None:
+    """NumPy returns finished arrays; CuPy queues kernels on the device's stream."""
+    if ops.xp is not np:
+        ops.xp.cuda.Device(_registry.gpu_index(ops.device)).synchronize()
+
+
+def set_threads(threads: int) -> str:
+    # OpenBLAS sizes its pool at import to the CPUs present; the caller's affinity confines it
+    return f"OpenBLAS confined to {threads} CPU(s) by affinity"
+
+
+if TYPE_CHECKING:  # this module keeps the backend contract
+    from rosetta_rnn.backends import numpy as _this
+
+    _checked: Backend[NumpyOps] = _this

@@ -1,22 +1,24 @@
 """TensorFlow backend: gradients by ``tf.GradientTape`` (or core's BPTT), the whole train step
-in one ``tf.function`` unless ``--eager``; ``scan`` is a graph ``while_loop`` when traced."""
+in one ``tf.function`` unless ``--eager``; ``scan`` is a graph ``while_loop`` when traced.
+
+Importing it changes no TensorFlow setting. Listing the GPUs (``devices``, ``make_ops``) lets
+TensorFlow's GPU memory grow as needed instead of taking it all, so it can share a GPU with
+JAX or torch; a float32 run turns TF32 off (both switches are process-wide in TensorFlow).
+"""
 
 from __future__ import annotations
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs quiet
 
 import functools
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
@@ -25,21 +27,10 @@ from rosetta_rnn.core.model import (
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
-from rosetta_rnn.core.training import StepFn
 
 NAME = "tensorflow"
-FRAMEWORK = "TensorFlow"
-EXTRA = "tensorflow"
-GRAD_MODES = ("autograd", "bptt")
-COMPILE_MODES = ("tf.function", "eager")
-
-# Full float32 matmuls (TF32 would round their inputs to 10 mantissa bits on Ampere and later).
-tf.config.experimental.enable_tensor_float_32_execution(False)
-for _gpu in tf.config.list_physical_devices("GPU"):
-    try:  # allocate GPU memory as needed, so TensorFlow can share the GPU with JAX or PyTorch
-        tf.config.experimental.set_memory_growth(_gpu, True)
-    except RuntimeError:  # the GPUs are already initialised; the setting is fixed by then
-        pass
+GRAD_MODES: tuple[str, ...] = ("autograd", "bptt")
+COMPILE_MODES: tuple[str, ...] = ("tf.function", "eager")
 
 
 def version() -> str:
@@ -47,7 +38,17 @@ def version() -> str:
 
 
 def _gpu_count() -> int:
-    return len(tf.config.list_physical_devices("GPU"))
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:  # allocate GPU memory as needed, so TensorFlow can share the GPU with JAX or torch
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPUs are already initialised; the setting is fixed by then
+            pass
+    return len(gpus)
+
+
+def compile_modes(device: str) -> tuple[str, ...]:
+    return COMPILE_MODES
 
 
 def devices() -> list[str]:
@@ -262,7 +263,10 @@ def _graph_scan(
 
 
 def make_ops(dtype: str = "float32", device: str = "cpu") -> TensorFlowOps:
-    return TensorFlowOps(dtype, resolve_device(device))
+    ops = TensorFlowOps(dtype, resolve_device(device))
+    if dtype == "float32":  # TF32 would round matmul inputs to 10 mantissa bits on GPUs
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    return ops
 
 
 def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> ValueAndGrad:
@@ -283,19 +287,17 @@ def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> Val
 
 
 def make_value_and_grad(
-    ops: TensorFlowOps, grad: str = "autograd", activation: str = "tanh"
+    ops: TensorFlowOps, grad: str | None = None, activation: str = "tanh"
 ) -> ValueAndGrad:
     """The gradient engine named by ``--grad``: the tape (autograd) or core's BPTT."""
     return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_train_step(
-    ops: TensorFlowOps,
-    grad: str = "autograd",
-    compiled: bool | None = None,
-    activation: str = "tanh",
+    ops: TensorFlowOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
 ) -> StepFn:
     """core's train step with tape or BPTT gradients, in one ``tf.function`` unless eager."""
+    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -309,7 +311,7 @@ def make_train_step(
     # One trace per input shape (core reads static shapes, so no reduce_retracing: it would
     # make them None); lr and θ go in as tensors so new values reuse the trace. core has no
     # tensor-dependent Python control flow, so AutoGraph has nothing to convert.
-    run = step if compiled is False else tf.function(step, autograph=False)
+    run = tf.function(step, autograph=False) if mode == "tf.function" else step
 
     def placed_step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
@@ -320,3 +322,39 @@ def make_train_step(
             return run(params, inputs, labels, state, lr_t, theta_t)
 
     return placed_step
+
+
+def make_forward(
+    ops: TensorFlowOps, mode: str | None = None, activation: str = "tanh"
+) -> ForwardFn:
+    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+
+    def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
+        return forward_loss(ops, params, inputs, labels, state, activation)
+
+    run = tf.function(forward, autograph=False) if mode == "tf.function" else forward
+
+    def placed(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
+        with ops.placed():
+            return run(params, inputs, labels, state)
+
+    return placed
+
+
+def sync(ops: TensorFlowOps, out: Any) -> None:
+    tf.test.experimental.sync_devices()  # GPU kernels run asynchronously
+
+
+def set_threads(threads: int) -> str:
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # the runtime is initialised; TF_NUM_*_THREADS or defaults apply
+        return "TensorFlow already initialised; its pools keep their size"
+    return f"tf.config.threading intra/inter-op = {threads}"
+
+
+if TYPE_CHECKING:  # this module keeps the backend contract
+    from rosetta_rnn.backends import tensorflow as _this
+
+    _checked: Backend[TensorFlowOps] = _this

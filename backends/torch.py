@@ -1,17 +1,21 @@
 """PyTorch backend: gradients by ``torch.autograd`` over core's forward, or core's BPTT on
 torch tensors; eager by default, ``torch.compile`` on request, and on a CUDA device
-``torch.compile(mode="reduce-overhead")``, which replays the whole step as CUDA graphs. TF32 is
-off."""
+``torch.compile(mode="reduce-overhead")``, which replays the whole step as CUDA graphs.
+
+Importing it changes no torch setting. A float32 run on a CUDA device (``make_ops``) turns
+TF32 off for matmuls and cuDNN (torch's switches are process-wide): float32 means float32.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
@@ -21,19 +25,11 @@ from rosetta_rnn.core.model import (
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
-from rosetta_rnn.core.training import StepFn
 
 NAME = "torch"
-FRAMEWORK = "PyTorch"
-EXTRA = "torch"
-GRAD_MODES = ("autograd", "bptt")
-COMPILE_MODES = ("eager", "torch.compile", "reduce-overhead")
+GRAD_MODES: tuple[str, ...] = ("autograd", "bptt")
+COMPILE_MODES: tuple[str, ...] = ("eager", "torch.compile", "reduce-overhead")
 CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs: nothing to replay on a CPU
-
-# TF32 off: every float32 matmul and convolution in full float32 precision.
-torch.backends.cuda.matmul.allow_tf32 = False
-torch.backends.cudnn.allow_tf32 = False
-torch.set_float32_matmul_precision("highest")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -52,6 +48,21 @@ def devices() -> list[str]:
 
 def supports_float64(device: str) -> bool:
     return True  # CPU and every CUDA device compute in float64 (slowly on some GPUs)
+
+
+def compile_modes(device: str) -> tuple[str, ...]:
+    return (
+        COMPILE_MODES
+        if device != "cpu"
+        else tuple(m for m in COMPILE_MODES if m not in CUDA_ONLY_MODES)
+    )
+
+
+def full_float32() -> None:
+    """TF32 off for every float32 matmul and cuDNN call (process-wide in torch)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
 
 
 def resolve_device(device: str) -> str:
@@ -156,7 +167,10 @@ class TorchOps:
 
 
 def make_ops(dtype: str = "float32", device: str = "cpu") -> TorchOps:
-    return TorchOps(dtype, resolve_device(device))
+    ops = TorchOps(dtype, resolve_device(device))
+    if ops.device != "cpu" and dtype == "float32":
+        full_float32()
+    return ops
 
 
 def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAndGrad:
@@ -176,20 +190,18 @@ def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAnd
 
 
 def make_value_and_grad(
-    ops: TorchOps, grad: str = "autograd", activation: str = "tanh"
+    ops: TorchOps, grad: str | None = None, activation: str = "tanh"
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by autograd or core's BPTT."""
     return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_train_step(
-    ops: TorchOps,
-    grad: str = "autograd",
-    compiled: bool | str | None = None,
-    activation: str = "tanh",
+    ops: TorchOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
 ) -> StepFn:
-    """core's train step. ``compiled``: None or False eager; True or ``"torch.compile"``
-    ``torch.compile`` (inductor); ``"reduce-overhead"`` the same with CUDA graphs (CUDA only)."""
+    """core's train step, eager; ``"torch.compile"``: ``torch.compile`` (inductor);
+    ``"reduce-overhead"``: the same with CUDA graphs (CUDA only)."""
+    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -201,22 +213,54 @@ def make_train_step(
             )
         return new, H_T.detach(), loss, norm
 
-    if compiled == "reduce-overhead":
+    if mode == "reduce-overhead":
         return _cuda_graph_step(ops, step)
-    if compiled:
-        return torch.compile(step, dynamic=False)  # type: ignore[return-value]
+    if mode == "torch.compile":
+        return torch.compile(step, dynamic=False)
     return step
+
+
+def make_forward(ops: TorchOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
+    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+
+    def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
+        with torch.no_grad():
+            return forward_loss(ops, params, inputs, labels, state, activation)
+
+    if mode == "eager":
+        return forward
+    if mode == "reduce-overhead":
+        _cuda_only(ops)
+    return torch.compile(forward, mode=None if mode == "torch.compile" else mode, dynamic=False)
+
+
+def sync(ops: TorchOps, out: Any) -> None:
+    if ops.device != "cpu":  # CUDA kernels run asynchronously; CPU ops return finished
+        torch.cuda.synchronize(_torch_device(ops.device))
+
+
+def set_threads(threads: int) -> str:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already started: fixed for the life of the process
+        pass
+    return f"torch.set_num_threads({threads}); interop {torch.get_num_interop_threads()}"
+
+
+def _cuda_only(ops: TorchOps) -> None:
+    if ops.device == "cpu":
+        raise BackendUnavailable(
+            "torch's reduce-overhead mode replays CUDA graphs and needs a CUDA device; "
+            "on cpu use --compile"
+        )
 
 
 def _cuda_graph_step(ops: TorchOps, step: StepFn) -> StepFn:
     """``step`` under ``torch.compile(mode="reduce-overhead")``: after the first calls the whole
     step (forward, backward, clip, SGD: hundreds of kernels) is one CUDA graph replay, so the
     launch overhead that bounds the eager step on a GPU is paid once per step, not per kernel."""
-    if ops.device == "cpu":
-        raise BackendUnavailable(
-            "torch's reduce-overhead mode replays CUDA graphs and needs a CUDA device; "
-            "on cpu use --compile"
-        )
+    _cuda_only(ops)
     graphed = torch.compile(step, mode="reduce-overhead", dynamic=False)
 
     def replay(
@@ -233,3 +277,9 @@ def _cuda_graph_step(ops: TorchOps, step: StepFn) -> StepFn:
         )
 
     return replay
+
+
+if TYPE_CHECKING:  # this module keeps the backend contract
+    from rosetta_rnn.backends import torch as _this
+
+    _checked: Backend[TorchOps] = _this

@@ -116,8 +116,7 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
     """Validate the flags (one-line errors) and build the run's configuration."""
     names = list(args.backends) if args.backends else list(backends.BACKENDS)
     for name in names:
-        if name not in backends.BACKENDS:
-            raise UserError(f"unknown backend {name!r}; choose from {', '.join(backends.BACKENDS)}")
+        backends.check_name(name)
     available = threads.available_cpus()
     n_threads = available if args.threads is None else _positive(args.threads, "--threads")
     if n_threads > available:

@@ -20,6 +20,7 @@ tests prove a peer computes the same step.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -27,19 +28,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rosetta_rnn.backends import gpu_index
-
-PEER_NAMES: tuple[str, ...] = (
-    "torch.nn.RNN",
-    "keras.SimpleRNN",
-    "jax.lax.scan",
-    "numpy.min-char-rnn",
-)
-PEER_FRAMEWORK = {
-    "torch.nn.RNN": "torch",
-    "keras.SimpleRNN": "tensorflow",
-    "jax.lax.scan": "jax",
-    "numpy.min-char-rnn": "numpy",
-}
 
 PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # core's names, the chapter's order
 Arrays = dict[str, np.ndarray]
@@ -63,8 +51,10 @@ class Peer:
     """What the runner needs from a peer: three workloads, a sync, and the test hooks."""
 
     name: str
-    framework: str
+    framework: str  # the backend whose framework it runs on
     modes: ClassVar[dict[str, str]]  # workload -> mode label
+    libraries: ClassVar[tuple[str, ...]] = ()  # modules it needs beyond the framework
+    cpu_only: ClassVar[bool] = False
 
     def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
@@ -241,6 +231,7 @@ class KerasRNNPeer(Peer):
 
     name = "keras.SimpleRNN"
     framework = "tensorflow"
+    libraries = ("keras",)
     modes: ClassVar[dict[str, str]] = {
         "train": "autograd/tf.function",
         "forward": "tf.function",
@@ -486,6 +477,7 @@ class MinCharRNNPeer(Peer):
 
     name = "numpy.min-char-rnn"
     framework = "numpy"
+    cpu_only = True
     modes: ClassVar[dict[str, str]] = {
         "train": "bptt/eager",
         "forward": "eager",
@@ -593,6 +585,21 @@ PEERS: dict[str, type[Peer]] = {
     "jax.lax.scan": JaxScanPeer,
     "numpy.min-char-rnn": MinCharRNNPeer,
 }
+PEER_NAMES: tuple[str, ...] = tuple(PEERS)
+PEER_FRAMEWORK = {name: cls.framework for name, cls in PEERS.items()}
+
+
+def library_versions(backend: str, notes: list[str]) -> dict[str, str]:
+    """Versions of the extra libraries the peers on ``backend``'s framework need; a missing
+    one is a note (its peer is left out)."""
+    out: dict[str, str] = {}
+    for name, cls in PEERS.items():
+        for lib in cls.libraries if cls.framework == backend else ():
+            try:
+                out[lib] = importlib.import_module(lib).__version__
+            except ImportError as e:
+                notes.append(f"{name} peer skipped: {e}")
+    return out
 
 
 def make_peer(

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rosetta_rnn import backends
+
 from . import machine, roofline
 from .targets import main_rows
 
@@ -41,7 +43,8 @@ ROW_FIELDS: tuple[str, ...] = (
     "noisy_repeats",
 )
 FILES = ("results.json", "results.csv", "results.md", "machine.md")
-COLORS = {"numpy": "#4c72b0", "torch": "#dd5144", "jax": "#55a868", "tensorflow": "#e89a2c"}
+PALETTE = ("#4c72b0", "#dd5144", "#55a868", "#e89a2c", "#8172b3", "#937860", "#da8bc3")
+COLORS = dict(zip(backends.BACKENDS, PALETTE, strict=False))  # by registry order
 
 
 def _fmt(x: Any, digits: int = 1) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from rosetta_rnn import backends
+
 WORKLOADS: tuple[str, ...] = ("train", "forward", "generate")
 PEAK_SIZE = 2048  # square matmul size for the CPU peak: large enough to be compute-bound
 GPU_PEAK_SIZE = 8192  # the same on a GPU (an H100 does a 2048² float32 product in ~0.3 ms)
@@ -76,66 +78,21 @@ def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def _matmul_fn(
-    framework: str, a: np.ndarray, b: np.ndarray, device: str = "cpu"
+    backend: str, a: np.ndarray, b: np.ndarray, device: str = "cpu"
 ) -> Callable[[], Any]:
-    """``a @ b`` in one framework on ``device`` (``cpu`` or ``gpu:N``), synced (the product is
-    finished when the call returns). float32 products run without TF32 on every GPU."""
-    gpu = None if device == "cpu" else int(device.split(":", 1)[1])
-    if framework == "numpy":
-        if gpu is None:
-            return lambda: a @ b
-        import cupy  # CuPy uses TF32 only when $CUPY_TF32 is set
+    """``a @ b`` through one backend's ``ops.matmul`` on ``device`` (``cpu`` or ``gpu:N``),
+    synced (the product is finished when the call returns). float32 products run without TF32:
+    the backend's ``make_ops`` turns it off."""
+    mod = backends.load(backend)
+    ops = mod.make_ops(str(a.dtype), device)
+    x, y = ops.asarray(a), ops.asarray(b)
 
-        with cupy.cuda.Device(gpu):
-            ca, cb = cupy.asarray(a), cupy.asarray(b)
+    def run() -> Any:
+        out = ops.matmul(x, y)
+        mod.sync(ops, out)
+        return out
 
-        def run_cupy() -> Any:
-            with cupy.cuda.Device(gpu):
-                out = ca @ cb
-                cupy.cuda.Device(gpu).synchronize()
-            return out
-
-        return run_cupy
-    if framework == "torch":
-        import torch
-
-        tdev = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
-        ta, tb = torch.from_numpy(a).to(tdev), torch.from_numpy(b).to(tdev)
-
-        def run_torch() -> Any:
-            tf32 = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                out = ta @ tb
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = tf32
-            if gpu is not None:
-                torch.cuda.synchronize(tdev)
-            return out
-
-        return run_torch
-    if framework == "jax":
-        import jax
-
-        jdev = jax.devices("cpu")[0] if gpu is None else jax.devices("gpu")[gpu]
-        ja, jb = jax.device_put(a, jdev), jax.device_put(b, jdev)
-        mm = jax.jit(lambda x, y: jax.numpy.matmul(x, y, precision="highest"))
-        return lambda: mm(ja, jb).block_until_ready()
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        tdev_name = "/CPU:0" if gpu is None else f"/GPU:{gpu}"
-        with tf.device(tdev_name):
-            xa, xb = tf.constant(a), tf.constant(b)
-
-        def run() -> Any:
-            with tf.device(tdev_name):
-                out = tf.linalg.matmul(xa, xb)
-            tf.test.experimental.sync_devices()
-            return out
-
-        return run
-    raise ValueError(framework)
+    return run
 
 
 def peak_size(device: str) -> int:
@@ -144,20 +101,20 @@ def peak_size(device: str) -> int:
 
 
 def measure_peak(
-    frameworks: list[str],
+    backend_names: list[str],
     dtype: str,
     size: int = PEAK_SIZE,
     repeats: int = 5,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Best-of-``repeats`` GFLOP/s of a ``size``² matmul on ``device`` in each framework."""
+    """Best-of-``repeats`` GFLOP/s of a ``size``² matmul on ``device`` in each backend."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
     out = {}
-    for fw in frameworks:
-        seconds = _best_seconds(_matmul_fn(fw, a, b, device), repeats)
-        out[fw] = 2 * size**3 / seconds / 1e9
+    for name in backend_names:
+        seconds = _best_seconds(_matmul_fn(name, a, b, device), repeats)
+        out[name] = 2 * size**3 / seconds / 1e9
     return out
 
 
@@ -178,7 +135,7 @@ def step_matmuls(
 
 
 def measure_matmul_floor(
-    frameworks: list[str],
+    backend_names: list[str],
     dtype: str,
     batch_size: int,
     num_steps: int,
@@ -187,7 +144,7 @@ def measure_matmul_floor(
     repeats: int = 20,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Time a training step's matmuls alone, at their own shapes (best framework per product).
+    """Time a training step's matmuls alone, at their own shapes (best backend per product).
 
     The sum bounds any implementation that runs those products one by one: it is what the
     small recurrence matmuls (B × H × H) really sustain, as against the large-matmul peak.
@@ -197,7 +154,7 @@ def measure_matmul_floor(
     for what, m, k, n, count in step_matmuls(batch_size, num_steps, num_hiddens, vocab_size):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
-        best = {fw: _best_seconds(_matmul_fn(fw, a, b, device), repeats) for fw in frameworks}
+        best = {n: _best_seconds(_matmul_fn(n, a, b, device), repeats) for n in backend_names}
         fw = min(best, key=lambda f: best[f])
         total += count * best[fw]
         parts.append(

@@ -12,7 +12,8 @@ from rosetta_rnn import backends
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
 
 from . import machine, roofline, targets, threads, timing
-from .peers import PEER_FRAMEWORK, PEER_NAMES
+from . import peers as peers_mod
+from .peers import PEER_FRAMEWORK, PEER_NAMES, PEERS
 from .workloads import D2L, Case, Shape, backend_cases, compile_modes, peer_cases
 
 SWEEP_STEPS = (5, 10, 20, 35, 70, 140)
@@ -74,17 +75,12 @@ def _load_frameworks(
             log(f"skipped backend {name}: {e}")
             continue
         info: dict[str, Any] = {"version": mod.version()}
-        if name == "tensorflow" and cfg.peers:
-            try:
-                import keras
-
-                info["keras"] = keras.__version__
-            except ImportError as e:
-                notes.append(f"keras.SimpleRNN peer skipped: {e}")
+        if cfg.peers:
+            info.update(peers_mod.library_versions(name, notes))
         rss1 = timing.rss_mb()
-        if name != "numpy" and rss0 is not None and rss1 is not None:
+        if rss0 is not None and rss1 is not None:
             info["import_rss_mb"] = round(rss1 - rss0, 1)
-        info["threads"] = threads.configure_framework(name, cfg.threads)
+        info["threads"] = mod.set_threads(cfg.threads)
         frameworks[name] = {**frameworks.get(name, {}), **info}
         loaded.append(name)
     return loaded, frameworks
@@ -123,7 +119,7 @@ def _groups(
                 cases += backend_cases(name, device, dtype, shape, [workload], all_modes, sweep)
         for peer in peer_names:
             fw = PEER_FRAMEWORK[peer]
-            if device in devices.get(fw, []) and not (fw == "numpy" and device != "cpu"):
+            if device in devices.get(fw, []) and (device == "cpu" or not PEERS[peer].cpu_only):
                 cases += peer_cases(peer, device, dtype, shape, [workload], sweep)
         return cases
 
@@ -301,7 +297,7 @@ def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | Non
         for p in PEER_NAMES
         if cfg.peers
         and PEER_FRAMEWORK[p] in loaded
-        and (p != "keras.SimpleRNN" or "keras" in frameworks["tensorflow"])
+        and all(lib in frameworks[PEER_FRAMEWORK[p]] for lib in PEERS[p].libraries)
     ]
     desc = machine.describe(frameworks, thread_info)
     whole_run = machine.CpuMeter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from typing import Any
 
@@ -39,44 +38,16 @@ def configure_environment(threads: int) -> dict[str, Any]:
         os.environ[var] = str(threads)
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    if threads == 1 and "jax" not in sys.modules:  # XLA's CPU pool has no N-thread flag, only off
+    if threads == 1:  # XLA's CPU pool has no N-thread flag, only off (read when JAX starts)
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's CUDA probing, silenced
-    if "torch" not in sys.modules:  # cold torch.compile: no kernels from an earlier run's cache
-        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-            cache = tempfile.mkdtemp(prefix="bench-inductor-")
-            atexit.register(shutil.rmtree, cache, ignore_errors=True)
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        done["torchinductor_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    # cold torch.compile: no kernels from an earlier run's cache (read when inductor starts)
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="bench-inductor-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    done["torchinductor_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
     done["env"] = {var: os.environ[var] for var in _ENV_VARS}
-    if "numpy" in sys.modules:
-        done["numpy"] = "OpenBLAS pool sized at import to the CPUs present; confined by affinity"
+    done["numpy"] = "OpenBLAS pool sized at import to the CPUs present; confined by affinity"
     return done
-
-
-def configure_framework(framework: str, threads: int) -> str:
-    """After importing ``framework``: its own thread settings. Returns a one-line description."""
-    if framework == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(threads)
-        except RuntimeError:  # already started: fixed for the life of the process
-            pass
-        return f"torch.set_num_threads({threads}); interop {torch.get_num_interop_threads()}"
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # the runtime is initialised; TF_NUM_*_THREADS or defaults apply
-            return "TensorFlow already initialised; its pools keep their size"
-        return f"tf.config.threading intra/inter-op = {threads}"
-    if framework == "jax":
-        return "XLA Eigen pool = CPUs in the affinity set" + (
-            " (multi-threading off)" if threads == 1 else ""
-        )
-    return f"OpenBLAS confined to {threads} CPU(s) by affinity"

@@ -2,8 +2,8 @@
 
 - ``train``: one full step (forward, BPTT or autograd, global-norm clip, SGD), the hidden state
   carried to the next call as training carries it; tokens = batch_size × num_steps.
-- ``forward``: core's ``forward_loss`` (mean cross-entropy and H_T), no gradient; compiled the
-  way each framework compiles (``jax.jit``, ``tf.function``; torch and NumPy eager).
+- ``forward``: core's ``forward_loss`` (mean cross-entropy and H_T), no gradient, as the
+  backend's ``make_forward`` runs it in its default mode and eager.
 - ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token;
   tokens = the predicted tokens, and ``ms_per_step`` is per token.
 
@@ -84,34 +84,21 @@ def minibatch(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compile_modes(backend: str, workload: str, device: str = "cpu") -> tuple[str, ...]:
-    """The compile modes a backend offers for a workload on a device; the first is its default."""
-    mod = backends.load(backend)
-    cuda_only = getattr(mod, "CUDA_ONLY_MODES", ())
-    modes = tuple(m for m in mod.COMPILE_MODES if device != "cpu" or m not in cuda_only)
+    """The compile modes a backend offers for a workload on a device; the first is its default.
+    ``forward`` runs in the default mode and eager (modes a user asks for are measured on the
+    train step); ``generate`` is core's host loop, one token at a time, so eager."""
+    modes = backends.load(backend).compile_modes(device)
     if workload == "forward":
-        return tuple(m for m in modes if m not in ("torch.compile", *cuda_only))
+        return tuple(dict.fromkeys((modes[0], "eager")))
     if workload == "generate":
-        return ("eager",)  # core's predict is a host loop: one token at a time
+        return ("eager",)
     return modes
 
 
 def syncer(backend: str, ops: Any) -> Sync:
-    """Wait for the device: block_until_ready, TensorFlow's sync_devices, CUDA synchronize."""
-    if backend == "jax":
-        import jax
-
-        return jax.block_until_ready
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return lambda out: tf.test.experimental.sync_devices()
-    if backend == "torch" and ops.device != "cpu":
-        import torch
-
-        return lambda out: torch.cuda.synchronize()
-    if backend == "numpy" and ops.device != "cpu":
-        return lambda out: ops.xp.cuda.Device().synchronize()
-    return lambda out: None
+    """Wait for the device (the backend's own ``sync``: block_until_ready, cuda.synchronize)."""
+    mod = backends.load(backend)
+    return lambda out: mod.sync(ops, out)
 
 
 def _params(ops: Any, shape: Shape, seed: int) -> model.Params:
@@ -127,8 +114,7 @@ def _train_builder(
     def build() -> tuple[Call, Sync]:
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
-        compiled = False if mode == "eager" else mode
-        step = mod.make_train_step(ops, grad=grad, compiled=compiled, activation="tanh")
+        step = mod.make_train_step(ops, grad=grad, mode=mode, activation="tanh")
         X, Y = minibatch(shape)
         inputs, labels = ops.asarray(X), ops.asarray(Y)
         box = [_params(ops, shape, 0), model.begin_state(ops, shape.batch_size, shape.num_hiddens)]
@@ -142,41 +128,11 @@ def _train_builder(
     return build
 
 
-def forward_fn(backend: str, ops: Any, mode: str) -> Callable[..., Any]:
-    """core's ``forward_loss`` as each framework runs it: jitted, a tf.function, or eager."""
-
-    def forward(params: Any, inputs: Any, labels: Any, state: Any) -> Any:
-        return model.forward_loss(ops, params, inputs, labels, state)
-
-    if backend == "jax" and mode == "jit":
-        import jax
-
-        return jax.jit(forward)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        run = tf.function(forward, autograph=False) if mode == "tf.function" else forward
-
-        def placed(*args: Any) -> Any:
-            with ops.placed():
-                return run(*args)
-
-        return placed
-    if backend == "torch":
-        import torch
-
-        def no_grad(*args: Any) -> Any:
-            with torch.no_grad():
-                return forward(*args)
-
-        return no_grad
-    return forward
-
-
 def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
     def build() -> tuple[Call, Sync]:
-        ops = backends.load(backend).make_ops(dtype, device)
-        fn = forward_fn(backend, ops, mode)
+        mod = backends.load(backend)
+        ops = mod.make_ops(dtype, device)
+        fn = mod.make_forward(ops, mode)
         X, Y = minibatch(shape)
         args = (
             _params(ops, shape, 0),

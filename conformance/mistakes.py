@@ -13,7 +13,7 @@ import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import model, sampling
-from rosetta_rnn.core.training import StepFn
+from rosetta_rnn.core.contract import StepFn
 
 from .subjects import Arrays, BackendSubject
 
@@ -28,7 +28,7 @@ class LabelsBatchMajor(BackendSubject):
 
     mistake = "labels are not time-major (d2l-en #1349)"
 
-    def value_and_grad(self, mode, params, inputs, labels, state):  # type: ignore[no-untyped-def]
+    def value_and_grad(self, mode, params, inputs, labels, state):
         return super().value_and_grad(mode, params, inputs, _batch_major(labels), state)
 
     def make_step(self, mode: str) -> StepFn:
@@ -70,7 +70,7 @@ class ClipEpsilon(BackendSubject):
         ops = self.ops
         vg = self.module.make_value_and_grad(ops, mode)
 
-        def step(p, x, y, s, lr, theta):  # type: ignore[no-untyped-def]
+        def step(p, x, y, s, lr, theta):
             loss, grads, H_T = vg(p, x, y, s)
             clipped, norm = _clip_with_epsilon(ops, grads, theta)
             return model.sgd(ops, p, clipped, lr), H_T, loss, norm
@@ -95,7 +95,7 @@ class FrameworkRNG(BackendSubject):
 
     mistake = "sampling does not use the core generator's uniforms (a framework RNG decides)"
 
-    def predict(self, params, prefix, n, temperature, seed):  # type: ignore[no-untyped-def]
+    def predict(self, params, prefix, n, temperature, seed):
         own_rng = np.random.default_rng()  # unseeded: what torch.multinomial & co. amount to
         return sampling.predict(
             self.ops, self.put(params), prefix, n, temperature=temperature, rng=own_rng

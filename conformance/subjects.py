@@ -11,7 +11,8 @@ import numpy as np
 
 from rosetta_rnn import backends
 from rosetta_rnn.core import checkpoint, model, sampling
-from rosetta_rnn.core.training import StepFn, TrainConfig, Trainer
+from rosetta_rnn.core.contract import StepFn
+from rosetta_rnn.core.training import TrainConfig, Trainer
 
 Arrays = dict[str, np.ndarray]
 
@@ -88,7 +89,7 @@ class BackendSubject:
         return {k: self.get(v) for k, v in clipped.items()}, self.get(norm)
 
     def make_step(self, mode: str) -> StepFn:
-        return self.module.make_train_step(self.ops, grad=mode)  # type: ignore[no-any-return]
+        return self.module.make_train_step(self.ops, grad=mode)
 
     def train(
         self, mode: str, params: Arrays, corpus: np.ndarray, cfg: TrainConfig, seed: int, steps: int

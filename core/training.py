@@ -20,15 +20,12 @@ from typing import Any
 import numpy as np
 
 from . import data
+from .contract import StepFn
 from .errors import UserError
 from .model import Params, begin_state, to_numpy
 from .ops import Ops, Tensor
 
 LOSSES = ("all-steps", "last-step")
-
-StepFn = Callable[
-    [Params, Tensor, Tensor, Tensor, float, float], tuple[Params, Tensor, Tensor, Tensor]
-]
 
 
 @dataclass

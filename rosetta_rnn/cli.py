@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -351,8 +352,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
     from rosetta_rnn.conformance import runner
 
     for name in args.backends:
-        if name not in backends.BACKENDS:
-            raise UserError(f"unknown backend {name!r}; choose from {', '.join(backends.BACKENDS)}")
+        backends.check_name(name)
     report = runner.run(
         args.backends,
         args.dtype,
@@ -392,7 +392,16 @@ def cmd_conform(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+# The command owns its process, so it sets what the frameworks read at import: TensorFlow's C++
+# log level (its CUDA probing otherwise fills the terminal) and JAX's GPU memory preallocation
+# (JAX would otherwise claim most of a GPU, starving torch or TensorFlow in the same process).
+# The library itself (``import rosetta_rnn.backends.*``) sets nothing.
+COMMAND_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for var, value in COMMAND_ENVIRONMENT.items():
+        os.environ.setdefault(var, value)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -88,7 +88,7 @@ def grad_norms(runs: Mapping[str, Sequence[float]], theta: float, path: str, tit
 
 
 def distributions(
-    probs: Mapping[float, Sequence[float]],
+    probs: Mapping[float, Any],
     tokens: Sequence[str],
     path: str,
     title: str,

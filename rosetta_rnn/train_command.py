@@ -22,6 +22,7 @@ import numpy as np
 
 from rosetta_rnn import backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core.contract import Backend
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.core.training import (
@@ -243,15 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dtype == "float64" and not backend.supports_float64(ops.device):
         raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
     grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
-    compiled = False if args.eager else args.compile  # None: the backend's default
-    if isinstance(compiled, str):  # --compile MODE
-        if compiled not in backend.COMPILE_MODES:
-            raise UserError(
-                f"the {args.backend} backend has no compile mode {compiled!r}; "
-                f"it has {', '.join(backend.COMPILE_MODES)}"
-            )
-        compiled = False if compiled == "eager" else compiled
-    step = backend.make_train_step(ops, grad=grad, compiled=compiled, activation=cfg.activation)
+    mode = compile_mode(args, backend, ops.device)
+    step = backend.make_train_step(ops, grad=grad, mode=mode, activation=cfg.activation)
 
     corpus_arg = args.corpus
     if corpus_arg is None and resume_meta and resume_meta.get("corpus_path"):
@@ -328,7 +322,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     verb = "resuming" if resume_meta else "training"
     _say(
         human,
-        f"{verb} on {backend.FRAMEWORK} ({args.backend}, {ops.device}, {dtype}, grad {grad}): "
+        f"{verb} on {backends.framework(args.backend)} "
+        f"({args.backend}, {ops.device}, {dtype}, grad {grad}, {mode}): "
         f"{len(corpus.ids)} tokens, vocab {len(corpus.vocab)}, epoch {trainer.epoch}/{epochs}",
     )
     progress = _Progress(human, epochs)
@@ -433,3 +428,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc))
     return 0
+
+
+def compile_mode(args: argparse.Namespace, backend: Backend, device: str) -> str:
+    """``--eager``, ``--compile [MODE]`` or neither -> one of the backend's compile modes.
+    A bare ``--compile`` is the backend's first mode that compiles; a backend with none says so."""
+    if args.eager:
+        return "eager"
+    wanted = args.compile
+    if wanted is True:
+        compiling = [m for m in backend.compile_modes(device) if m != "eager"]
+        if not compiling:
+            raise UserError(f"the {backend.NAME} backend has nothing to compile; it runs eager")
+        wanted = compiling[0]
+    return backends.pick_mode(backend.NAME, "compile mode", wanted, backend.COMPILE_MODES)

@@ -1,12 +1,12 @@
-"""The TensorFlow backend against the NumPy float64 reference: dtypes, gradients of both engines
-eager and in ``tf.function``, the train step, scan, argmax ties, devices, and the CLI."""
+"""What is TensorFlow's own in the TensorFlow backend: dense tape gradients, one trace for any
+learning rate, the carried state cut from the graph, scan as a graph ``while_loop``, argmax ties
+inside ``tf.function``, and devices. Agreement with NumPy in every mode is tests/test_backends.py's;
+the quantities, tests/test_conformance.py's."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,16 +18,12 @@ from rnn_problems import Problem, random_problem  # noqa: E402
 
 from rosetta_rnn.backends import numpy as numpy_backend  # noqa: E402
 from rosetta_rnn.backends import tensorflow as tf_backend  # noqa: E402
-from rosetta_rnn.cli import main  # noqa: E402
 from rosetta_rnn.core import model  # noqa: E402
 from rosetta_rnn.core.errors import BackendUnavailable  # noqa: E402
 from rosetta_rnn.core.ops import python_scan  # noqa: E402
 
 REF = numpy_backend.make_ops("float64", "cpu")
-DTYPES = ("float32", "float64")
 COMPILED = {"tf.function": True, "eager": False}
-# max|a - b| / max|ref| against NumPy float64 BPTT
-TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
 def _problem(vocab: int, hidden: int, batch: int, steps: int, seed: int) -> Problem:
@@ -48,12 +44,6 @@ def _problems() -> list[tuple[int, int, int, int, int]]:
 PROBLEMS = _problems()
 
 
-def _rel_err(got: Any, ref: np.ndarray) -> float:
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300))
-
-
 def _inputs(ops: tf_backend.TensorFlowOps, problem: Problem) -> tuple[Any, ...]:
     params, inputs, labels, state = problem
     return (
@@ -64,78 +54,16 @@ def _inputs(ops: tf_backend.TensorFlowOps, problem: Problem) -> tuple[Any, ...]:
     )
 
 
-# --- dtypes ----------------------------------------------------------------------------------
+# --- the train step in a graph -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_dtypes(dtype: str) -> None:
-    ops = tf_backend.make_ops(dtype, "cpu")
-    want = tf.as_dtype(dtype)
-    assert ops.asarray(np.ones(3)).dtype == want
-    assert ops.asarray(np.ones(3, dtype=np.float32)).dtype == want
-    assert ops.asarray(np.arange(3, dtype=np.int32)).dtype == tf.int64
-    assert ops.zeros((2, 3)).dtype == want
-    assert ops.one_hot(ops.asarray(np.array([0, 2])), 4).dtype == want
-    assert ops.cast(ops.asarray(np.array([True, False]))).dtype == want
-    assert ops.minimum(1.0, ops.asarray(np.array([0.5, 2.0]))).dtype == want
-    assert ops.minimum(ops.asarray(np.array([0.5, 2.0])), 1.0).dtype == want
-
-    problem = _problem(6, 5, 2, 3, 0)
-    params, inputs, labels, state = _inputs(ops, problem)
-    new_params, new_state, loss, norm = tf_backend.make_train_step(ops)(
-        params, inputs, labels, state, 1.0, 1.0
-    )
-    assert all(new_params[k].dtype == want for k in model.PARAM_NAMES)
-    assert new_state.dtype == want and loss.dtype == want and norm.dtype == want
-
-
-def test_float64_python_numbers_are_not_rounded_through_float32() -> None:
+def test_tape_gradients_are_dense() -> None:
+    """W_xh's gradient through the gather arrives as IndexedSlices; the engine densifies it."""
     ops = tf_backend.make_ops("float64", "cpu")
-    assert float(ops.minimum(0.1, ops.asarray(np.array([1.0])))[0]) == 0.1
-
-
-# --- gradients and the train step against NumPy ------------------------------------------------
-
-
-@pytest.mark.parametrize("compiled", list(COMPILED), ids=list(COMPILED))
-@pytest.mark.parametrize("grad", tf_backend.GRAD_MODES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_grads_match_numpy(dtype: str, grad: str, compiled: str) -> None:
-    ops = tf_backend.make_ops(dtype, "cpu")
-    value_and_grad = tf_backend.make_value_and_grad(ops, grad)
-    if COMPILED[compiled]:
-        value_and_grad = tf.function(value_and_grad)
-    for shape in PROBLEMS:
-        problem = _problem(*shape)
-        ref_loss, ref_grads, ref_H, _ = model.bptt(REF, *problem)
-        loss, grads, H_T = value_and_grad(*_inputs(ops, problem))
-        errors = {name: _rel_err(grads[name], ref_grads[name]) for name in model.PARAM_NAMES}
-        errors["loss"] = _rel_err(loss, ref_loss)
-        errors["H_T"] = _rel_err(H_T, ref_H)
-        assert all(grads[name].dtype == ops.tf_dtype for name in model.PARAM_NAMES)
-        assert max(errors.values()) <= TOL[dtype], (shape, errors)
-
-
-@pytest.mark.parametrize("theta", [0.05, math.inf], ids=["clipped", "no-clip"])
-@pytest.mark.parametrize("compiled", list(COMPILED), ids=list(COMPILED))
-@pytest.mark.parametrize("grad", tf_backend.GRAD_MODES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_train_step_matches_numpy(dtype: str, grad: str, compiled: str, theta: float) -> None:
-    problem = _problem(7, 9, 3, 5, 11)
-    ref_step = numpy_backend.make_train_step(REF)
-    ref_params, ref_state, ref_loss, ref_norm = ref_step(*problem, 0.7, theta)
-    assert float(ref_norm) > 0.05  # so θ = 0.05 clips
-
-    ops = tf_backend.make_ops(dtype, "cpu")
-    step = tf_backend.make_train_step(ops, grad=grad, compiled=COMPILED[compiled])
-    new_params, new_state, loss, norm = step(*_inputs(ops, problem), 0.7, theta)
-    errors = {name: _rel_err(new_params[name], ref_params[name]) for name in model.PARAM_NAMES}
-    errors.update(
-        state=_rel_err(new_state, ref_state),
-        loss=_rel_err(loss, ref_loss),
-        norm=_rel_err(norm, ref_norm),
+    _, grads, _ = tf_backend.make_value_and_grad(ops, "autograd")(
+        *_inputs(ops, _problem(*PROBLEMS[1]))
     )
-    assert max(errors.values()) <= TOL[dtype], errors
+    assert all(isinstance(g, tf.Tensor) for g in grads.values())
 
 
 @pytest.mark.parametrize("compiled", list(COMPILED), ids=list(COMPILED))
@@ -148,7 +76,7 @@ def test_new_lr_and_theta_do_not_retrace(compiled: str, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(tf_backend, "train_step", counting_train_step)
     ops = tf_backend.make_ops("float64", "cpu")
-    step = tf_backend.make_train_step(ops, compiled=COMPILED[compiled])
+    step = tf_backend.make_train_step(ops, mode=compiled)
     params, inputs, labels, state = _inputs(ops, _problem(5, 4, 2, 3, 0))
     for lr, theta in ((1.0, 1.0), (0.5, 0.1), (0.25, math.inf)):
         params, state, _, _ = step(params, inputs, labels, state, lr, theta)
@@ -158,7 +86,7 @@ def test_new_lr_and_theta_do_not_retrace(compiled: str, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("compiled", list(COMPILED), ids=list(COMPILED))
 def test_returned_state_is_cut_from_the_graph(compiled: str) -> None:
     ops = tf_backend.make_ops("float64", "cpu")
-    step = tf_backend.make_train_step(ops, compiled=COMPILED[compiled])
+    step = tf_backend.make_train_step(ops, mode=compiled)
     params, inputs, labels, state = _inputs(ops, _problem(5, 4, 2, 3, 0))
     with tf.GradientTape() as tape:
         tape.watch([params, state])
@@ -167,13 +95,6 @@ def test_returned_state_is_cut_from_the_graph(compiled: str) -> None:
     # eager gives None; a tf.function's gradient function gives zeros for a cut output
     for g in tape.gradient(total, [params["W_hh"], state]):
         assert g is None or not np.any(ops.to_numpy(g))
-
-
-def test_unknown_grad_is_a_one_line_error() -> None:
-    ops = tf_backend.make_ops("float32", "cpu")
-    with pytest.raises(BackendUnavailable, match="no --grad 'finite-differences'") as e:
-        tf_backend.make_train_step(ops, grad="finite-differences")
-    assert "\n" not in str(e.value)
 
 
 # --- scan and argmax --------------------------------------------------------------------------
@@ -279,37 +200,3 @@ def test_gpu_branch_with_two_fake_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BackendUnavailable, match=r"sees 2 GPU.*no gpu:3"):
         tf_backend.resolve_device("gpu:3")
     assert tf_backend.TensorFlowOps("float32", "gpu:1").tf_device == "/GPU:1"
-
-
-# --- through the CLI --------------------------------------------------------------------------
-
-CLI_SMALL = ["--batch-size", "4", "--num-steps", "8", "--num-hiddens", "16", "--epochs", "5"]
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text("the time traveller was expounding a recondite matter to us\n" * 20)
-    return path
-
-
-@pytest.mark.parametrize(
-    "flags",
-    [[], ["--eager"], ["--grad", "bptt"], ["--grad", "bptt", "--eager"]],
-    ids=["autograd-tf.function", "autograd-eager", "bptt-tf.function", "bptt-eager"],
-)
-def test_cli_train_matches_numpy(
-    flags: list[str], tiny_corpus: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    base = ["train", "--corpus", str(tiny_corpus), *CLI_SMALL, "--dtype", "float64", "--json"]
-    assert main([*base, "--backend", "numpy"]) == 0
-    ref = json.loads(capsys.readouterr().out)
-    assert main([*base, "--backend", "tensorflow", "--device", "cpu", *flags]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["backend"] == "tensorflow" and doc["device"] == "cpu"
-    assert doc["grad"] == ("bptt" if "bptt" in flags else "autograd")
-    assert len(doc["history"]) == len(ref["history"]) == 5
-    for got, want in zip(doc["history"], ref["history"], strict=True):
-        assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-9, abs=0)
-        assert got["max_grad_norm"] == pytest.approx(want["max_grad_norm"], rel=1e-9, abs=0)
-    assert doc["samples"] == ref["samples"]  # greedy decoding from agreeing logits

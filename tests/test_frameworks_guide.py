@@ -266,62 +266,63 @@ def test_jax_is_float32_unless_x64_is_on() -> None:
         with pytest.warns(UserWarning, match="truncated to dtype float32"):
             assert jnp.ones(2, dtype=jnp.float64).dtype == jnp.float32
     jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
-    assert jax.config.jax_enable_x64  # our backend turns x64 on, so float64 runs exist ...
-    assert jnp.zeros(2).dtype == jnp.float64  # ... and the default float becomes float64,
-    ops = jax_backend.make_ops("float32", "cpu")  # so every array names its dtype
-    assert ops.zeros((2,)).dtype == jnp.float32 and ops.asarray(np.ones(2)).dtype == jnp.float32
-    assert (jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)).dtype == jnp.float64  # promotes
+    with jax.enable_x64(True):  # what a float64 run turns on (tests/test_backends.py) ...
+        assert jnp.zeros(2).dtype == jnp.float64  # ... makes the default float float64,
+        ops = jax_backend.make_ops("float32", "cpu")  # so every array names its dtype
+        assert ops.zeros((2,)).dtype == jnp.float32
+        assert ops.asarray(np.ones(2)).dtype == jnp.float32
+        assert (jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)).dtype == jnp.float64
 
 
 # --- 5. TF32 ------------------------------------------------------------------------------------
 
 _TF32_DEFAULTS = {
     "torch": (
-        "import torch; print(json.dumps([torch.backends.cuda.matmul.allow_tf32, "
-        "torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()]))"
+        "import torch; state = lambda: [torch.backends.cuda.matmul.allow_tf32, "
+        "torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()]",
+        # what make_ops calls for a float32 run on a CUDA device
+        "import rosetta_rnn.backends.torch as b; b.full_float32()",
     ),
-    "jax": "import jax; print(json.dumps([jax.config.jax_default_matmul_precision]))",
+    "jax": (
+        "import jax; state = lambda: [jax.config.jax_default_matmul_precision]",
+        "import rosetta_rnn.backends.jax as b; b.make_ops('float32')",
+    ),
     "tensorflow": (
         "import tensorflow as tf; "
-        "print(json.dumps([tf.config.experimental.tensor_float_32_execution_enabled()]))"
+        "state = lambda: [tf.config.experimental.tensor_float_32_execution_enabled()]",
+        "import rosetta_rnn.backends.tensorflow as b; b.make_ops('float32')",
     ),
 }
 _TF32_WANT = {
     "torch": ([False, True, "highest"], [False, False, "highest"]),
-    "jax": ([None], ["highest"]),
+    "jax": ([None], [None]),  # unchanged: each of our matmuls asks for precision="highest"
     "tensorflow": ([True], [False]),
 }
 
 
-def _tf32_ours(framework: str) -> list[Any]:
-    if framework == "torch":
-        torch = pytest.importorskip("rosetta_rnn.backends.torch").torch
-        return [
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision(),
-        ]
-    if framework == "jax":
-        jax = pytest.importorskip("rosetta_rnn.backends.jax").jax
-        return [jax.config.jax_default_matmul_precision]
-    tf = pytest.importorskip("rosetta_rnn.backends.tensorflow").tf
-    return [tf.config.experimental.tensor_float_32_execution_enabled()]
-
-
 @pytest.mark.parametrize("framework", list(_TF32_DEFAULTS))
-def test_tf32_defaults_and_what_our_backends_set(framework: str) -> None:
+def test_tf32_defaults_and_what_our_float32_runs_set(framework: str) -> None:
     pytest.importorskip(framework, reason=f"{framework} not installed")
     default, ours = _TF32_WANT[framework]
-    # the framework's own defaults, in a fresh interpreter that never imported our backends
+    setup, run = _TF32_DEFAULTS[framework]
+    # the framework's own defaults, then what a float32 run of ours leaves, in a fresh process
+    code = f"import json; {setup}; before = state(); {run}; print(json.dumps([before, state()]))"
     out = subprocess.run(
-        [sys.executable, "-c", "import json; " + _TF32_DEFAULTS[framework]],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     ).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == default
-    assert _tf32_ours(framework) == ours
+    assert json.loads(out.strip().splitlines()[-1]) == [default, ours]
+
+
+def test_our_jax_matmuls_ask_for_the_highest_precision() -> None:
+    jax = _jax()
+    jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
+    ops = jax_backend.make_ops("float32", "cpu")
+    x = ops.asarray(np.ones((2, 2)))
+    assert "Precision.HIGHEST" in str(jax.make_jaxpr(ops.matmul)(x, x))
 
 
 # --- 6. random numbers ------------------------------------------------------------------------
@@ -475,10 +476,10 @@ def test_jax_jit_step_is_one_scan_whatever_num_steps() -> None:
     _jax()
     jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
     ops = jax_backend.make_ops("float32", "cpu")
-    ours = jax_backend.make_train_step(ops, compiled=True)  # what `train` runs
+    ours = jax_backend.make_train_step(ops, mode="jit")  # what `train` runs
     (short, text), (long, _) = (_jaxpr_lines(ours, ops, n) for n in (3, 12))
     assert "scan[" in text and short == long  # the program does not grow with num_steps
-    unrolled = jax_backend.make_train_step(ops, compiled=False)  # the eager step: a Python loop
+    unrolled = jax_backend.make_train_step(ops, mode="eager")  # the eager step: a Python loop
     (short, text), (long, _) = (_jaxpr_lines(unrolled, ops, n) for n in (3, 12))
     assert "scan[" not in text and long > short + 9 * 5  # traced under jit, it unrolls
 
@@ -521,8 +522,8 @@ def test_eager_and_compiled_steps_compute_the_same_step(backend: str) -> None:
     ops = module.make_ops("float64", "cpu")
     params, inputs, labels, state = _problem()
     args = (model.to_backend(ops, params), *(ops.asarray(a) for a in (inputs, labels, state)))
-    eager = module.make_train_step(ops, compiled=False)(*args, 0.5, 1.0)
-    compiled = module.make_train_step(ops, compiled=True)(*args, 0.5, 1.0)
+    eager = module.make_train_step(ops, mode="eager")(*args, 0.5, 1.0)
+    compiled = module.make_train_step(ops, mode=module.COMPILE_MODES[0])(*args, 0.5, 1.0)
     for k in model.PARAM_NAMES:
         assert _close(ops.to_numpy(eager[0][k]), ops.to_numpy(compiled[0][k]))
     assert math.isclose(float(eager[2]), float(compiled[2]), rel_tol=1e-12)
