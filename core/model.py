@@ -151,7 +151,7 @@ def loss_window(Hs: Tensor, labels: Tensor) -> Tensor:
     T, w = int(Hs.shape[0]), int(labels.shape[0])
     if not 1 <= w <= T:
         raise ValueError(f"labels cover {w} steps, the inputs {T}")
-    return Hs if w == T else Hs[T - w :]
+    return Hs if w == T else Hs[T - w :, ...]
 
 
 def forward_loss(
@@ -213,7 +213,7 @@ def bptt(
     dstate, dZ = ops.scan(back, ops.zeros((B, H)), (dHs, Hs), reverse=True)
 
     dZ_flat = ops.reshape(dZ, (N, H))
-    H_prev = ops.reshape(ops.concat([ops.reshape(state, (1, B, H)), Hs[:-1]]), (N, H))
+    H_prev = ops.reshape(ops.concat([ops.reshape(state, (1, B, H)), Hs[:-1, ...]]), (N, H))
     one_hot_flat = ops.one_hot(ops.reshape(inputs, (N,)), V)
     grads = {
         "W_hh": ops.matmul(ops.transpose(H_prev), dZ_flat),  # H_{t-1}ᵀ dZ over all steps

@@ -133,10 +133,11 @@ def python_scan(
 ) -> tuple[Any, Any]:
     """A plain Python loop with ``Ops.scan`` semantics, for backends without a scan primitive.
 
-    ``unstack`` splits an array along its leading axis (default: ``x[t]`` for every t); a
+    ``unstack`` splits an array along its leading axis (default: ``x[t, ...]`` for every t; the
+    Array API standard wants the ellipsis when an index names fewer axes than the array has); a
     backend passes its own when step-by-step indexing is costly (torch: ``unbind``).
     """
-    split = unstack or (lambda x: [x[t] for t in range(int(x.shape[0]))])
+    split = unstack or (lambda x: [x[t, ...] for t in range(int(x.shape[0]))])
     is_tuple = isinstance(xs, tuple)
     columns = [split(x) for x in xs] if is_tuple else [split(xs)]
     length = len(columns[0])

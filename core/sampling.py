@@ -51,7 +51,7 @@ def warm_up(
     state = begin_state(ops, 1, num_hiddens)
     x = ops.asarray(np.asarray(prefix, dtype=np.int64).reshape(-1, 1))
     Hs, _ = rnn_forward(ops, params, x, state, activation)
-    return output_layer(ops, params, Hs[-1:])
+    return output_layer(ops, params, Hs[-1:, ...])
 
 
 def next_distribution(
