@@ -28,6 +28,7 @@ REGISTRY: dict[str, Entry] = {
     "torch": Entry("PyTorch", "torch"),
     "jax": Entry("JAX", "jax"),
     "tensorflow": Entry("TensorFlow", "tensorflow"),
+    "array-api": Entry("the Array API standard (array-api-compat)", "array-api"),
 }
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_ENV = "ROSETTA_RNN_BACKEND"
