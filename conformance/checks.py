@@ -282,31 +282,43 @@ def check_interface(subject: Any) -> Cell:
     )
 
 
-def check_bptt_vs_fd(problem: Problem, h: float = 1e-5) -> Cell:
-    """The reference BPTT against central finite differences of the reference loss (float64)."""
-    params, inputs, labels, state = problem.draw()
+def finite_difference_error(
+    params: Arrays,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    state: np.ndarray,
+    activation: str = "tanh",
+    h: float = 1e-5,
+) -> float:
+    """core's BPTT gradients (of the parameters and of the initial state) against central
+    finite differences of core's loss, float64, as ``max_error`` over all of them together:
+    a parameter with a tiny gradient has a finite difference made of rounding, which must not
+    decide the verdict."""
     ops = reference().ops
+    _, grads, _, dstate = model.bptt(ops, params, inputs, labels, state, activation)
+    targets = {**params, "state": state}
 
-    def loss_at(p: Arrays) -> float:
-        loss, _ = model.forward_loss(ops, p, inputs, labels, state)
+    def loss_at() -> float:
+        loss, _ = model.forward_loss(ops, params, inputs, labels, state, activation)
         return float(loss)
 
-    _, grads, _, _ = model.bptt(ops, params, inputs, labels, state)
     numeric: Arrays = {}
-    for name in model.param_names(params):
-        value = params[name]
+    for name, value in targets.items():
         numeric[name] = np.zeros_like(value)
         for idx in np.ndindex(value.shape):
             old = value[idx]
             value[idx] = old + h
-            up = loss_at(params)
+            up = loss_at()
             value[idx] = old - h
-            down = loss_at(params)
+            down = loss_at()
             value[idx] = old
             numeric[name][idx] = (up - down) / (2 * h)
-    # all gradients together, like every other check: a parameter with a tiny gradient has a
-    # finite difference made of rounding, which must not decide the verdict
-    worst = max_error({k: grads[k] for k in numeric}, numeric)
+    return max_error({**grads, "state": dstate}, numeric)
+
+
+def check_bptt_vs_fd(problem: Problem, h: float = 1e-5) -> Cell:
+    """The reference BPTT against central finite differences of the reference loss (float64)."""
+    worst = finite_difference_error(*problem.draw(), h=h)
     tol = tolerance("float64", "fd")
     return Cell(
         "bptt-vs-fd",

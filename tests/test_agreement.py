@@ -13,6 +13,7 @@ import pytest
 
 from rosetta_rnn import backends
 from rosetta_rnn.cli import main
+from rosetta_rnn.conformance.tolerances import tolerance
 from rosetta_rnn.core.errors import BackendUnavailable
 
 EPOCHS = "20"
@@ -24,7 +25,7 @@ for _name in backends.BACKENDS:
     except BackendUnavailable:
         pass
 
-TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+DTYPES = ("float64", "float32")
 
 
 def _train(corpus: Path, backend: str, dtype: str, ckpt: Path) -> list[float]:
@@ -53,21 +54,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory, timemachine: Path) -> dict:
     """20 epochs of the chapter's config on every installed backend, float64 and float32."""
     folder = tmp_path_factory.mktemp("ckpt")
     out = {}
-    for dtype in TOLERANCE:
+    for dtype in DTYPES:
         for name in INSTALLED:
             ckpt = folder / f"{name}-{dtype}.safetensors"
             out[(name, dtype)] = (_train(timemachine, name, dtype, ckpt), ckpt)
     return out
 
 
-@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", [b for b in INSTALLED if b != "numpy"])
 def test_perplexities_agree_with_numpy(runs: dict, name: str, dtype: str) -> None:
     ref, _ = runs[("numpy", dtype)]
     got, _ = runs[(name, dtype)]
     assert len(got) == len(ref) == int(EPOCHS)
     worst = max(abs(a - b) / b for a, b in zip(got, ref, strict=True))
-    assert worst <= TOLERANCE[dtype], f"{name}-{dtype}: {worst:.3g}"
+    assert worst <= tolerance(dtype, "epochs"), f"{name}-{dtype}: {worst:.3g}"
 
 
 @pytest.mark.parametrize("loader", INSTALLED)
