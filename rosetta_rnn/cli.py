@@ -30,7 +30,8 @@ def _add_backend_args(p: argparse.ArgumentParser, dtype_default: str | None) -> 
     p.add_argument(
         "--backend",
         default=backends.default_backend(),
-        help=f"one of {', '.join(backends.BACKENDS)} (default: ${backends.DEFAULT_ENV} or numpy)",
+        help=f"one of {', '.join(backends.BACKENDS)}; array-api:LIBRARY runs on that library "
+        f"(numpy, torch, cupy ...) (default: ${backends.DEFAULT_ENV} or numpy)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N (default: auto)")
     p.add_argument(
