@@ -162,7 +162,7 @@ class TorchOps:
         self, fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, reverse: bool = False
     ) -> tuple[Any, Any]:
         # unbind once: reading xs[t] step by step makes autograd zero-fill a whole
-        # (T, B, H) gradient per read, which made the eager autograd step O(T²)
+        # (T, B, H) gradient per read, making the eager autograd step O(T²)
         return python_scan(self, fn, carry, xs, reverse, unstack=lambda x: x.unbind(0))
 
 

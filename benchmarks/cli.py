@@ -24,7 +24,7 @@ DEFAULT_OUT = "bench-results"
 HELP = "time every backend against the frameworks' own RNNs and the machine's limit"
 
 
-def register(sub: Any) -> argparse.ArgumentParser:
+def register(sub: Any) -> None:
     """Add the ``bench`` subcommand to ``sub`` (an ``argparse._SubParsersAction``)."""
     p = sub.add_parser("bench", help=HELP, description=HELP + ".")
     p.add_argument(
@@ -70,7 +70,6 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "--sweep-hiddens", default=",".join(map(str, runner.SWEEP_HIDDENS)), metavar="H1,H2,..."
     )
     p.set_defaults(func=cmd_bench)
-    return p
 
 
 def _positive(value: Any, flag: str, kind: type = int) -> Any:

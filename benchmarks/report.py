@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.helpers import format_table
 
 from . import machine, roofline
 from .targets import main_rows
@@ -55,12 +56,6 @@ def _fmt(x: Any, digits: int = 1) -> str:
             return "-"
         return f"{x:,.{digits}f}"
     return str(x)
-
-
-def _format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from rosetta_rnn.cli import format_table  # lazily: the CLI imports this package
-
-    return str(format_table(headers, rows))
 
 
 def _spread(r: dict[str, Any]) -> str:
@@ -127,11 +122,11 @@ def terminal(doc: dict[str, Any]) -> str:
             f"V={shape['vocab_size']} {dtype} {rows[0]['device'] if rows else ''}: median of "
             f"{doc['method']['repeats']} repeats, {doc['method']['threads']} thread(s)"
         )
-        parts += [_format_table(MAIN_HEADERS, [_main_cells(r) for r in rows]), ""]
+        parts += [format_table(MAIN_HEADERS, [_main_cells(r) for r in rows]), ""]
     parts.append(_roofline_line(doc))
     targets = _target_lines(doc)
     if targets:
-        parts += ["", _format_table(["target", "measured", "", "rows"], targets)]
+        parts += ["", format_table(["target", "measured", "", "rows"], targets)]
     for note in doc.get("notes", []):
         parts.append(f"note: {note}")
     return "\n".join(parts)

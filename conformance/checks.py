@@ -44,7 +44,7 @@ Quantity = Callable[[Any, Problem, str], dict[str, np.ndarray]]
 
 def max_error(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
     """max|a - b| / max|reference|, both maxima over every entry of the quantity together (all
-    five gradients, all steps of a trajectory); inf on a shape mismatch, a missing entry or a
+    gradients, all steps of a trajectory); inf on a shape mismatch, a missing entry or a
     non-finite value. 0 when both are identical, even if the reference is all zeros."""
     diff, scale = 0.0, 0.0
     for key, r in ref.items():

@@ -1,4 +1,4 @@
-"""Check 10: the tensor interface itself — every backend implements every operation."""
+"""The ``interface`` cell: every backend implements every operation of the tensor interface."""
 
 from __future__ import annotations
 

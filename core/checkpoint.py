@@ -153,7 +153,8 @@ def model_metadata(metadata: Mapping[str, Any], source: str) -> tuple[list[str],
 def load_model(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load a checkpoint and check that the five parameters fit its vocabulary and size."""
+    """Load a checkpoint and check that its parameters (five, or six with a learned embedding)
+    fit its vocabulary and size."""
     from .model import param_shapes
 
     tensors, metadata = load(path)

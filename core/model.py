@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
 from .ops import Ops, Tensor
 
 PARAM_NAMES: tuple[str, ...] = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
@@ -78,13 +79,21 @@ def begin_state(ops: Ops, batch_size: int, num_hiddens: int) -> Tensor:
 
 
 def activate(ops: Ops, activation: str, z: Tensor) -> Tensor:
-    """φ: tanh (the chapter) or relu (an exercise)."""
-    return ops.tanh(z) if activation == "tanh" else ops.relu(z)
+    """φ: tanh (the chapter) or relu (an exercise); any other name is a one-line error."""
+    if activation == "tanh":
+        return ops.tanh(z)
+    if activation == "relu":
+        return ops.relu(z)
+    raise UserError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
 
 
 def activation_grad(ops: Ops, activation: str, H: Tensor) -> Tensor:
     """φ'(z) written in terms of the output H = φ(z): 1 - H² for tanh, [H > 0] for relu."""
-    return 1 - H * H if activation == "tanh" else ops.cast(H > 0)
+    if activation == "tanh":
+        return 1 - H * H
+    if activation == "relu":
+        return ops.cast(H > 0)
+    raise UserError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
 
 
 def embed(ops: Ops, params: Mapping[str, Tensor], inputs: Tensor) -> Tensor:

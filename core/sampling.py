@@ -46,7 +46,7 @@ def next_token(
 def warm_up(
     ops: Ops, params: Mapping[str, Tensor], prefix: Sequence[int], activation: str = "tanh"
 ) -> Tensor:
-    """The state after reading the whole prefix, and the logits of the next token."""
+    """The logits of the token after the whole prefix, read from a zero state: (1, vocab)."""
     num_hiddens = int(params["W_hh"].shape[0])
     state = begin_state(ops, 1, num_hiddens)
     x = ops.asarray(np.asarray(prefix, dtype=np.int64).reshape(-1, 1))

@@ -22,7 +22,7 @@ import numpy as np
 from . import data
 from .contract import StepFn
 from .errors import UserError
-from .model import Params, begin_state, to_numpy
+from .model import ACTIVATIONS, Params, begin_state, to_numpy
 from .ops import Ops, Tensor
 
 LOSSES = ("all-steps", "last-step")
@@ -48,6 +48,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise UserError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
         if not self.detach and self.sampling != "sequential":
             raise UserError(
                 "--no-detach needs --sampling sequential (random sampling resets "

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rosetta_rnn import argtypes
+from rosetta_rnn import argtypes, plots
 from rosetta_rnn.core import data
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.files import atomic_write_bytes
+from rosetta_rnn.helpers import format_table
 
 HELP = "top unigrams, bigrams and trigrams of a corpus and its Zipf plot (d2l's language models)"
 ORDERS: tuple[tuple[int, str], ...] = ((1, "unigram"), (2, "bigram"), (3, "trigram"))
@@ -32,7 +33,7 @@ DEFAULT_TOP = 10
 Gram = tuple[str, ...]
 
 
-def register(sub: Any) -> argparse.ArgumentParser:
+def register(sub: Any) -> None:
     """Add the ``corpus-stats`` subcommand to ``sub`` (an ``argparse._SubParsersAction``)."""
     p = sub.add_parser("corpus-stats", help=HELP, description=HELP + ".")
     p.add_argument("--corpus", metavar="FILE", help="a text file instead of The Time Machine")
@@ -49,7 +50,6 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write the Zipf log-log plot here")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=cmd_corpus_stats)
-    return p
 
 
 # --- counting --------------------------------------------------------------------------------
@@ -111,23 +111,12 @@ def show(gram: Gram, token: str) -> str:
 
 def tables(stats: CorpusStats, top: int) -> str:
     """The three tables of the human output, one after the other."""
-    from rosetta_rnn.cli import format_table  # imported here: cli imports this module
 
     blocks = []
     for n, name in ORDERS:
         rows = [[show(g, stats.token), c] for g, c in stats.ngrams[n][:top]]
         blocks.append(format_table([name, "count"], rows))
     return "\n\n".join(blocks)
-
-
-def check_plot_path(path: str | os.PathLike[str]) -> Path:
-    """Fail before counting if the PNG cannot go where asked (one line)."""
-    target = Path(path)
-    if target.is_dir():
-        raise UserError(f"--plot {path}: is a folder; give a file name such as zipf.png")
-    if not target.parent.is_dir():
-        raise UserError(f"--plot {path}: folder {target.parent} does not exist")
-    return target
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
@@ -175,7 +164,7 @@ def zipf_png(stats: CorpusStats, title: str) -> bytes:
 
 def cmd_corpus_stats(args: argparse.Namespace) -> int:
     """Count, print the tables (or the JSON document), write the Zipf plot. Returns 0."""
-    plot = check_plot_path(args.plot) if args.plot else None
+    plot = plots.check_plot_path(args.plot) if args.plot else None
     path = data.locate_time_machine(args.corpus)
     stats = corpus_stats(path, args.token)
     if plot is not None:

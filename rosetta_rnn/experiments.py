@@ -14,9 +14,27 @@ from typing import Any
 
 import numpy as np
 
-from rosetta_rnn import backends, plots
+from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import data, model
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingDiverged
+from rosetta_rnn.helpers import add_backend_args
+
+
+def register(sub: Any) -> None:
+    """Add ``clipping`` to ``sub`` (an ``argparse._SubParsersAction``)."""
+    x = sub.add_parser(
+        "clipping", help="train with and without clipping; plot the gradient norm per step"
+    )
+    add_backend_args(x, "float32")
+    x.add_argument("--corpus", metavar="FILE")
+    x.add_argument("--epochs", type=argtypes.positive_int, default=50)
+    x.add_argument("--lr", type=argtypes.positive_float, default=1.0)
+    x.add_argument("--clip", type=argtypes.positive_float, default=1.0, metavar="THETA")
+    x.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
+    x.add_argument("--num-hiddens", type=argtypes.positive_int, default=512)
+    x.add_argument("--plot", metavar="PNG", required=True)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_clipping)
 
 
 def run(args: argparse.Namespace, theta: float) -> dict[str, Any]:

@@ -22,13 +22,16 @@ def _figure() -> tuple[Any, Any]:
     return plt.subplots(figsize=(7, 4.2), dpi=110)
 
 
-def check_plot_path(path: str | os.PathLike[str]) -> None:
-    """Fail before any work when the plot cannot be written."""
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise UserError(f"cannot write {p}: folder {p.parent} does not exist")
-    if p.suffix.lower() != ".png":
-        raise UserError(f"plots are PNG files; {p} does not end in .png")
+def check_plot_path(path: str | os.PathLike[str]) -> Path:
+    """Fail before any work, in one line, when ``--plot PATH`` cannot be written."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"--plot {path}: is a folder; give a file name such as plot.png")
+    if not target.parent.is_dir():
+        raise UserError(f"--plot {path}: folder {target.parent} does not exist")
+    if target.suffix.lower() != ".png":
+        raise UserError(f"--plot {path}: plots are PNG files; the name does not end in .png")
+    return target
 
 
 def save(fig: Any, path: str | os.PathLike[str]) -> None:

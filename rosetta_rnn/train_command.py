@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from rosetta_rnn import backends, plots
+from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
 from rosetta_rnn.core.contract import Backend
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
@@ -32,6 +32,7 @@ from rosetta_rnn.core.training import (
     TrainingDiverged,
     TrainingInterrupted,
 )
+from rosetta_rnn.helpers import add_backend_args
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
@@ -209,6 +210,73 @@ class _StopFlag:
 
     def __call__(self) -> bool:
         return self.requested
+
+
+def register(sub: Any) -> None:
+    """Add ``train`` to ``sub`` (an ``argparse._SubParsersAction``)."""
+    t = sub.add_parser("train", help="train on The Time Machine and print samples")
+    add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
+    # Hyperparameters default to None so that --resume can tell what was given explicitly;
+    # rosetta_rnn.train_command.DEFAULTS holds the chapter's values.
+    t.add_argument(
+        "--seed", type=argtypes.integer, help="seed of the one core generator (default 0)"
+    )
+    t.add_argument("--corpus", metavar="FILE", help="a text file instead of The Time Machine")
+    t.add_argument("--token", choices=data.TOKEN_KINDS, help="char (default) or word")
+    t.add_argument(
+        "--max-tokens", type=argtypes.integer, help="10000 (default); <= 0 keeps the whole text"
+    )
+    t.add_argument("--batch-size", type=argtypes.positive_int, help="default 32")
+    t.add_argument("--num-steps", type=argtypes.positive_int, help="default 35")
+    t.add_argument("--num-hiddens", type=argtypes.positive_int, help="default 512")
+    t.add_argument("--lr", type=argtypes.positive_float, help="default 1")
+    t.add_argument("--epochs", type=argtypes.positive_int, help="total epochs (default 500)")
+    clip = t.add_mutually_exclusive_group()
+    clip.add_argument("--clip", type=argtypes.positive_float, metavar="THETA", help="default 1")
+    clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
+    t.add_argument("--sampling", choices=data.SAMPLING_KINDS, help="default sequential")
+    t.add_argument("--activation", choices=("tanh", "relu"), help="default tanh")
+    t.add_argument("--embedding", choices=("onehot", "learned"), help="default onehot")
+    t.add_argument(
+        "--embed-dim", type=argtypes.positive_int, help="size of a learned embedding (32)"
+    )
+    t.add_argument("--loss", choices=("all-steps", "last-step"), help="default all-steps")
+    state = t.add_mutually_exclusive_group()
+    state.add_argument(
+        "--no-detach",
+        action="store_true",
+        help="keep the state in the graph across minibatches (sequential only)",
+    )
+    state.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="start every minibatch from a zero state, as d2l's use_random_iter=True run does "
+        "on its sequential iterator (random sampling always does)",
+    )
+    t.add_argument(
+        "--train-fraction",
+        type=argtypes.fraction,
+        help="train on this first part of the corpus, report perplexity on the rest",
+    )
+    t.add_argument("--plot", metavar="PNG", help="write perplexity per epoch (and held-out)")
+    t.add_argument("--grad", choices=("autograd", "bptt"), help="default: the backend's first")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--eager", action="store_true", help="no jit / tf.function")
+    mode.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        metavar="MODE",
+        help="compile where optional: torch.compile (torch); MODE reduce-overhead replays the "
+        "step as CUDA graphs (torch on a GPU)",
+    )
+    t.add_argument("--checkpoint", metavar="PATH", help="write a safetensors checkpoint here")
+    t.add_argument(
+        "--save-every", type=argtypes.positive_int, metavar="N", help="save every N epochs"
+    )
+    t.add_argument("--resume", metavar="CKPT", help="continue a checkpoint up to --epochs")
+    t.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    t.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

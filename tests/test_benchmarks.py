@@ -62,10 +62,10 @@ def _restore_environ() -> Iterator[None]:
 
 def bench(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``rosetta-rnn bench ARGV`` as the CLI runs it: UserError -> one line on stderr, exit 2."""
-    from rosetta_rnn.cli import PROG, _Parser
+    from rosetta_rnn.helpers import PROG, Parser
 
-    parser = _Parser(prog=PROG)
-    bench_cli.register(parser.add_subparsers(dest="command", parser_class=_Parser))
+    parser = Parser(prog=PROG)
+    bench_cli.register(parser.add_subparsers(dest="command", parser_class=Parser))
     try:
         args = parser.parse_args(["bench", *argv])
         code = bench_cli.cmd_bench(args)
@@ -360,8 +360,8 @@ def test_register_uses_the_callers_parser_class() -> None:
 
     parser = argparse.ArgumentParser(prog="x")
     sub = parser.add_subparsers(dest="command", parser_class=Strict)
-    bench_parser = bench_cli.register(sub)
-    assert isinstance(bench_parser, Strict)
+    bench_cli.register(sub)
+    assert isinstance(sub.choices["bench"], Strict)
     args = parser.parse_args(["bench", "--no-sweep", "--json"])
     assert args.func is bench_cli.cmd_bench and args.no_sweep and args.json
     assert args.workload == "all" and args.device == ["cpu"] and args.dtype == ["float32"]

@@ -188,3 +188,16 @@ def test_activation_names_built_at_run_time() -> None:
     H = np.tanh(z)
     assert np.array_equal(model.activation_grad(OPS64, tanh, H), 1 - H * H)
     assert np.array_equal(model.activation_grad(OPS64, relu, np.maximum(z, 0)), (z > 0) * 1.0)
+
+
+def test_an_unknown_activation_is_refused_not_taken_for_relu() -> None:
+    from rosetta_rnn.core.errors import UserError
+    from rosetta_rnn.core.training import TrainConfig
+
+    z = np.array([-1.0, 2.0])
+    assert np.array_equal(model.activate(OPS64, "relu", z), [0.0, 2.0])
+    for fn in (model.activate, model.activation_grad):
+        with pytest.raises(UserError, match="unknown activation 'sigmoid'; choose from tanh, relu"):
+            fn(OPS64, "sigmoid", z)
+    with pytest.raises(UserError, match="unknown activation 'gelu'"):
+        TrainConfig(activation="gelu")
