@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rosetta_rnn.backends import gpu_index
+from rosetta_rnn.conformance import native
 
 PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # core's names, the chapter's order
 Arrays = dict[str, np.ndarray]
@@ -134,28 +135,11 @@ class TorchRNNPeer(Peer):
 
     def set_params(self, params: Arrays) -> None:
         m: Any = self.model
-        t = self._tensor
-        with self.torch.no_grad():
-            m.rnn.weight_ih_l0.copy_(t(params["W_xh"].T))
-            m.rnn.weight_hh_l0.copy_(t(params["W_hh"].T))
-            m.rnn.bias_ih_l0.copy_(t(params["b_h"]))
-            m.rnn.bias_hh_l0.zero_()  # torch has two biases; their sum is b_h
-            m.linear.weight.copy_(t(params["W_hq"].T))
-            m.linear.bias.copy_(t(params["b_q"]))
+        native.load_torch(m.rnn, m.linear, params)
 
     def get_params(self) -> Arrays:
         m: Any = self.model
-
-        def n(x: Any) -> np.ndarray:
-            return x.detach().cpu().numpy()
-
-        return {
-            "W_xh": n(m.rnn.weight_ih_l0).T,
-            "W_hh": n(m.rnn.weight_hh_l0).T,
-            "b_h": n(m.rnn.bias_ih_l0) + n(m.rnn.bias_hh_l0),
-            "W_hq": n(m.linear.weight).T,
-            "b_q": n(m.linear.bias),
-        }
+        return native.read_torch(m.rnn, m.linear)
 
     def _make_step(self, lr: float, theta: float) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
         torch, F, model = self.torch, self.F, self.model
@@ -268,13 +252,10 @@ class KerasRNNPeer(Peer):
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
     def set_params(self, params: Arrays) -> None:
-        self.model.rnn.set_weights([params["W_xh"], params["W_hh"], params["b_h"]])
-        self.model.dense.set_weights([params["W_hq"], params["b_q"]])
+        native.load_keras(self.model.rnn, self.model.dense, params)
 
     def get_params(self) -> Arrays:
-        W_xh, W_hh, b_h = self.model.rnn.get_weights()
-        W_hq, b_q = self.model.dense.get_weights()
-        return {"W_xh": W_xh, "W_hh": W_hh, "b_h": b_h, "W_hq": W_hq, "b_q": b_q}
+        return native.read_keras(self.model.rnn, self.model.dense)
 
     def _make_step(self, lr: float, theta: float) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
         tf, model, loss_fn = self.tf, self.model, self.loss_fn

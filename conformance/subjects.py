@@ -14,6 +14,8 @@ from rosetta_rnn.core import checkpoint, model, sampling
 from rosetta_rnn.core.contract import StepFn
 from rosetta_rnn.core.training import TrainConfig, Trainer
 
+from . import native
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -167,15 +169,7 @@ class TorchRNNOracle:
         V, H = params["W_xh"].shape
         rnn = torch.nn.RNN(V, H, nonlinearity="tanh", dtype=dt, device=self.tdevice)
         out = torch.nn.Linear(H, V, dtype=dt, device=self.tdevice)
-        with torch.no_grad():
-            rnn.weight_ih_l0.copy_(self._tensor(params["W_xh"].T))
-            rnn.weight_hh_l0.copy_(self._tensor(params["W_hh"].T))
-            rnn.bias_ih_l0.copy_(self._tensor(params["b_h"]))
-            rnn.bias_hh_l0.copy_(
-                self._tensor(params["b_h"] if self.second_bias else 0 * params["b_h"])
-            )
-            out.weight.copy_(self._tensor(params["W_hq"].T))
-            out.bias.copy_(self._tensor(params["b_q"]))
+        native.load_torch(rnn, out, params, self.second_bias)
         X = torch.nn.functional.one_hot(self._tensor(inputs), V).to(dt)  # (T, B, V)
         h0 = self._tensor(state).to(dt)[None]
         Hs, _ = rnn(X, h0)
@@ -210,13 +204,7 @@ class TorchRNNOracle:
             rnn, out, Hs, logits = self._run(params, inputs, state)
             loss = torch.nn.functional.cross_entropy(logits, self._tensor(labels.reshape(-1)))
             loss.backward()
-        grads = {
-            "W_xh": rnn.weight_ih_l0.grad.T,
-            "W_hh": rnn.weight_hh_l0.grad.T,
-            "b_h": rnn.bias_ih_l0.grad,
-            "W_hq": out.weight.grad.T,
-            "b_q": out.bias.grad,
-        }
+        grads = native.torch_grads(rnn, out)
         return (
             self._numpy(loss),
             {k: self._numpy(v) for k, v in grads.items()},
@@ -247,8 +235,7 @@ class KerasRNNOracle:
         dense = keras.layers.Dense(V, dtype=self.dtype)
         rnn.build((None, None, V))
         dense.build((None, H))
-        rnn.set_weights([params["W_xh"], params["W_hh"], params["b_h"]])
-        dense.set_weights([params["W_hq"], params["b_q"]])
+        native.load_keras(rnn, dense, params)
         return rnn, dense
 
     def _run(
@@ -278,6 +265,6 @@ class KerasRNNOracle:
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels.reshape(-1), logits)
             )
         g = tape.gradient(loss, weights)
-        names = ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]
+        names = native.KERAS_NAMES
         grads = {n: tf.convert_to_tensor(v).numpy() for n, v in zip(names, g, strict=True)}
         return loss.numpy(), grads, Hs[-1].numpy()
