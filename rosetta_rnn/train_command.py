@@ -14,6 +14,7 @@ import json
 import math
 import signal
 import sys
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -36,28 +37,63 @@ from rosetta_rnn.helpers import add_backend_args
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
-DEFAULTS: dict[str, Any] = {
-    "batch_size": 32,
-    "num_steps": 35,
-    "num_hiddens": 512,
-    "lr": 1.0,
-    "clip": 1.0,
-    "sampling": "sequential",
-    "activation": "tanh",
-    "embedding": "onehot",
-    "embed_dim": None,
-    "loss": "all-steps",
-    "detach": True,
-    "reset_state": False,
-    "train_fraction": None,
-    "token": "char",
-    "max_tokens": 10000,
-    "dtype": "float32",
-    "seed": 0,
-}
-"""The chapter's hyperparameters. With --resume the checkpoint's values replace them, and an
-explicit flag that disagrees with the checkpoint is an error."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run was asked for except its length: the trainer's hyperparameters
+    (``TrainConfig`` less ``epochs``) and the data, dtype and seed. The defaults are the
+    chapter's. A checkpoint keeps it whole under ``run``; with ``--resume`` it comes back whole,
+    and an explicit flag that disagrees with it is an error."""
+
+    batch_size: int = 32
+    num_steps: int = 35
+    num_hiddens: int = 512
+    lr: float = 1.0
+    clip: float = 1.0  # math.inf: --no-clip
+    sampling: str = "sequential"
+    activation: str = "tanh"
+    embed_dim: int | None = None  # None: one-hot inputs; N: a learned embedding
+    loss: str = "all-steps"
+    detach: bool = True
+    reset_state: bool = False
+    token: str = "char"
+    max_tokens: int = 10000
+    train_fraction: float | None = None
+    dtype: str = "float32"
+    seed: int = 0
+
+    def train_config(self, epochs: int) -> TrainConfig:
+        trainer_fields = {f.name for f in fields(TrainConfig)} - {"epochs"}
+        return TrainConfig(epochs=epochs, **{k: getattr(self, k) for k in trainer_fields})
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-safe: --no-clip's infinite θ is saved as None."""
+        d = asdict(self)
+        d["clip"] = None if math.isinf(self.clip) else self.clip
+        return d
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], source: str) -> RunConfig:
+        """The run a checkpoint was trained with; checkpoints written before ``run`` existed
+        keep the trainer's part under ``config`` and the rest at the top level."""
+        try:
+            if "run" in meta:
+                saved = dict(meta["run"])
+            else:
+                names = {f.name for f in fields(cls)}
+                saved = {k: v for k, v in meta["config"].items() if k in names}
+                saved.setdefault("reset_state", False)  # older checkpoints lack it
+                for k in ("token", "max_tokens", "dtype", "seed", "train_fraction"):
+                    saved[k] = meta[k]
+            saved["clip"] = math.inf if saved["clip"] is None else saved["clip"]
+            return cls(**saved)
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
+
+
 EPOCHS = 500
+LEARNED_EMBED_DIM = 32  # --embedding learned without --embed-dim
 
 
 def _say(out: TextIO, *parts: Any) -> None:
@@ -65,45 +101,24 @@ def _say(out: TextIO, *parts: Any) -> None:
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
-    """The hyperparameters given on the command line (None: not given)."""
-    given = {k: getattr(args, k, None) for k in DEFAULTS}
+    """The run's settings given on the command line (None: not given)."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(RunConfig)}
     if args.no_clip:
         given["clip"] = math.inf
     given["detach"] = False if args.no_detach else None
     given["reset_state"] = True if args.reset_state else None
-    if given["embed_dim"] is not None and given["embedding"] is None:
-        given["embedding"] = "learned"
     return given
 
 
-def _saved(meta: dict[str, Any], source: str) -> dict[str, Any]:
-    """The hyperparameters a checkpoint was trained with."""
-    try:
-        cfg = meta["config"]
-        keys = (
-            "batch_size",
-            "num_steps",
-            "num_hiddens",
-            "lr",
-            "sampling",
-            "activation",
-            "embed_dim",
-            "loss",
-            "detach",
-        )
-        saved = {k: cfg[k] for k in keys}
-        saved["reset_state"] = cfg.get("reset_state", False)  # older checkpoints lack it
-        saved["clip"] = math.inf if cfg["clip"] is None else cfg["clip"]
-        saved["embedding"] = "onehot" if cfg["embed_dim"] is None else "learned"
-        for k in ("token", "max_tokens", "dtype", "seed", "train_fraction"):
-            saved[k] = meta[k]
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
-    return saved
+def _embedding(args: argparse.Namespace) -> str | None:
+    """--embedding as asked (an --embed-dim alone asks for a learned one); None: not given."""
+    if args.embedding == "onehot" and args.embed_dim is not None:
+        raise UserError("--embed-dim goes with --embedding learned")
+    return args.embedding or ("learned" if args.embed_dim is not None else None)
 
 
 SWITCHES = {("clip", math.inf): "--no-clip", ("detach", False): "--no-detach"}
-"""Hyperparameter values that come from a switch rather than from a flag with a value."""
+"""Settings that come from a switch rather than from a flag with a value."""
 
 
 def _as_given(key: str, value: Any) -> str:
@@ -115,21 +130,25 @@ def _as_given(key: str, value: Any) -> str:
     return f"--{key.replace('_', '-')} {value}"
 
 
-def _hyperparameters(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[str, Any]:
-    given = _given(args)
+def _run_config(args: argparse.Namespace, meta: dict[str, Any] | None) -> RunConfig:
+    given = {k: v for k, v in _given(args).items() if v is not None}
+    embedding = _embedding(args)
     if meta is None:
-        hp = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
-        if hp["embedding"] == "learned" and hp["embed_dim"] is None:
-            hp["embed_dim"] = 32
-        if hp["embedding"] == "onehot" and hp["embed_dim"] is not None:
-            raise UserError("--embed-dim goes with --embedding learned")
-        return hp
-    saved = _saved(meta, args.resume)
+        if embedding == "learned":
+            given.setdefault("embed_dim", LEARNED_EMBED_DIM)
+        return RunConfig(**given)
+    saved = RunConfig.from_meta(meta, args.resume)
+    saved_embedding = "onehot" if saved.embed_dim is None else "learned"
+    if embedding is not None and embedding != saved_embedding:
+        raise UserError(
+            f"--resume {args.resume}: --embedding {embedding} differs from the checkpoint's "
+            f"embedding {saved_embedding}; drop it to continue, or start a new run"
+        )
     for key, value in given.items():
-        if value is not None and value != saved[key]:
+        if value != getattr(saved, key):
             raise UserError(
                 f"--resume {args.resume}: {_as_given(key, value)} differs from the checkpoint's "
-                f"{key} {saved[key]}; drop it to continue, or start a new run"
+                f"{key} {getattr(saved, key)}; drop it to continue, or start a new run"
             )
     return saved
 
@@ -216,8 +235,8 @@ def register(sub: Any) -> None:
     """Add ``train`` to ``sub`` (an ``argparse._SubParsersAction``)."""
     t = sub.add_parser("train", help="train on The Time Machine and print samples")
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
-    # Hyperparameters default to None so that --resume can tell what was given explicitly;
-    # rosetta_rnn.train_command.DEFAULTS holds the chapter's values.
+    # The run's settings default to None so that --resume can tell what was given explicitly;
+    # RunConfig holds the chapter's values.
     t.add_argument(
         "--seed", type=argtypes.integer, help="seed of the one core generator (default 0)"
     )
@@ -284,23 +303,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume_tensors, resume_meta = (None, None)
     if args.resume:
         resume_tensors, resume_meta = checkpoint.load_model(args.resume)
-    hp = _hyperparameters(args, resume_meta)
+    run = _run_config(args, resume_meta)
     epochs = args.epochs or (resume_meta or {}).get("target_epochs") or EPOCHS
-    cfg = TrainConfig(
-        batch_size=hp["batch_size"],
-        num_steps=hp["num_steps"],
-        num_hiddens=hp["num_hiddens"],
-        lr=hp["lr"],
-        epochs=epochs,
-        clip=hp["clip"],
-        sampling=hp["sampling"],
-        activation=hp["activation"],
-        embed_dim=hp["embed_dim"],
-        loss=hp["loss"],
-        detach=hp["detach"],
-        reset_state=hp["reset_state"],
-    )
-    dtype = hp["dtype"]
+    cfg = run.train_config(epochs)
+    dtype = run.dtype
     out_path = args.checkpoint or args.resume
     if args.save_every and not out_path:
         raise UserError("--save-every needs --checkpoint PATH to save to")
@@ -322,17 +328,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.plot:
         plots.check_plot_path(args.plot)
     source = data.locate_time_machine(corpus_arg)
-    corpus = data.load_corpus(source, hp["token"], hp["max_tokens"])
+    corpus = data.load_corpus(source, run.token, run.max_tokens)
     fingerprint = _corpus_fingerprint(corpus)
     train_ids, heldout_ids = corpus.ids, None
-    if hp["train_fraction"]:  # hold out the end of the corpus
-        cut = int(len(corpus.ids) * hp["train_fraction"])
+    if run.train_fraction:  # hold out the end of the corpus
+        cut = int(len(corpus.ids) * run.train_fraction)
         train_ids, heldout_ids = corpus.ids[:cut], corpus.ids[cut:]
         if len(heldout_ids) < 2:
             raise UserError("--train-fraction leaves fewer than 2 tokens to hold out")
     _validate_corpus(data.Corpus(train_ids, corpus.vocab, corpus.token), cfg, str(source))
 
-    rng = np.random.default_rng(hp["seed"])
+    rng = np.random.default_rng(run.seed)
     history: list[dict[str, Any]] = []
     if resume_meta is None:
         init = model.init_params(
@@ -369,12 +375,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             "dtype": dtype,
             "epoch": trainer.epoch,
             "target_epochs": epochs,
-            "seed": hp["seed"],
-            "token": hp["token"],
-            "max_tokens": hp["max_tokens"],
-            "train_fraction": hp["train_fraction"],
+            "seed": run.seed,
+            "token": run.token,
+            "max_tokens": run.max_tokens,
+            "train_fraction": run.train_fraction,
             "grad": grad,
             "config": cfg.to_dict(),
+            "run": run.to_meta(),
             "vocab": corpus.vocab.idx_to_token,
             "corpus_sha1": fingerprint,
             "corpus_path": str(Path(source).resolve()),
@@ -419,7 +426,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         ops,
                         trainer.params,
                         corpus.vocab,
-                        hp["token"],
+                        run.token,
                         SAMPLE_PREFIXES[0],
                         cfg.activation,
                     )
@@ -458,7 +465,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress.clear()
     assert last is not None
     samples = {
-        p: _sample(ops, trainer.params, corpus.vocab, hp["token"], p, cfg.activation)
+        p: _sample(ops, trainer.params, corpus.vocab, run.token, p, cfg.activation)
         for p in SAMPLE_PREFIXES
     }
     _say(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,38 @@ def test_ten_plus_ten_epochs_equal_twenty(
         h["perplexity"] for h in meta_b["history"]
     ]
     assert len(json.loads(out)["history"]) == 20
+
+
+def test_the_run_is_saved_whole_and_an_older_checkpoint_still_resumes(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint keeps the whole RunConfig under ``run``; one written before ``run``
+    existed (trainer settings under ``config``, the rest at the top level) resumes the same."""
+    from rosetta_rnn.train_command import RunConfig
+
+    common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--no-clip", "--seed", "3"]
+    new, old = tmp_path / "new.st", tmp_path / "old.st"
+    for path in (new, old):
+        assert _run(capsys, "train", *common, "--epochs", "2", "--checkpoint", str(path))[0] == 0
+    tensors, meta = checkpoint.load(old)
+    run = meta.pop("run")
+    assert run == {
+        **asdict(RunConfig()),
+        "batch_size": 4,
+        "num_steps": 8,
+        "num_hiddens": 16,
+        "dtype": "float64",
+        "clip": None,
+        "seed": 3,
+    }
+    checkpoint.save(old, tensors, meta)  # the older layout
+    for path in (new, old):
+        assert _run(capsys, "train", "--resume", str(path), "--epochs", "3")[0] == 0
+    a, meta_a = checkpoint.load(new)
+    b, meta_b = checkpoint.load(old)
+    assert meta_b["run"] == run and meta_a["epoch"] == meta_b["epoch"] == 3
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
 
 
 def test_resume_rejects_other_hyperparameters(
