@@ -15,38 +15,6 @@ import numpy as np
 Tensor = Any
 """A backend array (numpy.ndarray, torch.Tensor, jax.Array, tf.Tensor, cupy.ndarray)."""
 
-OPERATIONS: tuple[str, ...] = (
-    # creation and conversion
-    "asarray",
-    "to_numpy",
-    "zeros",
-    "cast",
-    # linear algebra and indexing
-    "matmul",
-    "one_hot",
-    "gather",
-    # elementwise
-    "tanh",
-    "relu",
-    "exp",
-    "log",
-    "sqrt",
-    "minimum",
-    # reductions
-    "max",
-    "sum",
-    "argmax",
-    # shape
-    "reshape",
-    "transpose",
-    "stack",
-    "concat",
-    # autodiff and control flow
-    "stop_gradient",
-    "scan",
-)
-"""Every name a backend must implement (checked by ``conformance.interface``)."""
-
 
 @runtime_checkable
 class Ops(Protocol):
@@ -121,6 +89,13 @@ class Ops(Protocol):
         axis (a tuple of stacks when ``fn`` returns a tuple). With ``reverse`` the walk goes
         from the last step to the first and the stacked ``ys`` stay in time order.
         """
+
+
+OPERATIONS: tuple[str, ...] = tuple(
+    name for name, value in vars(Ops).items() if callable(value) and not name.startswith("_")
+)
+"""Every operation a backend's ops must have, in the protocol's order (the ``interface`` cell
+checks them)."""
 
 
 def python_scan(
