@@ -12,7 +12,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "float32": {"values": 1e-5, "grads": 1e-5, "train": 1e-5, "fd": 1e-7, "epochs": 1e-4},
 }
 """``epochs`` bounds the per-epoch perplexities of whole ``rosetta-rnn train`` runs (20 epochs of
-the chapter, about 1,000 SGD steps; tests/test_agreement.py). Measured on the dev machine
+the chapter, 160 SGD steps; tests/test_agreement.py). Measured on the dev machine
 (2026-11-23): float64 ≤ 1.8e-15, float32 ≤ 2.4e-6 (torch; JAX 1.2e-6, TensorFlow 1.8e-7,
 array-api 0). float32 rounding depends on the BLAS kernel the CPU selects and compounds over
 the run, so the float32 bound keeps a 40× margin over the figure seen here."""
