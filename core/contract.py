@@ -2,7 +2,8 @@
 
 A backend is one module (the Keras 3 convention) with the names of ``Backend`` below; the
 registry (``rosetta_rnn.backends``) imports it only when asked for, and ``mypy`` checks each
-module against this protocol (``backends/__init__.py`` assigns them to ``Backend``).
+module against this protocol (a ``TYPE_CHECKING`` block at the end of every backend module
+assigns the module to ``Backend``).
 
 A backend may also provide ``with_option(option: str) -> Backend``: the registry passes it
 whatever follows a colon in the backend's name (``array-api:torch``). A backend without it
@@ -24,8 +25,6 @@ StepFn = Callable[
 
 ForwardFn = Callable[[Params, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 """(params, inputs, labels, state) -> (mean loss, H_T), no gradient."""
-
-DTYPES = ("float32", "float64")
 
 OpsT = TypeVar("OpsT", bound=Ops)
 
@@ -64,7 +63,8 @@ class Backend(Protocol[OpsT]):
     def make_value_and_grad(
         self, ops: OpsT, grad: str | None = None, activation: str = "tanh"
     ) -> ValueAndGrad:
-        """(params, inputs, labels, state) -> (loss, grads, H_T), eager."""
+        """(params, inputs, labels, state) -> (loss, grads, H_T) as the train step computes them
+        in the backend's default compile mode (jitted on JAX, eager elsewhere)."""
 
     def make_train_step(
         self,
