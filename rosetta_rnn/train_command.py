@@ -23,7 +23,7 @@ import numpy as np
 
 from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
-from rosetta_rnn.core.contract import Backend
+from rosetta_rnn.core.contract import Backend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.core.training import (
@@ -298,38 +298,26 @@ def register(sub: Any) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    human = sys.stderr if args.json else sys.stdout
-    resume_tensors, resume_meta = (None, None)
-    if args.resume:
-        resume_tensors, resume_meta = checkpoint.load_model(args.resume)
-    run = _run_config(args, resume_meta)
-    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or EPOCHS
-    cfg = run.train_config(epochs)
-    dtype = run.dtype
-    out_path = args.checkpoint or args.resume
-    if args.save_every and not out_path:
-        raise UserError("--save-every needs --checkpoint PATH to save to")
-    if out_path:
-        checkpoint.check_writable(out_path)
+@dataclass
+class _Data:
+    """The text a run trains on: where it came from, its ids, and the held-out end."""
 
-    backend = backends.load(args.backend)
-    ops = backend.make_ops(dtype, args.device)
-    if dtype == "float64" and not backend.supports_float64(ops.device):
-        raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
-    grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
-    mode = compile_mode(args, backend, ops.device)
-    step = backend.make_train_step(ops, grad=grad, mode=mode, activation=cfg.activation)
+    source: str
+    corpus: data.Corpus
+    fingerprint: str
+    train_ids: np.ndarray
+    heldout_ids: np.ndarray | None
 
+
+def _load_data(
+    args: argparse.Namespace, run: RunConfig, cfg: TrainConfig, meta: dict[str, Any] | None
+) -> _Data:
     corpus_arg = args.corpus
-    if corpus_arg is None and resume_meta and resume_meta.get("corpus_path"):
-        if Path(resume_meta["corpus_path"]).is_file():  # the text it was trained on
-            corpus_arg = resume_meta["corpus_path"]
-    if args.plot:
-        plots.check_plot_path(args.plot)
+    if corpus_arg is None and meta and meta.get("corpus_path"):
+        if Path(meta["corpus_path"]).is_file():  # the text it was trained on
+            corpus_arg = meta["corpus_path"]
     source = data.locate_time_machine(corpus_arg)
     corpus = data.load_corpus(source, run.token, run.max_tokens)
-    fingerprint = _corpus_fingerprint(corpus)
     train_ids, heldout_ids = corpus.ids, None
     if run.train_fraction:  # hold out the end of the corpus
         cut = int(len(corpus.ids) * run.train_fraction)
@@ -337,42 +325,78 @@ def cmd_train(args: argparse.Namespace) -> int:
         if len(heldout_ids) < 2:
             raise UserError("--train-fraction leaves fewer than 2 tokens to hold out")
     _validate_corpus(data.Corpus(train_ids, corpus.vocab, corpus.token), cfg, str(source))
+    return _Data(str(source), corpus, _corpus_fingerprint(corpus), train_ids, heldout_ids)
 
+
+def _trainer(
+    args: argparse.Namespace,
+    run: RunConfig,
+    cfg: TrainConfig,
+    ops: Any,
+    step: StepFn,
+    text: _Data,
+    resumed: tuple[dict[str, np.ndarray], dict[str, Any]] | None,
+) -> tuple[Trainer, list[dict[str, Any]]]:
+    """A trainer from fresh parameters, or continued from a checkpoint; and the history."""
     rng = np.random.default_rng(run.seed)
-    history: list[dict[str, Any]] = []
-    if resume_meta is None:
+    if resumed is None:
         init = model.init_params(
-            len(corpus.vocab), cfg.num_hiddens, rng, dtype, embed_dim=cfg.embed_dim
+            len(text.corpus.vocab), cfg.num_hiddens, rng, run.dtype, embed_dim=cfg.embed_dim
         )
-        trainer = Trainer(ops, step, model.to_backend(ops, init), train_ids, cfg, rng)
-    else:
-        assert resume_tensors is not None
-        if (
-            resume_meta.get("corpus_sha1") != fingerprint
-            or resume_meta["vocab"] != corpus.vocab.idx_to_token
-        ):
-            raise UserError(
-                f"--resume {args.resume}: the corpus differs from the one it was trained on; "
-                "pass the same --corpus"
-            )
-        trainer = Trainer(ops, step, model.to_backend(ops, resume_tensors), train_ids, cfg, rng)
-        try:
-            trainer.restore(resume_tensors, resume_meta["position"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{args.resume}: its training position is damaged") from None
-        history = list(resume_meta.get("history", []))
-        if trainer.epoch >= epochs:
-            raise UserError(
-                f"--resume {args.resume}: already trained {trainer.epoch} epochs; "
-                f"ask for more with --epochs N (the total, > {trainer.epoch})"
-            )
+        return Trainer(ops, step, model.to_backend(ops, init), text.train_ids, cfg, rng), []
+    tensors, meta = resumed
+    if (
+        meta.get("corpus_sha1") != text.fingerprint
+        or meta["vocab"] != text.corpus.vocab.idx_to_token
+    ):
+        raise UserError(
+            f"--resume {args.resume}: the corpus differs from the one it was trained on; "
+            "pass the same --corpus"
+        )
+    trainer = Trainer(ops, step, model.to_backend(ops, tensors), text.train_ids, cfg, rng)
+    try:
+        trainer.restore(tensors, meta["position"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{args.resume}: its training position is damaged") from None
+    if trainer.epoch >= cfg.epochs:
+        raise UserError(
+            f"--resume {args.resume}: already trained {trainer.epoch} epochs; "
+            f"ask for more with --epochs N (the total, > {trainer.epoch})"
+        )
+    return trainer, list(meta.get("history", []))
 
-    def metadata() -> dict[str, Any]:
-        _, position = trainer.snapshot()
-        return {
+
+def cmd_train(args: argparse.Namespace) -> int:
+    human = sys.stderr if args.json else sys.stdout
+    resumed = checkpoint.load_model(args.resume) if args.resume else None
+    resume_meta = resumed[1] if resumed else None
+    run = _run_config(args, resume_meta)
+    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or EPOCHS
+    cfg = run.train_config(epochs)
+    out_path = args.checkpoint or args.resume
+    if args.save_every and not out_path:
+        raise UserError("--save-every needs --checkpoint PATH to save to")
+    if out_path:
+        checkpoint.check_writable(out_path)
+    if args.plot:
+        plots.check_plot_path(args.plot)
+
+    backend = backends.load(args.backend)
+    ops = backend.make_ops(run.dtype, args.device)
+    if run.dtype == "float64" and not backend.supports_float64(ops.device):
+        raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
+    grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
+    mode = compile_mode(args, backend, ops.device)
+    step = backend.make_train_step(ops, grad=grad, mode=mode, activation=cfg.activation)
+    text = _load_data(args, run, cfg, resume_meta)
+    trainer, history = _trainer(args, run, cfg, ops, step, text, resumed)
+
+    def save(path: str) -> None:
+        tensors, position = trainer.snapshot()
+        meta = {
             "backend": args.backend,
             "device": ops.device,
-            "dtype": dtype,
+            "dtype": run.dtype,
             "epoch": trainer.epoch,
             "target_epochs": epochs,
             "seed": run.seed,
@@ -382,24 +406,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             "grad": grad,
             "config": cfg.to_dict(),
             "run": run.to_meta(),
-            "vocab": corpus.vocab.idx_to_token,
-            "corpus_sha1": fingerprint,
-            "corpus_path": str(Path(source).resolve()),
+            "vocab": text.corpus.vocab.idx_to_token,
+            "corpus_sha1": text.fingerprint,
+            "corpus_path": str(Path(text.source).resolve()),
             "position": position,
             "history": history,
             "perplexity": history[-1]["perplexity"] if history else None,
         }
+        checkpoint.save(path, tensors, meta)
 
-    def save(path: str) -> None:
-        tensors, _ = trainer.snapshot()
-        checkpoint.save(path, tensors, metadata())
-
-    verb = "resuming" if resume_meta else "training"
+    verb = "resuming" if resumed else "training"
     _say(
         human,
         f"{verb} on {backends.framework(args.backend)} "
-        f"({args.backend}, {ops.device}, {dtype}, grad {grad}, {mode}): "
-        f"{len(corpus.ids)} tokens, vocab {len(corpus.vocab)}, epoch {trainer.epoch}/{epochs}",
+        f"({args.backend}, {ops.device}, {run.dtype}, grad {grad}, {mode}): "
+        f"{len(text.corpus.ids)} tokens, vocab {len(text.corpus.vocab)}, "
+        f"epoch {trainer.epoch}/{epochs}",
     )
     progress = _Progress(human, epochs)
     last: EpochResult | None = None
@@ -407,39 +429,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             while trainer.epoch < epochs:
                 last = trainer.run_epoch(stop_requested=stop)
-                entry = {
-                    "epoch": last.epoch,
-                    "perplexity": last.perplexity,
-                    "tokens_per_sec": last.tokens_per_sec,
-                    "max_grad_norm": last.max_grad_norm,
-                    "grad_norms": last.grad_norms,
-                }
-                if heldout_ids is not None:
-                    entry["heldout_perplexity"], _ = perplexity_on(
-                        ops, trainer.params, heldout_ids, cfg.num_steps, cfg.activation
-                    )
+                entry = _epoch_entry(last, ops, trainer, cfg, text)
                 history.append(entry)
                 progress.update(last.epoch, f"perplexity {last.perplexity:.2f}")
                 if last.epoch % 10 == 0:
                     progress.clear()
-                    sample = _sample(
-                        ops,
-                        trainer.params,
-                        corpus.vocab,
-                        run.token,
-                        SAMPLE_PREFIXES[0],
-                        cfg.activation,
-                    )
-                    held = (
-                        f"  held-out {entry['heldout_perplexity']:8.3f}"
-                        if heldout_ids is not None
-                        else ""
-                    )
-                    _say(
-                        human,
-                        f"epoch {last.epoch:4d}  perplexity {last.perplexity:8.3f}{held}  "
-                        f"{last.tokens_per_sec:9.1f} tokens/sec  {sample}",
-                    )
+                    _say(human, _epoch_line(entry, ops, trainer, run, cfg, text))
                 if out_path and args.save_every and last.epoch % args.save_every == 0:
                     save(out_path)
                 if stop():
@@ -465,22 +460,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress.clear()
     assert last is not None
     samples = {
-        p: _sample(ops, trainer.params, corpus.vocab, run.token, p, cfg.activation)
+        p: _sample(ops, trainer.params, text.corpus.vocab, run.token, p, cfg.activation)
         for p in SAMPLE_PREFIXES
     }
-    _say(
-        human,
-        f"perplexity {last.perplexity:.1f}, {last.tokens_per_sec:.1f} tokens/sec on {ops.device}",
-    )
-    for text in samples.values():
-        _say(human, text)
-    largest = _largest_grad_norm(history)
-    if largest is not None and math.isinf(cfg.clip):
-        _say(human, "largest gradient norm {:.4g} (epoch {}, step {})".format(*largest))
-    if history and history[-1].get("heldout_perplexity") is not None:
-        _say(human, f"held-out perplexity {history[-1]['heldout_perplexity']:.2f}")
+    largest = _report(human, last, ops, samples, history, cfg)
     if args.plot:
-        plots.perplexity(history, args.plot, f"{args.backend} {dtype}: perplexity per epoch")
+        plots.perplexity(history, args.plot, f"{args.backend} {run.dtype}: perplexity per epoch")
         _say(human, f"plot written to {args.plot}")
     if out_path:
         save(out_path)
@@ -489,7 +474,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         doc = {
             "backend": args.backend,
             "device": ops.device,
-            "dtype": dtype,
+            "dtype": run.dtype,
             "grad": grad,
             "epochs": trainer.epoch,
             "perplexity": last.perplexity,
@@ -503,6 +488,62 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc))
     return 0
+
+
+def _epoch_entry(
+    last: EpochResult, ops: Any, trainer: Trainer, cfg: TrainConfig, text: _Data
+) -> dict[str, Any]:
+    """What the history keeps of an epoch (and the held-out perplexity, when there is one)."""
+    entry: dict[str, Any] = {
+        "epoch": last.epoch,
+        "perplexity": last.perplexity,
+        "tokens_per_sec": last.tokens_per_sec,
+        "max_grad_norm": last.max_grad_norm,
+        "grad_norms": last.grad_norms,
+    }
+    if text.heldout_ids is not None:
+        entry["heldout_perplexity"], _ = perplexity_on(
+            ops, trainer.params, text.heldout_ids, cfg.num_steps, cfg.activation
+        )
+    return entry
+
+
+def _epoch_line(
+    entry: dict[str, Any], ops: Any, trainer: Trainer, run: RunConfig, cfg: TrainConfig, text: _Data
+) -> str:
+    """Every tenth epoch: perplexity, held-out perplexity, speed and a greedy sample."""
+    sample = _sample(
+        ops, trainer.params, text.corpus.vocab, run.token, SAMPLE_PREFIXES[0], cfg.activation
+    )
+    held = f"  held-out {entry['heldout_perplexity']:8.3f}" if "heldout_perplexity" in entry else ""
+    return (
+        f"epoch {entry['epoch']:4d}  perplexity {entry['perplexity']:8.3f}{held}  "
+        f"{entry['tokens_per_sec']:9.1f} tokens/sec  {sample}"
+    )
+
+
+def _report(
+    human: TextIO,
+    last: EpochResult,
+    ops: Any,
+    samples: dict[str, str],
+    history: list[dict[str, Any]],
+    cfg: TrainConfig,
+) -> tuple[float, int, int] | None:
+    """The end of a run for a person: speed, samples, the largest norm, held-out perplexity.
+    Returns the largest gradient norm seen (and where)."""
+    _say(
+        human,
+        f"perplexity {last.perplexity:.1f}, {last.tokens_per_sec:.1f} tokens/sec on {ops.device}",
+    )
+    for text in samples.values():
+        _say(human, text)
+    largest = _largest_grad_norm(history)
+    if largest is not None and math.isinf(cfg.clip):
+        _say(human, "largest gradient norm {:.4g} (epoch {}, step {})".format(*largest))
+    if history and history[-1].get("heldout_perplexity") is not None:
+        _say(human, f"held-out perplexity {history[-1]['heldout_perplexity']:.2f}")
+    return largest
 
 
 def compile_mode(args: argparse.Namespace, backend: Backend, device: str) -> str:

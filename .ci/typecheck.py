@@ -1,6 +1,6 @@
 """mypy over the package as it is imported: ``rosetta_rnn.core`` is ``core/`` and so on.
 
-    python tests/typecheck.py [PACKAGE ...]     (default: core backends conformance rosetta_rnn)
+    python .ci/typecheck.py [PACKAGE ...]     (default: core backends conformance rosetta_rnn)
 
 mypy cannot follow setuptools' editable-install import hook, so this lays the package out in a
 temporary folder (links to the real folders, the installed layout of pyproject.toml's
