@@ -40,7 +40,9 @@ def configure_environment(threads: int) -> dict[str, Any]:
     os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
     if threads == 1:  # XLA's CPU pool has no N-thread flag, only off (read when JAX starts)
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+        current = os.environ.get("XLA_FLAGS", "")
+        if flags not in current:  # a second run in the same process adds nothing
+            os.environ["XLA_FLAGS"] = (current + " " + flags).strip()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's CUDA probing, silenced
     # cold torch.compile: no kernels from an earlier run's cache (read when inductor starts)
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
