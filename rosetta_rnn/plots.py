@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,21 @@ from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.files import atomic_file
 
 
-def _figure() -> tuple[Any, Any]:
+def require_matplotlib() -> None:
+    """matplotlib is a dependency of the package; a Python that cannot import it (a broken or
+    partial install) is told so before any work, not after a run it would lose."""
     try:
-        import matplotlib
-    except ImportError:
-        raise UserError("plots need matplotlib: pip install 'rosetta-rnn[plot]'") from None
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise UserError(
+            f"plots need matplotlib, which this Python cannot import ({e}): pip install matplotlib"
+        ) from None
+
+
+def _figure() -> tuple[Any, Any]:
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -23,7 +34,8 @@ def _figure() -> tuple[Any, Any]:
 
 
 def check_plot_path(path: str | os.PathLike[str]) -> Path:
-    """Fail before any work, in one line, when ``--plot PATH`` cannot be written."""
+    """Fail before any work, in one line, when ``--plot PATH`` cannot be written or drawn."""
+    require_matplotlib()
     target = Path(path)
     if target.is_dir():
         raise UserError(f"--plot {path}: is a folder; give a file name such as plot.png")
@@ -50,18 +62,23 @@ def save(fig: Any, path: str | os.PathLike[str]) -> None:
 
 
 def perplexity(history: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
-    """Perplexity per epoch: training, and held-out when there is one."""
+    """Perplexity per epoch: training, and held-out when there is one. ``title`` may be two
+    lines (what ran; its configuration)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure()
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["perplexity"] for h in history], label="train")
+    marker = "o" if len(epochs) <= 30 else None  # a short run's epochs are visible as points
+    ax.plot(epochs, [h["perplexity"] for h in history], label="train", marker=marker, ms=3)
     held = [h.get("heldout_perplexity") for h in history]
     if any(v is not None for v in held):
-        ax.plot(epochs, held, label="held-out")
+        ax.plot(epochs, held, label="held-out", marker=marker, ms=3)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    ax.set_ylabel("perplexity (log scale)")
     ax.set_yscale("log")
     _plain_ticks(ax)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     save(fig, path)
@@ -75,16 +92,32 @@ def _plain_ticks(ax: Any) -> None:
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
 
 
-def grad_norms(runs: Mapping[str, Sequence[float]], theta: float, path: str, title: str) -> None:
-    """Gradient norm per step for several runs, with the clipping threshold θ."""
+def grad_norms(
+    runs: Mapping[str, Sequence[float]], theta: float, path: str, title: str, note: str = ""
+) -> None:
+    """Gradient norm per step for several runs, with the clipping threshold θ. Later runs are
+    drawn dashed over the earlier ones, so a run that repeats another stays visible; ``note``
+    (e.g. that clipping never acted) is written under the title."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure()
-    for label, norms in runs.items():
-        ax.plot(range(1, len(norms) + 1), norms, label=label, linewidth=0.8)
+    styles = ["-", (0, (4, 3)), ":", "-."]
+    for i, (label, norms) in enumerate(runs.items()):
+        ax.plot(
+            range(1, len(norms) + 1),
+            norms,
+            label=label,
+            linewidth=0.9 if i == 0 else 1.2,
+            linestyle=styles[i % len(styles)],
+        )
     ax.axhline(theta, color="gray", linestyle="--", linewidth=0.8, label=f"θ = {theta:g}")
     ax.set_xlabel("SGD step")
-    ax.set_ylabel("global gradient norm ‖g‖ (before clipping)")
+    ax.set_ylabel("global gradient norm ‖g‖, before clipping (log scale)")
     ax.set_yscale("log")
-    ax.set_title(title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
+    if note:  # under the title, where it covers no curve
+        title = f"{title}\n" + "\n".join(textwrap.wrap(note, 80))
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     save(fig, path)

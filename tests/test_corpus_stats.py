@@ -127,7 +127,6 @@ def test_human_output_is_three_tables(cats: Path, capsys: pytest.CaptureFixture[
 def test_zipf_plot_is_a_png(
     timemachine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("matplotlib", reason="--plot needs matplotlib")
     png = tmp_path / "zipf.png"
     out = _run(capsys, "--corpus", str(timemachine), "--plot", str(png))
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -137,7 +136,6 @@ def test_zipf_plot_is_a_png(
 
 
 def test_zipf_plot_replaces_an_old_file(cats: Path, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="--plot needs matplotlib")
     png = tmp_path / "zipf.png"
     png.write_text("old")
     args = _parser().parse_args(
@@ -148,7 +146,6 @@ def test_zipf_plot_replaces_an_old_file(cats: Path, tmp_path: Path) -> None:
 
 
 def test_zipf_plot_draws_three_labelled_log_log_lines(timemachine: Path) -> None:
-    pytest.importorskip("matplotlib", reason="--plot needs matplotlib")
     stats = corpus_stats.corpus_stats(timemachine, "word")
     (ax,) = corpus_stats.zipf_figure(stats, "Zipf").axes
     assert ax.get_xscale() == ax.get_yscale() == "log"
