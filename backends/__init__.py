@@ -8,9 +8,15 @@ option after a colon (``array-api:torch``), which the registry hands to ``with_o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.metadata
+import importlib.util
 import os
-from collections.abc import Callable
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
 from rosetta_rnn.core.contract import Backend
@@ -19,16 +25,35 @@ from rosetta_rnn.core.model import ValueAndGrad, bptt_value_and_grad
 
 
 class Entry(NamedTuple):
+    """What is known of a backend without importing its framework (which takes seconds)."""
+
     framework: str  # what the user installs, in words
     extra: str | None  # the pip extra that installs it (None: always there)
+    packages: tuple[str, ...]  # the distributions it needs; the first gives the version
+    grad_modes: tuple[str, ...]  # --grad values, the default first
+    compile_modes: tuple[str, ...]  # --eager / --compile values, the default first
 
 
 REGISTRY: dict[str, Entry] = {
-    "numpy": Entry("NumPy", None),
-    "torch": Entry("PyTorch", "torch"),
-    "jax": Entry("JAX", "jax"),
-    "tensorflow": Entry("TensorFlow", "tensorflow"),
-    "array-api": Entry("the Array API standard (array-api-compat)", "array-api"),
+    "numpy": Entry("NumPy", None, ("numpy",), ("bptt",), ("eager",)),
+    "torch": Entry(
+        "PyTorch",
+        "torch",
+        ("torch",),
+        ("autograd", "bptt"),
+        ("eager", "torch.compile", "reduce-overhead"),
+    ),
+    "jax": Entry("JAX", "jax", ("jax", "jaxlib"), ("autograd", "bptt"), ("jit", "eager")),
+    "tensorflow": Entry(
+        "TensorFlow", "tensorflow", ("tensorflow",), ("autograd", "bptt"), ("tf.function", "eager")
+    ),
+    "array-api": Entry(
+        "the Array API standard (array-api-compat)",
+        "array-api",
+        ("array-api-strict", "array-api-compat"),
+        ("bptt",),
+        ("eager",),
+    ),
 }
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_ENV = "ROSETTA_RNN_BACKEND"
@@ -52,7 +77,8 @@ def load(spec: str) -> Backend[Any]:
     error naming the extra."""
     name, colon, option = check_name(spec).partition(":")
     try:
-        module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+        with _native_notices_dropped():
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
     except ImportError as e:
         if e.name and e.name.startswith(__name__):
             raise  # our own module is broken: a bug, not the user's problem
@@ -69,25 +95,80 @@ def load(spec: str) -> Backend[Any]:
     return cast(Backend[Any], with_option(option))
 
 
-def info(name: str) -> dict[str, Any]:
-    """What ``rosetta-rnn backends`` shows for one backend."""
-    framework = REGISTRY[name.partition(":")[0]].framework
-    row: dict[str, Any] = {"backend": name, "framework": framework, "installed": False}
-    try:
-        mod = load(name)
-    except BackendUnavailable as e:
-        row["error"] = str(e)
-        return row
-    devices = mod.devices()
+def info(name: str, probe: bool = False) -> dict[str, Any]:
+    """What ``rosetta-rnn backends`` shows for one backend: from the installed packages' metadata
+    alone (a fraction of a second), or with ``probe`` by importing the framework and asking it
+    for its devices (seconds: TensorFlow's import alone takes about 7 s on two cores)."""
+    entry = REGISTRY[name.partition(":")[0]]
+    row: dict[str, Any] = {"backend": name, "framework": entry.framework, "installed": False}
+    versions = {}
+    for package in entry.packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            row["error"] = (
+                f"backend {name!r} needs {entry.framework}, which is not installed (no package "
+                f"{package}); install it with: pip install 'rosetta-rnn[{entry.extra}]'"
+            )
+            return row
     row.update(
         installed=True,
-        version=mod.version(),
-        devices=devices,
-        float64={d: mod.supports_float64(d) for d in devices},
-        grad_modes=list(mod.GRAD_MODES),
-        compile_modes=list(mod.COMPILE_MODES),
+        version=" ".join(
+            [versions[entry.packages[0]]] + [f"({p} {v})" for p, v in list(versions.items())[1:]]
+        ),
+        grad_modes=list(entry.grad_modes),
+        compile_modes=list(entry.compile_modes),
     )
+    if probe:
+        try:
+            mod = load(name)
+        except BackendUnavailable as e:
+            row.update(installed=False, error=str(e))
+            return row
+        devices = mod.devices()
+        row.update(devices=devices, float64={d: mod.supports_float64(d) for d in devices})
     return row
+
+
+# What TensorFlow's C++ side prints while it loads and looks for a GPU, whatever
+# TF_CPP_MIN_LOG_LEVEL says (absl writes before it reads its settings): notices, not errors.
+_NATIVE_NOTICES = re.compile(
+    r"absl::InitializeLog|cudart_stub\.cc|Could not find cuda drivers|failed call to cuInit"
+    r"|cuda_platform\.cc|cpu_feature_guard|rebuild TensorFlow with the appropriate compiler"
+    r"|This TensorFlow binary is optimized|oneDNN custom operations are on"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning|computation_placer\.cc"
+)
+
+
+@contextlib.contextmanager
+def _native_notices_dropped() -> Iterator[None]:
+    """Run the body with file descriptor 2 caught; afterwards pass on every line of it except
+    the framework's known start-up notices. Only around an import or a device query: while it
+    runs, nothing else reaches the terminal's stderr."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines() if not _NATIVE_NOTICES.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+def native_notices_dropped() -> contextlib.AbstractContextManager[None]:
+    """``_native_notices_dropped`` for a backend's own first device query."""
+    return _native_notices_dropped()
 
 
 def framework(name: str) -> str:

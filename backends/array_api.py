@@ -24,8 +24,8 @@ from rosetta_rnn.core.model import Params, ValueAndGrad, forward_loss, train_ste
 from rosetta_rnn.core.ops import python_scan
 
 NAME = "array-api"
-GRAD_MODES: tuple[str, ...] = ("bptt",)
-COMPILE_MODES: tuple[str, ...] = ("eager",)
+GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
+COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 DEFAULT_LIBRARY = "array_api_strict"
 
 

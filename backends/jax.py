@@ -30,8 +30,8 @@ from rosetta_rnn.core.model import (
 from rosetta_rnn.core.ops import python_scan
 
 NAME = "jax"
-GRAD_MODES: tuple[str, ...] = ("autograd", "bptt")
-COMPILE_MODES: tuple[str, ...] = ("jit", "eager")
+GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
+COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 
 
 def version() -> str:

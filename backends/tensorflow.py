@@ -29,8 +29,8 @@ from rosetta_rnn.core.model import (
 from rosetta_rnn.core.ops import python_scan
 
 NAME = "tensorflow"
-GRAD_MODES: tuple[str, ...] = ("autograd", "bptt")
-COMPILE_MODES: tuple[str, ...] = ("tf.function", "eager")
+GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
+COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 
 
 def version() -> str:
@@ -38,7 +38,8 @@ def version() -> str:
 
 
 def _gpu_count() -> int:
-    gpus = tf.config.list_physical_devices("GPU")
+    with _registry.native_notices_dropped():  # the first query prints CUDA's start-up notices
+        gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:  # allocate GPU memory as needed, so TensorFlow can share the GPU with JAX or torch
             tf.config.experimental.set_memory_growth(gpu, True)

@@ -27,8 +27,8 @@ from rosetta_rnn.core.model import (
 from rosetta_rnn.core.ops import python_scan
 
 NAME = "torch"
-GRAD_MODES: tuple[str, ...] = ("autograd", "bptt")
-COMPILE_MODES: tuple[str, ...] = ("eager", "torch.compile", "reduce-overhead")
+GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
+COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs: nothing to replay on a CPU
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -67,7 +67,17 @@ def full_float32() -> None:
 
 def resolve_device(device: str) -> str:
     """auto -> gpu:0 when CUDA is there, else cpu; gpu -> gpu:0; checks the index."""
-    return _registry.resolve_device(device, _gpu_count, "PyTorch")
+    if torch.version.cuda is None:
+        no_gpu = (
+            f"PyTorch {torch.__version__} is a CPU-only build; install a CUDA build "
+            "(https://pytorch.org/get-started/locally/) or use --device cpu"
+        )
+    else:
+        no_gpu = (
+            f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: check the "
+            "driver with nvidia-smi, and CUDA_VISIBLE_DEVICES; use --device cpu"
+        )
+    return _registry.resolve_device(device, _gpu_count, "PyTorch", no_gpu)
 
 
 def _torch_device(label: str) -> torch.device:
