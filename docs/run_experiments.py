@@ -1,7 +1,7 @@
 """Run the chapter's experiments on every installed backend and write docs/experiments.md.
 
     python docs/run_experiments.py [--epochs 50] [--backends numpy torch jax tensorflow]
-                                   [--corpus ../shared/data/timemachine.txt]
+                                   [--corpus FILE]
 
 Every number in docs/experiments.md comes from this script; each row shows the command.
 """
@@ -40,10 +40,14 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--backends", nargs="+", default=["numpy", "torch", "jax", "tensorflow"])
-    p.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "timemachine.txt"))
+    p.add_argument(
+        "--corpus",
+        help="default: the command's own lookup ($ROSETTA_RNN_DATA, the cache, a download)",
+    )
     p.add_argument("--out", default=str(HERE / "experiments.json"))
     a = p.parse_args()
-    base = ["--corpus", a.corpus, "--epochs", str(a.epochs)]
+    corpus = ["--corpus", a.corpus] if a.corpus else []
+    base = [*corpus, "--epochs", str(a.epochs)]
     experiments = {
         "sequential": ["train", *base],
         "random": ["train", *base, "--sampling", "random"],
@@ -57,8 +61,7 @@ def main() -> None:
         "held-out": ["train", *base, "--train-fraction", "0.9"],
         "word": [
             "train",
-            "--corpus",
-            a.corpus,
+            *corpus,
             "--epochs",
             str(max(a.epochs // 5, 2)),
             "--token",
@@ -75,8 +78,8 @@ def main() -> None:
             results[f"{backend}/{name}"] = {"command": args, **run(cmd)}
         ckpt = str(Path("/tmp") / f"exp-{backend}.safetensors")
         results[f"{backend}/eval"] = {
-            "command": ["eval", "--checkpoint", "CKPT", "--corpus", a.corpus],
-            **run(["eval", "--checkpoint", ckpt, "--corpus", a.corpus, "--backend", backend]),
+            "command": ["eval", "--checkpoint", "CKPT", *corpus],
+            **run(["eval", "--checkpoint", ckpt, *corpus, "--backend", backend]),
         }
         for alpha in ("0.5", "1", "2"):
             results[f"{backend}/alpha{alpha}"] = {

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from rosetta_rnn.core import data
+from rosetta_rnn.core.errors import DataError
+
 REPO = Path(__file__).resolve().parent.parent
 
 # ci: fast and derandomized (the same examples every run); dev: deeper, random.
@@ -34,15 +37,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def timemachine() -> Path:
-    """The shared copy (never committed): $ROSETTA_RNN_TEST_CORPUS or ../shared/data/."""
-    path = Path(
-        os.environ.get(
-            "ROSETTA_RNN_TEST_CORPUS", REPO.parent / "shared" / "data" / "timemachine.txt"
-        )
-    )
-    if not path.is_file():
-        pytest.fail(f"The Time Machine is expected at {path} (set ROSETTA_RNN_TEST_CORPUS)")
-    return path
+    """The Time Machine found as the command finds it (never committed): ``$ROSETTA_RNN_DATA``,
+    then the sha1-checked cache, then a download into that cache."""
+    try:
+        return data.locate_time_machine()
+    except DataError as e:
+        pytest.fail(f"The Time Machine is needed: {e}")
 
 
 @pytest.fixture

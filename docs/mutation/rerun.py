@@ -27,8 +27,12 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--module", action="append", default=[], help="only these modules")
     p.add_argument("--python", default=sys.executable, help="the python the tests run under")
-    p.add_argument("--corpus", default=str(HERE.parents[1] / "../shared/data/timemachine.txt"))
+    p.add_argument("--corpus", help="a timemachine.txt (default: the command's own lookup)")
     args = p.parse_args()
+    if args.corpus is None:
+        from rosetta_rnn.core import data
+
+        args.corpus = str(data.locate_time_machine())
     db = sqlite3.connect(args.session)
     rows = db.execute(
         """SELECT s.module_path, s.operator_name, s.occurrence, s.start_pos_row

@@ -15,7 +15,8 @@ shift || true
 groups=("$@")
 [[ ${#groups[@]} -gt 0 ]] || groups=(data model checkpoint)
 venv_site="$(ls -d "$repo"/.venv/lib/python3*/site-packages)"
-corpus="${ROSETTA_RNN_TEST_CORPUS:-$repo/../shared/data/timemachine.txt}"
+# The Time Machine as the command finds it: $ROSETTA_RNN_DATA, the cache, a download.
+corpus="$("$repo/.venv/bin/python" -c 'from rosetta_rnn.core import data; print(data.locate_time_machine())')"
 rm -rf "$work" && mkdir -p "$work"
 python3 -m venv --without-pip "$work/venv"
 for group in "${groups[@]}"; do
