@@ -174,13 +174,28 @@ class Corpus:
         return join_tokens(self.vocab.to_tokens(indices), self.token)
 
 
+UNK_CHAR = "\ufffd"
+"""How ``<unk>`` reads in generated character text: Unicode's replacement character, one
+character for one token, since ``<unk>`` is no character of the text. Word text keeps the word
+``<unk>``, as word-level corpora write it."""
+
+
 def join_tokens(tokens: Sequence[str], token: str) -> str:
-    return "".join(tokens) if token == "char" else " ".join(tokens)
+    if token == "char":
+        return "".join(UNK_CHAR if t == "<unk>" else t for t in tokens)
+    return " ".join(tokens)
 
 
 def split_text(text: str, token: str) -> list[str]:
-    """A user's prefix as tokens (characters, or whitespace-separated words)."""
+    """Text as tokens (characters, or whitespace-separated words), as it is."""
     return list(text) if token == "char" else text.split()
+
+
+def read_prefix(text: str, token: str) -> tuple[str, list[str]]:
+    """A user's prefix read the way the corpus was: d2l's ``preprocess`` (letters only, the
+    rest one space, stripped, lower case), then split. Returns the text as read and its tokens."""
+    read = preprocess(text)
+    return read, split_text(read, token)
 
 
 def load_corpus(path: str | os.PathLike[str], token: str = "char", max_tokens: int = -1) -> Corpus:

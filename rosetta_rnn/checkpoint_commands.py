@@ -13,37 +13,88 @@ from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import checkpoint, data, model, sampling
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.evaluation import perplexity_on
-from rosetta_rnn.helpers import PROG, add_backend_args
+from rosetta_rnn.helpers import CORPUS_HELP, PROG, add_backend_args
 
 
 def register(sub: Any) -> None:
     """Add ``generate`` and ``eval`` to ``sub`` (an ``argparse._SubParsersAction``)."""
-    g = sub.add_parser("generate", help="continue a prefix from a checkpoint")
-    g.add_argument("--checkpoint", metavar="PATH", required=True)
-    add_backend_args(g, None)
-    g.add_argument("--prefix", default="time traveller")
+    g = sub.add_parser(
+        "generate",
+        help="continue a prefix from a checkpoint",
+        description="Load a checkpoint written by `train` (on any backend) and continue a "
+        "prefix. The prefix is read the way the corpus was: letters only, lower case, "
+        "anything else one space. Greedy by default (ties go to the lowest index); "
+        "--temperature or --alpha sample instead, with uniforms from one seeded NumPy "
+        "generator, so a seed gives the same text on every backend. A sampled <unk> (a token "
+        "outside the vocabulary) prints as \ufffd in character text.",
+    )
     g.add_argument(
-        "--num-chars", type=argtypes.integer, default=50, help="how many tokens to predict"
+        "--checkpoint", metavar="PATH", required=True, help="a checkpoint written by train"
+    )
+    add_backend_args(g, None)
+    g.add_argument(
+        "--prefix", metavar="TEXT", default="time traveller", help="the text to continue"
+    )
+    g.add_argument(
+        "--num-chars",
+        type=argtypes.integer,
+        default=50,
+        metavar="N",
+        help="how many tokens to predict (characters, or words for a word model)",
     )
     how = g.add_mutually_exclusive_group()
-    how.add_argument("--greedy", action="store_true", help="argmax (the default)")
     how.add_argument(
-        "--temperature", type=argtypes.positive_float, help="sample softmax(logits / T)"
+        "--greedy", action="store_true", help="argmax at every step (the default sampling)"
     )
-    how.add_argument("--alpha", type=argtypes.positive_float, help="sample q ∝ P^α (T = 1/α)")
-    g.add_argument("--plot", metavar="PNG", help="plot the next-token distribution for --alphas")
+    how.add_argument(
+        "--temperature",
+        type=argtypes.positive_float,
+        metavar="T",
+        help="sample from softmax(logits / T) (default: greedy)",
+    )
+    how.add_argument(
+        "--alpha",
+        type=argtypes.positive_float,
+        metavar="A",
+        help="sample from q ∝ P^α, that is T = 1/α (default: greedy)",
+    )
     g.add_argument(
-        "--alphas", type=argtypes.alphas, default=[0.5, 1.0, 2.0, 4.0], metavar="A,B,..."
+        "--plot",
+        metavar="PNG",
+        help="also plot the next-token distribution after the prefix for each of --alphas "
+        "(default: no plot)",
     )
-    g.add_argument("--seed", type=argtypes.integer, default=0, help="seed of the sampling uniforms")
-    g.add_argument("--json", action="store_true")
+    g.add_argument(
+        "--alphas",
+        type=argtypes.alphas,
+        default=[0.5, 1.0, 2.0, 4.0],
+        metavar="A,B,...",
+        help="the α of each distribution in --plot (default: 0.5,1,2,4)",
+    )
+    g.add_argument(
+        "--seed",
+        metavar="N",
+        type=argtypes.integer,
+        default=0,
+        help="seed of the sampling uniforms",
+    )
+    g.add_argument("--json", action="store_true", help="one JSON document on stdout")
     g.set_defaults(func=cmd_generate)
 
-    e = sub.add_parser("eval", help="perplexity of a checkpoint on a text")
-    e.add_argument("--checkpoint", metavar="PATH", required=True)
-    e.add_argument("--corpus", metavar="FILE", help="default: The Time Machine")
+    e = sub.add_parser(
+        "eval",
+        help="perplexity of a checkpoint on a text",
+        description="Score a checkpoint on a text it may not have seen: the text gets the "
+        "corpus' preprocessing and the checkpoint's tokenisation and vocabulary (tokens "
+        "outside it count as <unk>), and is read in one pass with the state carried across "
+        "chunks of the checkpoint's --num-steps.",
+    )
+    e.add_argument(
+        "--checkpoint", metavar="PATH", required=True, help="a checkpoint written by train"
+    )
+    e.add_argument("--corpus", metavar="FILE", help=CORPUS_HELP)
     add_backend_args(e, None)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="one JSON document on stdout")
     e.set_defaults(func=cmd_eval)
 
 
@@ -75,9 +126,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if args.num_chars < 0:
         raise UserError(f"--num-chars must be >= 0, got {args.num_chars}")
-    tokens = data.split_text(args.prefix, token)
+    prefix, tokens = data.read_prefix(args.prefix, token)
     if not tokens:
-        raise UserError("--prefix is empty; give at least one token")
+        raise UserError(
+            f"--prefix {args.prefix!r} has no letters; the corpus keeps letters only, so the "
+            "prefix is read the same way"
+        )
+    if prefix != args.prefix:
+        print(
+            f"{PROG}: note: prefix read as {prefix!r}, as the corpus was (letters only, "
+            "lower case, the rest one space)",
+            file=sys.stderr,
+        )
     unknown = sorted({t for t in tokens if t not in vocab.token_to_idx})
     if unknown:
         print(
@@ -93,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             a: sampling.next_distribution(ops, params, vocab.lookup(tokens), a, activation)
             for a in args.alphas
         }
-        title = f"next token after {args.prefix!r}: q ∝ P^α"
+        title = f"next token after {prefix!r}: q ∝ P^α"
         plots.distributions(probs, vocab.idx_to_token, args.plot, title)
         print(f"plot written to {args.plot}", file=sys.stderr)
     ids = sampling.predict(
@@ -107,19 +167,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     continuation = vocab.to_tokens(ids[len(tokens) :])
     sep = "" if token == "char" else " "
-    text = args.prefix + (sep if continuation else "") + data.join_tokens(continuation, token)
-    if args.json:
+    text = prefix + (sep if continuation else "") + data.join_tokens(continuation, token)
+    unk_drawn = continuation.count("<unk>")
+    if unk_drawn and token == "char":
         print(
-            json.dumps(
-                {
-                    "text": text,
-                    "prefix": args.prefix,
-                    "backend": args.backend,
-                    "device": ops.device,
-                    "dtype": dtype,
-                }
-            )
+            f"{PROG}: note: the model drew <unk> {unk_drawn} time(s), shown as {data.UNK_CHAR}",
+            file=sys.stderr,
         )
+    if args.json:
+        doc = {
+            "text": text,
+            "prefix": args.prefix,
+            "prefix_read_as": prefix,
+            "num_chars": args.num_chars,
+            "sampling": "greedy" if temperature is None else "temperature",
+            "temperature": temperature,
+            "seed": args.seed,
+            "unk_drawn": unk_drawn,
+            "checkpoint": args.checkpoint,
+            "backend": args.backend,
+            "device": ops.device,
+            "dtype": dtype,
+        }
+        print(json.dumps(doc))
     else:
         print(text)
     return 0
