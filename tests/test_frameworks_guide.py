@@ -7,13 +7,17 @@ scan in the jaxpr, a While op in the graph), never a time.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 import subprocess
 import sys
+import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,7 @@ from rosetta_rnn.core import data, model, sampling
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.ops import python_scan
 
+Arrays = dict[str, np.ndarray]
 REF = numpy_backend.make_ops("float64", "cpu")
 V, H, B, T = 6, 5, 3, 4  # vocab_size, num_hiddens, batch_size, num_steps of the small problems
 
@@ -510,6 +515,448 @@ def test_tensorflow_traced_step_is_one_while_loop_whatever_num_steps() -> None:
     unrolled = UnrolledOps("float64", "cpu")
     short, long = _graph_ops(unrolled, 3), _graph_ops(unrolled, 12)
     assert not any("While" in t for t in short) and len(long) > len(short) + 9 * 5
+
+
+# --- 13. the training step, four ways -------------------------------------------------------
+
+STEP_SOURCES = [
+    "core/model.py",
+    "backends/numpy.py",
+    "backends/torch.py",
+    "backends/jax.py",
+    "backends/tensorflow.py",
+]
+
+
+def _guide_section(number: int) -> str:
+    """The text of the guide's section ``## <number>.``, up to the next ``## ``."""
+    text = GUIDE.read_text(encoding="utf-8")
+    start = text.index(f"\n## {number}. ")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def _shown_code(section: str) -> list[tuple[str, str]]:
+    """(source file, code) for each ```python block, named by the `path` on the line above."""
+    return re.findall(r"^`([\w/]+\.py)`[^\n]*\n\n?```python\n(.*?)^```", section, re.M | re.S)
+
+
+@pytest.mark.parametrize("source", STEP_SOURCES)
+def test_the_training_steps_shown_are_the_source(source: str) -> None:
+    section = _guide_section(13)
+    shown = _shown_code(section)
+    assert len(shown) == section.count("```python")  # every block names its file
+    blocks = [code for path, code in shown if path == source]
+    assert blocks, f"section 13 shows nothing from {source}"
+    text = (GUIDE.parent.parent / source).read_text(encoding="utf-8")
+    for code in blocks:
+        code = textwrap.dedent(code)
+        # literally in the file, at some common indentation (blank lines carry none)
+        assert any(textwrap.indent(code, " " * n) in text for n in range(0, 13, 4)), code
+
+
+@pytest.mark.parametrize(
+    ("backend", "default"),
+    [("numpy", "eager"), ("torch", "eager"), ("jax", "jit"), ("tensorflow", "tf.function")],
+)
+def test_only_jax_and_tensorflow_compile_the_step_by_default(backend: str, default: str) -> None:
+    module = pytest.importorskip(f"rosetta_rnn.backends.{backend}")
+    from rosetta_rnn import backends
+
+    assert backends.pick_mode(backend, "compile mode", None, module.COMPILE_MODES) == default
+    if backend == "jax":  # the default step is a jitted function
+        ops = module.make_ops("float32", "cpu")
+        assert hasattr(module.make_train_step(ops), "lower")
+
+
+# --- 14. the hidden state between minibatches -------------------------------------------------
+
+
+def _two_minibatches() -> tuple[Arrays, list[np.ndarray], Arrays, Arrays]:
+    """Two sequential minibatches: (params, [X1, Y1, X2, Y2, s0], the gradient of minibatch 2's
+    loss with its initial state H1 taken as a constant, the same through both minibatches)."""
+    params, X1, Y1, s0 = _problem(0)
+    _, X2, Y2, _ = _problem(1)
+    _, H1 = model.rnn_forward(REF, params, X1, s0)
+    _, truncated, _, _ = model.bptt(REF, params, X2, Y2, H1)
+    # through both: minibatch 2's loss over the 2T steps that start from s0
+    _, full, _, _ = model.bptt(REF, params, np.concatenate([X1, X2]), Y2, s0)
+    assert not _close(full["W_hh"], truncated["W_hh"], 1e-3)  # the two differ
+    return params, [X1, Y1, X2, Y2, s0], truncated, full
+
+
+def _all_close(grads: Any, ref: Arrays) -> bool:
+    return all(_close(np.asarray(grads[k]), ref[k]) for k in model.PARAM_NAMES)
+
+
+def test_torch_needs_detach_between_minibatches() -> None:
+    torch = _torch()
+    ops = pytest.importorskip("rosetta_rnn.backends.torch").make_ops("float64", "cpu")
+    params, arrays, truncated, full = _two_minibatches()
+    X1, Y1, X2, Y2, s0 = (ops.asarray(a) for a in arrays)
+    leaves = {k: ops.asarray(v).requires_grad_(True) for k, v in params.items()}
+    names = list(model.PARAM_NAMES)
+
+    def grads_of(loss: Any) -> dict[str, Any]:
+        return dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names]), strict=True))
+
+    loss1, H1 = model.forward_loss(ops, leaves, X1, Y1, s0)
+    loss1.backward()  # minibatch 1's graph is freed; H1 still points into it
+    assert H1.grad_fn is not None
+    loss2, _ = model.forward_loss(ops, leaves, X2, Y2, H1)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        grads_of(loss2)
+    loss2, _ = model.forward_loss(ops, leaves, X2, Y2, H1.detach())
+    assert _all_close(grads_of(loss2), truncated)
+    # with minibatch 1's graph kept, the gradient goes on into minibatch 1
+    loss1, H1 = model.forward_loss(ops, leaves, X1, Y1, s0)
+    loss1.backward(retain_graph=True)
+    loss2, _ = model.forward_loss(ops, leaves, X2, Y2, H1)
+    assert _all_close(grads_of(loss2), full)
+
+
+def test_jax_grad_takes_a_given_state_as_a_constant() -> None:
+    jax = _jax()
+    ops = pytest.importorskip("rosetta_rnn.backends.jax").make_ops("float64", "cpu")
+    params, arrays, truncated, full = _two_minibatches()
+    X1, _, X2, Y2, s0 = (ops.asarray(a) for a in arrays)
+    p = model.to_backend(ops, params)
+    _, H1 = model.rnn_forward(ops, p, X1, s0)  # a value: it does not remember how it was made
+    grads = jax.grad(lambda p: model.forward_loss(ops, p, X2, Y2, H1)[0])(p)
+    assert _all_close(grads, truncated)
+
+    def both(p: Any) -> Any:  # through minibatch 1 only when one function computes both
+        _, H1 = model.rnn_forward(ops, p, X1, s0)
+        return model.forward_loss(ops, p, X2, Y2, H1)[0]
+
+    assert _all_close(jax.grad(both)(p), full)
+
+
+def test_tensorflow_tape_sees_nothing_computed_before_it() -> None:
+    tf = _tf()
+    ops = pytest.importorskip("rosetta_rnn.backends.tensorflow").make_ops("float64", "cpu")
+    params, arrays, truncated, full = _two_minibatches()
+    X1, _, X2, Y2, s0 = (ops.asarray(a) for a in arrays)
+    p = model.to_backend(ops, params)
+    _, H1 = model.rnn_forward(ops, p, X1, s0)  # before the tape: not recorded
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        loss2, _ = model.forward_loss(ops, p, X2, Y2, H1)
+    grads = {k: tf.convert_to_tensor(g) for k, g in tape.gradient(loss2, p).items()}
+    assert _all_close(grads, truncated)
+    with tf.GradientTape() as tape:  # the same two lines inside the tape
+        tape.watch(p)
+        _, H1 = model.rnn_forward(ops, p, X1, s0)
+        loss2, _ = model.forward_loss(ops, p, X2, Y2, H1)
+    grads = {k: tf.convert_to_tensor(g) for k, g in tape.gradient(loss2, p).items()}
+    assert _all_close(grads, full)
+
+
+def _step_args(ops: Any) -> tuple[dict[str, Any], Any, Any, np.ndarray]:
+    params, inputs, labels, state = _problem()
+    return model.to_backend(ops, params), ops.asarray(inputs), ops.asarray(labels), state
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow"])
+def test_the_state_our_step_returns_has_no_gradient_path(backend: str) -> None:
+    module = pytest.importorskip(f"rosetta_rnn.backends.{backend}")
+    ops = module.make_ops("float64", "cpu")
+    step = module.make_train_step(ops)  # the default mode: what `train` runs
+    params, inputs, labels, state = _step_args(ops)
+    if backend == "torch":
+        s = ops.asarray(state).requires_grad_(True) * 1.0  # with a history, like an H_T
+        assert s.grad_fn is not None
+        _, H_T, _, _ = step(params, inputs, labels, s, 0.1, 1.0)
+        _, again, _, _ = step(params, inputs, labels, s, 0.1, 1.0)  # a second time: no error
+        assert H_T.grad_fn is None and not H_T.requires_grad
+        assert np.array_equal(H_T.numpy(), again.numpy())
+    elif backend == "jax":
+        jax = _jax()
+
+        def carried(s: Any) -> Any:
+            return jax.numpy.sum(step(params, inputs, labels, s, 0.1, 1.0)[1])
+
+        assert not np.any(np.asarray(jax.grad(carried)(ops.asarray(state))))
+    else:
+        tf = _tf()
+        s = ops.asarray(state)
+        with tf.GradientTape() as tape:
+            tape.watch(s)
+            _, H_T, _, _ = step(params, inputs, labels, s, 0.1, 1.0)
+            total = tf.reduce_sum(H_T)
+        g = tape.gradient(total, s)
+        assert g is None or not np.any(g.numpy())
+
+
+# --- 15. updating the parameters --------------------------------------------------------------
+
+
+def test_torch_updates_a_leaf_in_place_only_under_no_grad() -> None:
+    torch = _torch()
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    g = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"leaf Variable that requires grad .* in-place"):
+        p -= 0.1 * g
+    storage = p.data_ptr()
+    with torch.no_grad():
+        p -= 0.1 * g  # the same tensor, still a leaf that requires grad
+    assert p.data_ptr() == storage and p.is_leaf and p.requires_grad
+    assert p.tolist() == [-0.1] * 3
+    q = p - 0.1 * g  # outside no_grad: a new tensor, recorded as a node of the graph
+    assert not q.is_leaf and q.grad_fn is not None
+
+
+def test_jax_arrays_are_immutable() -> None:
+    jnp = _jax().numpy
+    x = jnp.zeros(3)
+    with pytest.raises(TypeError, match="immutable"):
+        x[0] = 1.0
+    y = x.at[0].set(1.0)  # a new array; x is unchanged
+    assert y is not x
+    assert np.asarray(x).tolist() == [0.0] * 3 and np.asarray(y).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_tensorflow_variables_update_in_place_with_assign_sub() -> None:
+    tf = _tf()
+    v = tf.Variable([1.0, 2.0], dtype=tf.float64)
+    same = v
+    v.assign_sub([0.5, 0.5])  # in place
+    assert same is v and v.numpy().tolist() == [0.5, 1.5]
+    assert not hasattr(tf.constant([1.0]), "assign_sub")  # a plain tensor cannot be updated
+    w = v - 0.5  # not an update: a new plain tensor, which no tape watches by itself
+    assert not isinstance(w, tf.Variable)
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(w * w)
+    assert tape.gradient(y, w) is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "tensorflow"])
+def test_our_steps_return_new_parameters(backend: str) -> None:
+    module = pytest.importorskip(f"rosetta_rnn.backends.{backend}")
+    ops = module.make_ops("float64", "cpu")
+    params, inputs, labels, state = _step_args(ops)
+    before = {k: v.copy() for k, v in model.to_numpy(ops, params).items()}
+    new, _, _, _ = module.make_train_step(ops)(params, inputs, labels, ops.asarray(state), 0.1, 1.0)
+    assert all(new[k] is not params[k] for k in model.PARAM_NAMES)
+    after = model.to_numpy(ops, params)
+    assert all(np.array_equal(after[k], before[k]) for k in model.PARAM_NAMES)  # untouched
+    moved = model.to_numpy(ops, new)
+    assert all(not np.array_equal(moved[k], before[k]) for k in model.PARAM_NAMES)
+    if backend == "torch":  # computed under torch.no_grad(): no graph, no grad attached
+        assert not any(new[k].requires_grad for k in model.PARAM_NAMES)
+
+
+# --- 16. loss functions: two traps ------------------------------------------------------------
+
+
+def _mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The right value: mean of -log softmax(logits)[label] over the rows."""
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def test_keras_sparse_cross_entropy_wants_probabilities_by_default() -> None:
+    _tf()
+    keras = pytest.importorskip("keras", reason="Keras not installed")
+    for api in (
+        keras.losses.SparseCategoricalCrossentropy,
+        keras.losses.sparse_categorical_crossentropy,
+    ):
+        assert inspect.signature(api).parameters["from_logits"].default is False
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((12, V)), rng.integers(0, V, 12)
+    want = _mean_cross_entropy(logits, labels)
+
+    def loss(**kwargs: Any) -> float:
+        per_row = keras.losses.sparse_categorical_crossentropy(labels, logits, **kwargs)
+        return float(np.mean(keras.ops.convert_to_numpy(per_row)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # silently: no warning, no error, a finite number
+        wrong = loss()
+    assert np.isfinite(wrong) and wrong != pytest.approx(want, rel=0.1)
+    assert loss(from_logits=True) == pytest.approx(want, rel=1e-12)
+    for from_logits, value in [(False, wrong), (True, want)]:  # the class: float32 inside
+        layer = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        assert float(layer(labels, logits)) == pytest.approx(value, rel=1e-6)
+
+
+def test_torch_cross_entropy_wants_the_class_axis_second() -> None:
+    torch = _torch()
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    Y = rng.integers(0, V, (B, T))  # as d2l's iterators yield it
+    logits = torch.from_numpy(rng.standard_normal((T, B, V)))  # time-major, as the model
+    labels = torch.from_numpy(Y.T.copy())  # (T, B), rows in the same (t, b) order
+    want = _mean_cross_entropy(logits.reshape(T * B, V).numpy(), Y.T.reshape(-1))
+    assert float(F.cross_entropy(logits.reshape(T * B, V), labels.reshape(-1))) == (
+        pytest.approx(want, rel=1e-12)
+    )
+    assert float(F.cross_entropy(logits.permute(0, 2, 1), labels)) == (  # (T, V, B)
+        pytest.approx(want, rel=1e-12)
+    )
+    with pytest.raises(RuntimeError, match=rf"Expected target size \[{T}, {V}\], got \[{T}, {B}\]"):
+        F.cross_entropy(logits, labels)  # (T, B, V): B is taken as the class axis
+    square = torch.from_numpy(rng.standard_normal((T, V, V)))  # batch_size == vocab_size
+    labels = torch.from_numpy(rng.integers(0, V, (T, V)))
+    want = _mean_cross_entropy(square.reshape(T * V, V).numpy(), labels.reshape(-1).numpy())
+    assert float(F.cross_entropy(square, labels)) != pytest.approx(want, rel=1e-3)  # no error
+
+
+# --- 17. clipping in JAX: clip_grads and optax -------------------------------------------------
+
+
+def _optax_clip(g: np.ndarray, g_norm: float, max_norm: float) -> np.ndarray:
+    """optax.clip_by_global_norm's clip_fn, transcribed to NumPy:
+    ``jax.lax.select(g_norm < max_norm, t, (t / g_norm) * max_norm)``."""
+    return g if g_norm < max_norm else (g / g_norm) * max_norm
+
+
+@pytest.mark.parametrize(
+    ("scale", "theta"),
+    [(1.0, 1.0), (1.0, 0.25), (2.0**-3, 1.0), (1.0, 2.0), (2.0**-20, 2.0**-21)],
+)
+def test_optax_clip_by_global_norm_is_d2l_without_an_epsilon(scale: float, theta: float) -> None:
+    g = np.full(4, scale)  # ‖g‖ = 2·scale: every norm and ratio here is a power of two
+    clipped, norm = model.clip_by_global_norm(REF, {"W_xh": g}, theta)
+    assert float(norm) == 2 * scale
+    ours = clipped["W_xh"]
+    assert np.array_equal(ours, g * min(1.0, theta / (2 * scale)))  # d2l
+    assert np.array_equal(_optax_clip(g, float(norm), theta), ours)  # bit for bit here
+    assert np.array_equal(g * theta / max(float(norm), theta), ours)  # TensorFlow's form
+
+
+def test_optax_and_d2l_clipping_round_differently() -> None:
+    g = np.array([3.0, 4.0])  # ‖g‖ = 5, θ = 1
+    clipped, norm = model.clip_by_global_norm(REF, {"W_xh": g}, 1.0)
+    ours, optax_like = clipped["W_xh"], _optax_clip(g, float(norm), 1.0)
+    assert ours[0] == 3.0 * (1.0 / 5.0) == 0.6000000000000001  # g · (θ/‖g‖)
+    assert optax_like[0] == 3.0 / 5.0 == 0.6  # (g / ‖g‖) · θ
+    assert np.all(np.abs(ours - optax_like) <= np.spacing(optax_like))  # one unit in the last place
+
+
+@pytest.mark.parametrize("theta", [1.0, 0.3, 10.0])
+def test_jax_example_clip_grads_is_d2l_bit_for_bit(theta: float) -> None:
+    jax = _jax()
+    from jax.example_libraries import optimizers
+
+    g = np.array([3.0, 4.0])  # ‖g‖ = 5 exactly, in both norms
+    clipped, _ = model.clip_by_global_norm(REF, {"W_xh": g}, theta)
+    with jax.enable_x64(True):
+        theirs = np.asarray(optimizers.clip_grads({"W_xh": jax.numpy.asarray(g)}, theta)["W_xh"])
+    assert theirs.dtype == np.float64 and np.array_equal(theirs, clipped["W_xh"])
+
+
+# --- 18. timing: wait for the result before reading the clock ----------------------------------
+
+
+def test_jax_dispatches_asynchronously_on_the_cpu_too() -> None:
+    jax = _jax()
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] is True  # JAX's default
+    x = {"loss": jax.numpy.ones(3)}
+    assert jax.block_until_ready(x)["loss"] is x["loss"] and x["loss"].is_ready()
+    out = jax.jit(lambda a: a @ a)(jax.numpy.ones((64, 64)))
+    assert np.asarray(out)[0, 0] == 64.0 and out.is_ready()  # reading the value waited for it
+
+
+def test_tensorflow_cpu_is_synchronous_and_gpus_are_not() -> None:
+    tf = _tf()
+    assert tf.config.experimental.get_synchronous_execution() is True  # the CPU default
+    doc = " ".join(tf.test.experimental.sync_devices.__doc__.split())
+    assert "By default, GPUs run asynchronously." in doc
+    assert "Non-GPU devices can also be made to run asynchronously" in doc
+    assert "blocks until pending ops have finished executing" in doc
+
+
+class _Calls:
+    """A spy: records the arguments of every call."""
+
+    def __init__(self) -> None:
+        self.args: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> None:
+        self.args.append(args)
+
+
+def test_our_numpy_sync_waits_for_cupy_only() -> None:
+    numpy_backend.sync(REF, np.ones(2))  # NumPy: finished arrays, nothing to wait for
+    synchronize = _Calls()
+    device = _Calls()
+
+    class FakeDevice:
+        def __init__(self, index: int) -> None:
+            device(index)
+
+        def synchronize(self) -> None:
+            synchronize()
+
+    cupy_like = SimpleNamespace(cuda=SimpleNamespace(Device=FakeDevice))
+    numpy_backend.sync(SimpleNamespace(xp=cupy_like, device="gpu:1"), None)
+    assert device.args == [(1,)] and synchronize.args == [()]
+
+
+def test_our_torch_sync_waits_for_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = _torch()
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    doc = " ".join(torch.cuda.synchronize.__doc__.split())
+    assert "Wait for all kernels in all streams on a CUDA device to complete." in doc
+    spy = _Calls()
+    monkeypatch.setattr(torch.cuda, "synchronize", spy)
+    torch_backend.sync(torch_backend.make_ops("float32", "cpu"), torch.ones(2))
+    assert spy.args == []  # CPU ops return finished
+    torch_backend.sync(torch_backend.TorchOps("float32", "gpu:1"), None)  # no GPU needed
+    assert spy.args == [(torch.device("cuda", 1),)]
+
+
+def test_our_jax_sync_blocks_until_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    jax = _jax()
+    jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
+    spy = _Calls()
+    monkeypatch.setattr(jax, "block_until_ready", spy)
+    out = {"loss": jax.numpy.ones(2)}
+    jax_backend.sync(jax_backend.make_ops("float32", "cpu"), out)
+    assert spy.args == [(out,)]  # on the CPU too: the whole pytree the step returned
+
+
+def test_our_tensorflow_sync_waits_for_every_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    tf = _tf()
+    tf_backend = pytest.importorskip("rosetta_rnn.backends.tensorflow")
+    spy = _Calls()
+    monkeypatch.setattr(tf.test.experimental, "sync_devices", spy)
+    tf_backend.sync(tf_backend.make_ops("float32", "cpu"), tf.ones(2))
+    assert spy.args == [()]
+
+
+def test_the_benchmark_syncs_before_every_clock_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rosetta_rnn.benchmarks import timing, workloads
+
+    log: list[str] = []
+    ticks = iter(range(1000))
+
+    def clock() -> float:
+        log.append("clock")
+        return float(next(ticks))  # one second per read: every interval is positive
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock, sleep=lambda s: None))
+
+    def build() -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        log.append("build")
+        return (lambda: log.append("call")), (lambda out: log.append("sync"))
+
+    row = timing.prepare("row", build, min_time=2.0, warmup_time=0.0)
+    # setup and first call (tracing, compiling) are timed on their own, then the warm-up calls
+    first, warm = ["clock", "build", "call", "sync", "clock"], ["clock", "call", "sync", "clock"]
+    assert log[:5] == first and log[5:] == warm * row.warm_calls and row.warm_calls >= 1
+    assert row.samples == []  # neither is a sample
+    log.clear()
+    timing.time_block(row, pause=0.0)
+    # a timed block: the previous output waited for, the clock, the calls, a wait, the clock
+    assert log == ["sync", "clock", *["call"] * row.calls, "sync", "clock"]
+    assert len(row.samples) == 1
+    spy = _Calls()
+    monkeypatch.setattr(numpy_backend, "sync", spy)
+    workloads.syncer("numpy", REF)("out")  # the wait the harness uses: the backend's own sync
+    assert spy.args == [(REF, "out")]
 
 
 # --- the guide itself ---------------------------------------------------------------------------
