@@ -32,8 +32,20 @@ COMMANDS = (
 )
 
 
+DESCRIPTION = """\
+d2l's character-level RNN (The Time Machine), written once and run on NumPy, PyTorch, JAX,
+TensorFlow and the Array API standard, with checks that they agree and are right.
+
+Start with `rosetta-rnn train --checkpoint tm.safetensors`, then
+`rosetta-rnn generate --checkpoint tm.safetensors`. `rosetta-rnn COMMAND --help` says more.
+
+The Time Machine is found in $ROSETTA_RNN_DATA/timemachine.txt, else in the cache folder
+($ROSETTA_RNN_CACHE or ~/.cache/rosetta-rnn, checked by sha1), else downloaded into it;
+--corpus FILE reads another text."""
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog=PROG, description=__doc__)
+    parser = Parser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:

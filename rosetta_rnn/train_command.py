@@ -33,7 +33,8 @@ from rosetta_rnn.core.training import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from rosetta_rnn.helpers import add_backend_args
+from rosetta_rnn.helpers import CORPUS_HELP, add_backend_args
+from rosetta_rnn.progress import Progress
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
@@ -188,25 +189,6 @@ def _sample(ops: Any, params: Any, vocab: data.Vocab, token: str, prefix: str, a
     return data.join_tokens(vocab.to_tokens(out), token)
 
 
-class _Progress:
-    """A one-line progress bar on a terminal; silent elsewhere."""
-
-    def __init__(self, out: TextIO, total: int) -> None:
-        self.out, self.total = out, total
-        self.active = out.isatty()
-
-    def update(self, epoch: int, text: str) -> None:
-        if self.active:
-            done = int(30 * epoch / self.total)
-            self.out.write(f"\r[{'#' * done}{'.' * (30 - done)}] {epoch}/{self.total} {text}")
-            self.out.flush()
-
-    def clear(self) -> None:
-        if self.active:
-            self.out.write("\r\033[K")
-            self.out.flush()
-
-
 class _StopFlag:
     """SIGINT sets the flag (the trainer stops after the current step); a second Ctrl-C
     interrupts at once."""
@@ -233,33 +215,88 @@ class _StopFlag:
 
 def register(sub: Any) -> None:
     """Add ``train`` to ``sub`` (an ``argparse._SubParsersAction``)."""
-    t = sub.add_parser("train", help="train on The Time Machine and print samples")
+    t = sub.add_parser(
+        "train",
+        help="train on The Time Machine and print samples",
+        description="Train the chapter's character-level RNN (one-hot input, tanh, output "
+        "layer, SGD with the gradient clipped to global norm θ) on The Time Machine, and "
+        "print every 10 epochs the perplexity, the speed and a greedy sample. The defaults "
+        "are d2l's: 500 epochs of 32 × 35-token minibatches, 512 hidden units, lr 1, θ = 1, "
+        "about 3 minutes with NumPy on two cores. --checkpoint keeps the model for generate, "
+        "eval and --resume; Ctrl-C saves and says how to resume.",
+    )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
     # The run's settings default to None so that --resume can tell what was given explicitly;
     # RunConfig holds the chapter's values.
     t.add_argument(
-        "--seed", type=argtypes.integer, help="seed of the one core generator (default 0)"
+        "--seed",
+        metavar="N",
+        type=argtypes.integer,
+        help="seed of the one core generator (default 0)",
     )
-    t.add_argument("--corpus", metavar="FILE", help="a text file instead of The Time Machine")
-    t.add_argument("--token", choices=data.TOKEN_KINDS, help="char (default) or word")
+    t.add_argument("--corpus", metavar="FILE", help=CORPUS_HELP)
+    t.add_argument("--token", choices=data.TOKEN_KINDS, help="char or word (default: char)")
     t.add_argument(
-        "--max-tokens", type=argtypes.integer, help="10000 (default); <= 0 keeps the whole text"
+        "--max-tokens",
+        type=argtypes.integer,
+        metavar="N",
+        help="train on the first N tokens; <= 0 keeps the whole text (default: 10000)",
     )
-    t.add_argument("--batch-size", type=argtypes.positive_int, help="default 32")
-    t.add_argument("--num-steps", type=argtypes.positive_int, help="default 35")
-    t.add_argument("--num-hiddens", type=argtypes.positive_int, help="default 512")
-    t.add_argument("--lr", type=argtypes.positive_float, help="default 1")
-    t.add_argument("--epochs", type=argtypes.positive_int, help="total epochs (default 500)")
+    t.add_argument(
+        "--batch-size",
+        metavar="B",
+        type=argtypes.positive_int,
+        help="sequences per minibatch (default: 32)",
+    )
+    t.add_argument(
+        "--num-steps",
+        metavar="T",
+        type=argtypes.positive_int,
+        help="tokens per sequence (default: 35)",
+    )
+    t.add_argument(
+        "--num-hiddens", metavar="H", type=argtypes.positive_int, help="hidden units (default: 512)"
+    )
+    t.add_argument("--lr", type=argtypes.positive_float, help="SGD learning rate (default: 1)")
+    t.add_argument(
+        "--epochs",
+        metavar="N",
+        type=argtypes.positive_int,
+        help="total epochs, counting those a --resume'd checkpoint has done (default: 500)",
+    )
     clip = t.add_mutually_exclusive_group()
-    clip.add_argument("--clip", type=argtypes.positive_float, metavar="THETA", help="default 1")
-    clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
-    t.add_argument("--sampling", choices=data.SAMPLING_KINDS, help="default sequential")
-    t.add_argument("--activation", choices=("tanh", "relu"), help="default tanh")
-    t.add_argument("--embedding", choices=("onehot", "learned"), help="default onehot")
-    t.add_argument(
-        "--embed-dim", type=argtypes.positive_int, help="size of a learned embedding (32)"
+    clip.add_argument(
+        "--clip",
+        type=argtypes.positive_float,
+        metavar="THETA",
+        help="clip the gradient to global norm θ: g·min(1, θ/‖g‖) (default: 1)",
     )
-    t.add_argument("--loss", choices=("all-steps", "last-step"), help="default all-steps")
+    clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
+    t.add_argument(
+        "--sampling",
+        choices=data.SAMPLING_KINDS,
+        help="minibatches of consecutive text carrying the state, or random offsets with a "
+        "fresh state (default: sequential)",
+    )
+    t.add_argument(
+        "--activation", choices=("tanh", "relu"), help="the hidden layer's (default: tanh)"
+    )
+    t.add_argument(
+        "--embedding",
+        choices=("onehot", "learned"),
+        help="one-hot inputs, or a learned embedding table (default: onehot)",
+    )
+    t.add_argument(
+        "--embed-dim",
+        metavar="D",
+        type=argtypes.positive_int,
+        help=f"size of a learned embedding (default: {LEARNED_EMBED_DIM})",
+    )
+    t.add_argument(
+        "--loss",
+        choices=("all-steps", "last-step"),
+        help="predict every next token, or only each sequence's last (default: all-steps)",
+    )
     state = t.add_mutually_exclusive_group()
     state.add_argument(
         "--no-detach",
@@ -274,26 +311,55 @@ def register(sub: Any) -> None:
     )
     t.add_argument(
         "--train-fraction",
+        metavar="F",
         type=argtypes.fraction,
-        help="train on this first part of the corpus, report perplexity on the rest",
+        help="train on this first part of the corpus, report perplexity on the rest "
+        "(default: train on all of it)",
     )
-    t.add_argument("--plot", metavar="PNG", help="write perplexity per epoch (and held-out)")
-    t.add_argument("--grad", choices=("autograd", "bptt"), help="default: the backend's first")
+    t.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="write the perplexity per epoch (and the held-out one) here (default: no plot)",
+    )
+    t.add_argument(
+        "--grad",
+        choices=("autograd", "bptt"),
+        help="the framework's autodiff, or core's hand-written BPTT on its arrays (default: "
+        "autograd where the backend has it; numpy and array-api have bptt only)",
+    )
     mode = t.add_mutually_exclusive_group()
-    mode.add_argument("--eager", action="store_true", help="no jit / tf.function")
+    mode.add_argument(
+        "--eager",
+        action="store_true",
+        help="run the step op by op: no jax.jit, tf.function or torch.compile",
+    )
     mode.add_argument(
         "--compile",
         nargs="?",
         const=True,
         metavar="MODE",
-        help="compile where optional: torch.compile (torch); MODE reduce-overhead replays the "
-        "step as CUDA graphs (torch on a GPU)",
+        help="compile the step: torch.compile on torch (MODE reduce-overhead: CUDA graphs, "
+        "GPU only); jax and tensorflow compile by default (jit, tf.function); numpy and "
+        "array-api have nothing to compile and refuse it (default: the backend's first mode, "
+        "which `rosetta-rnn backends` lists)",
     )
-    t.add_argument("--checkpoint", metavar="PATH", help="write a safetensors checkpoint here")
     t.add_argument(
-        "--save-every", type=argtypes.positive_int, metavar="N", help="save every N epochs"
+        "--checkpoint",
+        metavar="PATH",
+        help="write a safetensors checkpoint here at the end (default: none; Ctrl-C then "
+        f"saves to {INTERRUPTED_PATH})",
     )
-    t.add_argument("--resume", metavar="CKPT", help="continue a checkpoint up to --epochs")
+    t.add_argument(
+        "--save-every",
+        type=argtypes.positive_int,
+        metavar="N",
+        help="also save every N epochs (default: only at the end)",
+    )
+    t.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue this checkpoint up to --epochs, with its settings (default: a new run)",
+    )
     t.add_argument("--json", action="store_true", help="one JSON document on stdout")
     t.set_defaults(func=cmd_train)
 
@@ -415,32 +481,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         checkpoint.save(path, tensors, meta)
 
-    verb = "resuming" if resumed else "training"
+    start = f"from epoch {trainer.epoch} to {epochs}" if resumed else f"{epochs} epochs"
     _say(
         human,
-        f"{verb} on {backends.framework(args.backend)} "
+        f"{'resuming' if resumed else 'training'} on {backends.framework(args.backend)} "
         f"({args.backend}, {ops.device}, {run.dtype}, grad {grad}, {mode}): "
-        f"{len(text.corpus.ids)} tokens, vocab {len(text.corpus.vocab)}, "
-        f"epoch {trainer.epoch}/{epochs}",
+        f"{len(text.corpus.ids)} tokens, vocab {len(text.corpus.vocab)}, {start}",
     )
-    progress = _Progress(human, epochs)
     last: EpochResult | None = None
-    with _StopFlag() as stop:
+    with (
+        _StopFlag() as stop,
+        Progress("training", total=epochs, unit="epochs", completed=trainer.epoch) as progress,
+    ):
         try:
             while trainer.epoch < epochs:
                 last = trainer.run_epoch(stop_requested=stop)
                 entry = _epoch_entry(last, ops, trainer, cfg, text)
                 history.append(entry)
-                progress.update(last.epoch, f"perplexity {last.perplexity:.2f}")
+                progress.advance(
+                    info=f"perplexity {last.perplexity:.2f}, {last.tokens_per_sec:.0f} tokens/s"
+                )
                 if last.epoch % 10 == 0:
-                    progress.clear()
-                    _say(human, _epoch_line(entry, ops, trainer, run, cfg, text))
+                    progress.say(_epoch_line(entry, ops, trainer, run, cfg, text), human)
                 if out_path and args.save_every and last.epoch % args.save_every == 0:
                     save(out_path)
                 if stop():
                     raise TrainingInterrupted
         except TrainingInterrupted:
-            progress.clear()
+            progress.close()
             path = out_path or INTERRUPTED_PATH
             save(path)
             _say(
@@ -450,14 +518,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             return 130
         except TrainingDiverged as e:
-            progress.clear()
+            progress.close()
             kept = (
                 f"; the last good checkpoint is {out_path}"
                 if out_path and Path(out_path).is_file()
                 else "; no checkpoint was written"
             )
             raise TrainingDiverged(f"{e}{kept}") from None
-    progress.clear()
     assert last is not None
     samples = {
         p: _sample(ops, trainer.params, text.corpus.vocab, run.token, p, cfg.activation)
@@ -465,7 +532,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     largest = _report(human, last, ops, samples, history, cfg)
     if args.plot:
-        plots.perplexity(history, args.plot, f"{args.backend} {run.dtype}: perplexity per epoch")
+        plots.perplexity(history, args.plot, plot_title(args.backend, ops.device, grad, mode, run))
         _say(human, f"plot written to {args.plot}")
     if out_path:
         save(out_path)
@@ -476,6 +543,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             "device": ops.device,
             "dtype": run.dtype,
             "grad": grad,
+            "compile": mode,
+            "seed": run.seed,
+            "token": run.token,
+            "max_tokens": run.max_tokens,
+            "corpus": text.source,
+            "corpus_sha1": text.fingerprint,
             "epochs": trainer.epoch,
             "perplexity": last.perplexity,
             "heldout_perplexity": history[-1].get("heldout_perplexity"),
@@ -518,7 +591,7 @@ def _epoch_line(
     held = f"  held-out {entry['heldout_perplexity']:8.3f}" if "heldout_perplexity" in entry else ""
     return (
         f"epoch {entry['epoch']:4d}  perplexity {entry['perplexity']:8.3f}{held}  "
-        f"{entry['tokens_per_sec']:9.1f} tokens/sec  {sample}"
+        f"{entry['tokens_per_sec']:9.1f} tokens/sec  {sample!r}"
     )
 
 
@@ -544,6 +617,23 @@ def _report(
     if history and history[-1].get("heldout_perplexity") is not None:
         _say(human, f"held-out perplexity {history[-1]['heldout_perplexity']:.2f}")
     return largest
+
+
+def plot_title(backend: str, device: str, grad: str, mode: str, run: RunConfig) -> str:
+    """What ran, then its configuration: the plot says which run it shows."""
+    clip = "no clipping" if math.isinf(run.clip) else f"clip θ = {run.clip:g}"
+    state = (
+        ", no detach"
+        if not run.detach
+        else ", state reset per minibatch"
+        if run.reset_state
+        else ""
+    )
+    return (
+        f"{backend} {run.dtype} on {device}, grad {grad}, {mode}: perplexity per epoch\n"
+        f"{run.token}s, batch {run.batch_size} × {run.num_steps} steps, {run.num_hiddens} hidden "
+        f"{run.activation}, lr {run.lr:g}, {clip}, {run.sampling}{state}, seed {run.seed}"
+    )
 
 
 def compile_mode(args: argparse.Namespace, backend: Backend, device: str) -> str:
