@@ -1,7 +1,17 @@
 """``rosetta-rnn bench``: every backend against its framework's own RNN and the machine's limit.
 
 Wired into the main CLI by ``register(subparsers)``; ``cmd_bench(args)`` runs it. Progress goes
-to stderr; the table (or with ``--json`` the document) to stdout; files to ``--out``.
+to stderr (a bar on a terminal); the table (or with ``--json`` the document) to stdout; files
+to ``--out``, as one set that replaces the previous one only once everything is measured.
+
+``--quick`` is a first look in a minute or two on a 2-core CPU. It selects: the training step
+only (``--workload train``) at the main shape (``--no-sweep``), every installed backend in its
+default grad engine under its compiler (``--modes compiled``: numpy bptt/eager, torch
+autograd/torch.compile, jax autograd/jit, tensorflow autograd/tf.function, array-api
+bptt/eager), the four peers, 3 timed repeats (``--repeats 3``), at most 30 s of waiting for other
+processes (``--max-wait 30``) and ``--out bench-results-quick``. A flag given explicitly wins.
+torch.compile's inductor cache persists between runs (``runner.compile_cache``), so only the
+first quick run pays torch's cold build (about 20 s).
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -18,15 +29,53 @@ from rosetta_rnn import backends
 from rosetta_rnn.core.errors import UserError
 
 from . import report, roofline, runner, threads
-from .workloads import Shape
+from .workloads import MODES, Shape
 
 DEFAULT_OUT = "bench-results"
 HELP = "time every backend against the frameworks' own RNNs and the machine's limit"
+DESCRIPTION = """\
+Times the d2l character RNN on every installed backend and mode: one training step (forward,
+BPTT or autograd, global-norm clipping, SGD), the forward pass and greedy generation. Beside
+them run the peers, the same model written the way each framework's users write it
+(torch.nn.RNN, keras.SimpleRNN, a jax.lax.scan model, a min-char-rnn NumPy loop), and the
+machine's limit: measured peak matmul throughput × the step's FLOPs, a roofline in tokens/s.
+It measures and reports; it asserts nothing.
+
+Where results go: the table to stdout (--json: the whole document); progress to stderr, with a
+bar on a terminal; files to --out: results.json, results.csv, results.md, machine.md,
+tokens_per_sec.png and scaling.png (with sweeps). They are written only after everything is
+measured and replace the previous set in that folder whole; other files there are kept.
+
+How long: the full run (every mode, the sweeps, 5 repeats) takes about 10 minutes on a quiet
+2-core CPU, plus up to --max-wait seconds waiting for other processes to go quiet; blocks
+timed on a busy machine are marked busy in the log, results.md and the plots. torch.compile
+builds (about 20 s each, cold) are kept in a cache between runs (--cold-compile: not).
+
+Quick mode, --quick: a first look in a minute or two on a 2-core CPU. It selects --workload
+train --no-sweep --modes compiled --repeats 3 --max-wait 30 --out bench-results-quick: the
+training step at the main shape for every installed backend in its default grad engine under
+its compiler, and the peers. Any of those flags given explicitly wins.
+"""
+QUICK = {
+    "workload": "train",
+    "modes": "compiled",
+    "repeats": "3",
+    "max_wait": "30",
+    "out": "bench-results-quick",
+}
+FULL = {"workload": "all", "modes": "all", "repeats": "5", "max_wait": "600", "out": DEFAULT_OUT}
+DEVICE = re.compile(r"cpu|auto|all|gpu(:\d+)?")
 
 
 def register(sub: Any) -> None:
     """Add the ``bench`` subcommand to ``sub`` (an ``argparse._SubParsersAction``)."""
-    p = sub.add_parser("bench", help=HELP, description=HELP + ".")
+    p = sub.add_parser("bench", help=HELP, description=DESCRIPTION)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in a minute or two: --workload train --no-sweep --modes compiled "
+        "--repeats 3 --max-wait 30 --out bench-results-quick (flags given explicitly win)",
+    )
     p.add_argument(
         "--backends",
         nargs="+",
@@ -35,39 +84,99 @@ def register(sub: Any) -> None:
         "here whose framework is missing is an error)",
     )
     p.add_argument(
-        "--device", nargs="+", default=["cpu"], help="cpu (default), auto, gpu, gpu:N or all"
+        "--device",
+        nargs="+",
+        default=["cpu"],
+        metavar="DEVICE",
+        help="cpu, auto (a GPU where a backend sees one, else the CPU), gpu, gpu:N or all "
+        "(every device each backend sees); a device no backend has is an error",
     )
-    p.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32"])
     p.add_argument(
-        "--workload", choices=(*roofline.WORKLOADS, "all"), default="all", help="default: all"
+        "--dtype",
+        nargs="+",
+        choices=("float32", "float64"),
+        default=["float32"],
+        help="one or both floating-point types",
     )
-    p.add_argument("--no-sweep", action="store_true", help="only the main shape, no sweeps")
-    p.add_argument("--repeats", default="5", metavar="N", help="timed repeats per row (5)")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"(default: {DEFAULT_OUT})")
-    p.add_argument("--json", action="store_true", help="the JSON document on stdout")
-    p.add_argument("--no-peers", action="store_true", help="skip the frameworks' own RNNs")
+    p.add_argument(
+        "--workload",
+        choices=(*roofline.WORKLOADS, "all"),
+        help="train (one SGD step), forward (the loss, no gradient), generate (greedy tokens at "
+        "batch 1) or all (default: all; train with --quick)",
+    )
+    p.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="only the main shape: no num_steps and num_hiddens sweeps (implied by --quick)",
+    )
+    p.add_argument(
+        "--repeats",
+        metavar="N",
+        help="timed repeats per row: the median is reported and, from 2 repeats, the spread "
+        "(default: 5; 3 with --quick)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"folder for the files; the previous set there is replaced whole, other files are "
+        f"kept (default: {DEFAULT_OUT}; {QUICK['out']} with --quick)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="the whole JSON document on stdout, not the table"
+    )
+    p.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip the frameworks' own RNNs (torch.nn.RNN, keras.SimpleRNN, jax.lax.scan, "
+        "numpy.min-char-rnn)",
+    )
     p.add_argument(
         "--modes",
-        choices=("all", "default"),
-        default="all",
-        help="every grad × compile mode (default) or each backend's default only",
+        choices=tuple(MODES),
+        help="; ".join(f"{k}: {v}" for k, v in MODES.items())
+        + " (default: all; compiled with --quick)",
     )
-    p.add_argument("--threads", metavar="N", help="threads for every framework (all CPUs)")
-    p.add_argument("--min-time", default="0.25", metavar="S", help="seconds per timed block")
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        help="threads for every framework (default: every CPU this process may use, "
+        f"{threads.available_cpus()} here)",
+    )
+    p.add_argument(
+        "--min-time",
+        default="0.25",
+        metavar="S",
+        help="seconds each timed block lasts at least (a block repeats the call to fill it)",
+    )
     p.add_argument(
         "--max-wait",
-        default="600",
         metavar="S",
-        help="seconds to wait in all for other processes to go quiet (0: never wait)",
-    )
-    p.add_argument("--batch-size", default="32", metavar="B")
-    p.add_argument("--num-steps", default="35", metavar="T")
-    p.add_argument("--num-hiddens", default="512", metavar="H")
-    p.add_argument(
-        "--sweep-steps", default=",".join(map(str, runner.SWEEP_STEPS)), metavar="T1,T2,..."
+        help="seconds to wait in all for other processes to go quiet; once spent (or with 0) "
+        "timing goes on and the results say the machine was busy (default: 600; 30 with "
+        "--quick)",
     )
     p.add_argument(
-        "--sweep-hiddens", default=",".join(map(str, runner.SWEEP_HIDDENS)), metavar="H1,H2,..."
+        "--cold-compile",
+        action="store_true",
+        help="torch.compile from an empty cache, to measure cold builds (default: the cache "
+        "kept between runs in rosetta-rnn's cache folder, or $TORCHINDUCTOR_CACHE_DIR)",
+    )
+    p.add_argument("--batch-size", default="32", metavar="B", help="batch_size of the main shape")
+    p.add_argument("--num-steps", default="35", metavar="T", help="num_steps of the main shape")
+    p.add_argument(
+        "--num-hiddens", default="512", metavar="H", help="num_hiddens of the main shape"
+    )
+    p.add_argument(
+        "--sweep-steps",
+        default=",".join(map(str, runner.SWEEP_STEPS)),
+        metavar="T1,T2,...",
+        help="num_steps of the sweep (train and forward rows, one mode per backend)",
+    )
+    p.add_argument(
+        "--sweep-hiddens",
+        default=",".join(map(str, runner.SWEEP_HIDDENS)),
+        metavar="H1,H2,...",
+        help="num_hiddens of the sweep (train and forward rows, one mode per backend)",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -99,16 +208,26 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return tuple(_positive(p.strip(), flag) for p in parts)
 
 
-def _out_dir(text: str) -> Path:
-    """Create the output folder now, so a bad path fails before minutes of measuring."""
+def _out_dir(text: str) -> tuple[Path, bool]:
+    """Create the output folder now, so a bad path fails before minutes of measuring; returns
+    it and whether it was created here (an empty folder made for a failed run is removed)."""
     path = Path(text)
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {text!r}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK):
         raise UserError(f"output folder {text!r} is not writable")
-    return path
+    return path, created
+
+
+def _chosen(args: argparse.Namespace, name: str) -> Any:
+    """A flag's value: as given, else its --quick or full-run default."""
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    return (QUICK if args.quick else FULL)[name]
 
 
 def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
@@ -116,11 +235,15 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
     names = list(args.backends) if args.backends else list(backends.BACKENDS)
     for name in names:
         backends.check_name(name)
+    for device in args.device:
+        if not DEVICE.fullmatch(device):
+            raise UserError(f"unknown device {device!r} (use cpu, auto, gpu, gpu:N or all)")
     available = threads.available_cpus()
     n_threads = available if args.threads is None else _positive(args.threads, "--threads")
     if n_threads > available:
         raise UserError(f"--threads {n_threads} is more than the {available} CPUs available")
-    workloads = list(roofline.WORKLOADS) if args.workload == "all" else [args.workload]
+    workload = _chosen(args, "workload")
+    workloads = list(roofline.WORKLOADS) if workload == "all" else [workload]
     return runner.BenchConfig(
         backends=list(dict.fromkeys(names)),
         explicit_backends=bool(args.backends),
@@ -132,34 +255,49 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
             _positive(args.num_steps, "--num-steps"),
             _positive(args.num_hiddens, "--num-hiddens"),
         ),
-        sweep=not args.no_sweep,
+        sweep=not (args.no_sweep or args.quick),
         sweep_steps=_int_list(args.sweep_steps, "--sweep-steps"),
         sweep_hiddens=_int_list(args.sweep_hiddens, "--sweep-hiddens"),
-        repeats=_positive(args.repeats, "--repeats"),
+        repeats=_positive(_chosen(args, "repeats"), "--repeats"),
         min_time=_positive(args.min_time, "--min-time", float),
         peers=not args.no_peers,
-        all_modes=args.modes == "all",
+        modes=_chosen(args, "modes"),
         threads=n_threads,
         log=sys.stderr,
-        max_wait=_nonnegative(args.max_wait, "--max-wait"),
+        max_wait=_nonnegative(_chosen(args, "max_wait"), "--max-wait"),
+        cold_compile=args.cold_compile,
+        quick=args.quick,
     )
 
 
+def _nothing_measured(doc: dict[str, Any], out_dir: Path) -> UserError:
+    failed = [n for n in doc["notes"] if " failed: " in n]
+    why = f"every row failed (first: {failed[0]})" if failed else "no row to time"
+    return UserError(f"nothing was measured: {why}; {out_dir} is left as it was")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the table (or JSON), write the files. Returns the exit code."""
+    """Run the benchmark, print the table (or JSON), write the files. Returns the exit code.
+    Everything a user can get wrong is checked before the first measurement."""
     cfg = config_from_args(args)
-    out_dir = _out_dir(args.out)
-    doc = runner.run(cfg)
-    argv = sys.argv[1:]
-    if argv[:1] == ["bench"]:
-        doc["command"] = "rosetta-rnn " + shlex.join(argv)
-    written, notes = report.write_all(doc, out_dir)
+    report.check_plotting()
+    out_dir, created = _out_dir(_chosen(args, "out"))
+    try:
+        doc = runner.run(cfg)
+        if not doc["rows"]:
+            raise _nothing_measured(doc, out_dir)
+        argv = sys.argv[1:]
+        if argv[:1] == ["bench"]:
+            doc["command"] = "rosetta-rnn " + shlex.join(argv)
+        written = report.write_all(doc, out_dir)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     if args.json:
         print(json.dumps(doc))
     else:
         print(report.terminal(doc))
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     print(
         f"wrote {', '.join(p.name for p in written)} to {out_dir} ({doc['wall_s']:.0f} s)",
         file=sys.stderr,

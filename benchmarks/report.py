@@ -1,15 +1,25 @@
-"""The outputs: a terminal table, CSV, markdown, JSON and PNG plots of one benchmark document."""
+"""The outputs: a terminal table, CSV, markdown, JSON and PNG plots of one benchmark document.
+
+``write_all`` writes them as one set: every file is made in a temporary folder first and only
+then moved into the output folder, replacing the previous run's set whole (files of the old set
+that this run does not make, such as ``scaling.png`` after a run without sweeps, are removed);
+if anything fails on the way, the previous set is left as it was.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.helpers import format_table
 
 from . import machine, roofline
@@ -44,6 +54,8 @@ ROW_FIELDS: tuple[str, ...] = (
     "noisy_repeats",
 )
 FILES = ("results.json", "results.csv", "results.md", "machine.md")
+PLOTS = ("tokens_per_sec.png", "scaling.png")
+RESULT_SET = (*PLOTS, "results.csv", "results.md", "machine.md", "results.json")  # swap order
 PALETTE = ("#4c72b0", "#dd5144", "#55a868", "#e89a2c", "#8172b3", "#937860", "#da8bc3")
 COLORS = dict(zip(backends.BACKENDS, PALETTE, strict=False))  # by registry order
 
@@ -58,8 +70,22 @@ def _fmt(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
-def _spread(r: dict[str, Any]) -> str:
+def spread(r: dict[str, Any], why: bool = False) -> str:
+    """Half the min-max range of the repeats, in % of the median; "n/a" for one repeat (one
+    sample has no spread), with ``why`` "n/a (1 repeat)"."""
+    if r.get("repeats", 2) < 2:
+        return "n/a (1 repeat)" if why else "n/a"
     return f"±{(r['ms_max'] - r['ms_min']) / 2 / r['ms_per_step'] * 100:.0f}%"
+
+
+def _compile(r: dict[str, Any]) -> str:
+    """Seconds of compiling in the first calls; "none" for a mode that compiles nothing."""
+    return "none" if r.get("compile_s") is None else _fmt(r["compile_s"], 2)
+
+
+def _repeats(doc: dict[str, Any]) -> str:
+    n = doc["method"]["repeats"]
+    return "1 repeat (no spread)" if n == 1 else f"median of {n} interleaved repeats"
 
 
 def _main_cells(r: dict[str, Any]) -> list[str]:
@@ -69,8 +95,8 @@ def _main_cells(r: dict[str, Any]) -> list[str]:
         r["workload"],
         _fmt(r["tokens_per_sec"], 0),
         _fmt(r["ms_per_step"], 2 if r["ms_per_step"] < 100 else 1),
-        _spread(r),
-        _fmt(r["compile_s"], 2),
+        spread(r),
+        _compile(r),
         _fmt(r["peak_rss_mb"], 0),
         "-" if roof is None else f"{roof * 100:.0f}%",
     ]
@@ -119,8 +145,8 @@ def terminal(doc: dict[str, Any]) -> str:
             rows += sorted(main_rows(doc, dtype, workload), key=lambda r: -r["tokens_per_sec"])
         parts.append(
             f"B={shape['batch_size']} T={shape['num_steps']} H={shape['num_hiddens']} "
-            f"V={shape['vocab_size']} {dtype} {rows[0]['device'] if rows else ''}: median of "
-            f"{doc['method']['repeats']} repeats, {doc['method']['threads']} thread(s)"
+            f"V={shape['vocab_size']} {dtype} {rows[0]['device'] if rows else ''}: "
+            f"{_repeats(doc)}, {doc['method']['threads']} thread(s)"
         )
         parts += [format_table(MAIN_HEADERS, [_main_cells(r) for r in rows]), ""]
     parts.append(_roofline_line(doc))
@@ -183,12 +209,27 @@ def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     shape = doc["shape"]
     out = ["# rosetta-rnn bench", ""]
+    if doc.get("command"):
+        out += [f"`{doc['command']}`", ""]
     out.append(
         f"{m['cpu']}, {m['cpus']} CPUs, {doc['method']['threads']} thread(s) per framework; "
         f"B={shape['batch_size']} T={shape['num_steps']} H={shape['num_hiddens']} "
-        f"V={shape['vocab_size']}; median of {doc['method']['repeats']} interleaved repeats "
+        f"V={shape['vocab_size']}; {_repeats(doc)} "
         f"(spread = half the min–max range). Peers in **bold**. See machine.md."
     )
+    compile_text = (
+        'compile s: seconds spent compiling in the first calls; "none": the mode compiles nothing'
+    )
+    cache = doc["method"].get("compile_cache")
+    if cache:
+        compile_text += "; torch.compile ran with " + (
+            f"a persistent inductor cache ({'warm' if cache['warm'] else 'empty'} at the start)"
+            if cache["persistent"]
+            else f"an empty inductor cache ({cache['why_cold']})"
+        )
+    out += ["", compile_text + "."]
+    if doc.get("busy"):
+        out += ["", f"**{doc['busy']['note']}.**"]
     for workload in roofline.WORKLOADS:
         if any(r["workload"] == workload and r["sweep"] is None for r in doc["rows"]):
             unit = " (ms/step per generated token, batch 1)" if workload == "generate" else ""
@@ -223,8 +264,10 @@ def markdown(doc: dict[str, Any]) -> str:
     sweeps = _sweep_markdown(doc)
     if sweeps:
         out += ["", "## Sweeps (default mode of each backend, and the peers)", "", sweeps]
-    if doc.get("notes"):
-        out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    busy = (doc.get("busy") or {}).get("note")
+    notes = [n for n in doc.get("notes", []) if n != busy]  # that one heads the file
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
@@ -301,6 +344,9 @@ def _series(doc: dict[str, Any], axis: str, workload: str) -> dict[str, list[tup
 
 # --- plots -----------------------------------------------------------------------------------
 
+BUSY_COLOR = "#b00000"
+PEER_HATCH = "///"
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -311,39 +357,116 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_tokens(doc: dict[str, Any], path: Path) -> None:
-    """Horizontal bars of tokens/s per row at the main shape, one panel per workload."""
-    plt = _pyplot()
+def check_plotting() -> None:
+    """A one-line error now, before any measuring, if matplotlib (a dependency) is broken."""
+    try:
+        _pyplot()
+    except ImportError as e:
+        raise UserError(
+            f"bench draws its plots with matplotlib, which cannot be imported ({e}); "
+            "reinstall rosetta-rnn, or: pip install 'matplotlib>=3.7'"
+        ) from None
+
+
+def _figure(
+    plt: Any, heights: list[float], ncols: int, width: float, note: str | None
+) -> tuple[Any, list[list[Any]]]:
+    """A figure with one row of panels per height, under a strip for ``note`` (the busy-machine
+    warning) when there is one; returns the figure and the panels' axes by row."""
+    import textwrap
+
+    strip = 0.55 if note else 0.0
+    ratios = ([strip] if note else []) + heights
+    fig, grid = plt.subplots(
+        len(ratios),
+        ncols,
+        figsize=(width, sum(ratios)),
+        gridspec_kw={"height_ratios": ratios},
+        squeeze=False,
+        layout="constrained",
+    )
+    if note:
+        spec = grid[0][0].get_gridspec()
+        for ax in grid[0]:
+            ax.remove()
+        ax = fig.add_subplot(spec[0, :])  # the strip spans every column
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            "\n".join(textwrap.wrap(note, int(width * 10.5))),  # about 10 bold characters an inch
+            ha="center",
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            color=BUSY_COLOR,
+            transform=ax.transAxes,
+        )
+        grid = grid[1:]
+    return fig, [list(row) for row in grid]
+
+
+def _busy_short(doc: dict[str, Any]) -> str | None:
+    return (doc.get("busy") or {}).get("short")
+
+
+def _tokens_legend(rows: list[dict[str, Any]], roofline_drawn: bool) -> list[Any]:
+    """Legend entries: one colour per framework, the peers' hatching, the roofline line."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    present = {r["framework"] for r in rows}
+    order = [fw for fw in COLORS if fw in present] + sorted(present - set(COLORS))
+    handles: list[Any] = [
+        Patch(facecolor=COLORS.get(fw, "#888888"), edgecolor="black", linewidth=0.5, label=fw)
+        for fw in order  # the registry's order, as the colours
+    ]
+    if any(r["backend"] == "peer" for r in rows):
+        handles.append(
+            Patch(
+                facecolor="white",
+                edgecolor="black",
+                hatch=PEER_HATCH,
+                linewidth=0.5,
+                label="the framework's own RNN (peer)",
+            )
+        )
+    if roofline_drawn:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1, label="roofline"))
+    return handles
+
+
+def tokens_figure(doc: dict[str, Any]) -> Any:
+    """Horizontal bars of tokens/s per row at the main shape, one panel per workload, coloured
+    by framework (legend below), the peers hatched; None when there is no main-shape row."""
     dtypes = list(dict.fromkeys(r["dtype"] for r in doc["rows"]))
+    if not dtypes:
+        return None
     panels = [
         (w, sorted(main_rows(doc, dtypes[0], w), key=lambda r: r["tokens_per_sec"]))
         for w in roofline.WORKLOADS
     ]
     panels = [(w, rows) for w, rows in panels if rows]
-    heights = [max(2.0, 0.32 * len(rows) + 1.0) for _, rows in panels]
-    fig, axes = plt.subplots(
-        len(panels),
-        1,
-        figsize=(9, sum(heights)),
-        gridspec_kw={"height_ratios": heights},
-        layout="constrained",
-    )
-    axes = list(axes) if len(panels) > 1 else [axes]
+    if not panels:
+        return None
+    plt = _pyplot()
+    heights = [max(2.0, 0.32 * len(rows) + 1.3) for _, rows in panels]
+    fig, grid = _figure(plt, heights, 1, 9, _busy_short(doc))
     roof = doc.get("roofline", {}).get(dtypes[0], {}).get("tokens_per_sec", {})
-    for ax, (workload, rows) in zip(axes, panels, strict=True):
+    drawn = False
+    for (ax,), (workload, rows) in zip(grid, panels, strict=True):
         labels = [f"{r['name']}" + (" (peer)" if r["backend"] == "peer" else "") for r in rows]
         values = [r["tokens_per_sec"] for r in rows]
         bars = ax.barh(
             range(len(rows)),
             values,
             color=[COLORS.get(r["framework"], "#888888") for r in rows],
-            hatch=None,
             edgecolor="black",
             linewidth=0.5,
         )
         for bar, r in zip(bars, rows, strict=True):
             if r["backend"] == "peer":
-                bar.set_hatch("///")
+                bar.set_hatch(PEER_HATCH)
             ax.text(
                 bar.get_width(),
                 bar.get_y() + bar.get_height() / 2,
@@ -359,38 +482,63 @@ def plot_tokens(doc: dict[str, Any], path: Path) -> None:
             if roof[workload] < 3 * right:  # drawn where it does not squash the bars
                 right = max(right, roof[workload])
                 ax.axvline(roof[workload], color="black", linestyle="--", linewidth=1)
-                ax.text(roof[workload], len(rows) - 0.5, " roofline", fontsize=7, va="top")
+                drawn = True
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, right * 1.18)
+        unit = (
+            "generated tokens per second, batch 1"
+            if workload == "generate"
+            else ("tokens per second (batch_size × num_steps per step)")
+        )
+        ax.set_xlabel(f"{unit}; higher is faster", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}")
+    all_rows = [r for _, rows in panels for r in rows]
+    handles = _tokens_legend(all_rows, drawn)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize=8,
+        title="colour: framework",
+        title_fontsize=8,
+        frameon=False,
+    )
     shape = doc["shape"]
     fig.suptitle(
         f"rosetta-rnn bench: B={shape['batch_size']} T={shape['num_steps']} "
-        f"H={shape['num_hiddens']} V={shape['vocab_size']} (hatched: the framework's own RNN)",
+        f"H={shape['num_hiddens']} V={shape['vocab_size']}, {_repeats(doc)}",
         fontsize=10,
     )
+    return fig
+
+
+def plot_tokens(doc: dict[str, Any], path: Path) -> bool:
+    """``tokens_figure`` saved as a PNG; False when there was nothing to draw."""
+    fig = tokens_figure(doc)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
+    return True
 
 
-def plot_scaling(doc: dict[str, Any], path: Path) -> bool:
-    """ms/step over num_steps and tokens/s over num_hiddens (with the roofline), per workload."""
+def scaling_figure(doc: dict[str, Any]) -> Any:
+    """ms/step over num_steps and tokens/s over num_hiddens (with the roofline), per workload;
+    None without a sweep."""
     workloads = [w for w in ("train", "forward") if _series(doc, "num_steps", w)]
     workloads += [
         w for w in ("train", "forward") if w not in workloads and _series(doc, "num_hiddens", w)
     ]
     if not workloads:
-        return False
+        return None
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        len(workloads), 2, figsize=(12, 4.2 * len(workloads)), squeeze=False, layout="constrained"
-    )
+    fig, grid = _figure(plt, [4.2] * len(workloads), 2, 12, _busy_short(doc))
     dtypes = list(dict.fromkeys(r["dtype"] for r in doc["rows"]))
     peak = doc.get("roofline", {}).get(dtypes[0], {}).get("peak_gflops")
     shape = doc["shape"]
     kinds = {r["name"]: (r["framework"], r["backend"] == "peer") for r in doc["rows"]}
-    for i, workload in enumerate(workloads):
-        ax_t, ax_h = axes[i]
+    for (ax_t, ax_h), workload in zip(grid, workloads, strict=True):
         for name, pts in _series(doc, "num_steps", workload).items():
             fw, peer = kinds[name]
             T = [t for t, _ in pts]
@@ -401,7 +549,6 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> bool:
         ax_t.set_ylabel("ms per step")
         ax_t.set_title(f"{workload}: step time over num_steps (H={shape['num_hiddens']})")
         ax_t.grid(alpha=0.3)
-        ax_t.legend(fontsize=7)
         for name, pts in _series(doc, "num_hiddens", workload).items():
             fw, peer = kinds[name]
             H, tps = [h for h, _ in pts], [v for _, v in pts]
@@ -418,28 +565,48 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> bool:
         ax_h.set_ylabel("tokens/s")
         ax_h.set_title(f"{workload}: tokens/s over num_hiddens (T={shape['num_steps']})")
         ax_h.grid(alpha=0.3, which="both")
-        ax_h.legend(fontsize=7)
+        for ax, axis in ((ax_t, "num_steps"), (ax_h, "num_hiddens")):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, f"no {axis} sweep", ha="center", transform=ax.transAxes)
     fig.suptitle("rosetta-rnn bench sweeps (dashed: the framework's own RNN)", fontsize=10)
+    return fig
+
+
+def plot_scaling(doc: dict[str, Any], path: Path) -> bool:
+    """``scaling_figure`` saved as a PNG; False without a sweep."""
+    fig = scaling_figure(doc)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return True
 
 
-def write_all(doc: dict[str, Any], out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Every file into ``out_dir``; returns the paths written and notes (e.g. no matplotlib)."""
-    written, notes = [], []
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    write_csv(doc, out_dir / "results.csv")
-    (out_dir / "results.md").write_text(markdown(doc))
-    (out_dir / "machine.md").write_text(machine.markdown(doc["machine"]))
-    written += [out_dir / f for f in FILES]
+# --- the set of files ---------------------------------------------------------------------
+
+
+def write_all(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Every file of the set into ``out_dir``, replacing the previous set whole (see the module
+    docstring); other files in ``out_dir`` are left alone. Returns the paths written."""
+    if not doc["rows"]:
+        raise ValueError("a result set needs at least one measured row")
+    new = Path(tempfile.mkdtemp(prefix=".bench-new-", dir=out_dir))
     try:
-        _pyplot()
-    except ImportError:
-        notes.append("no plots: matplotlib is not installed (pip install 'rosetta-rnn[plot]')")
-        return written, notes
-    plot_tokens(doc, out_dir / "tokens_per_sec.png")
-    written.append(out_dir / "tokens_per_sec.png")
-    if plot_scaling(doc, out_dir / "scaling.png"):
-        written.append(out_dir / "scaling.png")
-    return written, notes
+        (new / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+        write_csv(doc, new / "results.csv")
+        (new / "results.md").write_text(markdown(doc))
+        (new / "machine.md").write_text(machine.markdown(doc["machine"]))
+        plot_tokens(doc, new / "tokens_per_sec.png")
+        plot_scaling(doc, new / "scaling.png")
+        written = []
+        for name in RESULT_SET:  # every file is made: now swap them in, results.json last
+            if (new / name).exists():
+                os.replace(new / name, out_dir / name)
+                written.append(out_dir / name)
+            else:  # the previous run's, which this run does not make
+                (out_dir / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    return written

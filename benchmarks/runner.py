@@ -1,17 +1,31 @@
-"""One benchmark run in one process: threads, frameworks, roofline, the groups of rows, targets."""
+"""One benchmark run in one process: threads, frameworks, roofline, the groups of rows, targets.
+
+What it is doing goes to ``BenchConfig.log`` as lines, and on a terminal also as a progress bar
+that names the row being compiled or timed and, while the run waits for other processes to go
+quiet, how many CPUs they are using.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import statistics
+import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from rosetta_rnn import backends
+from rosetta_rnn.core.data import cache_dir
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
+from rosetta_rnn.progress import Progress
 
-from . import machine, roofline, targets, threads, timing
+from . import machine, report, roofline, targets, threads, timing
 from . import peers as peers_mod
 from .peers import PEER_FRAMEWORK, PEER_NAMES, PEERS
 from .workloads import D2L, Case, Shape, backend_cases, compile_modes, peer_cases
@@ -20,6 +34,7 @@ SWEEP_STEPS = (5, 10, 20, 35, 70, 140)
 SWEEP_HIDDENS = (64, 128, 256, 512, 1024)
 SWEEP_WORKLOADS = ("train", "forward")  # generation does not depend on num_steps
 BUSY_CPUS = 0.25  # background load (CPUs) above which the results get a warning note
+INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 @dataclass
@@ -38,20 +53,94 @@ class BenchConfig:
     repeats: int = 5
     min_time: float = 0.25  # seconds per timed block
     peers: bool = True
-    all_modes: bool = True
+    modes: str = "all"  # one of workloads.MODES
     threads: int = field(default_factory=threads.available_cpus)
     log: TextIO | None = None  # progress lines go here
     debug: bool = False  # print the traceback of a row that fails
     max_wait: float = 600.0  # seconds the run may wait for other processes to go quiet
+    cold_compile: bool = False  # torch.compile from an empty cache (else the persistent one)
+    quick: bool = False  # chosen by --quick (recorded in the document)
 
 
 class _Log:
+    """Lines to ``out``; on a terminal also a bar saying what is done or waited for now."""
+
     def __init__(self, out: TextIO | None) -> None:
         self.out = out
+        self.bar: Progress | None = None
+        self.now = ""  # what the bar says is being done (restored after a wait)
+
+    @contextmanager
+    def showing(self, what: str) -> Iterator[_Log]:
+        with Progress(
+            what, total=None, unit="steps", stream=self.out, enabled=self._on(), auto_refresh=False
+        ) as bar:
+            self.bar, self.now = bar, what
+            try:
+                yield self
+            finally:
+                self.bar = None
+
+    def _on(self) -> bool | None:
+        return False if self.out is None else None  # None: a bar where out is a terminal
 
     def __call__(self, text: str) -> None:
-        if self.out is not None:
+        if self.out is None:
+            return
+        if self.bar is not None:
+            self.bar.say(text, out=self.out)
+        else:
             print(text, file=self.out, flush=True)
+
+    def doing(self, what: str, total: int | None = None) -> None:
+        """Say what is being done now; with ``total`` the count of steps starts again."""
+        self.now = what
+        if self.bar is not None:
+            self.bar.describe(what, total=total, reset=total is not None)
+
+    def waiting(self, what: str) -> None:
+        """Say what is waited for, until the next ``doing`` or ``done_waiting``."""
+        if self.bar is not None:
+            self.bar.describe(what)
+
+    def done_waiting(self) -> None:
+        if self.bar is not None:
+            self.bar.describe(self.now)
+
+    def advance(self, n: int = 1, info: str | None = None) -> None:
+        if self.bar is not None and n:
+            self.bar.advance(n, info=info)
+
+
+def compile_cache(cold: bool) -> dict[str, Any]:
+    """Point torch.compile's inductor cache (``$TORCHINDUCTOR_CACHE_DIR``) at a folder for this
+    process, before torch compiles anything; called when a run starts, never at import.
+
+    By default the folder persists: the user's own ``$TORCHINDUCTOR_CACHE_DIR``, else
+    ``torchinductor`` in rosetta-rnn's cache folder (``core.data.cache_dir``), so only the first
+    run pays a cold build (20-25 s a mode on a quiet 2-core CPU; warm, dynamo's tracing is most
+    of what is left, a tenth of that). ``cold``: a fresh temporary folder, removed at exit, to
+    measure cold builds. Returns what was chosen."""
+    path, reason = None, "--cold-compile" if cold else None
+    if not cold:
+        path = os.environ.get(INDUCTOR_ENV) or str(cache_dir() / "torchinductor")
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            path, reason = None, f"{path} cannot be created ({e.strerror or e})"
+    if path is None:
+        path = tempfile.mkdtemp(prefix="bench-inductor-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ[INDUCTOR_ENV] = path
+    warm = any(Path(path).iterdir())
+    return {"torchinductor": path, "persistent": reason is None, "warm": warm, "why_cold": reason}
+
+
+def roofline_summary(entry: dict[str, Any]) -> str:
+    """One readable line: the peak per framework and the roofline per workload."""
+    by_fw = ", ".join(f"{k} {v:.1f}" for k, v in entry["peak_gflops_by_framework"].items())
+    roof = ", ".join(f"{w} {v:,.0f}" for w, v in entry["tokens_per_sec"].items())
+    return f"peak {entry['peak_gflops']:.1f} GFLOP/s ({by_fw}); roofline tokens/s: {roof}"
 
 
 def _load_frameworks(
@@ -65,6 +154,7 @@ def _load_frameworks(
     }
     loaded = []
     for name in cfg.backends:
+        log.doing(f"importing {name}")
         rss0 = timing.rss_mb()
         try:
             mod = backends.load(name)
@@ -87,19 +177,22 @@ def _load_frameworks(
 
 
 def _devices(cfg: BenchConfig, loaded: list[str], notes: list[str]) -> dict[str, list[str]]:
-    """Each backend's resolved devices; a device a backend lacks is a note, not an error."""
-    out: dict[str, list[str]] = {}
-    for name in loaded:
-        mod = backends.load(name)
-        resolved: list[str] = []
-        for dev in cfg.devices:
+    """Each backend's resolved devices, before anything is measured. A device some backends
+    lack is a note; a device asked for (gpu, gpu:N) that no backend has is a one-line error."""
+    out: dict[str, list[str]] = {name: [] for name in loaded}
+    for dev in cfg.devices:
+        missing = []
+        for name in loaded:
+            mod = backends.load(name)
             try:
                 labels = mod.devices() if dev == "all" else [mod.resolve_device(dev)]
             except BackendUnavailable as e:
-                notes.append(f"{name} skipped on {dev}: {e}")
+                missing.append(f"{name}: {e}")
                 continue
-            resolved += [d for d in labels if d not in resolved]
-        out[name] = resolved
+            out[name] += [d for d in labels if d not in out[name]]
+        if len(missing) == len(loaded):
+            raise UserError(f"no backend runs on {dev}: {'; '.join(missing)}")
+        notes += [f"skipped on {dev}: {m}" for m in missing]
     return out
 
 
@@ -111,12 +204,12 @@ def _groups(
     all_devices = list(dict.fromkeys(d for devs in devices.values() for d in devs))
 
     def cases_for(
-        dtype: str, device: str, shape: Shape, workload: str, all_modes: bool, sweep: str | None
+        dtype: str, device: str, shape: Shape, workload: str, modes: str, sweep: str | None
     ) -> list[Case]:
         cases: list[Case] = []
         for name, devs in devices.items():
             if device in devs:
-                cases += backend_cases(name, device, dtype, shape, [workload], all_modes, sweep)
+                cases += backend_cases(name, device, dtype, shape, [workload], modes, sweep)
         for peer in peer_names:
             fw = PEER_FRAMEWORK[peer]
             if device in devices.get(fw, []) and (device == "cpu" or not PEERS[peer].cpu_only):
@@ -128,7 +221,7 @@ def _groups(
             for workload in cfg.workloads:
                 label = f"{workload} {dtype} {device} {_shape_label(cfg.shape)}"
                 groups.append(
-                    (label, cases_for(dtype, device, cfg.shape, workload, cfg.all_modes, None))
+                    (label, cases_for(dtype, device, cfg.shape, workload, cfg.modes, None))
                 )
             if not cfg.sweep:
                 continue
@@ -146,7 +239,7 @@ def _groups(
                     if workload in SWEEP_WORKLOADS:
                         label = f"{workload} {dtype} {device} {_shape_label(shape)} (sweep)"
                         groups.append(
-                            (label, cases_for(dtype, device, shape, workload, False, axis))
+                            (label, cases_for(dtype, device, shape, workload, "default", axis))
                         )
     return [(label, cases) for label, cases in groups if cases]
 
@@ -192,7 +285,7 @@ def _row(case: Case, timed: timing.Timed, peak_gflops: float | None) -> dict[str
         "ms_max": max(timed.samples) * per_step,
         "repeats": len(timed.samples),
         "calls_per_repeat": timed.calls,
-        "compile_s": timed.compile_s,
+        "compile_s": timed.compile_s if case.compiles else None,  # None: compiles nothing
         "first_call_s": timed.first_s,
         "peak_rss_mb": timed.peak_rss_mb,
         "gflops": gflops,
@@ -210,11 +303,16 @@ def _run_group(
     peak_gflops: float | None,
     notes: list[str],
     log: _Log,
-    guard: timing.QuietGuard | None,
+    guard: timing.QuietGuard,
+    readings: list[float],
 ) -> list[dict[str, Any]]:
+    """Prepare every row of one group, time them interleaved, and return their results; the
+    other processes' CPUs during each kept block are added to ``readings``."""
     log(f"== {label}: {len(cases)} rows")
     prepared: list[tuple[Case, timing.Timed]] = []
     for case in cases:
+        what = "compiling and warming up" if case.compiles else "first call and warm-up"
+        log.doing(f"{case.name}: {what} ({label})")
         try:
             timed = timing.prepare(case, case.build, cfg.min_time, cfg.min_time)
         except Exception as e:  # a mode that fails here is reported, not fatal
@@ -224,39 +322,46 @@ def _run_group(
             log(f"   {case.name}: FAILED: {first}")
             if log.out is not None and cfg.debug:
                 traceback.print_exc(file=log.out)
+            log.advance()
             continue
-        log(f"   ready {case.name} (first call {timed.first_s:.2f} s)")
+        extra = f", compile {timed.compile_s:.2f} s" if case.compiles else ""
+        log(f"   ready {case.name} (first call {timed.first_s:.2f} s{extra})")
+        log.advance()
         prepared.append((case, timed))
-    timing.run_interleaved([t for _, t in prepared], cfg.repeats, _pause(cfg), guard)
+
+    def on_block(row: timing.Timed, repeat: int) -> None:
+        log.doing(f"timing {label}: repeat {repeat} of {cfg.repeats}")
+        bg = row.background[-1] if row.background else None
+        busy = bg is not None and bg > guard.threshold
+        log.advance(info=f"machine busy: others use {bg:.2f} CPUs" if busy else "")
+
+    log.doing(f"timing {label}: repeat 1 of {cfg.repeats}")
+    timing.run_interleaved([t for _, t in prepared], cfg.repeats, _pause(cfg), guard, on_block)
+    log.advance(n=cfg.repeats * (len(cases) - len(prepared)))  # failed rows time nothing
     rows = []
     for case, timed in prepared:
         row = _row(case, timed, peak_gflops)
         bg = timed.background  # CPUs other processes used during this row's kept blocks
+        readings += bg
         row["background_cpus"] = round(sum(bg) / len(bg), 2) if bg else None
         row["discarded_repeats"] = timed.discarded
         row["noisy_repeats"] = timed.noisy
-        spread = (row["ms_max"] - row["ms_min"]) / row["ms_per_step"] * 100
+        busy = f"  busy: others used {max(bg):.2f} CPUs" if timed.noisy else ""
         log(
-            f"   {case.name:34s} {row['tokens_per_sec']:11.0f} tokens/s "
-            f"{row['ms_per_step']:9.3f} ms  spread {spread:4.0f}%"
+            f"   {case.name:34s} {row['tokens_per_sec']:11,.0f} tokens/s "
+            f"{row['ms_per_step']:9.3f} ms  spread {report.spread(row, why=True)}{busy}"
         )
         rows.append(row)
     return rows
 
 
-def _roofline(
-    cfg: BenchConfig,
-    frameworks: list[str],
-    dtype: str,
-    device: str,
-    guard: timing.QuietGuard | None,
-    log: _Log,
+def _measure_roofline(
+    cfg: BenchConfig, frameworks: list[str], dtype: str, device: str
 ) -> dict[str, Any]:
     """Peak matmul GFLOP/s on ``device`` (best framework), the tokens/s it bounds per workload,
-    and the training step's own matmuls timed alone (the floor for op-by-op code)."""
-    log(f"measuring peak matmul throughput ({dtype}, {device}) ...")
-    if guard is not None:
-        guard.wait_quiet()
+    and the training step's own matmuls timed alone (the floor for op-by-op code); with the
+    CPUs other processes used meanwhile."""
+    meter = machine.CpuMeter()
     size = roofline.peak_size(device)
     peak = roofline.measure_peak(frameworks, dtype, size, device=device)
     best = max(peak.values())
@@ -277,21 +382,189 @@ def _roofline(
         entry["matmul_floor"] = roofline.measure_matmul_floor(
             frameworks, dtype, *cfg.shape.astuple(), device=device
         )
-    log(f"   peak {best:.1f} GFLOP/s; roofline {entry['tokens_per_sec']} tokens/s")
+    busy = meter.read()
+    entry["background_cpus"] = None if busy is None else busy["other_cpus"]
     return entry
+
+
+def _roofline(
+    cfg: BenchConfig,
+    frameworks: list[str],
+    dtype: str,
+    device: str,
+    guard: timing.QuietGuard,
+    log: _Log,
+) -> dict[str, Any]:
+    """``_measure_roofline`` once the machine is quiet (or the wait budget is spent)."""
+    log(f"measuring peak matmul throughput ({dtype}, {device}) ...")
+    guard.wait_quiet()
+    log.doing(f"peak matmul throughput ({dtype}, {device}): {', '.join(frameworks)}")
+    entry = _measure_roofline(cfg, frameworks, dtype, device)
+    log(f"   {roofline_summary(entry)}")
+    log.advance()
+    return entry
+
+
+def _busy_roofline(entry: dict[str, Any], guard: timing.QuietGuard) -> bool:
+    return (entry.get("background_cpus") or 0) > guard.threshold
+
+
+def _roofline_again(
+    cfg: BenchConfig,
+    frameworks: list[str],
+    dtype: str,
+    entry: dict[str, Any],
+    rows: list[dict[str, Any]],
+    guard: timing.QuietGuard,
+    log: _Log,
+) -> dict[str, Any]:
+    """A peak measured beside busy CPUs is measured once more after the rows, and the higher
+    of the two kept (a peak is a best case; a busy machine only lowers it). The rows of that
+    device and dtype are then set against the peak kept."""
+    device = entry["device"]
+    log.doing(f"peak matmul throughput again ({dtype}, {device}): it ran beside busy CPUs")
+    guard.wait_quiet()
+    again = _measure_roofline(cfg, frameworks, dtype, device)
+    kept = again if again["peak_gflops"] > entry["peak_gflops"] else entry
+    log(
+        f"   peak measured again ({dtype}, {device}; first beside "
+        f"{entry['background_cpus']:.2f} busy CPUs): {again['peak_gflops']:.1f} against "
+        f"{entry['peak_gflops']:.1f} GFLOP/s; kept {kept['peak_gflops']:.1f}"
+    )
+    for r in rows:
+        r["roofline_fraction"] = r["gflops"] / kept["peak_gflops"]
+    return kept
+
+
+def _busy(
+    readings: list[float], roofs: list[dict[str, Any]], guard: timing.QuietGuard
+) -> dict[str, Any] | None:
+    """How busy other processes kept the machine while it was measured, or None if quiet:
+    no kept timed block and no peak matmul above the guard's threshold."""
+    busy_repeats = sum(x > guard.threshold for x in readings)
+    busy_roofs = [r for r in roofs if _busy_roofline(r, guard)]
+    if not busy_repeats and not busy_roofs:
+        return None
+    mean = statistics.fmean(readings) if readings else 0.0
+    parts = []
+    if readings:
+        parts.append(
+            f"{busy_repeats} of {len(readings)} timed repeats ran while other processes kept "
+            f"more than {guard.threshold:.2f} CPUs busy ({mean:.2f} on average)"
+        )
+    if busy_roofs:
+        cpus = max(r["background_cpus"] for r in busy_roofs)
+        parts.append(
+            f"the peak matmul ran beside {cpus:.2f} busy CPUs, twice (the roofline may be low)"
+        )
+    wait = (
+        "--max-wait 0: the run did not wait"
+        if guard.budget_s == 0
+        else f"the run waited {guard.waited_s:.0f} s of its {guard.budget_s:g} s --max-wait"
+    )
+    note = (
+        f"busy machine: {'; '.join(parts)}; {wait}. Multi-threaded BLAS/OpenMP rows (numpy, "
+        "torch) slow down many-fold when a core is taken: rerun on a quiet machine"
+    )
+    short = (
+        f"Busy machine: other processes used {mean:.2f} CPUs on average while timing "
+        f"({busy_repeats} of {len(readings)} repeats above {guard.threshold:.2f}"
+        f"{'; peak matmul too' if busy_roofs else ''}): slower and noisier than a quiet run"
+    )
+    return {
+        "threshold_cpus": guard.threshold,
+        "other_cpus_mean": round(mean, 2),
+        "busy_repeats": busy_repeats,
+        "timed_repeats": len(readings),
+        "roofline_busy": [f"{r['device']}" for r in busy_roofs],
+        "note": note,
+        "short": short,
+    }
+
+
+class _Waits:
+    """The quiet guard's ``on_wait``: the bar says what is waited for and how busy the machine
+    is; the log gets a line per wait of 2 s or more, and one when the wait budget is spent."""
+
+    def __init__(self, guard: timing.QuietGuard, log: _Log) -> None:
+        self.guard, self.log = guard, log
+        self.since = 0.0  # guard.waited_s when this wait began
+        self.most = 0.0  # the most CPUs other processes used during it
+        self.told_spent = False
+
+    def __call__(self, busy: float | None) -> None:
+        guard, log = self.guard, self.log
+        if busy is not None:
+            self.most = max(self.most, busy)
+            log.waiting(
+                f"waiting for a quiet machine (others use {busy:.2f} CPUs, quiet is "
+                f"≤ {guard.threshold:.2f}; {guard.waited_s:.0f} of {guard.budget_s:g} s)"
+            )
+            return
+        log.done_waiting()
+        waited = guard.waited_s - self.since
+        if waited >= 2:
+            log(
+                f"   waited {waited:.0f} s for other processes to go quiet "
+                f"(they used up to {self.most:.2f} CPUs)"
+            )
+        self.since, self.most = guard.waited_s, 0.0
+        if guard.spent and not self.told_spent:
+            self.told_spent = True
+            log(
+                f"   the --max-wait budget ({guard.budget_s:g} s) is spent: timing goes on "
+                "as the machine is, and the results will say it was busy"
+            )
+
+
+def _method(
+    cfg: BenchConfig, guard: timing.QuietGuard, cache: dict[str, Any] | None
+) -> dict[str, Any]:
+    """How the run measured: repeats, blocks, threads, modes, the compile cache, the guard."""
+    return {
+        "repeats": cfg.repeats,
+        "min_time_s": cfg.min_time,
+        "pause_s": _pause(cfg),
+        "threads": cfg.threads,
+        "modes": cfg.modes,
+        "quick": cfg.quick,
+        "statistic": "median of the timed blocks; ms_min/ms_max their spread",
+        "compile_cache": cache,
+        "quiet_guard": {
+            "threshold_cpus": guard.threshold,
+            "budget_s": guard.budget_s,
+            "waited_s": round(guard.waited_s, 1),
+            "discarded_repeats": guard.discarded,
+            "noisy_repeats": guard.noisy,
+        },
+    }
+
+
+def _units(cfg: BenchConfig, groups: list[tuple[str, list[Case]]], roofs: int) -> int:
+    """Progress steps: each peak matmul, each row's first call and each of its timed blocks."""
+    return roofs + sum(len(cases) for _, cases in groups) * (1 + cfg.repeats)
 
 
 def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | None = None) -> dict:
     """Everything in one process, so every ratio compares like with like. Returns the document."""
-    start = time.perf_counter()
     log = _Log(cfg.log)
+    with log.showing("starting"):
+        return _run(cfg, on_group, log)
+
+
+def _run(
+    cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | None, log: _Log
+) -> dict:
+    start = time.perf_counter()
     cpus = threads.available_cpus()  # before the affinity narrows it to cfg.threads
     thread_info = threads.configure_environment(cfg.threads)
+    cache = compile_cache(cfg.cold_compile) if "torch" in cfg.backends else None
     notes: list[str] = []
     loaded, frameworks = _load_frameworks(cfg, notes, log)
     if not loaded:
         raise UserError("no backend could be loaded; see `rosetta-rnn backends`")
-    devices = _devices(cfg, loaded, notes)
+    devices = _devices(cfg, loaded, notes)  # a device asked for that is not there: an error
+    all_devices = list(dict.fromkeys(d for devs in devices.values() for d in devs))
     peer_names = [
         p
         for p in PEER_NAMES
@@ -301,14 +574,28 @@ def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | Non
     ]
     desc = machine.describe(frameworks, thread_info)
     whole_run = machine.CpuMeter()
+    groups = _groups(cfg, devices, peer_names)
+    units = _units(cfg, groups, len(all_devices) * len(cfg.dtypes))
+    rows_total = sum(len(cases) for _, cases in groups)
+    log(
+        f"bench: {rows_total} rows on {', '.join(all_devices)} ({', '.join(cfg.dtypes)}), "
+        f"{cfg.repeats} timed repeat(s) each, {cfg.threads} thread(s)"
+        + (
+            f"; torch.compile cache {cache['torchinductor']}"
+            f" ({'warm' if cache['warm'] else 'empty'})"
+            if cache
+            else ""
+        )
+    )
+    log.doing("measuring", total=units)
+
+    # other processes may use the CPUs this run leaves free, and BUSY_CPUS more; with
+    # --max-wait 0 the guard never waits but still counts the blocks timed on a busy machine
+    spare = max(0, cpus - cfg.threads)
+    guard = timing.QuietGuard(spare + BUSY_CPUS, cfg.max_wait)
+    guard.on_wait = _Waits(guard, log)
 
     # the machine's limit on each device: the best large-matmul rate of any framework there
-    # other processes may use the CPUs this run leaves free, and BUSY_CPUS more
-    spare = max(0, cpus - cfg.threads)
-    guard = timing.QuietGuard(spare + BUSY_CPUS, cfg.max_wait) if cfg.max_wait > 0 else None
-    all_devices = list(dict.fromkeys(d for devs in devices.values() for d in devs))
-    if not all_devices:
-        raise UserError(f"no backend runs on {' '.join(cfg.devices)}: {'; '.join(notes)}")
     main_device = "cpu" if "cpu" in all_devices else all_devices[0]
     roof_by_device: dict[str, dict[str, Any]] = {}
     for device in all_devices:
@@ -316,27 +603,32 @@ def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | Non
         roof_by_device[device] = {
             dtype: _roofline(cfg, on_device, dtype, device, guard, log) for dtype in cfg.dtypes
         }
-    roof = roof_by_device[main_device]
 
     rows: list[dict[str, Any]] = []
-    for label, cases in _groups(cfg, devices, peer_names):
+    readings: list[float] = []  # other processes' CPUs during every kept timed block
+    for label, cases in groups:
         dtype = cases[0].dtype
         peak_gflops = roof_by_device[cases[0].device][dtype]["peak_gflops"]
-        group_rows = _run_group(label, cases, cfg, peak_gflops, notes, log, guard)
+        group_rows = _run_group(label, cases, cfg, peak_gflops, notes, log, guard, readings)
         rows += group_rows
         if on_group is not None:
             on_group(group_rows)
 
+    for device, by_dtype in roof_by_device.items():  # a peak taken on a busy machine: again
+        on_device = [name for name in loaded if device in devices[name]]
+        for dtype, entry in by_dtype.items():
+            if _busy_roofline(entry, guard):
+                mine = [r for r in rows if r["device"] == device and r["dtype"] == dtype]
+                by_dtype[dtype] = _roofline_again(cfg, on_device, dtype, entry, mine, guard, log)
+    roof = roof_by_device[main_device]
+
     desc["load_average_end"] = machine.load_average()
     desc["background"] = whole_run.read()
-    noisy = sum(r["noisy_repeats"] for r in rows)
-    if noisy:
-        notes.append(
-            f"{noisy} timed repeats ran while other processes kept more than "
-            f"{guard.threshold if guard else BUSY_CPUS} CPUs "
-            "busy (the wait budget was spent); multi-threaded BLAS/OpenMP rows (numpy, torch) "
-            "slow down many-fold when a core is taken: rerun on a quiet machine"
-        )
+    roofs = [entry for by_dtype in roof_by_device.values() for entry in by_dtype.values()]
+    busy = _busy(readings, roofs, guard)
+    if busy is not None:
+        notes.append(busy["note"])
+        log(f"note: {busy['note']}")
     main_dtype = cfg.dtypes[0]
     doc: dict[str, Any] = {
         "machine": desc,
@@ -353,22 +645,8 @@ def run(cfg: BenchConfig, on_group: Callable[[list[dict[str, Any]]], None] | Non
             "num_hiddens": cfg.shape.num_hiddens,
             "vocab_size": cfg.shape.vocab_size,
         },
-        "method": {
-            "repeats": cfg.repeats,
-            "min_time_s": cfg.min_time,
-            "pause_s": _pause(cfg),
-            "threads": cfg.threads,
-            "statistic": "median of the timed blocks; ms_min/ms_max their spread",
-            "quiet_guard": None
-            if guard is None
-            else {
-                "threshold_cpus": guard.threshold,
-                "budget_s": guard.budget_s,
-                "waited_s": round(guard.waited_s, 1),
-                "discarded_repeats": guard.discarded,
-                "noisy_repeats": guard.noisy,
-            },
-        },
+        "method": _method(cfg, guard, cache),
+        "busy": busy,
         "notes": notes,
     }
     doc["targets"] = targets.evaluate(doc, main_dtype)

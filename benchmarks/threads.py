@@ -9,10 +9,7 @@ is set explicitly: ``torch.set_num_threads``, TensorFlow's intra/inter-op pools,
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from typing import Any
 
 _ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -44,12 +41,6 @@ def configure_environment(threads: int) -> dict[str, Any]:
         if flags not in current:  # a second run in the same process adds nothing
             os.environ["XLA_FLAGS"] = (current + " " + flags).strip()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's CUDA probing, silenced
-    # cold torch.compile: no kernels from an earlier run's cache (read when inductor starts)
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        cache = tempfile.mkdtemp(prefix="bench-inductor-")
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-    done["torchinductor_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
     done["env"] = {var: os.environ[var] for var in _ENV_VARS}
     done["numpy"] = "OpenBLAS pool sized at import to the CPUs present; confined by affinity"
     return done

@@ -101,15 +101,20 @@ class Timed:
     warm_total_s: float = 0.0  # the warm-up calls together (a retrace can land there)
     warm_calls: int = 0
     discarded: int = 0  # blocks thrown away: other processes were busy during them
-    noisy: int = 0  # blocks kept although other processes were busy (the guard gave up)
+    noisy: int = 0  # blocks kept although other processes were busy (no wait budget left)
     background: list[float] = field(default_factory=list)  # other processes' CPUs, kept blocks
 
     @property
     def compile_s(self) -> float:
         """What the first call and the warm-up took beyond as many steady calls: tracing,
-        compiling (and any recompile) and first-touch allocation."""
+        compiling (and any recompile) and first-touch allocation.
+
+        A steady call is the warm-up's own (``warm_s``), not the timed median: the warm-up runs
+        right after the first call, under the same load, while timed blocks on a shared machine
+        wait for quiet; against the quiet median a busy first call and warm-up would read as
+        seconds of "compile" in code that compiles nothing."""
         spent = self.first_s + self.warm_total_s
-        return max(0.0, spent - (1 + self.warm_calls) * self.median_s)
+        return max(0.0, spent - (1 + self.warm_calls) * self.warm_s)
 
 
 def prepare(
@@ -130,14 +135,14 @@ def prepare(
     first = time.perf_counter() - t0
     times: list[float] = []
     spent = 0.0
-    while len(times) < 2 or spent < warmup_time:
+    while len(times) < 3 or spent < warmup_time:
         t0 = time.perf_counter()
         out = call()
         sync(out)
         dt = time.perf_counter() - t0
         times.append(dt)
         spent += dt
-    warm = statistics.median(times[-5:])
+    warm = statistics.median(times[1:][-5:])  # the first warm-up call may still retrace
     peak = peak_rss_mb()
     if peak is None or rss0 is None:
         grown = None
@@ -157,7 +162,8 @@ class QuietGuard:
 
     A block during which other processes kept more than ``threshold`` CPUs busy is thrown away
     and timed again once the machine has been quiet for a moment; waiting stops for good when
-    ``budget_s`` is spent, and later blocks are kept as they come (and counted as noisy).
+    ``budget_s`` is spent, and later blocks are kept as they come (and counted as noisy). With
+    ``budget_s`` 0 it never waits and only counts: a busy machine is never hidden.
     """
 
     threshold: float = 0.25
@@ -166,16 +172,29 @@ class QuietGuard:
     waited_s: float = 0.0
     discarded: int = 0
     noisy: int = 0
+    # told the other processes' CPUs after each busy window, and None when the wait ends
+    on_wait: Callable[[float | None], None] | None = None
+
+    @property
+    def spent(self) -> bool:
+        """The wait budget is gone (with ``budget_s`` 0 it never existed)."""
+        return self.waited_s >= self.budget_s
 
     def wait_quiet(self, window: float = 0.5) -> None:
         """Sleep in ``window`` steps until a whole window is quiet (or the budget is gone)."""
+        waited = False
         while self.waited_s < self.budget_s:
             meter = CpuMeter()
             time.sleep(window)
             self.waited_s += window
             busy = meter.read()
             if busy is None or busy["other_cpus"] <= self.threshold:
-                return
+                break
+            waited = True
+            if self.on_wait is not None:
+                self.on_wait(busy["other_cpus"])
+        if waited and self.on_wait is not None:
+            self.on_wait(None)
 
 
 def _one_block(row: Timed, pause: float) -> float:
@@ -203,7 +222,7 @@ def time_block(row: Timed, pause: float = PAUSE_S, guard: QuietGuard | None = No
             row.background.append(busy["other_cpus"])
         if guard is None or busy is None or busy["other_cpus"] <= guard.threshold:
             break
-        if attempt >= guard.retries or guard.waited_s >= guard.budget_s:
+        if attempt >= guard.retries or guard.spent:
             guard.noisy += 1
             row.noisy += 1
             break
@@ -221,8 +240,12 @@ def run_interleaved(
     repeats: int,
     pause: float = PAUSE_S,
     guard: QuietGuard | None = None,
+    on_block: Callable[[Timed, int], None] | None = None,
 ) -> None:
-    """``repeats`` rounds; each round times one block of every row, in order."""
-    for _ in range(repeats):
+    """``repeats`` rounds; each round times one block of every row, in order. ``on_block`` is
+    told each kept block's row and round (from 1)."""
+    for repeat in range(1, repeats + 1):
         for row in rows:
             time_block(row, pause, guard)
+            if on_block is not None:
+                on_block(row, repeat)

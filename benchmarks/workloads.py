@@ -70,6 +70,13 @@ class Case:
         return GENERATE_TOKENS if self.workload == "generate" else 1
 
     @property
+    def compiles(self) -> bool:
+        """Whether the first call compiles anything: a compile mode other than eager, or JAX
+        eager (which compiles each operation once). NumPy, the Array API backend, torch and
+        TensorFlow eager compile nothing: their first call only allocates and fills caches."""
+        return self.mode.rsplit("/", 1)[-1] != "eager" or self.framework == "jax"
+
+    @property
     def tokens_per_call(self) -> int:
         if self.workload == "generate":
             return GENERATE_TOKENS
@@ -157,29 +164,47 @@ def _generate_builder(backend: str, device: str, dtype: str, shape: Shape) -> Bu
     return build
 
 
+MODES: dict[str, str] = {
+    "all": "every grad engine × compile mode",
+    "compiled": "each backend's default grad engine under its compiler (jit, tf.function, "
+    "torch.compile; eager where it has none)",
+    "default": "each backend's default mode only",
+}
+
+
+def _pick_compiles(compiles: tuple[str, ...], modes: str) -> tuple[str, ...]:
+    if modes == "all":
+        return compiles
+    if modes == "compiled":
+        return next(((m,) for m in compiles if m != "eager"), compiles[:1])
+    return compiles[:1]
+
+
 def backend_cases(
     backend: str,
     device: str,
     dtype: str,
     shape: Shape,
     workloads: list[str],
-    all_modes: bool = True,
+    modes: str | bool = "all",
     sweep: str | None = None,
 ) -> list[Case]:
-    """Every (grad, compile) mode of one backend for each workload (only the default with
-    ``all_modes=False``). ``device`` must be resolved already."""
+    """One backend's rows for each workload, in the ``modes`` of ``MODES`` (True and False
+    mean all and default). ``device`` must be resolved already."""
     mod = backends.load(backend)
+    if isinstance(modes, bool):
+        modes = "all" if modes else "default"
+    if modes not in MODES:
+        raise ValueError(f"modes must be one of {', '.join(MODES)}, not {modes!r}")
 
     def common(name: str, mode: str, workload: str, build: Callable[[], Any]) -> Case:
         return Case(name, backend, backend, device, dtype, mode, workload, shape, build, sweep)
 
     cases: list[Case] = []
     for workload in workloads:
-        compiles = compile_modes(backend, workload, device)
-        if not all_modes:
-            compiles = compiles[:1]
+        compiles = _pick_compiles(compile_modes(backend, workload, device), modes)
         if workload == "train":
-            grads = mod.GRAD_MODES if all_modes else mod.GRAD_MODES[:1]
+            grads = mod.GRAD_MODES if modes == "all" else mod.GRAD_MODES[:1]
             for grad in grads:
                 for mode in compiles:
                     label = f"{grad}/{mode}"

@@ -52,7 +52,9 @@ def _status_column(unit: str) -> Any:
 
 class Progress:
     """``with Progress("training", total=500, unit="epochs") as p: p.advance(info=...)``;
-    ``completed`` is where a resumed count starts (it does not count toward the speed)."""
+    ``completed`` is where a resumed count starts (it does not count toward the speed).
+    ``auto_refresh=False`` draws only when something changes: no redraw thread runs beside
+    code being timed (the bench)."""
 
     def __init__(
         self,
@@ -62,12 +64,14 @@ class Progress:
         stream: TextIO | None = None,
         enabled: bool | None = None,
         completed: float = 0,
+        auto_refresh: bool = True,
     ) -> None:
         self.stream = sys.stderr if stream is None else stream
         if enabled is None:
             enabled = _is_terminal(self.stream) and os.environ.get(DISABLE_ENV, "") in ("", "0")
         self.enabled = enabled
         self.unit = unit
+        self.auto_refresh = auto_refresh
         self._bar: Any = None
         self._task: Any = None
         self._description, self._total, self._completed = description, total, completed
@@ -84,6 +88,7 @@ class Progress:
                 BarColumn(bar_width=12),
                 _status_column(self.unit),
                 console=console,
+                auto_refresh=self.auto_refresh,
                 transient=True,
                 redirect_stdout=False,
                 redirect_stderr=False,
@@ -111,15 +116,17 @@ class Progress:
         """``n`` more units done; ``info`` replaces the status text after the times."""
         if self._bar is not None:
             fields = {} if info is None else {"info": info}
-            self._bar.update(self._task, advance=n, **fields)
+            self._bar.update(self._task, advance=n, refresh=not self.auto_refresh, **fields)
 
     def describe(self, description: str, total: int | None = None, reset: bool = False) -> None:
         """Say what is being done (or waited for) now; ``reset`` starts the count again."""
         if self._bar is not None:
             if reset:
                 self._bar.reset(self._task, total=total, description=description, info="")
+                if not self.auto_refresh:
+                    self._bar.refresh()
             else:
-                self._bar.update(self._task, description=description)
+                self._bar.update(self._task, description=description, refresh=not self.auto_refresh)
 
     def say(self, text: str, out: TextIO | None = None) -> None:
         """A line that stays: printed to ``out`` (default stdout), above the bar on a terminal."""

@@ -11,13 +11,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from rosetta_rnn import backends
 from rosetta_rnn.benchmarks import cli as bench_cli
-from rosetta_rnn.benchmarks import machine, peers, roofline, targets, timing
+from rosetta_rnn.benchmarks import machine, peers, report, roofline, runner, targets, timing
 from rosetta_rnn.benchmarks.profile import ops_breakdown
 from rosetta_rnn.benchmarks.workloads import Shape
 from rosetta_rnn.core import model, sampling
@@ -44,10 +45,12 @@ ROW_KEYS = {
 
 
 @pytest.fixture(autouse=True)
-def _restore_environ() -> Iterator[None]:
+def _restore_environ(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """bench sets *_NUM_THREADS and torch's thread count for the process; put both back
-    afterwards, so that later tests run with the threads they would have alone."""
+    afterwards, so that later tests run with the threads they would have alone. torch.compile's
+    cache goes to a temporary folder, not the user's cache folder."""
     saved = dict(os.environ)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
     try:
         import torch
     except ImportError:
@@ -266,7 +269,8 @@ def test_bench_json_schema_and_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     rows = doc["rows"]
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
-        assert r["tokens_per_sec"] > 0 and r["ms_per_step"] > 0 and r["compile_s"] >= 0
+        assert r["tokens_per_sec"] > 0 and r["ms_per_step"] > 0 and r["first_call_s"] > 0
+        assert r["compile_s"] is None  # NumPy compiles nothing: no first-call time counted as such
     assert {r["workload"] for r in rows} == {"train", "forward", "generate"}
     peer_rows = [r for r in rows if r["backend"] == "peer"]
     assert peer_rows and {r["name"] for r in peer_rows} == {"numpy.min-char-rnn"}
@@ -334,6 +338,8 @@ def test_missing_framework_is_a_note_unless_asked_for(
         (["--sweep-steps", "5,x"], "--sweep-steps must be a positive number, got 'x'"),
         (["--threads", "999"], "--threads 999 is more than the"),
         (["--max-wait", "-1"], "--max-wait must be a number >= 0, got '-1'"),
+        (["--device", "tpu"], "unknown device 'tpu' (use cpu, auto, gpu, gpu:N or all)"),
+        (["--quick", "--repeats", "0"], "--repeats must be a positive number, got '0'"),
     ],
 )
 def test_one_line_errors(
@@ -364,7 +370,8 @@ def test_register_uses_the_callers_parser_class() -> None:
     assert isinstance(sub.choices["bench"], Strict)
     args = parser.parse_args(["bench", "--no-sweep", "--json"])
     assert args.func is bench_cli.cmd_bench and args.no_sweep and args.json
-    assert args.workload == "all" and args.device == ["cpu"] and args.dtype == ["float32"]
+    assert args.device == ["cpu"] and args.dtype == ["float32"]
+    assert bench_cli.config_from_args(args).workloads == list(roofline.WORKLOADS)
 
 
 def test_cuda_only_modes_are_offered_on_a_gpu_alone() -> None:
@@ -401,3 +408,404 @@ def test_a_device_no_backend_has_is_an_error_before_measuring(
     assert code == 2 and stdout == "" and not measured
     assert len(err.strip().splitlines()) == 1 and "no backend runs on gpu" in err
     assert not (out / "results.json").exists()
+
+
+# --- asking for what is not there, and the result set ---------------------------------------
+
+
+@pytest.fixture
+def cheap_roofline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The peak matmul and the step's matmuls stand-ins (no 2048² products); lists each call.
+    The first peak is 10 GFLOP/s, any later one 50."""
+    calls: list[str] = []
+
+    def peak(names: list[str], dtype: str, size: int = 0, repeats: int = 5, device: str = "cpu"):
+        calls.append("peak")
+        return {n: 50.0 if calls.count("peak") > 1 else 10.0 for n in names}
+
+    def floor(names: list[str], dtype: str, *shape: int, device: str = "cpu", **kw: object):
+        calls.append("floor")
+        return {"ms_per_step": 1.0, "tokens_per_sec": 1000.0, "parts": []}
+
+    monkeypatch.setattr(roofline, "measure_peak", peak)
+    monkeypatch.setattr(roofline, "measure_matmul_floor", floor)
+    return calls
+
+
+def _previous_set(out: Path) -> dict[str, bytes]:
+    """A previous run's files (every file of a set) and a file of the user's own."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*report.FILES, *report.PLOTS, "NOTES.md"):
+        (out / name).write_bytes(f"old {name}".encode())
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _contents(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("devices", [["cpu", "gpu"], ["gpu:1"], ["all", "gpu"]])
+def test_a_device_that_is_not_there_is_an_error_before_anything_is_measured(
+    devices: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    monkeypatch.setattr(backends.load("numpy"), "_gpu_count", lambda: 0)
+    old = _previous_set(tmp_path)
+    argv = ["--backends", "numpy", "--device", *devices, *TINY, "--out", str(tmp_path)]
+    code, stdout, err = bench(argv, capsys)
+    assert code == 2 and stdout == "" and cheap_roofline == []
+    assert len(err.strip().splitlines()) == 1 and "no backend runs on gpu" in err
+    assert _contents(tmp_path) == old
+
+
+def test_a_failure_while_writing_leaves_the_previous_set_whole(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    old = _previous_set(tmp_path)
+
+    def broken(doc: dict, path: Path) -> bool:
+        raise RuntimeError("the plot broke")
+
+    monkeypatch.setattr(report, "plot_tokens", broken)
+    argv = ["--backends", "numpy", "--workload", "generate", "--no-sweep", *TINY]
+    with pytest.raises(RuntimeError, match="the plot broke"):
+        bench([*argv, "--out", str(tmp_path)], capsys)
+    assert _contents(tmp_path) == old  # no half-written set, no temporary folder left
+
+
+def test_nothing_measured_is_an_error_and_the_previous_set_stays(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    old = _previous_set(tmp_path)
+
+    def fails(*args: object, **kwargs: object) -> timing.Timed:
+        raise RuntimeError("no such mode here")
+
+    monkeypatch.setattr(timing, "prepare", fails)
+    argv = ["--backends", "numpy", "--workload", "train", "--no-sweep", *TINY]
+    code, stdout, err = bench([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2 and stdout == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rosetta-rnn: error: nothing was measured: every row failed")
+    assert "no such mode here" in last and "left as it was" in last
+    assert _contents(tmp_path) == old
+
+
+def test_a_new_set_replaces_the_old_one_whole(tmp_path: Path) -> None:
+    old = _previous_set(tmp_path)
+    doc = _doc([_full_row("numpy bptt/eager", "numpy", 100.0)])  # no sweep: no scaling.png
+    written = report.write_all(doc, tmp_path)
+    assert sorted(p.name for p in written) == sorted([*report.FILES, "tokens_per_sec.png"])
+    now = _contents(tmp_path)
+    assert "scaling.png" not in now  # the previous run's plot does not survive
+    assert now["NOTES.md"] == old["NOTES.md"]  # the user's own file is kept
+    assert json.loads(now["results.json"])["rows"] == doc["rows"]
+    assert now["tokens_per_sec.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(now) == {*report.FILES, "tokens_per_sec.png", "NOTES.md"}
+
+
+def test_missing_matplotlib_is_one_line_before_anything_is_measured(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    out = tmp_path / "out"
+    code, stdout, err = bench(["--backends", "numpy", *TINY, "--out", str(out)], capsys)
+    assert code == 2 and stdout == "" and cheap_roofline == [] and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "matplotlib" in err and "[plot]" not in err
+
+
+# --- quick mode, progress, the busy machine, the compile cache --------------------------------
+
+
+def _config(argv: list[str]) -> runner.BenchConfig:
+    from rosetta_rnn.helpers import Parser
+
+    parser = Parser(prog="rosetta-rnn")
+    bench_cli.register(parser.add_subparsers(dest="command", parser_class=Parser))
+    return bench_cli.config_from_args(parser.parse_args(["bench", *argv]))
+
+
+def test_quick_mode_selects_a_small_run_and_explicit_flags_win() -> None:
+    quick = _config(["--quick"])
+    assert quick.workloads == ["train"] and not quick.sweep and quick.modes == "compiled"
+    assert quick.repeats == 3 and quick.max_wait == 30 and quick.quick
+    full = _config([])
+    assert full.workloads == list(roofline.WORKLOADS) and full.sweep and full.modes == "all"
+    assert full.repeats == 5 and full.max_wait == 600 and not full.quick
+    mixed = _config(["--quick", "--repeats", "7", "--workload", "all", "--max-wait", "0"])
+    assert mixed.repeats == 7 and mixed.workloads == list(roofline.WORKLOADS)
+    assert mixed.max_wait == 0 and not mixed.sweep
+
+
+@pytest.mark.parametrize(
+    ("backend", "row"),
+    [
+        ("numpy", "numpy bptt/eager"),
+        ("torch", "torch autograd/torch.compile"),
+        ("jax", "jax autograd/jit"),
+        ("tensorflow", "tensorflow autograd/tf.function"),
+    ],
+)
+def test_compiled_modes_are_one_row_per_backend_under_its_compiler(backend: str, row: str) -> None:
+    from rosetta_rnn.benchmarks.workloads import backend_cases
+
+    pytest.importorskip(FRAMEWORK_MODULE[backend])
+    cases = backend_cases(backend, "cpu", "float32", Shape(2, 3, 4), ["train"], "compiled")
+    assert [c.name for c in cases] == [row]
+
+
+def test_bench_help_says_what_where_how_long_and_the_quick_mode() -> None:
+    from rosetta_rnn.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = sub.choices["bench"].format_help()
+    for words in ("training step", "roofline", "bench-results", "10 minutes", "--quick"):
+        assert words in text, words
+    assert "a minute or two" in text and "--modes compiled --repeats 3" in text
+
+
+class _Bar:
+    """Stands in for rosetta_rnn.progress.Progress and keeps what the run said."""
+
+    said: ClassVar[list[str]] = []
+
+    def __init__(self, description: str, total: int | None, **kw: object) -> None:
+        self.said.append(description)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def describe(self, description: str, total: int | None = None, reset: bool = False) -> None:
+        self.said.append(description)
+
+    def advance(self, n: float = 1, info: str | None = None) -> None:
+        if info:
+            self.said.append(info)
+
+    def say(self, text: str, out: object = None) -> None:
+        print(text, file=out)  # type: ignore[arg-type]
+
+
+def _busy_machine(monkeypatch: pytest.MonkeyPatch, other_cpus: float) -> None:
+    """Every CPU reading says other processes use ``other_cpus``; waits take no time."""
+    monkeypatch.setattr(
+        machine.CpuMeter, "read", lambda self: {"other_cpus": other_cpus, "steal_cpus": 0.0}
+    )
+    monkeypatch.setattr(timing.time, "sleep", lambda s: None)
+
+
+def test_the_wait_for_a_quiet_machine_is_shown_with_its_load(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    _busy_machine(monkeypatch, 1.34)
+    monkeypatch.setattr(runner, "Progress", _Bar)
+    monkeypatch.setattr(_Bar, "said", [])
+    argv = ["--backends", "numpy", "--workload", "train", "--no-sweep", *TINY, "--max-wait", "2"]
+    code, _, err = bench([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    waits = [s for s in _Bar.said if s.startswith("waiting for a quiet machine")]
+    assert waits and "others use 1.34 CPUs" in waits[0] and "of 2 s" in waits[0]
+    assert any(s.startswith("timing train") and "repeat 1 of 1" in s for s in _Bar.said)
+    assert any(s.startswith("numpy bptt/eager: first call and warm-up") for s in _Bar.said)
+    assert "waited 2 s for other processes to go quiet" in err
+    assert "the --max-wait budget (2 s) is spent" in err
+
+
+@pytest.mark.parametrize("other_cpus", [0.0, 1.34])
+def test_a_busy_machine_is_never_hidden(
+    other_cpus: float,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    """--max-wait 0 never waits, yet a run beside busy CPUs says so in every output."""
+    _busy_machine(monkeypatch, other_cpus)
+    argv = ["--backends", "numpy", "--workload", "train", "--no-sweep", *TINY, "--max-wait", "0"]
+    code, stdout, err = bench([*argv, "--json", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    doc = json.loads(stdout)
+    md = (tmp_path / "results.md").read_text()
+    figure = report.tokens_figure(doc)
+    shown = [t.get_text() for ax in figure.axes for t in ax.texts]
+    peak = doc["roofline"]["float32"]["peak_gflops"]
+    assert all(r["roofline_fraction"] == pytest.approx(r["gflops"] / peak) for r in doc["rows"])
+    if other_cpus == 0.0:
+        assert doc["busy"] is None and "busy machine" not in md + err
+        assert not any("Busy machine" in t for t in shown)
+        assert cheap_roofline.count("peak") == 1 and peak == 10.0
+        return
+    # a peak taken beside busy CPUs is taken again after the rows, and the higher one kept
+    assert cheap_roofline.count("peak") == 2 and peak == 50.0
+    busy = doc["busy"]
+    assert busy["other_cpus_mean"] == 1.34 and busy["busy_repeats"] == busy["timed_repeats"] > 0
+    assert "--max-wait 0: the run did not wait" in busy["note"]
+    assert f"**{busy['note']}.**" in md  # results.md says it above the tables
+    assert f"note: {busy['note']}" in err  # the log
+    assert "roofline tokens/s: train" in err and "{" not in err  # a line, not a dict
+    assert "spread n/a (1 repeat)" in err and "±0%" not in err + stdout
+    assert any("Busy machine: other processes used 1.34 CPUs" in t for t in shown)  # the PNG
+
+
+def test_the_compile_cache_persists_and_is_set_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    monkeypatch.setenv("ROSETTA_RNN_CACHE", str(tmp_path))
+    monkeypatch.delenv(runner.INDUCTOR_ENV, raising=False)
+    first = runner.compile_cache(cold=False)
+    assert first["torchinductor"] == str(tmp_path / "torchinductor") and first["persistent"]
+    assert os.environ[runner.INDUCTOR_ENV] == first["torchinductor"] and not first["warm"]
+    (tmp_path / "torchinductor" / "kernel").write_text("compiled")
+    assert runner.compile_cache(cold=False)["warm"]  # the next run finds it
+    cold = runner.compile_cache(cold=True)
+    assert cold["torchinductor"] != first["torchinductor"] and not cold["persistent"]
+    assert os.environ[runner.INDUCTOR_ENV] == cold["torchinductor"] and not cold["warm"]
+    # importing the command sets nothing
+    env = {k: v for k, v in os.environ.items() if k != runner.INDUCTOR_ENV}
+    code = "import os, rosetta_rnn.cli; print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "None", out.stderr
+
+
+# --- what the log, the tables and the plots say ------------------------------------------------
+
+
+def _full_row(name: str, backend: str, tps: float, **kw: object) -> dict:
+    framework = backend if backend != "peer" else str(kw.pop("framework", "torch"))
+    base = {
+        "ms_min": 0.9,
+        "ms_max": 1.1,
+        "repeats": 3,
+        "peak_rss_mb": 10.0,
+        "roofline_fraction": tps / 60000.0,
+        "framework": framework,
+        "batch_size": 32,
+        "first_call_s": 0.1,
+    }
+    return {**_row(name, backend, tps), **base, **kw}
+
+
+def _doc(rows: list[dict], busy: dict | None = None, repeats: int = 3) -> dict:
+    return {
+        "machine": {
+            "cpu": "Test CPU",
+            "cpus": 2,
+            "memory_gb": 1.0,
+            "os": "Linux",
+            "python": "3.11",
+            "frameworks": {"numpy": {"version": "2.0"}},
+            "threads": {"threads": 2},
+        },
+        "rows": rows,
+        "roofline": {
+            "float32": {
+                "device": "cpu",
+                "peak_gflops": 100.0,
+                "peak_gflops_by_framework": {"numpy": 100.0},
+                "matmul_size": 2048,
+                "flops_per_token": {"train": 1.66e6},
+                "tokens_per_sec": {"train": 60000.0},
+            }
+        },
+        "shape": {"batch_size": 32, "num_steps": 35, "num_hiddens": 512, "vocab_size": 28},
+        "method": {"repeats": repeats, "threads": 2},
+        "busy": busy,
+        "notes": [busy["note"]] if busy else [],
+        "targets": [],
+        "linearity": [],
+    }
+
+
+BUSY = {
+    "note": "busy machine: 7 of 12 timed repeats ran beside busy CPUs",
+    "short": "Busy machine: other processes used 1.34 CPUs on average while timing (7 of 12 "
+    "repeats above 0.25): slower and noisier than a quiet run",
+}
+
+
+def test_the_roofline_log_line_is_readable() -> None:
+    entry = {
+        "peak_gflops": 172.4,
+        "peak_gflops_by_framework": {"numpy": 165.7, "torch": 172.4},
+        "tokens_per_sec": {"train": 103820.4, "forward": 311461.2},
+    }
+    line = runner.roofline_summary(entry)
+    assert "{" not in line and "'" not in line
+    assert line == (
+        "peak 172.4 GFLOP/s (numpy 165.7, torch 172.4); "
+        "roofline tokens/s: train 103,820, forward 311,461"
+    )
+
+
+def test_one_repeat_shows_no_spread() -> None:
+    one = _full_row("numpy bptt/eager", "numpy", 100.0, repeats=1, ms_min=1.0, ms_max=1.0)
+    assert report.spread(one) == "n/a" and report.spread(one, why=True) == "n/a (1 repeat)"
+    assert report.spread(_full_row("numpy bptt/eager", "numpy", 100.0)) == "±10%"
+    text = report.terminal(_doc([one], repeats=1))
+    assert "1 repeat (no spread)" in text and "±0%" not in text and "median of 1" not in text
+    assert "±0%" not in report.markdown(_doc([one], repeats=1))
+
+
+def test_a_busy_warm_up_is_not_compile_time() -> None:
+    """The min-char-rnn's 9.77 s of "compile": its first call and warm-up ran on a busy machine
+    (3 s a step), its timed blocks after the wait for quiet (0.03 s a step)."""
+    row = timing.Timed("k", lambda: None, lambda out: None, 3.0, 3.0, 1, None, samples=[0.03])
+    row.warm_total_s, row.warm_calls = 9.0, 3
+    assert row.compile_s == 0.0  # against the quiet median it read 11.88 s
+    row.first_s = 23.0  # a 20 s build, then steady calls
+    assert row.compile_s == pytest.approx(20.0)
+
+
+def test_only_modes_that_compile_report_compile_time() -> None:
+    from rosetta_rnn.benchmarks.workloads import D2L, Case
+
+    def case(backend: str, framework: str, mode: str) -> Case:
+        return Case("x", backend, framework, "cpu", "float32", mode, "train", D2L, lambda: None)
+
+    assert not case("numpy", "numpy", "bptt/eager").compiles
+    assert not case("peer", "numpy", "bptt/eager").compiles  # numpy.min-char-rnn
+    assert not case("peer", "torch", "autograd/eager").compiles  # torch.nn.RNN
+    assert case("torch", "torch", "autograd/torch.compile").compiles
+    assert case("peer", "tensorflow", "autograd/tf.function").compiles  # keras.SimpleRNN
+    assert case("jax", "jax", "bptt/eager").compiles  # JAX compiles each operation
+    md = report.markdown(_doc([_full_row("numpy bptt/eager", "numpy", 100.0, compile_s=None)]))
+    assert "| numpy | m | 100 | 1.00 | ±10% | none |" in md
+
+
+def test_the_tokens_plot_has_axis_labels_a_legend_and_the_busy_note() -> None:
+    rows = [
+        _full_row("numpy bptt/eager", "numpy", 50000.0),
+        _full_row("torch autograd/eager", "torch", 40000.0),
+        _full_row("torch.nn.RNN", "peer", 35000.0, framework="torch"),
+    ]
+    figure = report.tokens_figure(_doc(rows, busy=BUSY))
+    panels = [ax for ax in figure.axes if ax.axison]  # the busy note's strip has no axes
+    assert panels and all("tokens per second" in ax.get_xlabel() for ax in panels)
+    (legend,) = figure.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["numpy", "torch", "the framework's own RNN (peer)", "roofline"]
+    texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert any(t.startswith("Busy machine: other processes used 1.34 CPUs") for t in texts)
+    quiet = report.tokens_figure(_doc(rows))
+    assert not any("Busy" in t.get_text() for ax in quiet.axes for t in ax.texts)
+    assert report.tokens_figure(_doc([])) is None
