@@ -13,6 +13,7 @@ sampling, one uniform per sampled token), drawn from a generator seeded like cor
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from collections.abc import Callable, Iterator
@@ -425,15 +426,26 @@ def check_checkpoint() -> Cell:
     return _guarded("checkpoint", run)
 
 
+def tasks(corpus_path: str | Path | None = None) -> list[tuple[str, Callable[[], Cell]]]:
+    """Every ``reference/*`` check as (its cell's name, the check not yet run), in order, so a
+    caller can count and show them. ``corpus_path``: The Time Machine (else core's lookup)."""
+    _trained.clear()  # core may have changed since the last call (the tests patch it)
+    checks: list[tuple[str, Callable[[], Cell]]] = [
+        ("vocab-char", lambda: check_vocab(corpus_path, "char")),
+        ("vocab-word", lambda: check_vocab(corpus_path, "word")),
+        ("iterators", check_iterators),
+        ("init", check_init),
+    ]
+    checks += [(f"train/{mode}", functools.partial(check_train, mode)) for mode in TRAIN_MODES]
+    checks += [
+        ("perplexity", check_perplexity),
+        ("eval", check_eval),
+        ("generate", check_generate),
+        ("checkpoint", check_checkpoint),
+    ]
+    return [(f"reference/{name}", run) for name, run in checks]
+
+
 def run_all(corpus_path: str | Path | None = None) -> list[Cell]:
     """Every ``reference/*`` cell. ``corpus_path``: The Time Machine (else core's lookup)."""
-    _trained.clear()  # core may have changed since the last call (the tests patch it)
-    cells = [
-        check_vocab(corpus_path, "char"),
-        check_vocab(corpus_path, "word"),
-        check_iterators(),
-        check_init(),
-    ]
-    cells += [check_train(mode) for mode in TRAIN_MODES]
-    cells += [check_perplexity(), check_eval(), check_generate(), check_checkpoint()]
-    return cells
+    return [run() for _, run in tasks(corpus_path)]

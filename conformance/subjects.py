@@ -4,6 +4,7 @@ NumPy-out methods, so every check is written once for all of them."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -152,7 +153,7 @@ class TorchRNNOracle:
 
         self.torch = torch
         self.dtype = dtype
-        self.device = device  # "cpu" or a resolved "gpu:N"
+        self.device = device  # "cpu" or a resolved "gpu:N"; after a run, where its outputs were
         self.tdevice = (
             torch.device("cpu")
             if device == "cpu"
@@ -174,6 +175,8 @@ class TorchRNNOracle:
         h0 = self._tensor(state).to(dt)[None]
         Hs, _ = rnn(X, h0)
         logits = out(Hs.reshape(-1, H))
+        where = logits.device  # the cell names where the layer ran, not where it was asked to
+        self.device = "cpu" if where.type == "cpu" else f"gpu:{where.index or 0}"
         return rnn, out, Hs, logits
 
     def _full_precision(self) -> Any:
@@ -225,7 +228,25 @@ class KerasRNNOracle:
 
         self.tf = tf
         self.dtype = dtype
-        self.device = "cpu" if device == "auto" else device
+        self.device = device  # "cpu" or a resolved "gpu:N"; after a run, where its outputs were
+        self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{backends.gpu_index(device)}"
+
+    @contextlib.contextmanager
+    def _placed(self) -> Iterator[None]:
+        """On the oracle's device (TensorFlow would otherwise pick its first GPU) with TF32 off
+        (TensorFlow allows it on GPUs by default), then as it was."""
+        tf = self.tf
+        was = tf.config.experimental.tensor_float_32_execution_enabled()
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        try:
+            with tf.device(self.tf_device):
+                yield
+        finally:
+            tf.config.experimental.enable_tensor_float_32_execution(was)
+
+    def _ran_on(self, t: Any) -> None:
+        """Where ``t`` lives: TensorFlow places an op it cannot run on the asked GPU elsewhere."""
+        self.device = tf_device_label(t.device)
 
     def _build(self, params: Arrays) -> tuple[Any, Any]:
         import keras
@@ -249,22 +270,33 @@ class KerasRNNOracle:
         return Hs, logits
 
     def forward(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> Arrays:
-        rnn, dense = self._build(params)
-        Hs, logits = self._run(rnn, dense, inputs, state, params["W_xh"].shape[0])
+        with self._placed():
+            rnn, dense = self._build(params)
+            Hs, logits = self._run(rnn, dense, inputs, state, params["W_xh"].shape[0])
+        self._ran_on(logits)
         return {"hidden": Hs.numpy(), "logits": logits.numpy()}
 
     def value_and_grad(
         self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray
     ) -> tuple[np.ndarray, Arrays, np.ndarray]:
         tf = self.tf
-        rnn, dense = self._build(params)
-        weights = [*rnn.trainable_weights, *dense.trainable_weights]
-        with tf.GradientTape() as tape:
-            Hs, logits = self._run(rnn, dense, inputs, state, params["W_xh"].shape[0])
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels.reshape(-1), logits)
-            )
-        g = tape.gradient(loss, weights)
+        with self._placed():
+            rnn, dense = self._build(params)
+            weights = [*rnn.trainable_weights, *dense.trainable_weights]
+            with tf.GradientTape() as tape:
+                Hs, logits = self._run(rnn, dense, inputs, state, params["W_xh"].shape[0])
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels.reshape(-1), logits)
+                )
+            g = tape.gradient(loss, weights)
+        self._ran_on(logits)
         names = native.KERAS_NAMES
         grads = {n: tf.convert_to_tensor(v).numpy() for n, v in zip(names, g, strict=True)}
         return loss.numpy(), grads, Hs[-1].numpy()
+
+
+def tf_device_label(name: str) -> str:
+    """A TensorFlow device name (``/job:localhost/replica:0/task:0/device:GPU:1``) as a label
+    (``gpu:1``; ``cpu`` for any CPU)."""
+    kind, _, index = name.rpartition("device:")[2].partition(":")
+    return "cpu" if kind.upper() == "CPU" else f"{kind.lower()}:{index or 0}"

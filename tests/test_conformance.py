@@ -3,7 +3,10 @@ when there is one), NumPy float64 as the reference, shapes drawn by hypothesis."
 
 from __future__ import annotations
 
+import argparse
+import functools
 import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -178,3 +181,308 @@ def test_max_error_is_relative_to_the_reference() -> None:
     assert checks.max_error({"a": np.array([1.0]), "b": np.array([2e-9])}, two) == pytest.approx(
         1e-9
     )
+
+
+# --- conform: the asked device, skipped columns, progress, help -------------------------------
+
+TINY = (Problem(4, 3, 2, 3, "moderate", 0), Problem(5, 4, 1, 2, "d2l", 1))
+"""Two small plain problems: a whole column runs in seconds."""
+
+
+class Pretend:
+    """A real backend that claims ``gpus`` GPUs: its arrays stay on the CPU, labelled
+    ``gpu:N``, so the matrix's device logic runs on any machine."""
+
+    def __init__(self, module: object, gpus: int, float64: bool = True) -> None:
+        self._module, self._gpus, self._float64 = module, gpus, float64
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._module, name)
+
+    def resolve_device(self, device: str) -> str:
+        name = self._module.NAME
+        return backends.resolve_device(device, lambda: self._gpus, name, f"{name} sees no GPU")
+
+    def supports_float64(self, device: str) -> bool:
+        return self._float64 or device == "cpu"
+
+    def make_ops(self, dtype: str = "float32", device: str = "cpu") -> object:
+        label = self.resolve_device(device)
+        ops = self._module.make_ops(dtype, "cpu")
+        ops.device = label
+        return ops
+
+
+def _pretend(monkeypatch: pytest.MonkeyPatch, **fakes: object) -> None:
+    """``backends.load`` gives ``fakes[name]`` (a Pretend, or an exception to raise)."""
+    real = backends.load
+
+    def load(spec: str) -> object:
+        fake = fakes.get(spec)
+        if isinstance(fake, Exception):
+            raise fake
+        return real(spec) if fake is None else fake
+
+    monkeypatch.setattr(backends, "load", load)
+
+
+def _tiny_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command plans the TINY problems instead of the six default ones."""
+    monkeypatch.setattr(runner, "plan", functools.partial(runner.plan, problems=TINY))
+
+
+def _nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def execute(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a check ran before the device error")
+
+    monkeypatch.setattr(runner, "execute", execute)
+
+
+def _torch_module() -> object:
+    try:
+        return backends.load("torch")
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+
+
+def test_conform_on_a_gpu_torch_does_not_see_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's command as it is, on a machine whose torch sees no GPU: it used to skip the
+    torch columns, drop the torch oracle without a word and pass on the reference cells."""
+    from rosetta_rnn.cli import main
+
+    if _torch_module().devices() != ["cpu"]:
+        pytest.skip("torch sees a GPU here (the next test pretends it does not)")
+    _nothing_runs(monkeypatch)
+    assert main(["conform", "--backends", "torch", "--device", "gpu"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("rosetta-rnn: error: nothing can run on device 'gpu': ")
+    assert "torch, oracle:torch.nn.RNN: " in line
+
+
+@pytest.mark.parametrize("device", ["gpu", "gpu:1"])
+def test_a_device_no_requested_backend_has_is_exit_2_before_anything_runs(
+    device: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rosetta_rnn.backends import numpy as numpy_backend
+    from rosetta_rnn.cli import main
+
+    gpus = 0 if device == "gpu" else 1  # gpu:1 where there is only gpu:0
+    _pretend(monkeypatch, numpy=Pretend(numpy_backend, gpus), torch=Pretend(_torch_module(), gpus))
+    _nothing_runs(monkeypatch)
+    assert main(["conform", "--backends", "numpy", "torch", "--device", device]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert f"nothing can run on device {device!r}" in line
+    assert "numpy: " in line and "torch, oracle:torch.nn.RNN: " in line
+
+
+@pytest.mark.parametrize("text", ["tpu", "gpu:", "gpu:x", "cuda:0", "GPU"])
+def test_a_device_that_is_no_device_is_an_argument_error(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rosetta_rnn.cli import main
+
+    assert main(["conform", "--device", text]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "argument --device: expected auto, cpu, gpu or gpu:N" in line
+
+
+def test_a_backend_without_the_asked_gpu_fails_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy has a GPU, torch has none: the numpy cells all pass on the GPU, but the torch
+    columns and the torch oracle are named as skipped and the matrix fails."""
+    from rosetta_rnn.backends import numpy as numpy_backend
+
+    _pretend(monkeypatch, numpy=Pretend(numpy_backend, 1), torch=Pretend(_torch_module(), 0))
+    planned = runner.plan(["numpy", "torch"], ["float64"], "gpu", TINY, with_reference=False)
+    assert [(s.column, s.reason, s.fails) for s in planned.skipped] == [
+        ("torch", "torch sees no GPU", True),
+        ("oracle:torch.nn.RNN", "torch sees no GPU", True),
+    ]
+    assert {t.device for t in planned.tasks if t.label != "bptt-vs-fd"} == {"gpu:0"}
+    report = runner.execute(planned)
+    assert all(c.passed for c in report.cells)  # the same NumPy code: error 0 everywhere
+    assert {c.device for c in report.cells if c.check != "bptt-vs-fd"} == {"gpu:0"}
+    assert report.problems == [
+        "torch was skipped: torch sees no GPU",
+        "oracle:torch.nn.RNN was skipped: torch sees no GPU",
+    ]
+    assert not report.passed and not report.to_dict()["passed"]
+
+
+def test_conform_names_each_column_it_could_not_run_and_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rosetta_rnn.backends import numpy as numpy_backend
+    from rosetta_rnn.cli import main
+
+    _pretend(monkeypatch, numpy=Pretend(numpy_backend, 1), torch=Pretend(_torch_module(), 0))
+    _tiny_plans(monkeypatch)
+    argv = ["conform", "--backends", "numpy", "torch", "--device", "gpu", "--dtype", "float64"]
+    assert main([*argv, "--no-reference"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "FAIL torch was skipped: torch sees no GPU" in lines
+    assert "FAIL oracle:torch.nn.RNN was skipped: torch sees no GPU" in lines
+    # the one column that ran, and bptt-vs-fd: NumPy float64 on the CPU wherever the matrix is
+    assert lines[0].split()[1:] == ["numpy-float64", "numpy-float64-gpu:0"]
+    assert lines[-1].endswith(" passed, 0 failed, 2 not run as asked on gpu")
+
+
+def test_float64_missing_on_the_asked_device_fails_its_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rosetta_rnn.backends import numpy as numpy_backend
+
+    _pretend(monkeypatch, numpy=Pretend(numpy_backend, 1, float64=False))
+    planned = runner.plan(["numpy"], DTYPES, "gpu", TINY, with_oracles=False, with_reference=False)
+    (skip,) = planned.skipped
+    assert skip == runner.Skip(
+        "numpy-float64-gpu:0", "numpy has no float64 on gpu:0; ask for --dtype float32", True
+    )
+    assert {t.label.split()[-1] for t in planned.tasks} - {"bptt-vs-fd"} == {"numpy-float32-gpu:0"}
+
+
+def test_an_oracle_that_ran_elsewhere_than_asked_fails_the_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An oracle asked for gpu:0 that runs on the CPU (as the Keras one did, on TensorFlow's
+    default device): its cells say where they ran and the matrix fails."""
+
+    class CpuBound(TorchRNNOracle):
+        def __init__(self, dtype: str, device: str = "cpu") -> None:
+            super().__init__(dtype, "cpu")
+            self.device = device  # says the asked device; its tensors stay on the CPU
+
+    _pretend(monkeypatch, torch=Pretend(_torch_module(), 1))
+    monkeypatch.setitem(runner.ORACLES, "torch", CpuBound)
+    planned = runner.plan(["torch"], ["float64"], "gpu", TINY, with_reference=False)
+    assert not planned.skipped
+    report = runner.execute(planned)
+    oracle_cells = [c for c in report.cells if c.backend == "oracle:torch.nn.RNN"]
+    assert [c.check for c in oracle_cells] == list(runner.ORACLE_CHECKS)
+    assert {c.device for c in oracle_cells} == {"cpu"}
+    assert report.problems == ["oracle:torch.nn.RNN-float64 ran on cpu, not on gpu:0"]
+    assert not report.passed
+
+
+def test_the_keras_oracle_says_where_tensorflow_ran_it() -> None:
+    """Asked for a GPU TensorFlow does not have, TensorFlow runs the layer on its CPU without
+    a word: the oracle reports the device its outputs are on."""
+    pytest.importorskip("tensorflow", reason="the Keras oracle needs TensorFlow")
+    from rosetta_rnn.conformance.subjects import tf_device_label
+
+    assert tf_device_label("/job:localhost/replica:0/task:0/device:GPU:1") == "gpu:1"
+    assert tf_device_label("/job:localhost/replica:0/task:0/device:CPU:0") == "cpu"
+    if backends.load("tensorflow").devices() != ["cpu"]:
+        pytest.skip("TensorFlow sees a GPU here")
+    oracle = KerasRNNOracle("float32", "gpu:0")
+    params, inputs, _, state = TINY[0].draw()
+    oracle.forward(params, inputs, state)
+    assert oracle.device == "cpu"
+
+
+def test_a_named_backend_that_is_not_installed_fails_an_unnamed_one_is_a_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rosetta_rnn.cli import main
+
+    absent = {n: BackendUnavailable(f"{n} is not installed here") for n in backends.BACKENDS[1:]}
+    monkeypatch.setattr(backends, "load", _loader_by_spec(absent))
+    _tiny_plans(monkeypatch)
+    base = ["conform", "--dtype", "float64", "--no-reference"]
+
+    assert main([*base, "--backends", "numpy", "jax"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "FAIL jax was skipped: jax is not installed here" in lines
+
+    assert main(base) == 0  # every backend, as many as are installed
+    lines = capsys.readouterr().out.splitlines()
+    for name in absent:
+        assert f"skipped {name}: {name} is not installed here" in lines
+    assert "skipped oracle:torch.nn.RNN: torch is not installed here" in lines
+    assert not any(line.startswith("FAIL") for line in lines)
+
+
+def _loader_by_spec(absent: dict[str, Exception]) -> Callable[[str], object]:
+    real = backends.load
+
+    def load(spec: str) -> object:
+        if spec in absent:
+            raise absent[spec]
+        return real(spec)
+
+    return load
+
+
+class RecordedProgress:
+    """What the command shows on a terminal, recorded."""
+
+    last: RecordedProgress | None = None
+
+    def __init__(self, description: str, total: int | None, unit: str = "", **_: object) -> None:
+        self.total, self.unit = total, unit
+        self.shown: list[str] = []
+        self.advanced = 0
+        self.total_before_first_cell: int | None = None
+        RecordedProgress.last = self
+
+    def __enter__(self) -> RecordedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def describe(self, description: str, total: int | None = None, reset: bool = False) -> None:
+        if reset:
+            self.total, self.shown, self.advanced = total, [], 0
+        else:
+            self.shown.append(description)
+
+    def advance(self, n: float = 1, info: str | None = None) -> None:
+        if self.advanced == 0:
+            self.total_before_first_cell = self.total
+        self.advanced += int(n)
+
+
+def test_conform_shows_each_cell_and_the_total_up_front(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from rosetta_rnn import conform_command
+    from rosetta_rnn.cli import main
+
+    monkeypatch.setattr(conform_command, "Progress", RecordedProgress)
+    _tiny_plans(monkeypatch)
+    argv = ["conform", "--backends", "numpy", "--dtype", "float64", "--no-oracles"]
+    assert main([*argv, "--no-reference", "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    bar = RecordedProgress.last
+    assert bar is not None and bar.unit == "cells"
+    assert bar.total_before_first_cell == bar.advanced == len(cells)
+    assert [label.rstrip() for label in bar.shown] == [
+        c["check"] if c["check"] == "bptt-vs-fd" else f"{c['check']} numpy-float64" for c in cells
+    ]
+
+
+def test_conform_help_says_what_it_proves_how_long_and_what_the_exit_codes_mean() -> None:
+    from rosetta_rnn.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["conform"].format_help().split())
+    for words in (
+        "NumPy float64",
+        "torch.nn.RNN and Keras SimpleRNN",
+        "conformance/reference.py",
+        "takes about 5 minutes",
+        "Exit status: 0 every cell passed",
+        "1 a cell failed",
+        "; 2 bad arguments, or nothing can run",
+        "(default: cpu)",
+        "(default: float64 float32)",
+    ):
+        assert words in text
