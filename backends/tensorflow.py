@@ -32,14 +32,20 @@ NAME = "tensorflow"
 GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
 COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 
+# CUDA's start-up notices (cuInit on a machine without a GPU) are printed once, when TensorFlow
+# first looks for its devices, whichever call that is (a thread setting, an op, a device query).
+# Looking here, under the filter, keeps them off the terminal. Listing the physical devices
+# initialises no runtime: thread counts and memory growth can still be set afterwards.
+with _registry.native_notices_dropped():
+    tf.config.list_physical_devices("GPU")
+
 
 def version() -> str:
     return str(tf.__version__)
 
 
 def _gpu_count() -> int:
-    with _registry.native_notices_dropped():  # the first query prints CUDA's start-up notices
-        gpus = tf.config.list_physical_devices("GPU")
+    gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:  # allocate GPU memory as needed, so TensorFlow can share the GPU with JAX or torch
             tf.config.experimental.set_memory_growth(gpu, True)

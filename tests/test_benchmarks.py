@@ -573,7 +573,7 @@ def test_bench_help_says_what_where_how_long_and_the_quick_mode() -> None:
     text = sub.choices["bench"].format_help()
     for words in ("training step", "roofline", "bench-results", "10 minutes", "--quick"):
         assert words in text, words
-    assert "a minute or two" in text and "--modes compiled --repeats 3" in text
+    assert "about a minute" in text and "--modes compiled --repeats 3" in text
 
 
 class _Bar:

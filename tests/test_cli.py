@@ -237,6 +237,14 @@ def test_tensorflow_start_up_notices_do_not_reach_the_terminal() -> None:
         check=True,
     )
     assert "tensorflow  yes" in r.stdout and r.stderr == ""
+    # the bench's path: a thread setting, then ops, then a product, in a fresh process
+    code = (
+        "from rosetta_rnn import backends; b = backends.load('tensorflow'); b.set_threads(2); "
+        "ops = b.make_ops('float32', 'cpu'); x = ops.asarray([[1.0, 2.0]]); "
+        "print(ops.to_numpy(ops.matmul(x, ops.asarray([[1.0], [1.0]]))))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[[3.]]" and r.stderr == ""
 
 
 def test_native_notices_are_dropped_and_the_rest_passed_on(

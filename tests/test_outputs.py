@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,19 @@ def test_nothing_points_at_a_folder_a_cloner_does_not_have() -> None:
     ]
     assert offenders == []
     assert 'ROSETTA_RNN_DATA="$(cd ../shared/data && pwd)"' in (REPO / ".ci/run").read_text()
+
+
+def test_conform_holds_back_tensorflows_warnings_only() -> None:
+    """conform compiles a step per problem shape on purpose; TensorFlow's retracing warnings
+    (through its Python logger, at most five a process) would break into the progress bar.
+    Its warnings are held back while the checks run, errors are not, and the level returns."""
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed")
+    from rosetta_rnn.conform_command import _retracing_expected
+
+    logger = logging.getLogger("tensorflow")
+    assert tf.get_logger() is logger  # where TensorFlow's warnings go
+    before = logger.level
+    with _retracing_expected():
+        assert not logger.isEnabledFor(logging.WARNING)
+        assert logger.isEnabledFor(logging.ERROR)
+    assert logger.level == before
