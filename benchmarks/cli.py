@@ -54,9 +54,10 @@ builds (about 30 s each cold, 12 s from the cache) are kept in a cache between r
 (--cold-compile: not).
 
 Quick mode, --quick: a first look in about a minute on a 2-core CPU (74 s the first time,
-54 s once torch.compile's cache is warm). It selects --workload train --no-sweep --modes compiled --repeats 3 --max-wait 30 --out bench-results-quick: the
-training step at the main shape for every installed backend in its default grad engine under
-its compiler, and the peers. Any of those flags given explicitly wins.
+54 s once torch.compile's cache is warm). It selects --workload train --no-sweep --modes
+compiled --repeats 3 --max-wait 30 --out bench-results-quick: the training step at the main
+shape for every installed backend in its default grad engine under its compiler, and the
+peers. Any of those flags given explicitly wins.
 """
 QUICK = {
     "workload": "train",

@@ -192,9 +192,11 @@ def split_text(text: str, token: str) -> list[str]:
 
 
 def read_prefix(text: str, token: str) -> tuple[str, list[str]]:
-    """A user's prefix read the way the corpus was: d2l's ``preprocess`` (letters only, the
-    rest one space, stripped, lower case), then split. Returns the text as read and its tokens."""
-    read = preprocess(text)
+    """A user's prefix read the way the corpus' text was: d2l's ``preprocess`` inside a line
+    (letters only, lower case, every run of anything else one space). Not stripped: a prefix
+    is the start of a text, and a space it ends with is where the continuation begins.
+    Returns the text as read and its tokens."""
+    read = re.sub("[^A-Za-z]+", " ", text).lower()
     return read, split_text(read, token)
 
 

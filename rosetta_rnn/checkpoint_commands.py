@@ -127,7 +127,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.num_chars < 0:
         raise UserError(f"--num-chars must be >= 0, got {args.num_chars}")
     prefix, tokens = data.read_prefix(args.prefix, token)
-    if not tokens:
+    if not prefix.strip():
         raise UserError(
             f"--prefix {args.prefix!r} has no letters; the corpus keeps letters only, so the "
             "prefix is read the same way"

@@ -100,10 +100,10 @@ def test_the_prefix_is_read_as_the_corpus_was(
     assert main([*args, "--prefix", "Time Traveller 1895!"]) == 0
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
-    # d2l's preprocessing: letters only, the rest one space, stripped, lower case
-    assert doc["prefix_read_as"] == "time traveller" and doc["prefix"] == "Time Traveller 1895!"
-    assert doc["text"].startswith("time traveller") and len(doc["text"]) == 14 + 3
-    assert "prefix read as 'time traveller'" in captured.err and "<unk>" not in captured.err
+    # d2l's preprocessing within a line: letters only, lower case, the rest one space
+    assert doc["prefix_read_as"] == "time traveller " and doc["prefix"] == "Time Traveller 1895!"
+    assert doc["text"].startswith("time traveller ") and len(doc["text"]) == 15 + 3
+    assert "prefix read as 'time traveller '" in captured.err and "<unk>" not in captured.err
 
     assert main([*args, "--prefix", "quick"]) == 0  # q and k are not in the tiny corpus
     err = capsys.readouterr().err

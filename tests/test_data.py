@@ -199,6 +199,21 @@ def test_a_local_copy_gives_the_same_corpus(tmp_path: Path, timemachine: Path) -
     assert (data.load_corpus(copy).ids == data.load_corpus(timemachine).ids).all()
 
 
+def test_a_prefix_is_read_as_the_text_within_a_line() -> None:
+    assert data.read_prefix("Time Traveller 1895!", "char") == (
+        "time traveller ",
+        list("time traveller "),
+    )
+    assert data.read_prefix("  Hello,   World ", "word") == (" hello world ", ["hello", "world"])
+    assert data.read_prefix("time traveller ", "char")[0] == "time traveller "  # as given
+    assert data.read_prefix("1895!", "char") == (" ", [" "])  # no letters: the caller refuses
+
+
+def test_unk_reads_as_one_replacement_character_in_character_text() -> None:
+    assert data.join_tokens(["a", "<unk>", "b"], "char") == "a\ufffdb"
+    assert data.join_tokens(["a", "<unk>"], "word") == "a <unk>"
+
+
 def test_split_text_by_characters_or_words() -> None:
     assert data.split_text("time  mach", "char") == list("time  mach")
     assert data.split_text("time  mach", "word") == ["time", "mach"]
