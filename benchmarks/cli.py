@@ -44,8 +44,10 @@ It measures and reports; it asserts nothing.
 
 Where results go: the table to stdout (--json: the whole document); progress to stderr, with a
 bar on a terminal; files to --out: results.json, results.csv, results.md, machine.md,
-tokens_per_sec.png and scaling.png (with sweeps). They are written only after everything is
-measured and replace the previous set in that folder whole; other files there are kept.
+tokens_per_sec.png and scaling.png (with sweeps). They are made only after everything is
+measured, then moved over the previous set in that folder (its files this run does not make
+are removed; other files there are kept). If the files cannot be written, the results printed
+on stdout are complete and the previous set stays as it was.
 
 How long: the full run (every mode, the sweeps, 5 repeats) takes about 10 minutes on a quiet
 2-core CPU, plus up to --max-wait seconds waiting for other processes to go quiet; blocks
@@ -121,8 +123,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help=f"folder for the files; the previous set there is replaced whole, other files are "
-        f"kept (default: {DEFAULT_OUT}; {QUICK['out']} with --quick)",
+        help=f"folder for the files; the previous set there is replaced by the new one, other "
+        f"files are kept (default: {DEFAULT_OUT}; {QUICK['out']} with --quick)",
     )
     p.add_argument(
         "--json", action="store_true", help="the whole JSON document on stdout, not the table"
@@ -155,8 +157,8 @@ def register(sub: Any) -> None:
         "--max-wait",
         metavar="S",
         help="seconds to wait in all for other processes to go quiet; once spent (or with 0) "
-        "timing goes on and the results say the machine was busy (default: 600; 30 with "
-        "--quick)",
+        "timing goes on, and every block timed beside busy CPUs is marked busy in the results "
+        "(default: 600; 30 with --quick)",
     )
     p.add_argument(
         "--cold-compile",
@@ -289,18 +291,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         doc = runner.run(cfg)
         if not doc["rows"]:
             raise _nothing_measured(doc, out_dir)
-        argv = sys.argv[1:]
-        if argv[:1] == ["bench"]:
-            doc["command"] = "rosetta-rnn " + shlex.join(argv)
-        written = report.write_all(doc, out_dir)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+    argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        doc["command"] = "rosetta-rnn " + shlex.join(argv)
+    # What was measured reaches stdout first: a failure to write the files loses none of it.
     if args.json:
-        print(json.dumps(doc))
+        print(json.dumps(doc), flush=True)
     else:
-        print(report.terminal(doc))
+        print(report.terminal(doc), flush=True)
+    try:
+        written = report.write_all(doc, out_dir)
+    except (OSError, UserError) as e:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        reason = e if isinstance(e, UserError) else (e.strerror or e)
+        raise UserError(
+            f"measured, but could not write the result files to {out_dir} ({reason}); the "
+            "results above are complete and the previous set there is as it was"
+        ) from None
     print(
         f"wrote {', '.join(p.name for p in written)} to {out_dir} ({doc['wall_s']:.0f} s)",
         file=sys.stderr,

@@ -1,9 +1,10 @@
 """The outputs: a terminal table, CSV, markdown, JSON and PNG plots of one benchmark document.
 
 ``write_all`` writes them as one set: every file is made in a temporary folder first and only
-then moved into the output folder, replacing the previous run's set whole (files of the old set
-that this run does not make, such as ``scaling.png`` after a run without sweeps, are removed);
-if anything fails on the way, the previous set is left as it was.
+then moved into the output folder, one rename per file, over the previous run's set (files of
+the old set that this run does not make, such as ``scaling.png`` after a run without sweeps,
+are removed). If anything fails while the files are made, the previous set is left as it was;
+only a crash during the few renames themselves could leave the two sets mixed.
 """
 
 from __future__ import annotations
@@ -588,7 +589,7 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> bool:
 
 
 def write_all(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Every file of the set into ``out_dir``, replacing the previous set whole (see the module
+    """Every file of the set into ``out_dir``, over the previous set (see the module
     docstring); other files in ``out_dir`` are left alone. Returns the paths written."""
     if not doc["rows"]:
         raise ValueError("a result set needs at least one measured row")

@@ -51,7 +51,9 @@ def register(sub: Any) -> None:
     x.add_argument(
         "--activation", choices=("tanh", "relu"), default="tanh", help="the hidden layer's"
     )
-    x.add_argument("--num-hiddens", type=argtypes.positive_int, default=512, help="hidden units")
+    x.add_argument(
+        "--num-hiddens", metavar="H", type=argtypes.positive_int, default=512, help="hidden units"
+    )
     x.add_argument("--plot", metavar="PNG", required=True, help="write the plot here (required)")
     x.add_argument(
         "--json", action="store_true", help="one JSON document on stdout (the norms of every step)"
@@ -101,7 +103,7 @@ def cmd_clipping(args: argparse.Namespace) -> int:
     plots.check_plot_path(args.plot)
     human = sys.stderr if args.json else sys.stdout
     clipped, unclipped = f"clipped at θ = {args.clip:g}", "no clipping"
-    with Progress(clipped, total=args.epochs, unit="epochs") as progress:
+    with Progress(clipped, total=args.epochs, unit="epochs", auto_refresh=False) as progress:
         runs = {clipped: run(args, args.clip, progress)}
         progress.describe(unclipped, total=args.epochs, reset=True)
         runs[unclipped] = run(args, math.inf, progress)
@@ -112,9 +114,7 @@ def cmd_clipping(args: argparse.Namespace) -> int:
             "so the two runs are the same, step for step (the dashed curve lies on the solid one)"
         )
     title = f"{args.backend} {args.dtype} {args.activation}, lr {args.lr:g}: gradient norm per step"
-    plots.grad_norms(
-        {k: v["grad_norms"] for k, v in runs.items()}, args.clip, args.plot, title, note
-    )
+    # The results first: a plot that fails now (its folder gone, a full disk) loses no run.
     for label, r in runs.items():
         end = f"diverged: {r['diverged']}" if r["diverged"] else f"perplexity {r['perplexity']:.3f}"
         print(f"{label}: largest gradient norm {r['max_grad_norm']:.4g}, {end}", file=human)
@@ -124,7 +124,10 @@ def cmd_clipping(args: argparse.Namespace) -> int:
         + (f"; {note}" if note else ""),
         file=human,
     )
-    print(f"plot written to {args.plot}", file=human)
     if args.json:
-        print(json.dumps({"runs": runs, "clipping_acted": not note}))
+        print(json.dumps({"runs": runs, "clipping_acted": not note}), flush=True)
+    plots.grad_norms(
+        {k: v["grad_norms"] for k, v in runs.items()}, args.clip, args.plot, title, note
+    )
+    print(f"plot written to {args.plot}", file=human)
     return 0

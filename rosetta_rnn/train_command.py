@@ -491,7 +491,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     last: EpochResult | None = None
     with (
         _StopFlag() as stop,
-        Progress("training", total=epochs, unit="epochs", completed=trainer.epoch) as progress,
+        # auto_refresh=False: the bar is drawn once an epoch, no thread runs beside the timed
+        # steps whose tokens/s it reports
+        Progress(
+            "training", total=epochs, unit="epochs", completed=trainer.epoch, auto_refresh=False
+        ) as progress,
     ):
         try:
             while trainer.epoch < epochs:
@@ -531,12 +535,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         for p in SAMPLE_PREFIXES
     }
     largest = _report(human, last, ops, samples, history, cfg)
-    if args.plot:
-        plots.perplexity(history, args.plot, plot_title(args.backend, ops.device, grad, mode, run))
-        _say(human, f"plot written to {args.plot}")
+    # The checkpoint first: a plot that fails now (its folder gone, a full disk) loses no run.
     if out_path:
         save(out_path)
         _say(human, f"checkpoint written to {out_path}")
+    plot_error: UserError | None = None
+    if args.plot:
+        try:
+            plots.perplexity(
+                history, args.plot, plot_title(args.backend, ops.device, grad, mode, run)
+            )
+            _say(human, f"plot written to {args.plot}")
+        except UserError as e:
+            kept = f"; the checkpoint {out_path} is written" if out_path else ""
+            plot_error = UserError(f"{e}{kept}")
     if args.json:
         doc = {
             "backend": args.backend,
@@ -558,8 +570,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             "history": history,
             "samples": samples,
             "checkpoint": out_path,
+            "plot": None if plot_error or not args.plot else args.plot,
         }
         print(json.dumps(doc))
+    if plot_error is not None:
+        raise plot_error
     return 0
 
 

@@ -479,6 +479,27 @@ def test_a_failure_while_writing_leaves_the_previous_set_whole(
     assert _contents(tmp_path) == old  # no half-written set, no temporary folder left
 
 
+def test_a_full_disk_keeps_what_was_measured_on_stdout(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cheap_roofline: list[str],
+) -> None:
+    old = _previous_set(tmp_path)
+
+    def full(doc: dict, path: Path) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot_tokens", full)
+    argv = ["--backends", "numpy", "--workload", "generate", "--no-sweep", *TINY, "--json"]
+    code, stdout, err = bench([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2 and json.loads(stdout)["rows"]  # the measurements are not lost
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rosetta-rnn: error: measured, but could not write the result files")
+    assert "No space left on device" in last and "Traceback" not in err
+    assert _contents(tmp_path) == old
+
+
 def test_nothing_measured_is_an_error_and_the_previous_set_stays(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

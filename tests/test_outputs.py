@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from rosetta_rnn import plots, train_command
+from rosetta_rnn import plots, progress, train_command
 from rosetta_rnn.cli import main
+from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +77,43 @@ def test_a_python_without_matplotlib_is_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # nothing written
 
 
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise UserError("cannot write p.png: No space left on device")
+
+
+def test_a_plot_that_fails_at_the_end_loses_neither_checkpoint_nor_results(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(plots, "perplexity", _disk_full)
+    ckpt = tmp_path / "c.safetensors"
+    argv = ["train", "--corpus", str(corpus), *SMALL, "--epochs", "2", "--json"]
+    assert main([*argv, "--plot", str(tmp_path / "p.png"), "--checkpoint", str(ckpt)]) == 2
+    out, err = capsys.readouterr()
+    assert ckpt.is_file() and json.loads(out)["epochs"] == 2 and json.loads(out)["plot"] is None
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        "rosetta-rnn: error: cannot write p.png: No space left on device; "
+        f"the checkpoint {ckpt} is written"
+    )
+
+
+def test_a_clipping_plot_that_fails_at_the_end_keeps_the_results(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(plots, "grad_norms", _disk_full)
+    argv = ["clipping", "--corpus", str(corpus), "--epochs", "1", "--num-hiddens", "8", "--json"]
+    assert main([*argv, "--plot", str(tmp_path / "n.png")]) == 2
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["runs"]) == 2 and "largest gradient norm" in err
+    assert err.strip().splitlines()[-1].endswith("No space left on device")
+
+
 # --- 6. progress with a sense of time ---------------------------------------------------------
 
 
@@ -96,6 +134,17 @@ def test_progress_is_silent_off_a_terminal(capsys: pytest.CaptureFixture[str]) -
         p.say("a line that stays")
     assert screen.getvalue() == "" and not p.enabled
     assert capsys.readouterr().out == "a line that stays\n"
+
+
+def test_train_shows_epochs_times_and_speed_on_a_terminal(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: nothing is cut
+    assert main(["train", "--corpus", str(corpus), *SMALL, "--epochs", "3"]) == 0
+    err = capsys.readouterr().err  # the bar's stream
+    for words in ("training", "3/3 epochs", "elapsed", "left", "perplexity", "tokens/s"):
+        assert words in err
 
 
 def test_a_resumed_count_starts_where_it_was() -> None:
