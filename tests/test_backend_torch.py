@@ -32,8 +32,13 @@ def test_the_returned_state_is_detached() -> None:
 def test_devices_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch_backend, "_gpu_count", lambda: 0)
     assert torch_backend.resolve_device("auto") == "cpu"
-    with pytest.raises(BackendUnavailable, match="no gpu:0"):
+    # the message says why, as JAX's and TensorFlow's do: a CPU build, or no GPU it can see
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(BackendUnavailable, match=r"is a CPU-only build; install a CUDA build"):
         torch_backend.resolve_device("gpu")
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    with pytest.raises(BackendUnavailable, match=r"\(CUDA 12.6\) sees no GPU: check the driver"):
+        torch_backend.resolve_device("gpu:0")
     with pytest.raises(BackendUnavailable, match="unknown device"):
         torch_backend.resolve_device("tpu")
 
