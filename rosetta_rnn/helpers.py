@@ -4,6 +4,7 @@ backend flags and plain-text tables. A leaf: it imports no command module."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -19,8 +20,18 @@ CORPUS_HELP = (
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions keep their paragraphs; an option's help ends with its default when it has
-    one (not None, not a switch's False) and the help does not already say it."""
+    """Descriptions keep their paragraphs (a one-line paragraph is wrapped to the terminal, one
+    already broken into lines is kept as written); an option's help ends with its default when
+    it has one (not None, not a switch's False) and the help does not already say it."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.split("\n\n")
+        return "\n\n".join(
+            textwrap.fill(p, width, initial_indent=indent, subsequent_indent=indent)
+            if "\n" not in p.strip()
+            else super(HelpFormatter, self)._fill_text(p, width, indent)
+            for p in paragraphs
+        )
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

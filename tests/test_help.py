@@ -73,3 +73,11 @@ def test_the_readme_cli_reference_is_the_help() -> None:
     assert module.rewritten(text) == text, "out of date: run python docs/cli_reference.py"
     for name in SUBCOMMANDS:
         assert f"rosetta-rnn {name} [-h]" in text
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_fits_the_terminal(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-line description paragraphs are wrapped to the terminal's width like the options."""
+    monkeypatch.setenv("COLUMNS", "102")  # argparse wraps at the width less 2
+    text = _subcommands()[name].format_help()
+    assert max(len(line) for line in text.splitlines()) <= 100
