@@ -19,9 +19,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
+from rosetta_rnn.core.cells import bptt_value_and_grad
 from rosetta_rnn.core.contract import Backend
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
-from rosetta_rnn.core.model import ValueAndGrad, bptt_value_and_grad
+from rosetta_rnn.core.model import ValueAndGrad
 
 
 class Entry(NamedTuple):

@@ -18,9 +18,10 @@ import array_api_compat
 import numpy as np
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
-from rosetta_rnn.core.model import Params, ValueAndGrad, forward_loss, train_step
+from rosetta_rnn.core.model import Params, ValueAndGrad, train_step
 from rosetta_rnn.core.ops import python_scan
 
 NAME = "array-api"
@@ -126,7 +127,7 @@ class ArrayApiBackend:
         _registry.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
 
         def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-            return forward_loss(ops, params, inputs, labels, state, activation)
+            return any_forward_loss(ops, params, inputs, labels, state, activation)
 
         return forward
 

@@ -20,11 +20,11 @@ import numpy as np
 from jax import lax
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
-    forward_loss,
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
@@ -176,10 +176,10 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> JaxOps:
 
 
 def autograd_value_and_grad(ops: JaxOps, activation: str = "tanh") -> ValueAndGrad:
-    """∂loss/∂params of core's ``forward_loss`` by reverse-mode autodiff; H_T rides as aux."""
+    """∂loss/∂params of core's ``any_forward_loss`` by reverse-mode autodiff; H_T rides as aux."""
 
     def loss_fn(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation)
 
     vg = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
 
@@ -247,7 +247,7 @@ def make_forward(ops: JaxOps, mode: str | None = None, activation: str = "tanh")
     ops = _step_ops(ops, jitted)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation)
 
     return jax.jit(forward) if jitted else forward
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
-from rosetta_rnn.core.model import Params, ValueAndGrad, forward_loss, train_step
+from rosetta_rnn.core.model import Params, ValueAndGrad, train_step
 from rosetta_rnn.core.ops import python_scan
 
 NAME = "numpy"
@@ -182,7 +183,7 @@ def make_forward(ops: NumpyOps, mode: str | None = None, activation: str = "tanh
     _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation)
 
     return forward
 

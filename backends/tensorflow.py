@@ -18,11 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
-    forward_loss,
     param_names,
     train_step,
 )
@@ -269,6 +269,12 @@ def _graph_scan(
     return carry, tf.nest.pack_sequence_as(y, [ta.stack() for ta in ys_tas])
 
 
+def stop_gradient(state: Any) -> Any:
+    """``tf.stop_gradient`` of a state: H, or each of the LSTM's pair (H, C) (a bare
+    ``tf.stop_gradient`` would stack the pair into one tensor)."""
+    return tf.nest.map_structure(tf.stop_gradient, state)
+
+
 def make_ops(dtype: str = "float32", device: str = "cpu") -> TensorFlowOps:
     ops = TensorFlowOps(dtype, resolve_device(device))
     if dtype == "float32":  # TF32 would round matmul inputs to 10 mantissa bits on GPUs
@@ -284,7 +290,7 @@ def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> Val
     ) -> tuple[Any, Params, Any]:
         with tf.GradientTape() as tape:
             tape.watch(params)  # plain tensors, not Variables: the tape must be told
-            loss, H_T = forward_loss(ops, params, inputs, labels, state, activation)
+            loss, H_T = any_forward_loss(ops, params, inputs, labels, state, activation)
         grads = tape.gradient(loss, params)
         # ∂loss/∂W_xh through the gather arrives as IndexedSlices: make every gradient dense
         dense = {name: tf.convert_to_tensor(grads[name]) for name in param_names(params)}
@@ -313,7 +319,7 @@ def make_train_step(
         new_params, H_T, loss, norm = train_step(
             ops, value_and_grad, params, inputs, labels, state, lr, theta
         )
-        return new_params, tf.stop_gradient(H_T), loss, norm  # the next minibatch starts here
+        return new_params, stop_gradient(H_T), loss, norm  # the next minibatch starts here
 
     # One trace per input shape (core reads static shapes, so no reduce_retracing: it would
     # make them None); lr and θ go in as tensors so new values reuse the trace. core has no
@@ -337,7 +343,7 @@ def make_forward(
     mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation)
 
     run = tf.function(forward, autograph=False) if mode == "tf.function" else forward
 

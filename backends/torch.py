@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
-    forward_loss,
     param_names,
     train_step,
 )
@@ -176,6 +176,16 @@ class TorchOps:
         return python_scan(self, fn, carry, xs, reverse, unstack=lambda x: x.unbind(0))
 
 
+def _state_map(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
+    """``fn`` on a state: H, or each of the LSTM's pair (H, C)."""
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def detached(state: Any) -> Any:
+    """A state cut from the graph: ``.detach()`` of H, or of both of the LSTM's (H, C)."""
+    return _state_map(torch.Tensor.detach, state)
+
+
 def make_ops(dtype: str = "float32", device: str = "cpu") -> TorchOps:
     ops = TorchOps(dtype, resolve_device(device))
     if ops.device != "cpu" and dtype == "float32":
@@ -192,9 +202,9 @@ def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAnd
         names = param_names(params)
         leaves = {k: params[k].detach().requires_grad_(True) for k in names}
         with torch.enable_grad():
-            loss, H_T = forward_loss(ops, leaves, inputs, labels, state, activation)
+            loss, H_T = any_forward_loss(ops, leaves, inputs, labels, state, activation)
             grads = torch.autograd.grad(loss, [leaves[k] for k in names])
-        return loss.detach(), dict(zip(names, grads, strict=True)), H_T.detach()
+        return loss.detach(), dict(zip(names, grads, strict=True)), detached(H_T)
 
     return value_and_grad
 
@@ -219,9 +229,9 @@ def make_train_step(
     ) -> tuple[Params, Any, Any, Any]:
         with torch.no_grad():
             new, H_T, loss, norm = train_step(
-                ops, value_and_grad, params, inputs, labels, state.detach(), lr, theta
+                ops, value_and_grad, params, inputs, labels, detached(state), lr, theta
             )
-        return new, H_T.detach(), loss, norm
+        return new, detached(H_T), loss, norm
 
     if mode == "reduce-overhead":
         return _cuda_graph_step(ops, step)
@@ -235,7 +245,7 @@ def make_forward(ops: TorchOps, mode: str | None = None, activation: str = "tanh
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
         with torch.no_grad():
-            return forward_loss(ops, params, inputs, labels, state, activation)
+            return any_forward_loss(ops, params, inputs, labels, state, activation)
 
     if mode == "eager":
         return forward
@@ -281,7 +291,7 @@ def _cuda_graph_step(ops: TorchOps, step: StepFn) -> StepFn:
         # the next replay overwrites the graph's output buffers; the caller keeps these
         return (
             {k: v.clone() for k, v in new.items()},
-            H_T.clone(),
+            _state_map(torch.clone, H_T),
             loss.clone(),
             norm.clone(),
         )

@@ -44,10 +44,19 @@ from typing import Any
 
 import numpy as np
 
+from . import model
 from .errors import UserError
-from .model import Params, cross_entropy, loss_window, output_layer, softmax
+from .model import (
+    Params,
+    ValueAndGrad,
+    cross_entropy,
+    loss_window,
+    output_layer,
+    softmax,
+)
 from .ops import Ops, Tensor
 
+RNN = "rnn"  # the chapter's RNN (core.model), for ``cell_of``
 GRU_RESET_BEFORE = "gru/reset-before"
 GRU_RESET_AFTER = "gru/reset-after"
 LSTM = "lstm"
@@ -406,3 +415,91 @@ def _lstm_backward(
         grads[f"W_h{g}"] = _weight_grad(ops, H_prevs, dA)
         grads[f"b_{g}"] = _bias_grad(ops, dA)
     return grads, (dstate[0], dstate[1])
+
+
+# --- any model, told apart by its parameters --------------------------------------------------
+# The callers that hold parameters (the backends' gradients and forward, the trainer, sampling,
+# evaluation) go through these: core.model's RNN or a gated cell, no cell argument needed.
+
+
+def cell_of(params: Mapping[str, Any]) -> str:
+    """Which model a parameter (or gradient) dict is: W_xz… a GRU (with b_xh the reset-after
+    form), W_xi… the LSTM, anything else the chapter's RNN (``RNN``)."""
+    if "W_xz" in params:
+        return GRU_RESET_AFTER if "b_xh" in params else GRU_RESET_BEFORE
+    if "W_xi" in params:
+        return LSTM
+    return RNN
+
+
+def _gated(params: Mapping[str, Tensor], activation: str) -> str | None:
+    """The gated cell ``params`` are, or None for the RNN; a gated cell's φ is fixed."""
+    cell = cell_of(params)
+    if cell == RNN:
+        return None
+    if activation != "tanh":
+        raise UserError(f"--activation {activation} is the RNN's; the {cell} cell uses σ and tanh")
+    return cell
+
+
+def initial_state(ops: Ops, params: Mapping[str, Tensor], batch_size: int) -> State:
+    """Zeros for the model ``params`` are: H (batch_size, num_hiddens), (H, C) for the LSTM."""
+    num_hiddens = int(params["W_hq"].shape[0])
+    cell = cell_of(params)
+    if cell == RNN:
+        return ops.zeros((batch_size, num_hiddens))
+    return begin_state(ops, cell, batch_size, num_hiddens)
+
+
+def any_forward(
+    ops: Ops, params: Mapping[str, Tensor], inputs: Tensor, state: State, activation: str = "tanh"
+) -> tuple[Tensor, State]:
+    """(Hs, final state) of any model: core.model's ``rnn_forward`` or ``cell_forward``."""
+    cell = _gated(params, activation)
+    if cell is None:
+        return model.rnn_forward(ops, params, inputs, state, activation)
+    return cell_forward(ops, cell, params, inputs, state)
+
+
+def any_forward_loss(
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    inputs: Tensor,
+    labels: Tensor,
+    state: State,
+    activation: str = "tanh",
+) -> tuple[Tensor, State]:
+    """(mean cross-entropy, final state) of any model: core.model's or a cell's
+    ``forward_loss``; what the frameworks' autodiff differentiates."""
+    cell = _gated(params, activation)
+    if cell is None:
+        return model.forward_loss(ops, params, inputs, labels, state, activation)
+    return forward_loss(ops, cell, params, inputs, labels, state)
+
+
+def any_bptt(
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    inputs: Tensor,
+    labels: Tensor,
+    state: State,
+    activation: str = "tanh",
+) -> tuple[Tensor, Params, State, State]:
+    """(loss, grads, final state, dstate) of any model by its hand-written BPTT."""
+    cell = _gated(params, activation)
+    if cell is None:
+        return model.bptt(ops, params, inputs, labels, state, activation)
+    return bptt(ops, cell, params, inputs, labels, state)
+
+
+def bptt_value_and_grad(ops: Ops, activation: str = "tanh") -> ValueAndGrad:
+    """Any model's hand-written BPTT as ``(params, inputs, labels, state) -> (loss, grads,
+    final state)``, the ``--grad bptt`` engine of every backend."""
+
+    def value_and_grad(
+        params: Params, inputs: Tensor, labels: Tensor, state: State
+    ) -> tuple[Tensor, Params, State]:
+        loss, grads, final, _ = any_bptt(ops, params, inputs, labels, state, activation)
+        return loss, grads, final
+
+    return value_and_grad

@@ -150,11 +150,28 @@ def model_metadata(metadata: Mapping[str, Any], source: str) -> tuple[list[str],
     return vocab, int(config["num_hiddens"]), str(dtype)
 
 
+def model_cell(metadata: Mapping[str, Any], source: str) -> str:
+    """The cell a checkpoint holds, as ``core.model.cell_of`` names it: the run's ``cell``
+    (``gru`` with its ``gru`` formulation), ``rnn`` for a checkpoint written before cells."""
+    from .cells import CELLS, RNN
+
+    run = metadata.get("run")
+    run = run if isinstance(run, dict) else {}
+    cell = run.get("cell") or RNN
+    if cell == "gru":
+        cell = f"gru/{run.get('gru') or 'reset-before'}"
+    if cell != RNN and cell not in CELLS:
+        raise CheckpointError(f"{source}: metadata cell {cell!r} is not one this rosetta-rnn knows")
+    return str(cell)
+
+
 def load_model(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load a checkpoint and check that its parameters (five, or six with a learned embedding)
-    fit its vocabulary and size."""
+    """Load a checkpoint and check that its parameters (five, or six with a learned embedding,
+    or a gated cell's) fit its cell, vocabulary and size."""
+    from . import cells
+    from .cells import RNN, cell_of
     from .model import param_shapes
 
     tensors, metadata = load(path)
@@ -162,7 +179,15 @@ def load_model(
     embed_dim = metadata["config"].get("embed_dim")
     if embed_dim is not None and not (isinstance(embed_dim, int) and embed_dim > 0):
         raise CheckpointError(f"{path}: metadata config.embed_dim {embed_dim!r} is not valid")
-    expected = param_shapes(len(vocab), num_hiddens, embed_dim)
+    cell = model_cell(metadata, str(path))
+    if cell_of(tensors) != cell:
+        raise CheckpointError(f"{path}: its parameters are a {cell_of(tensors)}'s, not a {cell}'s")
+    if cell == RNN:
+        expected = param_shapes(len(vocab), num_hiddens, embed_dim)
+    elif embed_dim is not None:
+        raise CheckpointError(f"{path}: a learned embedding is the RNN's, not the {cell}'s")
+    else:
+        expected = cells.param_shapes(cell, len(vocab), num_hiddens)
     for name in expected:
         if name not in tensors:
             raise CheckpointError(f"{path}: parameter {name} is missing")

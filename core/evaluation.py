@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .model import begin_state, forward_loss
+from .cells import any_forward_loss as forward_loss  # any cell's: the RNN's or a gated one's
+from .cells import initial_state
 from .ops import Ops, Tensor
 
 
@@ -23,7 +24,7 @@ def perplexity_on(
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
         raise ValueError("a text of at least 2 tokens is needed for a perplexity")
-    state = begin_state(ops, 1, int(params["W_hh"].shape[0]))
+    state = initial_state(ops, params, 1)  # any cell's: (H, C) for the LSTM
     total, n = 0.0, 0
     for start in range(0, len(ids) - 1, num_steps):
         y = ids[start + 1 : start + 1 + num_steps]

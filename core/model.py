@@ -32,8 +32,13 @@ ValueAndGrad = Callable[[Params, Tensor, Tensor, Tensor], tuple[Tensor, Params, 
 
 
 def param_names(params: Mapping[str, Any]) -> tuple[str, ...]:
-    """The parameters present, in canonical order (E only with a learned embedding)."""
-    return tuple(name for name in ALL_PARAM_NAMES if name in params)
+    """The parameters present, in canonical order: the chapter's (E only with a learned
+    embedding), or, for a gated cell's (core.cells: W_x·, W_h·, b_·), sorted by name. Other
+    entries (a checkpoint's saved state) are left out."""
+    names = [name for name in params if name == EMBEDDING or name.startswith(("W_", "b_"))]
+    if set(names) <= set(ALL_PARAM_NAMES):
+        return tuple(name for name in ALL_PARAM_NAMES if name in params)
+    return tuple(sorted(names))
 
 
 def param_shapes(

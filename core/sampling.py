@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .model import begin_state, output_layer, rnn_forward, softmax
+from .cells import any_forward, initial_state
+from .model import output_layer, softmax
 from .ops import Ops, Tensor
 
 
@@ -47,10 +48,9 @@ def warm_up(
     ops: Ops, params: Mapping[str, Tensor], prefix: Sequence[int], activation: str = "tanh"
 ) -> Tensor:
     """The logits of the token after the whole prefix, read from a zero state: (1, vocab)."""
-    num_hiddens = int(params["W_hh"].shape[0])
-    state = begin_state(ops, 1, num_hiddens)
+    state = initial_state(ops, params, 1)
     x = ops.asarray(np.asarray(prefix, dtype=np.int64).reshape(-1, 1))
-    Hs, _ = rnn_forward(ops, params, x, state, activation)
+    Hs, _ = any_forward(ops, params, x, state, activation)
     return output_layer(ops, params, Hs[-1:, ...])
 
 
@@ -82,14 +82,13 @@ def predict(
     """
     if not prefix:
         raise ValueError("the prefix needs at least one token")
-    num_hiddens = int(params["W_hh"].shape[0])
-    state = begin_state(ops, 1, num_hiddens)
+    state = initial_state(ops, params, 1)  # (H, C) for the LSTM
     outputs = list(prefix)
     if len(prefix) > 1:  # warm-up: feed prefix[:-1], keep only the state
         warm = ops.asarray(np.asarray(prefix[:-1], dtype=np.int64).reshape(-1, 1))
-        _, state = rnn_forward(ops, params, warm, state, activation)
+        _, state = any_forward(ops, params, warm, state, activation)
     for _ in range(num_preds):
         x = ops.asarray(np.asarray([[outputs[-1]]], dtype=np.int64))
-        Hs, state = rnn_forward(ops, params, x, state, activation)
+        Hs, state = any_forward(ops, params, x, state, activation)
         outputs.append(next_token(ops, output_layer(ops, params, Hs), temperature, rng))
     return outputs

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from . import data
+from .cells import initial_state
 from .contract import StepFn
 from .errors import UserError
-from .model import ACTIVATIONS, Params, begin_state, to_numpy
-from .ops import Ops, Tensor
+from .model import ACTIVATIONS, Params, to_numpy
+from .ops import Ops
 
 LOSSES = ("all-steps", "last-step")
+STATE_NAMES = ("state", "state_c")  # a checkpoint's carried H, and the LSTM's C
 
 
 @dataclass
@@ -113,7 +115,7 @@ class Trainer:
         self.rng = rng
         self.epoch = epoch  # epochs completed
         self.step = 0  # minibatches completed in the current epoch
-        self.hidden: Tensor | None = None  # carried state (sequential partitioning)
+        self.hidden: Any = None  # carried state (sequential partitioning); (H, C) for the LSTM
         self.epoch_rng_state: dict[str, Any] | None = None
         self.last_finite_norm = float("nan")
         self._totals = _Totals()
@@ -144,7 +146,7 @@ class Trainer:
             if i < self.step:
                 continue
             if self.hidden is None or self._fresh_state_every_minibatch:
-                self.hidden = begin_state(ops, X.shape[0], cfg.num_hiddens)
+                self.hidden = initial_state(ops, self.params, X.shape[0])
             # time-major inputs and labels: (num_steps, batch_size); the loss sees the
             # labelled last steps (all of them, or the last one)
             X_t = X.T if cfg.detach else np.concatenate(epoch_inputs)
@@ -197,10 +199,13 @@ class Trainer:
     # -- exact continuation ---------------------------------------------------------------
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """(tensors, position metadata): parameters, the carried state, and where we are."""
+        """(tensors, position metadata): parameters, the carried state (``state``, and the
+        LSTM's memory ``state_c``), and where we are."""
         tensors = to_numpy(self.ops, self.params)
         if self.step > 0 and self.hidden is not None:
-            tensors["state"] = self.ops.to_numpy(self.hidden)
+            parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+            for name, part in zip(STATE_NAMES, parts, strict=False):
+                tensors[name] = self.ops.to_numpy(part)
         rng_state = self.epoch_rng_state if self.step > 0 else self.rng.bit_generator.state
         position = {
             "epoch": self.epoch,
@@ -220,7 +225,11 @@ class Trainer:
         if self.step > 0:
             self.epoch_rng_state = copy.deepcopy(position["rng_state"])
             self._totals = _Totals(**position["totals"])
-            self.hidden = self.ops.asarray(tensors["state"]) if "state" in tensors else None
+            self.hidden = None
+            if "state" in tensors:
+                H = self.ops.asarray(tensors["state"])
+                C = tensors.get(STATE_NAMES[1])
+                self.hidden = H if C is None else (H, self.ops.asarray(C))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn import argtypes, backends, plots
-from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core import cells, checkpoint, data, model, sampling
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.helpers import CORPUS_HELP, PROG, add_backend_args
@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
         help="continue a prefix from a checkpoint",
         description="Load a checkpoint written by `train` (on any backend) and continue a "
         "prefix. The prefix is read the way the corpus was: letters only, lower case, "
-        "anything else one space. Greedy by default (ties go to the lowest index); "
+        "every run of anything else one space. Greedy by default (ties go to the lowest index); "
         "--temperature or --alpha sample instead, with uniforms from one seeded NumPy "
         "generator, so a seed gives the same text on every backend. A sampled <unk> (a token "
         "outside the vocabulary) prints as \ufffd in character text.",
@@ -112,6 +112,7 @@ class _Model:
         self.params = model.to_backend(
             self.ops, {k: v.astype(self.dtype) for k, v in tensors.items()}
         )
+        self.cell = cells.cell_of(self.params)  # rnn, gru/reset-before, gru/reset-after, lstm
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -184,6 +185,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "temperature": temperature,
             "seed": args.seed,
             "unk_drawn": unk_drawn,
+            "cell": m.cell,
             "checkpoint": args.checkpoint,
             "backend": args.backend,
             "device": ops.device,
@@ -213,6 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     "perplexity": ppl,
                     "tokens": n,
                     "unknown_tokens": unknown,
+                    "cell": m.cell,
                     "corpus": str(source),
                     "backend": args.backend,
                     "dtype": m.dtype,

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from rosetta_rnn import argtypes, backends, plots
-from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core import cells, checkpoint, data, model, sampling
 from rosetta_rnn.core.contract import Backend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
@@ -63,6 +63,14 @@ class RunConfig:
     train_fraction: float | None = None
     dtype: str = "float32"
     seed: int = 0
+    cell: str = "rnn"  # rnn (the chapter), gru (d2l 9.1) or lstm (d2l 9.2)
+    gru: str | None = None  # the GRU's formulation: reset-before (d2l) or reset-after
+    forget_bias: float = 0.0  # the LSTM's initial b_f: 0 (d2l) or 1 (Keras' unit_forget_bias)
+
+    @property
+    def model_cell(self) -> str:
+        """The cell as core names it: ``rnn``, ``gru/reset-before`` ..., ``lstm``."""
+        return f"gru/{self.gru or GRU_FORMS[0]}" if self.cell == "gru" else self.cell
 
     def train_config(self, epochs: int) -> TrainConfig:
         trainer_fields = {f.name for f in fields(TrainConfig)} - {"epochs"}
@@ -95,6 +103,19 @@ class RunConfig:
 
 EPOCHS = 500
 LEARNED_EMBED_DIM = 32  # --embedding learned without --embed-dim
+CELL_KINDS = ("rnn", "gru", "lstm")
+GRU_FORMS = ("reset-before", "reset-after")
+
+
+def _real(text: str) -> float:
+    """A finite number (argparse type), as a one-line error otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _say(out: TextIO, *parts: Any) -> None:
@@ -131,14 +152,35 @@ def _as_given(key: str, value: Any) -> str:
     return f"--{key.replace('_', '-')} {value}"
 
 
+def _check_cell(cell: str, given: dict[str, Any], embedding: str | None) -> None:
+    """The flags that belong to one cell, refused with another (one line each)."""
+    if "gru" in given and cell != "gru":
+        raise UserError(f"--gru {given['gru']} is the GRU's formulation; it needs --cell gru")
+    if "forget_bias" in given and cell != "lstm":
+        raise UserError("--forget-bias is the LSTM's forget-gate bias; it needs --cell lstm")
+    if cell != "rnn" and embedding == "learned":
+        raise UserError(f"--embedding learned is for --cell rnn only (the {cell} reads one-hot)")
+    if cell != "rnn" and given.get("activation", "tanh") != "tanh":
+        raise UserError(f"--activation is the RNN's; the {cell} cell uses σ and tanh")
+
+
 def _run_config(args: argparse.Namespace, meta: dict[str, Any] | None) -> RunConfig:
     given = {k: v for k, v in _given(args).items() if v is not None}
     embedding = _embedding(args)
     if meta is None:
+        _check_cell(given.get("cell", "rnn"), given, embedding)
         if embedding == "learned":
             given.setdefault("embed_dim", LEARNED_EMBED_DIM)
+        if given.get("cell") == "gru":
+            given.setdefault("gru", GRU_FORMS[0])
         return RunConfig(**given)
     saved = RunConfig.from_meta(meta, args.resume)
+    if given.get("cell", saved.cell) != saved.cell:
+        raise UserError(
+            f"--resume {args.resume}: --cell {given['cell']} differs from the checkpoint's cell "
+            f"{saved.cell}; drop it to continue, or start a new run"
+        )
+    _check_cell(saved.cell, given, embedding)
     saved_embedding = "onehot" if saved.embed_dim is None else "learned"
     if embedding is not None and embedding != saved_embedding:
         raise UserError(
@@ -222,7 +264,8 @@ def register(sub: Any) -> None:
         "layer, SGD with the gradient clipped to global norm θ) on The Time Machine, and "
         "print every 10 epochs the perplexity, the speed and a greedy sample. The defaults "
         "are d2l's: 500 epochs of 32 × 35-token minibatches, 512 hidden units, lr 1, θ = 1, "
-        "about 3 minutes with NumPy on two cores. --checkpoint keeps the model for generate, "
+        "about 3 minutes with NumPy on two cores. --cell gru or lstm trains d2l 9.1's GRU or "
+        "9.2's LSTM instead, on every backend. --checkpoint keeps the model for generate, "
         "eval and --resume; Ctrl-C saves and says how to resume.",
     )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
@@ -279,7 +322,27 @@ def register(sub: Any) -> None:
         "fresh state (default: sequential)",
     )
     t.add_argument(
-        "--activation", choices=("tanh", "relu"), help="the hidden layer's (default: tanh)"
+        "--cell",
+        choices=CELL_KINDS,
+        help="the recurrent cell: the chapter's RNN, d2l 9.1's GRU or 9.2's LSTM (default: rnn)",
+    )
+    t.add_argument(
+        "--gru",
+        choices=GRU_FORMS,
+        help="with --cell gru: the reset gate before the recurrent matmul (d2l, Keras "
+        "reset_after=False) or after it (torch.nn.GRU, cuDNN) (default: reset-before)",
+    )
+    t.add_argument(
+        "--forget-bias",
+        metavar="F",
+        type=_real,
+        help="with --cell lstm: the forget gate's initial bias (default: 0, as d2l; Keras' "
+        "unit_forget_bias is 1)",
+    )
+    t.add_argument(
+        "--activation",
+        choices=("tanh", "relu"),
+        help="the RNN's hidden layer's (default: tanh; the gated cells' are fixed)",
     )
     t.add_argument(
         "--embedding",
@@ -406,9 +469,20 @@ def _trainer(
     """A trainer from fresh parameters, or continued from a checkpoint; and the history."""
     rng = np.random.default_rng(run.seed)
     if resumed is None:
-        init = model.init_params(
-            len(text.corpus.vocab), cfg.num_hiddens, rng, run.dtype, embed_dim=cfg.embed_dim
-        )
+        vocab_size = len(text.corpus.vocab)
+        if run.cell == "rnn":
+            init = model.init_params(
+                vocab_size, cfg.num_hiddens, rng, run.dtype, embed_dim=cfg.embed_dim
+            )
+        else:
+            init = cells.init_params(
+                run.model_cell,
+                vocab_size,
+                cfg.num_hiddens,
+                rng,
+                run.dtype,
+                forget_bias=run.forget_bias,
+            )
         return Trainer(ops, step, model.to_backend(ops, init), text.train_ids, cfg, rng), []
     tensors, meta = resumed
     if (
@@ -556,6 +630,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "dtype": run.dtype,
             "grad": grad,
             "compile": mode,
+            "cell": run.model_cell,
             "seed": run.seed,
             "token": run.token,
             "max_tokens": run.max_tokens,
@@ -647,7 +722,8 @@ def plot_title(backend: str, device: str, grad: str, mode: str, run: RunConfig) 
     return (
         f"{backend} {run.dtype} on {device}, grad {grad}, {mode}: perplexity per epoch\n"
         f"{run.token}s, batch {run.batch_size} × {run.num_steps} steps, {run.num_hiddens} hidden "
-        f"{run.activation}, lr {run.lr:g}, {clip}, {run.sampling}{state}, seed {run.seed}"
+        f"{run.activation if run.cell == 'rnn' else run.model_cell}, lr {run.lr:g}, {clip}, "
+        f"{run.sampling}{state}, seed {run.seed}"
     )
 
 
