@@ -46,14 +46,7 @@ import numpy as np
 
 from . import model
 from .errors import UserError
-from .model import (
-    Params,
-    ValueAndGrad,
-    cross_entropy,
-    loss_window,
-    output_layer,
-    softmax,
-)
+from .model import Params, ValueAndGrad
 from .ops import Ops, Tensor
 
 RNN = "rnn"  # the chapter's RNN (core.model), for ``cell_of``
@@ -239,31 +232,7 @@ def forward_loss(
     """The training objective for autodiff: (mean cross-entropy over the labelled last steps,
     final state), core.model's output layer and loss on the cell's hidden states."""
     Hs, final = cell_forward(ops, cell, params, inputs, state)
-    return cross_entropy(ops, output_layer(ops, params, loss_window(Hs, labels)), labels), final
-
-
-def _output_backward(
-    ops: Ops, params: Mapping[str, Tensor], Hs: Tensor, labels: Tensor
-) -> tuple[Tensor, Params, Tensor]:
-    """The loss and its backward through the output layer: (loss, {W_hq, b_q} grads, dHs) with
-    dHs = ∂loss/∂H_t for every step (zero before the labelled window)."""
-    T, B, H = (int(n) for n in Hs.shape)
-    V = int(params["W_hq"].shape[1])
-    w = int(labels.shape[0])
-    M = w * B
-    Hs_seen = loss_window(Hs, labels)
-    logits = output_layer(ops, params, Hs_seen)
-    loss = cross_entropy(ops, logits, labels)
-    # ∂loss/∂logits of the mean cross-entropy: (softmax - one_hot) / M
-    dlogits = (softmax(ops, logits) - ops.one_hot(ops.reshape(labels, (M,)), V)) / M
-    grads = {
-        "W_hq": ops.matmul(ops.transpose(ops.reshape(Hs_seen, (M, H))), dlogits),
-        "b_q": ops.sum(dlogits, axis=0),
-    }
-    dHs = ops.reshape(ops.matmul(dlogits, ops.transpose(params["W_hq"])), (w, B, H))
-    if w < T:
-        dHs = ops.concat([ops.zeros((T - w, B, H)), dHs])
-    return loss, grads, dHs
+    return model.output_loss(ops, params, Hs, labels), final
 
 
 def _previous(ops: Ops, initial: Tensor, seq: Tensor) -> Tensor:
@@ -308,7 +277,7 @@ def bptt(
     weight gradient is one matmul over all steps: ∂W_xg = Xᵀ dA_g, ∂W_hg = H_prevᵀ dA_g.
     """
     final, cache = _forward(ops, cell, params, inputs, state)
-    loss, grads, dHs = _output_backward(ops, params, cache[0], labels)
+    loss, grads, dHs = model.output_backward(ops, params, cache[0], labels)
     X = ops.one_hot(inputs, int(params["W_hq"].shape[1]))  # (T, B, V)
     if cell == LSTM:
         gate_grads, dstate = _lstm_backward(ops, params, X, state, cache, dHs)

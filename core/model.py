@@ -168,6 +168,37 @@ def loss_window(Hs: Tensor, labels: Tensor) -> Tensor:
     return Hs if w == T else Hs[T - w :, ...]
 
 
+def output_loss(ops: Ops, params: Mapping[str, Tensor], Hs: Tensor, labels: Tensor) -> Tensor:
+    """The mean cross-entropy of the output layer over the labelled last steps of ``Hs``;
+    the same for the RNN and every gated cell (core.cells)."""
+    return cross_entropy(ops, output_layer(ops, params, loss_window(Hs, labels)), labels)
+
+
+def output_backward(
+    ops: Ops, params: Mapping[str, Tensor], Hs: Tensor, labels: Tensor
+) -> tuple[Tensor, Params, Tensor]:
+    """The loss and its backward through the output layer: (loss, {W_hq, b_q} grads, dHs) with
+    dHs = ∂loss/∂H_t for every step (zero before the labelled window). The start of every
+    hand-written BPTT, the RNN's and the gated cells'."""
+    T, B, H = (int(n) for n in Hs.shape)
+    V = int(params["W_hq"].shape[1])
+    w = int(labels.shape[0])  # the loss sees the last w steps
+    M = w * B
+    Hs_seen = loss_window(Hs, labels)
+    logits = output_layer(ops, params, Hs_seen)
+    loss = cross_entropy(ops, logits, labels)
+    # ∂loss/∂logits of the mean cross-entropy: (softmax - one_hot) / M
+    dlogits = (softmax(ops, logits) - ops.one_hot(ops.reshape(labels, (M,)), V)) / M
+    grads = {
+        "W_hq": ops.matmul(ops.transpose(ops.reshape(Hs_seen, (M, H))), dlogits),
+        "b_q": ops.sum(dlogits, axis=0),
+    }
+    dHs = ops.reshape(ops.matmul(dlogits, ops.transpose(params["W_hq"])), (w, B, H))
+    if w < T:  # steps before the window get no gradient from the output layer
+        dHs = ops.concat([ops.zeros((T - w, B, H)), dHs])
+    return loss, grads, dHs
+
+
 def forward_loss(
     ops: Ops,
     params: Mapping[str, Tensor],
@@ -179,7 +210,7 @@ def forward_loss(
     """The training objective for autodiff: (mean cross-entropy over the labelled last
     steps, H_T)."""
     Hs, H_T = rnn_forward(ops, params, inputs, state, activation)
-    return cross_entropy(ops, output_layer(ops, params, loss_window(Hs, labels)), labels), H_T
+    return output_loss(ops, params, Hs, labels), H_T
 
 
 def bptt(
@@ -196,26 +227,14 @@ def bptt(
     ``dH_{t-1} = dZ_t W_hhᵀ`` runs per step; the weight gradients are one matmul each after
     the loop.
     """
-    W_hh, W_hq = params["W_hh"], params["W_hq"]
+    W_hh = params["W_hh"]
     T, B = (int(n) for n in inputs.shape)
     H = int(W_hh.shape[0])
-    V = int(W_hq.shape[1])
+    V = int(params["W_hq"].shape[1])
     N = T * B
-    w = int(labels.shape[0])  # the loss sees the last w steps
-    M = w * B
 
     Hs, H_T = rnn_forward(ops, params, inputs, state, activation)
-    Hs_seen = loss_window(Hs, labels)
-    logits = output_layer(ops, params, Hs_seen)
-    loss = cross_entropy(ops, logits, labels)
-
-    # ∂loss/∂logits of the mean cross-entropy: (softmax - one_hot) / M
-    dlogits = (softmax(ops, logits) - ops.one_hot(ops.reshape(labels, (M,)), V)) / M
-    dW_hq = ops.matmul(ops.transpose(ops.reshape(Hs_seen, (M, H))), dlogits)
-    db_q = ops.sum(dlogits, axis=0)
-    dHs = ops.reshape(ops.matmul(dlogits, ops.transpose(W_hq)), (w, B, H))
-    if w < T:  # steps before the window get no gradient from the output layer
-        dHs = ops.concat([ops.zeros((T - w, B, H)), dHs])
+    loss, output_grads, dHs = output_backward(ops, params, Hs, labels)
 
     W_hh_T = ops.transpose(W_hh)
 
@@ -232,8 +251,7 @@ def bptt(
     grads = {
         "W_hh": ops.matmul(ops.transpose(H_prev), dZ_flat),  # H_{t-1}ᵀ dZ over all steps
         "b_h": ops.sum(dZ_flat, axis=0),
-        "W_hq": dW_hq,
-        "b_q": db_q,
+        **output_grads,
     }
     if EMBEDDING in params:
         E = params[EMBEDDING]
