@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_run import one_line_error, run_cli
 
 from rosetta_rnn import backends
-from rosetta_rnn.cli import main
 from rosetta_rnn.core import cells, checkpoint, data, model
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingInterrupted
 
@@ -40,22 +40,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err: str, words: str) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("rosetta-rnn: error: ")]
-    assert len(lines) == 1 and words in lines[0], err
-    assert "Traceback" not in err
-
-
 def _train(
     capsys: pytest.CaptureFixture[str], corpus: Path, path: Path, *flags: str
 ) -> dict[str, Any]:
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys,
         "train",
         "--corpus",
@@ -127,7 +115,7 @@ def test_train_then_generate_and_eval_elsewhere(
     _assert_close(path, _reference(capsys, corpus, reference_dir, *flags))
 
     other = INSTALLED[(INSTALLED.index(backend) + 1) % len(INSTALLED)]
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "generate", "--checkpoint", str(path), "--backend", other, "--json"
     )
     assert code == 0, err
@@ -135,7 +123,7 @@ def test_train_then_generate_and_eval_elsewhere(
     assert json.loads(out)["cell"] == CELL_OF[cell]
     perplexities = []
     for on in (other, backend):
-        code, out, err = _run(
+        code, out, err = run_cli(
             capsys,
             "eval",
             "--checkpoint",
@@ -245,7 +233,7 @@ def test_two_plus_two_epochs_equal_four(
     straight, half = tmp_path / "straight.st", tmp_path / "half.st"
     _train(capsys, corpus, straight, *CELL_FLAGS[cell], "--epochs", "4")
     _train(capsys, corpus, half, *CELL_FLAGS[cell], "--epochs", "2")
-    code, _, err = _run(capsys, "train", "--resume", str(half), "--epochs", "4", "--json")
+    code, _, err = run_cli(capsys, "train", "--resume", str(half), "--epochs", "4", "--json")
     assert code == 0, err
     a, _ = checkpoint.load(straight)
     b, meta = checkpoint.load(half)
@@ -297,16 +285,18 @@ def test_resume_with_another_cell_is_refused(
 ) -> None:
     path = tmp_path / "rnn.st"
     _train(capsys, corpus, path, "--epochs", "1")
-    code, _, err = _run(capsys, "train", "--resume", str(path), "--cell", "lstm", "--epochs", "2")
+    code, _, err = run_cli(
+        capsys, "train", "--resume", str(path), "--cell", "lstm", "--epochs", "2"
+    )
     assert code != 0
-    _one_line_error(err, "--cell lstm differs from the checkpoint's cell rnn")
+    one_line_error(err, "--cell lstm differs from the checkpoint's cell rnn")
     path = tmp_path / "gru.st"
     _train(capsys, corpus, path, "--cell", "gru", "--epochs", "1")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "train", "--resume", str(path), "--gru", "reset-after", "--epochs", "2"
     )
     assert code != 0
-    _one_line_error(err, "--gru reset-after differs")
+    one_line_error(err, "--gru reset-after differs")
 
 
 @pytest.mark.parametrize("layout", ["run without cell", "before run"])
@@ -329,9 +319,9 @@ def test_an_old_checkpoint_loads_as_rnn(
     assert RunConfig.from_meta(checkpoint.load(path)[1], str(path)).cell == "rnn"
     assert checkpoint.model_cell(meta, str(path)) == "rnn"
     for command in (["generate"], ["eval", "--corpus", str(corpus)]):
-        code, _, err = _run(capsys, *command, "--checkpoint", str(path))
+        code, _, err = run_cli(capsys, *command, "--checkpoint", str(path))
         assert code == 0, err
-    code, _, err = _run(capsys, "train", "--resume", str(path), "--epochs", "2")
+    code, _, err = run_cli(capsys, "train", "--resume", str(path), "--epochs", "2")
     assert code == 0, err
     assert checkpoint.load(path)[1]["run"]["cell"] == "rnn"
 
@@ -344,7 +334,7 @@ def test_a_checkpoint_whose_parameters_are_another_cells_is_refused(
     tensors, meta = checkpoint.load(path)
     meta["run"]["cell"] = "gru"
     checkpoint.save(path, tensors, meta)
-    code, _, err = _run(capsys, "generate", "--checkpoint", str(path))
+    code, _, err = run_cli(capsys, "generate", "--checkpoint", str(path))
     assert code != 0
     assert "not a gru/reset-before's" in err and "Traceback" not in err
 
@@ -372,6 +362,8 @@ def test_a_flag_of_another_cell_is_refused(
     flags: list[str],
     words: str,
 ) -> None:
-    code, _, err = _run(capsys, "train", "--corpus", str(corpus), *SMALL, *flags, "--epochs", "1")
+    code, _, err = run_cli(
+        capsys, "train", "--corpus", str(corpus), *SMALL, *flags, "--epochs", "1"
+    )
     assert code != 0
-    _one_line_error(err, words)
+    one_line_error(err, words)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import one_line_error, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,18 +34,6 @@ def corpus(tmp_path: Path) -> Path:
     return path
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err: str, words: str) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("rosetta-rnn: error: ")]
-    assert len(lines) == 1 and words in lines[0], err
-    assert "Traceback" not in err
-
-
 # --- resume is exact ----------------------------------------------------------------------
 
 
@@ -54,9 +43,11 @@ def test_ten_plus_ten_epochs_equal_twenty(
 ) -> None:
     common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--sampling", sampling]
     straight, half = tmp_path / "straight.st", tmp_path / "half.st"
-    assert _run(capsys, "train", *common, "--epochs", "20", "--checkpoint", str(straight))[0] == 0
-    assert _run(capsys, "train", *common, "--epochs", "10", "--checkpoint", str(half))[0] == 0
-    code, out, _ = _run(capsys, "train", "--resume", str(half), "--epochs", "20", "--json")
+    assert (
+        run_cli(capsys, "train", *common, "--epochs", "20", "--checkpoint", str(straight))[0] == 0
+    )
+    assert run_cli(capsys, "train", *common, "--epochs", "10", "--checkpoint", str(half))[0] == 0
+    code, out, _ = run_cli(capsys, "train", "--resume", str(half), "--epochs", "20", "--json")
     assert code == 0
     a, meta_a = checkpoint.load(straight)
     b, meta_b = checkpoint.load(half)  # --resume keeps writing to the checkpoint it resumed
@@ -79,7 +70,7 @@ def test_the_run_is_saved_whole_and_an_older_checkpoint_still_resumes(
     common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--no-clip", "--seed", "3"]
     new, old = tmp_path / "new.st", tmp_path / "old.st"
     for path in (new, old):
-        assert _run(capsys, "train", *common, "--epochs", "2", "--checkpoint", str(path))[0] == 0
+        assert run_cli(capsys, "train", *common, "--epochs", "2", "--checkpoint", str(path))[0] == 0
     tensors, meta = checkpoint.load(old)
     run = meta.pop("run")
     assert run == {
@@ -93,7 +84,7 @@ def test_the_run_is_saved_whole_and_an_older_checkpoint_still_resumes(
     }
     checkpoint.save(old, tensors, meta)  # the older layout
     for path in (new, old):
-        assert _run(capsys, "train", "--resume", str(path), "--epochs", "3")[0] == 0
+        assert run_cli(capsys, "train", "--resume", str(path), "--epochs", "3")[0] == 0
     a, meta_a = checkpoint.load(new)
     b, meta_b = checkpoint.load(old)
     assert meta_b["run"] == run and meta_a["epoch"] == meta_b["epoch"] == 3
@@ -105,33 +96,33 @@ def test_resume_rejects_other_hyperparameters(
     tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = tmp_path / "c.st"
-    _run(
+    run_cli(
         capsys, "train", "--corpus", str(corpus), *SMALL, "--epochs", "2", "--checkpoint", str(ckpt)
     )
-    code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--lr", "0.5")
+    code, _, err = run_cli(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--lr", "0.5")
     assert code == 2
-    _one_line_error(err, "--lr 0.5 differs from the checkpoint's lr 1.0")
-    code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--no-clip")
-    _one_line_error(err, "--no-clip")
+    one_line_error(err, "--lr 0.5 differs from the checkpoint's lr 1.0")
+    code, _, err = run_cli(capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--no-clip")
+    one_line_error(err, "--no-clip")
     # switches are named as they were typed, never as a key and a Python value
     for switch, saved in [
         ("--no-clip", "clip 1.0"),
         ("--no-detach", "detach True"),
         ("--reset-state", "reset_state False"),
     ]:
-        code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "4", switch)
+        code, _, err = run_cli(capsys, "train", "--resume", str(ckpt), "--epochs", "4", switch)
         assert code == 2
-        _one_line_error(err, f"{switch} differs from the checkpoint's {saved}; drop it")
-    code, _, err = _run(capsys, "train", "--resume", str(ckpt), "--epochs", "2")
-    _one_line_error(err, "already trained 2 epochs")
+        one_line_error(err, f"{switch} differs from the checkpoint's {saved}; drop it")
+    code, _, err = run_cli(capsys, "train", "--resume", str(ckpt), "--epochs", "2")
+    one_line_error(err, "already trained 2 epochs")
     other = tmp_path / "other.txt"
     other.write_text("a quite different text about nothing in particular\n" * 20)
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "train", "--resume", str(ckpt), "--epochs", "4", "--corpus", str(other)
     )
-    _one_line_error(err, "corpus differs")
+    one_line_error(err, "corpus differs")
     # the same values given explicitly are fine
-    code, _, _ = _run(
+    code, _, _ = run_cli(
         capsys,
         "train",
         "--resume",
@@ -162,10 +153,10 @@ def test_save_every_writes_periodic_checkpoints(
 
     monkeypatch.setattr(checkpoint, "save", spy)
     args = ["train", "--corpus", str(corpus), *SMALL, "--epochs", "6", "--save-every", "2"]
-    assert _run(capsys, *args, "--checkpoint", str(ckpt))[0] == 0
+    assert run_cli(capsys, *args, "--checkpoint", str(ckpt))[0] == 0
     assert seen == [2, 4, 6, 6]  # every 2 epochs, and at the end
-    _code, _, err = _run(capsys, "train", "--corpus", str(corpus), "--save-every", "2")
-    _one_line_error(err, "--save-every needs --checkpoint")
+    _code, _, err = run_cli(capsys, "train", "--corpus", str(corpus), "--save-every", "2")
+    one_line_error(err, "--save-every needs --checkpoint")
 
 
 # --- blow-ups -----------------------------------------------------------------------------
@@ -198,7 +189,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     common = ["train", "--corpus", str(corpus), *SMALL, "--epochs", "5"]
-    code, out, _ = _run(capsys, *common[:-1], "1", "--json")
+    code, out, _ = run_cli(capsys, *common[:-1], "1", "--json")
     assert code == 0
     steps_per_epoch = len(json.loads(out)["history"][0]["grad_norms"])
     assert steps_per_epoch >= 2
@@ -206,9 +197,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(
     # NaN at the second step of epoch 3: epochs 1 and 2 were saved
     _nan_loss_from_call(monkeypatch, 2 * steps_per_epoch + 2)
     ckpt = tmp_path / "c.st"
-    code, _, err = _run(capsys, *common, "--checkpoint", str(ckpt), "--save-every", "1")
+    code, _, err = run_cli(capsys, *common, "--checkpoint", str(ckpt), "--save-every", "1")
     assert code == 3
-    _one_line_error(err, "training diverged at epoch 3, step 2: loss nan")
+    one_line_error(err, "training diverged at epoch 3, step 2: loss nan")
     assert "last finite gradient norm" in err and str(ckpt) in err
     tensors, meta = checkpoint.load_model(ckpt)
     assert all(np.isfinite(v).all() for v in tensors.values())
@@ -217,9 +208,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(
     # diverging before any checkpoint: nothing is written, and the message says so
     _nan_loss_from_call(monkeypatch, 1)
     other = tmp_path / "other.st"
-    code, _, err = _run(capsys, *common, "--checkpoint", str(other))
+    code, _, err = run_cli(capsys, *common, "--checkpoint", str(other))
     assert code == 3 and "no checkpoint was written" in err and not other.exists()
-    _one_line_error(err, "training diverged at epoch 1, step 1")
+    one_line_error(err, "training diverged at epoch 1, step 1")
 
 
 def test_an_overflowing_first_step_is_caught() -> None:
@@ -316,11 +307,11 @@ def test_unreadable_corpus(
         return real_open(path, *a, **k)
 
     monkeypatch.setattr("builtins.open", deny)
-    code, _, err = _run(capsys, "train", "--corpus", str(corpus))
+    code, _, err = run_cli(capsys, "train", "--corpus", str(corpus))
     assert code == 2
-    _one_line_error(err, "cannot read corpus")
-    code, _, err = _run(capsys, "train", "--corpus", str(tmp_path))  # a folder
-    _one_line_error(err, "corpus file not found")
+    one_line_error(err, "cannot read corpus")
+    code, _, err = run_cli(capsys, "train", "--corpus", str(tmp_path))  # a folder
+    one_line_error(err, "corpus file not found")
 
 
 def test_framework_not_installed(
@@ -334,28 +325,28 @@ def test_framework_not_installed(
         return real(name, *a, **k)
 
     monkeypatch.setattr(importlib, "import_module", fake)
-    code, _, err = _run(capsys, "train", "--backend", "jax")
+    code, _, err = run_cli(capsys, "train", "--backend", "jax")
     assert code == 2
-    _one_line_error(err, "pip install 'rosetta-rnn[jax]'")
+    one_line_error(err, "pip install 'rosetta-rnn[jax]'")
     assert main(["backends"]) == 0
     assert "jax" in capsys.readouterr().out
 
 
 def test_gpu_asked_for_but_absent(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, "train", "--device", "gpu")
+    code, _, err = run_cli(capsys, "train", "--device", "gpu")
     assert code == 2
-    _one_line_error(err, "gpu")
-    code, _, err = _run(capsys, "train", "--device", "gpu:7")
-    _one_line_error(err, "gpu")
+    one_line_error(err, "gpu")
+    code, _, err = run_cli(capsys, "train", "--device", "gpu:7")
+    one_line_error(err, "gpu")
 
 
 def test_float64_on_a_device_without_it(
     monkeypatch: pytest.MonkeyPatch, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(backends.load("numpy"), "supports_float64", lambda device: False)
-    code, _, err = _run(capsys, "train", "--corpus", str(corpus), "--dtype", "float64")
+    code, _, err = run_cli(capsys, "train", "--corpus", str(corpus), "--dtype", "float64")
     assert code == 2
-    _one_line_error(err, "has no float64")
+    one_line_error(err, "has no float64")
 
 
 @pytest.mark.parametrize(
@@ -371,7 +362,7 @@ def test_damaged_checkpoints(
     tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], damage, words: str
 ) -> None:  # type: ignore[no-untyped-def]
     ckpt = tmp_path / "c.st"
-    _run(
+    run_cli(
         capsys, "train", "--corpus", str(corpus), *SMALL, "--epochs", "1", "--checkpoint", str(ckpt)
     )
     ckpt.write_bytes(damage(ckpt.read_bytes()))
@@ -379,26 +370,26 @@ def test_damaged_checkpoints(
         ["generate", "--checkpoint", str(ckpt)],
         ["train", "--resume", str(ckpt), "--epochs", "3"],
     ):
-        code, out, err = _run(capsys, *cmd)
+        code, out, err = run_cli(capsys, *cmd)
         assert code == 2 and out == ""
-        _one_line_error(err, words)
+        one_line_error(err, words)
 
 
 def test_checkpoint_from_a_newer_format_and_wrong_shapes(
     tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = tmp_path / "c.st"
-    _run(
+    run_cli(
         capsys, "train", "--corpus", str(corpus), *SMALL, "--epochs", "1", "--checkpoint", str(ckpt)
     )
     tensors, meta = checkpoint.load(ckpt)
     newer = tmp_path / "newer.st"
     checkpoint.atomic_write(newer, checkpoint.encode(tensors, {**meta, "format_version": 2}))
-    _one_line_error(_run(capsys, "generate", "--checkpoint", str(newer))[2], "format 2")
+    one_line_error(run_cli(capsys, "generate", "--checkpoint", str(newer))[2], "format 2")
     wrong = tmp_path / "wrong.st"
     checkpoint.save(wrong, {**tensors, "W_hh": np.zeros((3, 3), tensors["W_hh"].dtype)}, meta)
-    _one_line_error(
-        _run(capsys, "generate", "--checkpoint", str(wrong))[2], "W_hh has shape [3, 3]"
+    one_line_error(
+        run_cli(capsys, "generate", "--checkpoint", str(wrong))[2], "W_hh has shape [3, 3]"
     )
 
 
@@ -407,9 +398,9 @@ def test_loading_never_unpickles(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     evil = tmp_path / "evil.st"
     evil.write_bytes(pickle.dumps({"W_hh": np.zeros(3)}))
-    code, _, err = _run(capsys, "generate", "--checkpoint", str(evil))
+    code, _, err = run_cli(capsys, "generate", "--checkpoint", str(evil))
     assert code == 2
-    _one_line_error(err, "not a valid rosetta-rnn checkpoint")
+    one_line_error(err, "not a valid rosetta-rnn checkpoint")
 
 
 # --- hypothesis: odd corpora and argument values ------------------------------------------
@@ -474,9 +465,9 @@ def test_offline_without_a_copy_says_what_to_do(
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(data, "DATA_URL", "http://127.0.0.1:9/timemachine.txt")
-    code, out, err = _run(capsys, "train")
+    code, out, err = run_cli(capsys, "train")
     assert code == 2 and out == ""
-    _one_line_error(err, "cannot download The Time Machine")
+    one_line_error(err, "cannot download The Time Machine")
     assert "--corpus FILE" in err and data.DATA_DIR_ENV in err
     assert not any((tmp_path / "cache").glob("*"))  # nothing half-written
 
@@ -489,7 +480,7 @@ def test_sha1_mismatch_through_the_cli(
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(data, "DATA_URL", wrong.resolve().as_uri())
-    code, _, err = _run(capsys, "train")
+    code, _, err = run_cli(capsys, "train")
     assert code == 2
-    _one_line_error(err, "sha1")
+    one_line_error(err, "sha1")
     assert not any((tmp_path / "cache").glob("*"))  # the bad file is not kept
