@@ -33,6 +33,7 @@ class Cell:
     tolerance: float
     passed: bool
     message: str = ""
+    cell: str = "rnn"  # rnn, gru-reset-before, gru-reset-after or lstm (conform --json's names)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

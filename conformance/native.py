@@ -1,11 +1,14 @@
-"""Framework-native RNN layers loaded with core's parameters, and read back: the one place that
-maps core's names and orientation onto ``torch.nn.RNN`` + ``nn.Linear`` and Keras ``SimpleRNN`` +
-``Dense``. The conformance oracles and the benchmark peers both build their models through it.
+"""Framework-native recurrent layers loaded with core's parameters, and read back: torch's
+``nn.RNN``/``nn.GRU``/``nn.LSTM`` + ``nn.Linear`` and Keras' ``SimpleRNN``/``GRU``/``LSTM`` +
+``Dense``. The conformance oracles and the benchmark peers build their models through it; the
+names, gate orders and bias pairs are core.convert's (the same mapping ``rosetta-rnn convert``
+writes), so the oracles also prove the converter.
 
-- torch keeps weights as (out, in): ``weight_ih_l0 = W_xhᵀ``, ``weight_hh_l0 = W_hhᵀ``,
-  ``linear.weight = W_hqᵀ``; it has two biases whose sum is core's ``b_h`` (``bias_hh_l0 = 0``).
-- Keras keeps them as core does, (in, out): ``[kernel, recurrent_kernel, bias] = [W_xh, W_hh,
-  b_h]`` and ``Dense [kernel, bias] = [W_hq, b_q]``.
+- torch keeps weights as (out, in), its gates stacked (r, z, n) for the GRU and (i, f, g, o)
+  for the LSTM, and two biases per gate; core's single bias goes in ``bias_ih``, ``bias_hh`` is
+  zero (except the reset-after candidate's, which is core's ``b_hh``).
+- Keras keeps them as core does, (in, out), gates (z, r, h) and (i, f, c, o), one bias (two rows
+  for GRU(reset_after=True)).
 """
 
 from __future__ import annotations
@@ -14,63 +17,94 @@ from typing import Any
 
 import numpy as np
 
+from rosetta_rnn.core import convert
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
+
 Arrays = dict[str, np.ndarray]
+
+
+def torch_layer(cell: str, vocab_size: int, num_hiddens: int, dtype: Any, device: Any) -> Any:
+    """An empty torch layer for ``cell``: nn.RNN (tanh), nn.GRU (reset-after) or nn.LSTM."""
+    import torch
+
+    kinds = {RNN: torch.nn.RNN, GRU_RESET_AFTER: torch.nn.GRU, LSTM: torch.nn.LSTM}
+    if cell not in kinds:
+        raise convert.ConversionError(convert.NO_TORCH_RESET_BEFORE)
+    return kinds[cell](vocab_size, num_hiddens, dtype=dtype, device=device)
+
+
+def keras_layer(cell: str, num_hiddens: int, dtype: str, **options: Any) -> Any:
+    """An empty Keras layer for ``cell`` returning every step: SimpleRNN, GRU (reset_after as
+    the cell says) or LSTM."""
+    import keras
+
+    if cell == RNN:
+        return keras.layers.SimpleRNN(num_hiddens, return_sequences=True, dtype=dtype, **options)
+    if cell in (GRU_RESET_BEFORE, GRU_RESET_AFTER):
+        return keras.layers.GRU(
+            num_hiddens,
+            reset_after=cell == GRU_RESET_AFTER,
+            return_sequences=True,
+            dtype=dtype,
+            **options,
+        )
+    return keras.layers.LSTM(num_hiddens, return_sequences=True, dtype=dtype, **options)
 
 
 def load_torch(rnn: Any, linear: Any, params: Arrays, second_bias: bool = False) -> None:
     """Copy core's parameters into ``rnn`` and ``linear`` (dtype and device are theirs).
-    ``second_bias`` loads b_h into both biases: the mistake the conformance suite names."""
+    ``second_bias`` loads the RNN's b_h into both biases: the mistake the suite names."""
     import torch
 
-    def put(target: Any, value: np.ndarray) -> None:
-        target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-
+    state = convert.to_torch(convert.from_params(params))
+    if second_bias:
+        state["rnn.bias_hh_l0"] = state["rnn.bias_ih_l0"]
     with torch.no_grad():
-        put(rnn.weight_ih_l0, params["W_xh"].T)
-        put(rnn.weight_hh_l0, params["W_hh"].T)
-        put(rnn.bias_ih_l0, params["b_h"])
-        put(rnn.bias_hh_l0, params["b_h"] if second_bias else np.zeros_like(params["b_h"]))
-        put(linear.weight, params["W_hq"].T)
-        put(linear.bias, params["b_q"])
+        for name, value in state.items():
+            module, attr = name.split(".", 1)
+            target = getattr(rnn if module == "rnn" else linear, attr)
+            target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+
+def _torch_arrays(rnn: Any, linear: Any, grad: bool) -> Arrays:
+    def n(x: Any) -> np.ndarray:
+        return np.array((x.grad if grad else x).detach().cpu().numpy())
+
+    return {
+        name: n(getattr(rnn if name.startswith("rnn.") else linear, name.split(".", 1)[1]))
+        for name in convert.TORCH_NAMES
+    }
 
 
 def read_torch(rnn: Any, linear: Any) -> Arrays:
-    """core's parameters from a torch model; ``b_h`` is the sum of torch's two biases."""
-
-    def n(x: Any) -> np.ndarray:
-        return np.array(x.detach().cpu().numpy())
-
-    return {
-        "W_xh": n(rnn.weight_ih_l0).T,
-        "W_hh": n(rnn.weight_hh_l0).T,
-        "b_h": n(rnn.bias_ih_l0) + n(rnn.bias_hh_l0),
-        "W_hq": n(linear.weight).T,
-        "b_q": n(linear.bias),
-    }
+    """core's parameters from a torch model; a bias core keeps once is the sum of the pair."""
+    return convert.to_params(convert.from_torch(_torch_arrays(rnn, linear, grad=False)))
 
 
-def torch_grads(rnn: Any, linear: Any) -> dict[str, Any]:
-    """The ``.grad`` of each torch parameter under core's names and orientation (torch tensors)."""
-    return {
-        "W_xh": rnn.weight_ih_l0.grad.T,
-        "W_hh": rnn.weight_hh_l0.grad.T,
-        "b_h": rnn.bias_ih_l0.grad,
-        "W_hq": linear.weight.grad.T,
-        "b_q": linear.bias.grad,
-    }
-
-
-KERAS_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-"""core's names in the order of ``[*rnn.trainable_weights, *dense.trainable_weights]``."""
+def torch_grads(rnn: Any, linear: Any) -> Arrays:
+    """The ``.grad`` of each torch parameter under core's names and orientation (NumPy)."""
+    return convert.grads_to_params(convert.from_torch(_torch_arrays(rnn, linear, grad=True)))
 
 
 def load_keras(rnn: Any, dense: Any, params: Arrays) -> None:
-    """Copy core's parameters into a built ``SimpleRNN`` and ``Dense``."""
-    rnn.set_weights([params["W_xh"], params["W_hh"], params["b_h"]])
-    dense.set_weights([params["W_hq"], params["b_q"]])
+    """Copy core's parameters into a built recurrent layer and ``Dense``."""
+    w = convert.to_keras(convert.from_params(params))
+    rnn.set_weights([w["rnn.kernel"], w["rnn.recurrent_kernel"], w["rnn.bias"]])
+    dense.set_weights([w["dense.kernel"], w["dense.bias"]])
+
+
+def _keras_arrays(values: list[Any]) -> Arrays:
+    return {name: np.asarray(v) for name, v in zip(convert.KERAS_NAMES, values, strict=True)}
 
 
 def read_keras(rnn: Any, dense: Any) -> Arrays:
-    """core's parameters from a ``SimpleRNN`` and ``Dense``."""
-    values = [*rnn.get_weights(), *dense.get_weights()]
-    return dict(zip(KERAS_NAMES, values, strict=True))
+    """core's parameters from a Keras recurrent layer and ``Dense``."""
+    return convert.to_params(
+        convert.from_keras(_keras_arrays([*rnn.get_weights(), *dense.get_weights()]))
+    )
+
+
+def keras_grads(values: list[Any]) -> Arrays:
+    """core's gradients from the gradients of ``[*rnn.trainable_weights,
+    *dense.trainable_weights]`` (kernel, recurrent_kernel, bias, Dense kernel, Dense bias)."""
+    return convert.grads_to_params(convert.from_keras(_keras_arrays(values)))

@@ -210,7 +210,7 @@ class TorchRNNOracle:
         grads = native.torch_grads(rnn, out)
         return (
             self._numpy(loss),
-            {k: self._numpy(v) for k, v in grads.items()},
+            grads,
             self._numpy(Hs[-1]),
         )
 
@@ -290,8 +290,7 @@ class KerasRNNOracle:
                 )
             g = tape.gradient(loss, weights)
         self._ran_on(logits)
-        names = native.KERAS_NAMES
-        grads = {n: tf.convert_to_tensor(v).numpy() for n, v in zip(names, g, strict=True)}
+        grads = native.keras_grads([tf.convert_to_tensor(v).numpy() for v in g])
         return loss.numpy(), grads, Hs[-1].numpy()
 
 
