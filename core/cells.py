@@ -8,7 +8,8 @@ Cells, with d2l's names and orientation (``X W``, weights ``(in, num_hiddens)``)
                       H̃ = tanh(X W_xh + b_xh + R ⊙ (H W_hh + b_hh)), H' as above
     lstm              d2l 9.2: I, F, O = σ(X W_x· + H W_h· + b_·), C̃ = tanh(X W_xc + H W_hc + b_c),
                       C' = F ⊙ C + I ⊙ C̃, H' = O ⊙ tanh(C'); the state is the pair (H, C)
-Every cell ends in d2l's output layer ``W_hq, b_q``. Inputs are one-hot (``vocab_size`` in).
+Every cell ends in d2l's output layer ``W_hq, b_q``. Inputs are one-hot (``vocab_size`` in), or
+with a learned embedding the rows E[x_t] (``embed_dim`` in; E drawn after the cell's weights).
 
 Shapes, time-major as in core.model:
     inputs  (num_steps, batch_size)               integer token ids
@@ -96,10 +97,19 @@ def param_names(cell: str) -> tuple[str, ...]:
     return tuple(name for name, _ in PARAMS[check_cell(cell)])
 
 
-def param_shapes(cell: str, vocab_size: int, num_hiddens: int) -> dict[str, tuple[int, ...]]:
-    """The shapes of the cell's parameters, from the table."""
+def param_shapes(
+    cell: str, vocab_size: int, num_hiddens: int, embed_dim: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of the cell's parameters, from the table. With a learned embedding the inputs
+    are rows of E (vocab_size, embed_dim), so every W_x· is (embed_dim, num_hiddens)."""
     size = {_V: vocab_size, _H: num_hiddens}
-    return {name: tuple(size[s] for s in shape) for name, shape in PARAMS[check_cell(cell)]}
+    shapes = {name: tuple(size[s] for s in shape) for name, shape in PARAMS[check_cell(cell)]}
+    if embed_dim:
+        for name in shapes:
+            if name.startswith("W_x"):
+                shapes[name] = (embed_dim, num_hiddens)
+        shapes[model.EMBEDDING] = (vocab_size, embed_dim)
+    return shapes
 
 
 def init_params(
@@ -110,9 +120,11 @@ def init_params(
     dtype: str = "float64",
     sigma: float = 0.01,
     forget_bias: float = 0.0,
+    embed_dim: int | None = None,
 ) -> dict[str, np.ndarray]:
     """d2l's ``get_params``: weights ``normal * sigma`` drawn in the table's order, biases zero
-    except the LSTM's b_f = ``forget_bias`` (0: d2l; 1: Keras' unit_forget_bias).
+    except the LSTM's b_f = ``forget_bias`` (0: d2l; 1: Keras' unit_forget_bias); a learned
+    embedding's E is drawn last, as core.model draws the RNN's.
 
     Drawn in float64 and then cast, as core.model.init_params: float32 is the rounding of the
     float64 draw.
@@ -120,7 +132,7 @@ def init_params(
     if forget_bias != 0.0 and cell != LSTM:
         raise UserError(f"forget_bias is the LSTM's forget-gate bias; cell {cell!r} has none")
     params: dict[str, np.ndarray] = {}
-    for name, shape in param_shapes(cell, vocab_size, num_hiddens).items():
+    for name, shape in param_shapes(cell, vocab_size, num_hiddens, embed_dim).items():
         if name.startswith("b"):
             params[name] = np.full(shape, forget_bias if name == "b_f" else 0.0)
         else:
@@ -142,11 +154,24 @@ def sigmoid(ops: Ops, x: Tensor) -> Tensor:
     return 0.5 * (1 + ops.tanh(0.5 * x))
 
 
+def _inputs(ops: Ops, params: Mapping[str, Tensor], inputs: Tensor) -> Tensor | None:
+    """The learned embedding's X_t = E[x_t] for every step, (T, B, embed_dim); None for
+    one-hot inputs, which are never formed: X W_xg is then a row gather of W_xg."""
+    if model.EMBEDDING not in params:
+        return None
+    return ops.gather(params[model.EMBEDDING], inputs)
+
+
 def _projection(
-    ops: Ops, params: Mapping[str, Tensor], inputs: Tensor, g: str, bias: str
+    ops: Ops, params: Mapping[str, Tensor], inputs: Tensor, X: Tensor | None, g: str, bias: str
 ) -> Tensor:
-    """X_t W_xg + b for every step at once, (T, B, H): one-hot rows make X W_xg a gather."""
-    return ops.gather(params[f"W_x{g}"], inputs) + params[bias]
+    """X_t W_xg + b for every step at once, (T, B, H)."""
+    W = params[f"W_x{g}"]
+    if X is None:
+        return ops.gather(W, inputs) + params[bias]
+    T, B = (int(n) for n in inputs.shape)
+    XW = ops.matmul(_flat(ops, X), W)
+    return ops.reshape(XW, (T, B, int(W.shape[1]))) + params[bias]
 
 
 def _forward(
@@ -167,10 +192,11 @@ def _gru_forward(
     ops: Ops, params: Mapping[str, Tensor], inputs: Tensor, state: Tensor, reset_after: bool
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     W_hz, W_hr, W_hh = params["W_hz"], params["W_hr"], params["W_hh"]
+    X = _inputs(ops, params, inputs)
     xs = (
-        _projection(ops, params, inputs, "z", "b_z"),
-        _projection(ops, params, inputs, "r", "b_r"),
-        _projection(ops, params, inputs, "h", "b_xh" if reset_after else "b_h"),
+        _projection(ops, params, inputs, X, "z", "b_z"),
+        _projection(ops, params, inputs, X, "r", "b_r"),
+        _projection(ops, params, inputs, X, "h", "b_xh" if reset_after else "b_h"),
     )
     b_hh = params["b_hh"] if reset_after else None
 
@@ -194,7 +220,8 @@ def _lstm_forward(
     ops: Ops, params: Mapping[str, Tensor], inputs: Tensor, state: tuple[Tensor, Tensor]
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, ...]]:
     W_hi, W_hf, W_ho, W_hc = (params[f"W_h{g}"] for g in "ifoc")
-    xs = tuple(_projection(ops, params, inputs, g, f"b_{g}") for g in "ifoc")
+    X = _inputs(ops, params, inputs)
+    xs = tuple(_projection(ops, params, inputs, X, g, f"b_{g}") for g in "ifoc")
 
     def step(
         carry: tuple[Tensor, Tensor], x: tuple[Tensor, ...]
@@ -278,14 +305,26 @@ def bptt(
     """
     final, cache = _forward(ops, cell, params, inputs, state)
     loss, grads, dHs = model.output_backward(ops, params, cache[0], labels)
-    X = ops.one_hot(inputs, int(params["W_hq"].shape[1]))  # (T, B, V)
+    V = int(params["W_hq"].shape[1])
+    one_hot = ops.one_hot(inputs, V)  # (T, B, V)
+    embedded = _inputs(ops, params, inputs)
+    X = one_hot if embedded is None else embedded
     if cell == LSTM:
-        gate_grads, dstate = _lstm_backward(ops, params, X, state, cache, dHs)
+        gate_grads, dstate, dAs = _lstm_backward(ops, params, X, state, cache, dHs)
     else:
         reset_after = cell == GRU_RESET_AFTER
-        gate_grads, dstate = _gru_backward(ops, params, X, state, cache, dHs, reset_after)
+        gate_grads, dstate, dAs = _gru_backward(ops, params, X, state, cache, dHs, reset_after)
     grads.update(gate_grads)
-    return loss, {name: grads[name] for name in param_names(cell)}, final, dstate
+    if embedded is not None:  # X_t = E[x_t] feeds every gate: dX = Σ_g dA_g W_xgᵀ
+        terms = [
+            ops.matmul(_flat(ops, dA), ops.transpose(params[f"W_x{g}"])) for g, dA in dAs.items()
+        ]
+        dX = terms[0]
+        for term in terms[1:]:
+            dX = dX + term
+        grads[model.EMBEDDING] = ops.matmul(ops.transpose(_flat(ops, one_hot)), dX)  # into E's rows
+    names = (*param_names(cell), *([model.EMBEDDING] if embedded is not None else []))
+    return loss, {name: grads[name] for name in names}, final, dstate
 
 
 def _gru_backward(
@@ -296,7 +335,8 @@ def _gru_backward(
     cache: tuple[Tensor, ...],
     dHs: Tensor,
     reset_after: bool,
-) -> tuple[Params, Tensor]:
+) -> tuple[Params, Tensor, dict[str, Tensor]]:
+    """(grads of the GRU's parameters, dstate, each gate's pre-activation gradient dA_g)."""
     Hs, Zs, Rs, H_tildes, Gs = cache
     H_prevs = _previous(ops, state, Hs)
     W_hz_T, W_hr_T, W_hh_T = (ops.transpose(params[f"W_h{g}"]) for g in "zrh")
@@ -338,7 +378,7 @@ def _gru_backward(
         )
     else:  # the candidate's recurrent input is G = R ⊙ H
         grads.update(W_hh=_weight_grad(ops, Gs, dA_h), b_h=_bias_grad(ops, dA_h))
-    return grads, dstate
+    return grads, dstate, {"z": dA_z, "r": dA_r, "h": dA_h}
 
 
 def _lstm_backward(
@@ -348,7 +388,8 @@ def _lstm_backward(
     state: tuple[Tensor, Tensor],
     cache: tuple[Tensor, ...],
     dHs: Tensor,
-) -> tuple[Params, tuple[Tensor, Tensor]]:
+) -> tuple[Params, tuple[Tensor, Tensor], dict[str, Tensor]]:
+    """(grads of the LSTM's parameters, (dH, dC) of the state, each gate's dA_g)."""
     Hs, Cs, Is, Fs, Os, C_tildes, tanh_Cs = cache
     H_prevs = _previous(ops, state[0], Hs)
     C_prevs = _previous(ops, state[1], Cs)
@@ -383,7 +424,7 @@ def _lstm_backward(
         grads[f"W_x{g}"] = _weight_grad(ops, X, dA)
         grads[f"W_h{g}"] = _weight_grad(ops, H_prevs, dA)
         grads[f"b_{g}"] = _bias_grad(ops, dA)
-    return grads, (dstate[0], dstate[1])
+    return grads, (dstate[0], dstate[1]), dict(zip("ifoc", dAs, strict=True))
 
 
 # --- any model, told apart by its parameters --------------------------------------------------

@@ -184,10 +184,8 @@ def load_model(
         raise CheckpointError(f"{path}: its parameters are a {cell_of(tensors)}'s, not a {cell}'s")
     if cell == RNN:
         expected = param_shapes(len(vocab), num_hiddens, embed_dim)
-    elif embed_dim is not None:
-        raise CheckpointError(f"{path}: a learned embedding is the RNN's, not the {cell}'s")
     else:
-        expected = cells.param_shapes(cell, len(vocab), num_hiddens)
+        expected = cells.param_shapes(cell, len(vocab), num_hiddens, embed_dim)
     for name in expected:
         if name not in tensors:
             raise CheckpointError(f"{path}: parameter {name} is missing")

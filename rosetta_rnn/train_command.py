@@ -152,14 +152,12 @@ def _as_given(key: str, value: Any) -> str:
     return f"--{key.replace('_', '-')} {value}"
 
 
-def _check_cell(cell: str, given: dict[str, Any], embedding: str | None) -> None:
+def _check_cell(cell: str, given: dict[str, Any]) -> None:
     """The flags that belong to one cell, refused with another (one line each)."""
     if "gru" in given and cell != "gru":
         raise UserError(f"--gru {given['gru']} is the GRU's formulation; it needs --cell gru")
     if "forget_bias" in given and cell != "lstm":
         raise UserError("--forget-bias is the LSTM's forget-gate bias; it needs --cell lstm")
-    if cell != "rnn" and embedding == "learned":
-        raise UserError(f"--embedding learned is for --cell rnn only (the {cell} reads one-hot)")
     if cell != "rnn" and given.get("activation", "tanh") != "tanh":
         raise UserError(f"--activation is the RNN's; the {cell} cell uses σ and tanh")
 
@@ -168,7 +166,7 @@ def _run_config(args: argparse.Namespace, meta: dict[str, Any] | None) -> RunCon
     given = {k: v for k, v in _given(args).items() if v is not None}
     embedding = _embedding(args)
     if meta is None:
-        _check_cell(given.get("cell", "rnn"), given, embedding)
+        _check_cell(given.get("cell", "rnn"), given)
         if embedding == "learned":
             given.setdefault("embed_dim", LEARNED_EMBED_DIM)
         if given.get("cell") == "gru":
@@ -180,7 +178,7 @@ def _run_config(args: argparse.Namespace, meta: dict[str, Any] | None) -> RunCon
             f"--resume {args.resume}: --cell {given['cell']} differs from the checkpoint's cell "
             f"{saved.cell}; drop it to continue, or start a new run"
         )
-    _check_cell(saved.cell, given, embedding)
+    _check_cell(saved.cell, given)
     saved_embedding = "onehot" if saved.embed_dim is None else "learned"
     if embedding is not None and embedding != saved_embedding:
         raise UserError(
@@ -482,6 +480,7 @@ def _trainer(
                 rng,
                 run.dtype,
                 forget_bias=run.forget_bias,
+                embed_dim=cfg.embed_dim,
             )
         return Trainer(ops, step, model.to_backend(ops, init), text.train_ids, cfg, rng), []
     tensors, meta = resumed

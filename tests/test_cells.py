@@ -28,11 +28,12 @@ LOSS_STEPS = {"all-steps": T, "last-step": 1}
 Problem = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, Any]
 
 
-def problem(cell: str, loss_steps: int = T, seed: int = 0) -> Problem:
-    """(params, inputs, labels, state), float64: weights normal × 0.3 from the cell's own init,
-    biases normal × 0.3, state normal × 0.5 (a pair for the LSTM)."""
+def problem(cell: str, loss_steps: int = T, seed: int = 0, embed_dim: int | None = None) -> Problem:
+    """(params, inputs, labels, state), float64: weights normal × 0.3 from the cell's own init
+    (with a learned embedding E of ``embed_dim`` columns), biases normal × 0.3, state normal ×
+    0.5 (a pair for the LSTM)."""
     rng = np.random.default_rng(seed)
-    params = cells.init_params(cell, V, H, rng, sigma=0.3)
+    params = cells.init_params(cell, V, H, rng, sigma=0.3, embed_dim=embed_dim)
     for name, value in params.items():
         if name.startswith("b"):
             params[name] = rng.standard_normal(value.shape) * 0.3
@@ -174,10 +175,16 @@ def finite_differences(cell: str, p: Problem, h: float = 1e-3) -> dict[str, np.n
     return numeric
 
 
-@pytest.mark.parametrize("window", LOSS_STEPS)
+@pytest.mark.parametrize("window", [*LOSS_STEPS, "learned-embedding"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_bptt_matches_finite_differences(cell: str, window: str) -> None:
-    p = problem(cell, LOSS_STEPS[window])
+    if window == "learned-embedding":
+        p = problem(cell, T, embed_dim=3)
+        assert p[0]["E"].shape == (V, 3) and p[0][
+            "W_xo" if cell == cells.LSTM else "W_xh"
+        ].shape == (3, H)
+    else:
+        p = problem(cell, LOSS_STEPS[window])
     ours = reference_bptt(cell, p)
     ours.pop("loss")
     numeric = finite_differences(cell, p)
