@@ -264,18 +264,6 @@ def bptt(
     return loss, {name: grads[name] for name in param_names(params)}, H_T, dstate
 
 
-def bptt_value_and_grad(ops: Ops, activation: str = "tanh") -> ValueAndGrad:
-    """core's BPTT as a ``(params, inputs, labels, state) -> (loss, grads, H_T)`` function."""
-
-    def value_and_grad(
-        params: Params, inputs: Tensor, labels: Tensor, state: Tensor
-    ) -> tuple[Tensor, Params, Tensor]:
-        loss, grads, H_T, _ = bptt(ops, params, inputs, labels, state, activation)
-        return loss, grads, H_T
-
-    return value_and_grad
-
-
 def global_norm(ops: Ops, grads: Mapping[str, Tensor]) -> Tensor:
     """‖g‖ over all parameters together: sqrt(Σ_params Σ g²)."""
     total = None

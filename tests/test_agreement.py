@@ -28,7 +28,7 @@ for _name in backends.BACKENDS:
 DTYPES = ("float64", "float32")
 
 
-def _train(corpus: Path, backend: str, dtype: str, ckpt: Path) -> list[float]:
+def _train(corpus: Path, backend: str, dtype: str, ckpt: Path, *flags: str) -> list[float]:
     args = [
         "train",
         "--corpus",
@@ -42,6 +42,7 @@ def _train(corpus: Path, backend: str, dtype: str, ckpt: Path) -> list[float]:
         "--checkpoint",
         str(ckpt),
         "--json",
+        *flags,
     ]
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
@@ -83,3 +84,52 @@ def test_any_checkpoint_generates_the_same_text_everywhere(
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1]
     assert texts[0].startswith("time traveller")
+
+
+# --- the gated cells: d2l 9.1 and 9.2 at their chapters' size, float64 -----------------------
+
+CELLS = {
+    "gru-reset-before": ["--cell", "gru"],
+    "gru-reset-after": ["--cell", "gru", "--gru", "reset-after"],
+    "lstm": ["--cell", "lstm"],
+}
+
+
+@pytest.fixture(scope="module")
+def cell_runs(tmp_path_factory: pytest.TempPathFactory, timemachine: Path) -> dict:
+    """20 float64 epochs of d2l 9.1's GRU (both formulations) and 9.2's LSTM, 256 hidden units
+    and the chapter's other settings, on every installed backend."""
+    folder = tmp_path_factory.mktemp("cells")
+    out = {}
+    for cell, flags in CELLS.items():
+        for name in INSTALLED:
+            ckpt = folder / f"{cell}-{name}.safetensors"
+            history = _train(timemachine, name, "float64", ckpt, *flags, "--num-hiddens", "256")
+            out[(cell, name)] = (history, ckpt)
+    return out
+
+
+@pytest.mark.parametrize("name", [b for b in INSTALLED if b != "numpy"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_perplexities_agree_with_numpy(cell_runs: dict, cell: str, name: str) -> None:
+    ref, _ = cell_runs[(cell, "numpy")]
+    got, _ = cell_runs[(cell, name)]
+    assert len(got) == len(ref) == int(EPOCHS)
+    assert ref[-1] < ref[0] / 2  # it learns: the comparison is not of flat curves
+    worst = max(abs(a - b) / b for a, b in zip(got, ref, strict=True))
+    assert worst <= tolerance("float64", "epochs"), f"{cell} {name}: {worst:.3g}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_any_cell_checkpoint_generates_the_same_text_everywhere(
+    cell_runs: dict, cell: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every writer's checkpoint, loaded by every backend, continues 'time traveller' alike."""
+    texts = {}
+    for writer in INSTALLED:
+        _, ckpt = cell_runs[(cell, writer)]
+        for loader in INSTALLED:
+            assert main(["generate", "--checkpoint", str(ckpt), "--backend", loader]) == 0
+            texts[(writer, loader)] = capsys.readouterr().out
+    assert len(set(texts.values())) == 1, texts
+    assert next(iter(texts.values())).startswith("time traveller")

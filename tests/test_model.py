@@ -12,7 +12,7 @@ from rnn_problems import random_problem
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.conformance.checks import finite_difference_error
-from rosetta_rnn.core import model
+from rosetta_rnn.core import cells, model
 
 OPS64 = numpy_backend.make_ops("float64", "cpu")
 
@@ -155,7 +155,7 @@ def test_clipping_with_infinite_theta_is_no_clipping() -> None:
 def test_sgd_step() -> None:
     params, inputs, labels, state = _problem(5, 4, 2, 3, 0)
     new, _, loss, _ = model.train_step(
-        OPS64, model.bptt_value_and_grad(OPS64), params, inputs, labels, state, 0.5, math.inf
+        OPS64, cells.bptt_value_and_grad(OPS64), params, inputs, labels, state, 0.5, math.inf
     )
     _, grads, _, _ = model.bptt(OPS64, params, inputs, labels, state)
     for k in model.PARAM_NAMES:
