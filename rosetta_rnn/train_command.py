@@ -104,6 +104,7 @@ class RunConfig:
 EPOCHS = 500
 LEARNED_EMBED_DIM = 32  # --embedding learned without --embed-dim
 CELL_KINDS = ("rnn", "gru", "lstm")
+GATED_NUM_HIDDENS = 256  # d2l 9.1 and 9.2 train their GRU and LSTM with 256 hidden units
 GRU_FORMS = ("reset-before", "reset-after")
 
 
@@ -171,6 +172,8 @@ def _run_config(args: argparse.Namespace, meta: dict[str, Any] | None) -> RunCon
             given.setdefault("embed_dim", LEARNED_EMBED_DIM)
         if given.get("cell") == "gru":
             given.setdefault("gru", GRU_FORMS[0])
+        if given.get("cell", "rnn") != "rnn":
+            given.setdefault("num_hiddens", GATED_NUM_HIDDENS)
         return RunConfig(**given)
     saved = RunConfig.from_meta(meta, args.resume)
     if given.get("cell", saved.cell) != saved.cell:
@@ -263,7 +266,7 @@ def register(sub: Any) -> None:
         "print every 10 epochs the perplexity, the speed and a greedy sample. The defaults "
         "are d2l's: 500 epochs of 32 × 35-token minibatches, 512 hidden units, lr 1, θ = 1, "
         "about 3 minutes with NumPy on two cores. --cell gru or lstm trains d2l 9.1's GRU or "
-        "9.2's LSTM instead, on every backend. --checkpoint keeps the model for generate, "
+        "9.2's LSTM instead (256 hidden units, as there), on every backend. --checkpoint keeps the model for generate, "
         "eval and --resume; Ctrl-C saves and says how to resume.",
     )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
@@ -296,7 +299,10 @@ def register(sub: Any) -> None:
         help="tokens per sequence (default: 35)",
     )
     t.add_argument(
-        "--num-hiddens", metavar="H", type=argtypes.positive_int, help="hidden units (default: 512)"
+        "--num-hiddens",
+        metavar="H",
+        type=argtypes.positive_int,
+        help="hidden units (default: 512; 256 with --cell gru or lstm, as in d2l 9.1 and 9.2)",
     )
     t.add_argument("--lr", type=argtypes.positive_float, help="SGD learning rate (default: 1)")
     t.add_argument(

@@ -374,3 +374,19 @@ def test_a_flag_of_another_cell_is_refused(
     )
     assert code != 0
     one_line_error(err, words)
+
+
+@pytest.mark.parametrize(
+    ("flags", "hiddens"), [([], 512), (["--cell", "gru"], 256), (["--cell", "lstm"], 256)]
+)
+def test_each_cell_defaults_to_its_chapters_size(
+    corpus: Path, capsys: pytest.CaptureFixture[str], flags: list[str], hiddens: int
+) -> None:
+    """8.5's RNN has 512 hidden units, 9.1's GRU and 9.2's LSTM 256; --num-hiddens still wins."""
+    small = ["--corpus", str(corpus), "--batch-size", "2", "--num-steps", "4", "--epochs", "1"]
+    code, out, err = run_cli(capsys, "train", *small, *flags, "--json")
+    assert code == 0, err
+    assert json.loads(out)["config"]["num_hiddens"] == hiddens
+    code, out, err = run_cli(capsys, "train", *small, *flags, "--num-hiddens", "6", "--json")
+    assert code == 0, err
+    assert json.loads(out)["config"]["num_hiddens"] == 6
