@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,125 @@ _CODES = {v: k for k, v in _DTYPES.items()}
 
 def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> bytes:
     """The safetensors bytes of ``tensors`` with ``metadata`` stored as JSON."""
-    header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(metadata)}}
+    return encode_raw(tensors, {METADATA_KEY: json.dumps(metadata)})
+
+
+def _header(data: bytes, bad: Callable[[str], CheckpointError]) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header of safetensors bytes and its length N (the body starts at 8 + N)."""
+    if len(data) < 8:
+        raise bad("file too short")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise bad("not a safetensors file, or truncated header")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("header is not JSON (not a safetensors file?)") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    return header, n
+
+
+def _tensors(
+    header: Mapping[str, Any],
+    body: memoryview,
+    bad: Callable[[str], CheckpointError],
+    unknown_dtype: Callable[[str, str], CheckpointError] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every tensor the header (less ``__metadata__``) describes, each checked to lie inside
+    ``body`` with as many bytes as its shape needs. A dtype outside ``_DTYPES`` is a malformed
+    entry, or ``unknown_dtype(name, dtype)`` when given (a file of another program)."""
+    tensors: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        code = info.get("dtype") if isinstance(info, dict) else None
+        if unknown_dtype is not None and isinstance(code, str) and code not in _DTYPES:
+            raise unknown_dtype(name, code)
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name!r} has a malformed entry") from None
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(body):
+            raise bad(f"tensor {name!r} lies outside the file (truncated?)")
+        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise bad(f"tensor {name!r} has {end - begin} bytes for shape {list(shape)}")
+        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
+    return tensors
+
+
+def decode(data: bytes, source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Parse and validate safetensors bytes -> (tensors, our metadata)."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{source} is not a valid rosetta-rnn checkpoint: {why}")
+
+    header, n = _header(data, bad)
+    raw_meta = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict) or METADATA_KEY not in raw_meta:
+        raise bad("no rosetta-rnn metadata")
+    try:
+        metadata = json.loads(raw_meta[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise bad("metadata is not JSON") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise bad("metadata is of another format")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has checkpoint format {version}; this rosetta-rnn reads up to "
+            f"{FORMAT_VERSION} (upgrade rosetta-rnn)"
+        )
+    return _tensors(header, memoryview(data)[8 + n :], bad), metadata
+
+
+def parse_safetensors(
+    data: bytes, source: str = "file"
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Any safetensors bytes -> (tensors, the raw ``__metadata__`` map, ``{}`` when absent), with
+    ``decode``'s checks of the layout but none of our metadata: a file another program wrote
+    (``safetensors.torch.save_file(model.state_dict())``). F32, F64 and I64 tensors are read;
+    another dtype (F16, BF16 ...) is one error naming it."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{source} is not a valid safetensors file: {why}")
+
+    def unknown_dtype(name: str, code: str) -> CheckpointError:
+        return CheckpointError(
+            f"{source}: tensor {name!r} is {code}, which rosetta-rnn does not read (F32, F64 "
+            "and I64 only); save the weights as float32 or float64 (in torch: model.float())"
+        )
+
+    header, n = _header(data, bad)
+    raw_meta = header.get("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw_meta.items()
+    ):
+        raise bad("__metadata__ is not a map of strings to strings")
+    return _tensors(header, memoryview(data)[8 + n :], bad, unknown_dtype), dict(raw_meta)
+
+
+def read_safetensors(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read any safetensors file -> (tensors, raw metadata): ``parse_safetensors`` of its bytes.
+    Never unpickles anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    return parse_safetensors(data, source=str(path))
+
+
+def encode_raw(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors bytes of ``tensors`` with ``metadata`` as the raw ``__metadata__`` map
+    (``encode`` stores our metadata under ``METADATA_KEY`` this way)."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     blobs: list[bytes] = []
     offset = 0
     for name, array in tensors.items():
@@ -54,55 +172,6 @@ def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> by
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     return struct.pack("<Q", len(head)) + head + b"".join(blobs)
-
-
-def decode(data: bytes, source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Parse and validate safetensors bytes -> (tensors, our metadata)."""
-
-    def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{source} is not a valid rosetta-rnn checkpoint: {why}")
-
-    if len(data) < 8:
-        raise bad("file too short")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER_BYTES or 8 + n > len(data):
-        raise bad("not a safetensors file, or truncated header")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad("header is not JSON (not a safetensors file?)") from None
-    if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
-    raw_meta = header.pop("__metadata__", None) or {}
-    if not isinstance(raw_meta, dict) or METADATA_KEY not in raw_meta:
-        raise bad("no rosetta-rnn metadata")
-    try:
-        metadata = json.loads(raw_meta[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError):
-        raise bad("metadata is not JSON") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise bad("metadata is of another format")
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{source} has checkpoint format {version}; this rosetta-rnn reads up to "
-            f"{FORMAT_VERSION} (upgrade rosetta-rnn)"
-        )
-    body = memoryview(data)[8 + n :]
-    tensors: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {name!r} has a malformed entry") from None
-        if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(body):
-            raise bad(f"tensor {name!r} lies outside the file (truncated?)")
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise bad(f"tensor {name!r} has {end - begin} bytes for shape {list(shape)}")
-        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
-    return tensors, metadata
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:

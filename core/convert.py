@@ -29,15 +29,29 @@ The reset-before GRU (d2l 9.1, Keras reset_after=False) and the reset-after GRU 
 Keras' default) are different models: no weights make one compute the other, so a conversion
 between them is refused (``ConversionError``), as is one into a layer that cannot hold the model
 (a learned embedding; torch has no reset-before GRU).
+
+Files (``rosetta-rnn convert``): ``read(path, fmt)`` gives the ``Weights`` of a checkpoint, a
+torch state dict or Keras weights saved as safetensors (no metadata of ours needed),
+``write(path, fmt, weights)`` writes one atomically, and ``convert_file`` is the two with the
+command's checks. A native file we write records in its metadata what the tensors cannot say
+(cell, activations, vocabulary, the checkpoint's metadata), so it converts back to the same
+checkpoint, byte for byte.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import checkpoint, model
 from .cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN, cell_of
 from .errors import UserError
 
@@ -167,7 +181,7 @@ def from_params(params: Mapping[str, np.ndarray]) -> Layer:
 
 def to_params(layer: Layer) -> Arrays:
     """core's parameters of ``layer``, in the order core draws them (cells.PARAMS)."""
-    from . import cells, model
+    from . import cells
 
     cell = layer.cell
     out: Arrays = {}
@@ -364,10 +378,528 @@ def same_model(source: str, target: str) -> None:
     """Refuse a conversion between the two GRU formulations, which are different models."""
     forms = {GRU_RESET_BEFORE, GRU_RESET_AFTER}
     if source != target and {source, target} <= forms:
+        holders = {
+            GRU_RESET_AFTER: "torch nn.GRU and Keras GRU(reset_after=True)",
+            GRU_RESET_BEFORE: "Keras GRU(reset_after=False)",
+        }
         raise ConversionError(
             f"the {source} GRU and the {target} GRU are different models (the reset gate "
             "multiplies the state before the recurrent matmul, or its product after it): no "
-            f"weights make one compute the other. Keep {source} (torch and Keras "
-            "GRU(reset_after=True) hold reset-after; Keras GRU(reset_after=False) reset-before), "
-            f"or train a {target} model with --gru {target.split('/')[1]}"
+            f"weights make one compute the other. {holders[source]} hold the {source} one, so "
+            f"convert to those; for a {target} model, train one (train --cell gru --gru "
+            f"{target.split('/')[1]})"
         )
+
+
+# --- files -----------------------------------------------------------------------------------
+# A rosetta file is a checkpoint (core.checkpoint). A torch or Keras file is a safetensors file
+# holding exactly TORCH_NAMES or KERAS_NAMES, readable with no metadata at all (as
+# ``safetensors.torch.save_file(model.state_dict())`` writes it); what we write adds, under the
+# key ``rosetta_rnn``, one JSON document (NATIVE_FORMAT) with what the weights cannot say, so a
+# converted file converts back: the cell, the activations, the vocabulary and the checkpoint's
+# own metadata.
+
+FORMATS = ("rosetta", *FRAMEWORKS)
+NATIVE_FORMAT = "rosetta-rnn-native-weights"
+NATIVE_FORMAT_VERSION = 1
+
+_KIND = {RNN: "rnn", GRU_RESET_BEFORE: "gru", GRU_RESET_AFTER: "gru", LSTM: "lstm"}
+_TOKENS = ("char", "word")
+
+
+@dataclass
+class Weights:
+    """A model read from a file of any format, with what a conversion carries along."""
+
+    fmt: str  # rosetta, torch or keras
+    source: str  # the file, for messages
+    layer: Layer
+    activation: str  # the RNN's φ (tanh or relu); tanh for the gated cells
+    vocab: list[str] | None  # the tokens, when the file records them
+    token: str | None  # char or word, with the vocabulary
+    forget_bias: float | None  # the LSTM's initial b_f as trained (None: not recorded)
+    checkpoint: dict[str, Any] | None  # the rosetta checkpoint's metadata this came from
+    carried: Arrays  # a checkpoint's carried state (state, state_c): not weights, kept aside
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.layer.W_hq.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.layer.W_hq.dtype)
+
+
+@dataclass
+class Converted:
+    """What ``convert_file`` wrote: a one-line summary and notes worth a user's attention."""
+
+    summary: str
+    notes: list[str]
+    target: str  # the path written
+    layer: str  # the native layer written, or ``rosetta-rnn <cell>``
+    weights: Weights
+
+
+def layer_name(fmt: str, cell: str, activation: str = "tanh") -> str:
+    """How ``fmt`` names the layer of ``cell``: ``nn.GRU``, ``GRU(reset_after=True)`` ...;
+    an RNN with relu says so (``nn.RNN(nonlinearity='relu')``)."""
+    if fmt == "torch":
+        if cell not in TORCH_LAYER:
+            raise ConversionError(NO_TORCH_RESET_BEFORE)
+        relu = cell == RNN and activation == "relu"
+        return TORCH_LAYER[cell] + ("(nonlinearity='relu')" if relu else "")
+    if fmt == "keras":
+        relu = cell == RNN and activation == "relu"
+        return KERAS_LAYER[cell] + ("(activation='relu')" if relu else "")
+    return f"rosetta-rnn {cell}" + (" (relu)" if cell == RNN and activation == "relu" else "")
+
+
+def _our_metadata(raw: Mapping[str, str], source: str) -> dict[str, Any] | None:
+    """The JSON document under ``rosetta_rnn`` of a file's raw metadata, or None."""
+    if checkpoint.METADATA_KEY not in raw:
+        return None
+    try:
+        meta = json.loads(raw[checkpoint.METADATA_KEY])
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ConversionError(f"{source}: its rosetta_rnn metadata is not a JSON object")
+    return meta
+
+
+def detect_format(tensors: Mapping[str, Any], meta: Mapping[str, Any] | None) -> str | None:
+    """The format a file's tensor names (or our metadata) say it is; None when neither does."""
+    if meta and meta.get("format") == checkpoint.FORMAT:
+        return "rosetta"
+    if meta and meta.get("format") == NATIVE_FORMAT and meta.get("framework") in FRAMEWORKS:
+        return str(meta["framework"])
+    names = set(tensors)
+    if "rnn.weight_hh_l0" in names:
+        return "torch"
+    if "rnn.recurrent_kernel" in names:
+        return "keras"
+    if any(n.startswith("W_") for n in names):
+        return "rosetta"
+    return None
+
+
+def _check_vocab(vocab: Any, token: Any, size: int, what: str) -> tuple[list[str], str]:
+    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
+        raise ConversionError(f"{what} has no valid vocabulary (a list of token strings)")
+    if len(vocab) != size:
+        raise ConversionError(
+            f"{what} has a vocabulary of {len(vocab)} tokens, but the weights are for {size} "
+            f"(the output layer has {size} rows); pass one of {size} tokens"
+        )
+    token = token or "char"
+    if token not in _TOKENS:
+        raise ConversionError(f"{what}: token {token!r} is not one of {', '.join(_TOKENS)}")
+    return list(vocab), str(token)
+
+
+def vocab_of(path: str | os.PathLike[str]) -> tuple[list[str], str]:
+    """(vocabulary, token kind) recorded in a rosetta-rnn checkpoint or a converted file: what
+    ``--vocab-from`` reads."""
+    _, raw = checkpoint.read_safetensors(path)
+    meta = _our_metadata(raw, str(path)) or {}
+    if meta.get("format") not in (checkpoint.FORMAT, NATIVE_FORMAT) or meta.get("vocab") is None:
+        raise ConversionError(
+            f"{path} records no vocabulary; --vocab-from reads one from a rosetta-rnn "
+            "checkpoint, or a file `rosetta-rnn convert` wrote with one"
+        )
+    vocab, token = meta["vocab"], meta.get("token") or "char"
+    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
+        raise ConversionError(f"{path} has no valid vocabulary (a list of token strings)")
+    if token not in _TOKENS:
+        raise ConversionError(f"{path}: token {token!r} is not one of {', '.join(_TOKENS)}")
+    return list(vocab), str(token)
+
+
+def _pack(a: np.ndarray) -> dict[str, Any]:
+    """An array as JSON, bit for bit: dtype, shape and the little-endian bytes in base64."""
+    b = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False)
+    data = base64.b64encode(b.tobytes()).decode()
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": data}
+
+
+def _unpack(d: Any, what: str) -> np.ndarray:
+    try:
+        dtype = np.dtype(d["dtype"])
+        if dtype not in (np.float32, np.float64):
+            raise ValueError
+        raw = base64.b64decode(d["data"], validate=True)
+        a = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(d["shape"])
+        return a.astype(dtype)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise ConversionError(f"{what}: its carried state in the metadata is damaged") from None
+
+
+def _read_rosetta(path: str) -> Weights:
+    tensors, meta = checkpoint.load_model(path)
+    names = model.param_names(tensors)
+    try:
+        layer = from_params({n: tensors[n] for n in names})
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    run = meta.get("run")
+    run = run if isinstance(run, dict) else {}
+    forget_bias = run.get("forget_bias") if layer.cell == LSTM else None
+    return Weights(
+        "rosetta",
+        path,
+        layer,
+        str(meta["config"].get("activation") or "tanh"),
+        list(meta["vocab"]),
+        str(meta.get("token") or "char"),
+        float(forget_bias) if isinstance(forget_bias, int | float) else None,
+        meta,
+        {k: v for k, v in tensors.items() if k not in names},
+    )
+
+
+def _activations(
+    fmt: str,
+    cell: str,
+    meta: Mapping[str, Any],
+    raw: Mapping[str, str],
+    path: str,
+    asked: str | None,
+) -> str:
+    """The RNN's φ of a native file: what it records (in our metadata, or as a plain
+    ``activation``/``nonlinearity`` entry), else ``asked``, else tanh. Every activation it
+    records must be one core computes: anything else is a different model."""
+    layer = layer_name(fmt, cell)
+    recorded: dict[str, Any] = {}
+    for key in ("activation", "nonlinearity", "recurrent_activation"):
+        value = meta.get(key, raw.get(key))
+        if value is not None:
+            recorded[key] = value if isinstance(value, str) else repr(value)
+    phis = {recorded[k] for k in ("activation", "nonlinearity") if k in recorded}
+    if len(phis) > 1:
+        raise ConversionError(f"{path}: its metadata records two activations, {sorted(phis)}")
+    phi = phis.pop() if phis else (asked if cell == RNN and asked else "tanh")
+    allowed = ("tanh", "relu") if cell == RNN else ("tanh",)
+    if phi not in allowed:
+        raise ConversionError(
+            f"{path}: the {fmt} {layer} records activation {phi!r}; rosetta-rnn computes "
+            f"{' or '.join(allowed)} there, so this is a different model that has no exact "
+            "conversion"
+        )
+    gate = recorded.get("recurrent_activation")
+    if cell != RNN and gate not in (None, "sigmoid"):
+        raise ConversionError(
+            f"{path}: the {fmt} {layer} records recurrent_activation {gate!r}; rosetta-rnn's "
+            "gates are the sigmoid (Keras 3's default), so this is a different model that has "
+            "no exact conversion (rebuild and retrain the layer with "
+            "recurrent_activation='sigmoid')"
+        )
+    return str(phi)
+
+
+def _read_native(
+    path: str, fmt: str, tensors: Arrays, raw: Mapping[str, str], activation: str | None
+) -> Weights:
+    meta = _our_metadata(raw, path) or {}
+    what = f"{path} (--from {fmt})"
+    layer = from_torch(tensors, what) if fmt == "torch" else from_keras(tensors, what)
+    version = meta.get("format_version", NATIVE_FORMAT_VERSION)
+    if meta and (not isinstance(version, int) or version > NATIVE_FORMAT_VERSION):
+        raise ConversionError(
+            f"{path} has converted-weights format {version}; this rosetta-rnn reads up to "
+            f"{NATIVE_FORMAT_VERSION} (upgrade rosetta-rnn)"
+        )
+    recorded_cell = meta.get("cell")
+    if recorded_cell is not None and recorded_cell != layer.cell:
+        raise ConversionError(
+            f"{path}: its metadata says cell {recorded_cell!r}, but its tensors are a "
+            f"{layer_name(fmt, layer.cell)}'s ({layer.cell}); the file was changed after it "
+            "was written"
+        )
+    phi = _activations(fmt, layer.cell, meta, raw, path, activation)
+    vocab = token = None
+    if meta.get("vocab") is not None:
+        vocab, token = _check_vocab(
+            meta["vocab"], meta.get("token"), int(layer.W_hq.shape[1]), path
+        )
+    forget_bias = meta.get("forget_bias") if layer.cell == LSTM else None
+    saved = meta.get("checkpoint")
+    if saved is not None and not isinstance(saved, dict):
+        raise ConversionError(f"{path}: its metadata's checkpoint is not a JSON object")
+    carried = meta.get("carried") or {}
+    if not isinstance(carried, dict):
+        raise ConversionError(f"{path}: its carried state in the metadata is damaged")
+    return Weights(
+        fmt,
+        path,
+        layer,
+        phi,
+        vocab,
+        token,
+        float(forget_bias) if isinstance(forget_bias, int | float) else None,
+        saved,
+        {name: _unpack(d, path) for name, d in carried.items()},
+    )
+
+
+def read(
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    cell: str | None = None,
+    gru: str | None = None,
+    activation: str | None = None,
+) -> Weights:
+    """Read a rosetta checkpoint, a torch state dict or Keras weights (``fmt``; None: what the
+    file's tensor names say). ``cell`` (rnn, gru, lstm), ``gru`` (reset-before, reset-after) and
+    ``activation`` (the RNN's tanh or relu) are what the caller believes the file holds: checked
+    against its shapes and metadata, a contradiction is an error; ``activation`` also supplies
+    the RNN's φ that a native file without our metadata cannot record (default tanh)."""
+    source = str(path)
+    tensors, raw = checkpoint.read_safetensors(path)
+    meta = _our_metadata(raw, source)
+    found = detect_format(tensors, meta)
+    fmt = fmt or found
+    if fmt not in FORMATS:
+        raise ConversionError(
+            f"{source} holds none of the layouts convert reads (a rosetta-rnn checkpoint, "
+            f"torch's {', '.join(TORCH_NAMES[:2])} ..., Keras' {', '.join(KERAS_NAMES[:2])} "
+            "...); say which with --from"
+        )
+    if found is not None and found != fmt:
+        hint = "a rosetta-rnn checkpoint" if found == "rosetta" else f"a {found} file"
+        raise ConversionError(f"{source} is {hint}, not a {fmt} file: use --from {found}")
+    if meta and meta.get("format") not in (None, checkpoint.FORMAT, NATIVE_FORMAT):
+        raise ConversionError(
+            f"{source}: its rosetta_rnn metadata is of another format ({meta.get('format')!r})"
+        )
+    if fmt == "rosetta":
+        weights = _read_rosetta(source)
+    else:
+        weights = _read_native(source, fmt, tensors, raw, activation)
+    check(weights, cell, gru, activation)
+    return weights
+
+
+def check(
+    weights: Weights, cell: str | None, gru: str | None, activation: str | None = None
+) -> None:
+    """Refuse when the caller's ``cell``, ``gru`` or ``activation`` is not the model read."""
+    held = weights.layer.cell
+    kind = _KIND[held]
+    name = layer_name(weights.fmt, held, weights.activation)
+    if cell is not None and cell != kind:
+        raise ConversionError(
+            f"{weights.source} holds a {held} model ({name}), not the {cell} --cell names; "
+            "drop --cell, or pass the file you meant"
+        )
+    if gru is not None:
+        if kind != "gru":
+            raise ConversionError(
+                f"--gru {gru} is the GRU's formulation; {weights.source} holds a {held} model"
+            )
+        same_model(held, f"gru/{gru}")
+    if activation is not None:
+        if held != RNN and activation != "tanh":
+            raise ConversionError(
+                f"--activation {activation} is the RNN's; the {held} cell uses σ and tanh"
+            )
+        if activation != weights.activation:
+            raise ConversionError(
+                f"{weights.source} records the activation {weights.activation}, not the "
+                f"{activation} --activation names; drop --activation"
+            )
+
+
+def _summed(layer: Layer, fmt: str) -> list[str]:
+    """The gates whose nonzero pair of biases ``fmt`` keeps as one (their sum)."""
+    pairs = {
+        "torch": (),
+        "keras": () if layer.cell == GRU_RESET_AFTER else OUR_GATES[layer.cell],
+        "rosetta": tuple(
+            g for g in OUR_GATES[layer.cell] if not (layer.cell == GRU_RESET_AFTER and g == "h")
+        ),
+    }[fmt]
+    return [g for g in pairs if np.any(layer.b_h[g] != 0)]
+
+
+def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
+    """The raw metadata of a torch or Keras file we write: ours under ``rosetta_rnn``, and
+    torch's own ``format: pt``."""
+    cell = w.layer.cell
+    doc: dict[str, Any] = {
+        "format": NATIVE_FORMAT,
+        "format_version": NATIVE_FORMAT_VERSION,
+        "framework": fmt,
+        "layer": layer_name(fmt, cell),
+        "cell": cell,
+        "dtype": w.dtype,
+        "vocab_size": w.vocab_size,
+        "num_hiddens": w.layer.num_hiddens,
+        "activation": w.activation,
+    }
+    if fmt == "torch" and cell == RNN:
+        doc["nonlinearity"] = w.activation
+    if fmt == "keras" and cell != RNN:
+        doc["recurrent_activation"] = "sigmoid"
+    doc["forget_bias"] = w.forget_bias
+    doc["vocab"] = w.vocab
+    doc["token"] = w.token
+    doc["checkpoint"] = w.checkpoint
+    doc["carried"] = {name: _pack(a) for name, a in w.carried.items()}
+    raw = {checkpoint.METADATA_KEY: json.dumps(doc)}
+    return {"format": "pt", **raw} if fmt == "torch" else raw
+
+
+def _rosetta_metadata(w: Weights) -> dict[str, Any]:
+    """A checkpoint's metadata: the one the weights came from, restored as it was, or a new
+    one with what ``generate`` and ``eval`` read (no training position: it cannot resume)."""
+    cell, H, V = w.layer.cell, w.layer.num_hiddens, w.vocab_size
+    if w.checkpoint is not None:
+        meta = w.checkpoint
+        config = meta.get("config")
+        config = config if isinstance(config, dict) else {}
+        vocab = meta.get("vocab")
+        recorded = (
+            checkpoint.model_cell(meta, w.source),
+            config.get("num_hiddens"),
+            len(vocab) if isinstance(vocab, list) else None,
+            meta.get("dtype"),
+            config.get("activation") or "tanh",
+        )
+        if recorded != (cell, H, V, w.dtype, w.activation):
+            raise ConversionError(
+                f"{w.source}: the checkpoint its metadata records does not fit its weights "
+                f"({recorded[0]}, {recorded[1]} hidden, vocab {recorded[2]}, {recorded[3]} "
+                f"against {cell}, {H}, {V}, {w.dtype}); the file was changed after conversion"
+            )
+        return meta
+    kind = _KIND[cell]
+    return {
+        "backend": None,
+        "dtype": w.dtype,
+        "epoch": None,
+        "token": w.token,
+        "config": {"num_hiddens": H, "embed_dim": None, "activation": w.activation},
+        "run": {
+            "cell": kind,
+            "gru": cell.split("/")[1] if kind == "gru" else None,
+            "forget_bias": w.forget_bias if cell == LSTM else 0.0,
+            "num_hiddens": H,
+            "embed_dim": None,
+            "activation": w.activation,
+            "token": w.token,
+            "dtype": w.dtype,
+        },
+        "vocab": w.vocab,
+        "converted_from": {"format": w.fmt, "layer": layer_name(w.fmt, cell, w.activation)},
+    }
+
+
+def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]:
+    """Write ``weights`` as ``fmt`` to ``path``, atomically; -> notes on what was summed. A
+    rosetta checkpoint needs a vocabulary; a layer that cannot hold the model is refused."""
+    layer = weights.layer
+    summed = _summed(layer, fmt)
+    notes = []
+    if summed:
+        pair = "bias_ih + bias_hh" if weights.fmt == "torch" else "the two rows of rnn.bias"
+        target = f"rosetta-rnn's {layer.cell}" if fmt == "rosetta" else layer_name(fmt, layer.cell)
+        notes.append(
+            f"summed the pairs of biases ({pair}) of the gates {', '.join(summed)} (core's "
+            f"names) into the one bias each gate has in {target}: the same model up to one "
+            "rounding; converted back, the input bias holds the sum and the recurrent one zero"
+        )
+    if fmt == "rosetta":
+        if weights.vocab is None:
+            raise ConversionError(
+                f"{weights.source} records no vocabulary, which a rosetta-rnn checkpoint needs "
+                "(generate and eval read it): pass --vocab-from CKPT, a checkpoint of "
+                f"{weights.vocab_size} tokens (or a file convert wrote with them)"
+            )
+        params = to_params(layer)
+        # in the order train writes them (model.to_numpy), so a round trip is the same file
+        tensors = {name: params[name] for name in model.param_names(params)}
+        checkpoint.save(path, {**tensors, **weights.carried}, _rosetta_metadata(weights))
+        return notes
+    arrays = to_torch(layer) if fmt == "torch" else to_keras(layer)
+    checkpoint.atomic_write(path, checkpoint.encode_raw(arrays, _native_metadata(fmt, weights)))
+    return notes
+
+
+def describe(fmt: str, weights: Weights) -> str:
+    """What a file of ``fmt`` holding ``weights`` is, in a few words."""
+    cell, act = weights.layer.cell, weights.activation
+    vocab = (
+        f"vocab {weights.vocab_size}"
+        if weights.vocab is not None
+        else f"vocab size {weights.vocab_size}, tokens not recorded"
+    )
+    size = f"({vocab}, {weights.layer.num_hiddens} hidden, {weights.dtype})"
+    if fmt == "torch":
+        return f"torch {layer_name(fmt, cell, act)} + nn.Linear state dict {size}"
+    if fmt == "keras":
+        return f"keras {layer_name(fmt, cell, act)} + Dense weights {size}"
+    relu = " (relu)" if cell == RNN and act == "relu" else ""
+    return f"rosetta-rnn {cell}{relu} checkpoint {size}"
+
+
+def _others(fmt: str) -> str:
+    return " or ".join(f"--to {f}" for f in FORMATS if f != fmt) + " converts it"
+
+
+def convert_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    source_format: str | None,
+    target_format: str,
+    cell: str | None = None,
+    gru: str | None = None,
+    vocab_from: str | os.PathLike[str] | None = None,
+    activation: str | None = None,
+) -> Converted:
+    """Convert the file ``src`` (``source_format``; None: what its tensors say) into
+    ``dst`` as ``target_format``, exactly: what ``rosetta-rnn convert`` does. ``cell``, ``gru``
+    and ``activation`` are checked against the file (see ``read``); ``vocab_from`` names a file
+    whose vocabulary a file without one takes. ``dst`` is written atomically, or not at all."""
+    src_path, dst_path = Path(src), Path(dst)
+    if target_format not in FORMATS:
+        raise ConversionError(f"unknown format {target_format!r}; choose from {', '.join(FORMATS)}")
+    if source_format is not None and source_format not in FORMATS:
+        raise ConversionError(f"unknown format {source_format!r}; choose from {', '.join(FORMATS)}")
+    if source_format == target_format:
+        raise ConversionError(
+            f"--from and --to are both {target_format}: nothing to convert; "
+            + _others(target_format)
+        )
+    if not src_path.is_file():
+        raise ConversionError(f"file not found: {src_path}")
+    if dst_path.exists() and os.path.samefile(src_path, dst_path):
+        raise ConversionError(f"{dst_path} is the file being converted; write to another path")
+    checkpoint.check_writable(dst_path)
+    weights = read(src_path, source_format, cell, gru, activation)
+    if weights.fmt == target_format:
+        raise ConversionError(
+            f"{src_path} is already a {target_format} file: nothing to convert; "
+            + _others(target_format)
+        )
+    if vocab_from is not None:
+        vocab, token = vocab_of(vocab_from)
+        if weights.vocab is not None and (vocab, token) != (weights.vocab, weights.token):
+            raise ConversionError(
+                f"{src_path} records a vocabulary of its own, which differs from {vocab_from}'s; "
+                "drop --vocab-from"
+            )
+        weights.vocab, weights.token = _check_vocab(
+            vocab, token, weights.vocab_size, str(vocab_from)
+        )
+    if target_format == "torch" and weights.layer.cell not in TORCH_GATES:
+        raise ConversionError(NO_TORCH_RESET_BEFORE)
+    notes = write(dst_path, target_format, weights)
+    summary = f"wrote {describe(target_format, weights)} to {dst_path}"
+    return Converted(
+        summary,
+        notes,
+        str(dst_path),
+        layer_name(target_format, weights.layer.cell, weights.activation),
+        weights,
+    )

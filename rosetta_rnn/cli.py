@@ -1,6 +1,6 @@
 """The ``rosetta-rnn`` command. Each subcommand lives in its own module, which adds itself to
-the parser with ``register(sub)``: train, generate and eval, clipping, conform, corpus-stats,
-bench, backends."""
+the parser with ``register(sub)``: train, generate and eval, convert, clipping, conform,
+corpus-stats, bench, backends."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rosetta_rnn import (
     backends_command,
     checkpoint_commands,
     conform_command,
+    convert_command,
     corpus_stats,
     experiments,
     train_command,
@@ -24,6 +25,7 @@ from rosetta_rnn.helpers import PROG, Parser
 COMMANDS = (
     train_command,
     checkpoint_commands,
+    convert_command,
     experiments,
     conform_command,
     corpus_stats,
@@ -37,7 +39,8 @@ d2l's character-level RNN (The Time Machine), written once and run on NumPy, PyT
 TensorFlow and the Array API standard, with checks that they agree and are right.
 
 Start with `rosetta-rnn train --checkpoint tm.safetensors`, then
-`rosetta-rnn generate --checkpoint tm.safetensors`. `rosetta-rnn COMMAND --help` says more.
+`rosetta-rnn generate --checkpoint tm.safetensors`; `rosetta-rnn convert` turns a checkpoint
+into torch's or Keras' own layers and back. `rosetta-rnn COMMAND --help` says more.
 
 The Time Machine is found in $ROSETTA_RNN_DATA/timemachine.txt, else in the cache folder
 ($ROSETTA_RNN_CACHE or ~/.cache/rosetta-rnn, checked by sha1), else downloaded into it;
