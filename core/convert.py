@@ -26,8 +26,10 @@ core and torch ↔ Keras GRU(reset_after=True) are bit-identical round trips; to
 Keras LSTM) → torch sums each nonzero pair once, which is the same model up to one rounding.
 
 The reset-before GRU (d2l 9.1, Keras reset_after=False) and the reset-after GRU (torch, cuDNN,
-Keras' default) are different models: no weights make one compute the other, so a conversion
-between them is refused (``ConversionError``), as is one into a layer that cannot hold the model
+Keras' default) are different models: beyond degenerate cases (a reset gate stuck at 1, a
+diagonal candidate matrix with b_hn = 0) no weights that keep the gates make one compute the
+other (docs/frameworks.md point 20 shows it by a least-squares search), so a conversion between
+them is refused (``ConversionError``), as is one into a layer that cannot hold the model
 (a learned embedding; torch has no reset-before GRU).
 
 Files (``rosetta-rnn convert``): ``read(path, fmt)`` gives the ``Weights`` of a checkpoint, a
@@ -102,9 +104,9 @@ KERAS_LAYER = {
 
 
 NO_TORCH_RESET_BEFORE = (
-    "torch.nn.GRU computes the reset-after GRU (r applied after the recurrent matmul); no "
-    "weights make it the reset-before GRU of d2l 9.1. Convert to keras (GRU(reset_after=False)), "
-    "or train with --gru reset-after"
+    "torch.nn.GRU computes the reset-after GRU (r applied after the recurrent matmul); in "
+    "general no weights make it the reset-before GRU of d2l 9.1. Convert to keras "
+    "(GRU(reset_after=False)), or train with --gru reset-after"
 )
 
 
@@ -384,10 +386,10 @@ def same_model(source: str, target: str) -> None:
         }
         raise ConversionError(
             f"the {source} GRU and the {target} GRU are different models (the reset gate "
-            "multiplies the state before the recurrent matmul, or its product after it): no "
-            f"weights make one compute the other. {holders[source]} hold the {source} one, so "
-            f"convert to those; for a {target} model, train one (train --cell gru --gru "
-            f"{target.split('/')[1]})"
+            "multiplies the state before the recurrent matmul, or its product after it): in "
+            f"general no weights make one compute the other. {holders[source]} hold the "
+            f"{source} one, so convert to those; for a {target} model, train one "
+            f"(train --cell gru --gru {target.split('/')[1]})"
         )
 
 

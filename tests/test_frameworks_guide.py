@@ -25,7 +25,8 @@ import pytest
 from rnn_problems import Problem, random_problem
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import data, model, sampling
+from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.core import cells, data, model, sampling
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.ops import python_scan
 
@@ -957,6 +958,413 @@ def test_the_benchmark_syncs_before_every_clock_read(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(numpy_backend, "sync", spy)
     workloads.syncer("numpy", REF)("out")  # the wait the harness uses: the backend's own sync
     assert spy.args == [(REF, "out")]
+
+
+# --- 19 to 23. gated cells: GRU and LSTM in torch, Keras and d2l -------------------------------
+
+SAME = tolerance("float64", "values")  # one model, two implementations: float64 agreement
+APART = tolerance("float32", "values")  # two models: apart by more than float32's tolerance
+
+
+def _keras() -> Any:
+    _tf()
+    return pytest.importorskip("keras", reason="Keras not installed")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _keras_gated(
+    layer: str, weights: list[np.ndarray], xs: np.ndarray, state: list[np.ndarray], **options: Any
+) -> list[np.ndarray]:
+    """Keras GRU or LSTM in float64 holding ``weights`` (``get_weights()`` order), run over
+    ``xs`` (T, B, in) from ``state`` ([H] or [H, C]): [outputs (T, B, H), *final state]."""
+    keras = _keras()
+    units = weights[1].shape[0]
+    rnn = getattr(keras.layers, layer)(
+        units, dtype="float64", return_sequences=True, return_state=True, **options
+    )
+    rnn.build((None, None, xs.shape[-1]))
+    rnn.set_weights(weights)
+    out = [keras.ops.convert_to_numpy(a) for a in rnn(np.swapaxes(xs, 0, 1), initial_state=state)]
+    return [np.swapaxes(out[0], 0, 1), *out[1:]]  # Keras is batch-major
+
+
+def _torch_gated(
+    layer: str, weights: list[np.ndarray], xs: np.ndarray, state: list[np.ndarray]
+) -> tuple[list[Any], Any]:
+    """torch.nn.GRU or LSTM in float64 holding [weight_ih, weight_hh, bias_ih, bias_hh], run
+    over ``xs`` (T, B, in) from ``state``: ([outputs (T, B, H), *final state], the layer)."""
+    torch = _torch()
+    rnn = getattr(torch.nn, layer)(xs.shape[-1], weights[1].shape[1], dtype=torch.float64)
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    with torch.no_grad():
+        for name, value in zip(names, weights, strict=True):
+            getattr(rnn, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    hx = tuple(torch.from_numpy(s)[None] for s in state)
+    out, final = rnn(torch.from_numpy(xs), hx if layer == "LSTM" else hx[0])
+    return [out, *(f[0] for f in (final if layer == "LSTM" else (final,)))], rnn
+
+
+def _numpy(tensors: list[Any]) -> list[np.ndarray]:
+    return [t.detach().numpy() for t in tensors]
+
+
+GATES = {
+    "GRU": ("update", "reset", "candidate"),
+    "LSTM": ("input", "forget", "candidate", "output"),
+}
+
+
+def _one_step_with_one_gate_moved(
+    layer: str, s: np.ndarray, c: np.ndarray, a: np.ndarray
+) -> dict[str, list[np.ndarray]]:
+    """Per gate, what one step from (s, c) gives when every recurrent block is the identity and
+    ``a`` is added to that gate's pre-activation alone: [h'] for the GRU (d2l 9.1), [h', c']
+    for the LSTM (d2l 9.2). With identity blocks r ⊙ (I s) = I (r ⊙ s): both GRUs agree."""
+    out = {}
+    for gate in GATES[layer]:
+        pre = {g: s + (a if g == gate else 0) for g in GATES[layer]}
+        if layer == "GRU":
+            z, r = _sigmoid(pre["update"]), _sigmoid(pre["reset"])
+            h_tilde = np.tanh(pre["candidate"] - s + r * s)
+            out[gate] = [z * s + (1 - z) * h_tilde]
+        else:
+            i, f, o = (_sigmoid(pre[g]) for g in ("input", "forget", "output"))
+            c_new = f * c + i * np.tanh(pre["candidate"])
+            out[gate] = [o * np.tanh(c_new), c_new]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("framework", "layer", "options", "order"),
+    [
+        ("torch", "GRU", {}, ("reset", "update", "candidate")),  # (r, z, n)
+        ("keras", "GRU", {"reset_after": True}, ("update", "reset", "candidate")),  # (z, r, h)
+        ("keras", "GRU", {"reset_after": False}, ("update", "reset", "candidate")),
+        ("torch", "LSTM", {}, ("input", "forget", "candidate", "output")),  # (i, f, g, o)
+        ("keras", "LSTM", {}, ("input", "forget", "candidate", "output")),  # (i, f, c, o)
+    ],
+    ids=[
+        "torch-GRU",
+        "keras-GRU-reset_after",
+        "keras-GRU-reset_before",
+        "torch-LSTM",
+        "keras-LSTM",
+    ],
+)
+def test_each_weight_block_drives_the_gate_its_order_names(
+    framework: str, layer: str, options: dict[str, Any], order: tuple[str, ...]
+) -> None:
+    G, units, n_in, j = len(GATES[layer]), 3, 4, 2
+    s, c, a = np.array([0.6, -0.4, 0.9]), np.array([0.3, 0.8, -0.5]), np.array([1.5, -2.0, 0.7])
+    xs = np.zeros((1, 1, n_in))
+    xs[0, 0, j] = 1.0  # one step whose input is feature j
+    state = [s[None], c[None]][: 1 if layer == "GRU" else 2]
+    want = _one_step_with_one_gate_moved(layer, s, c, a)
+    found = []
+    for k in range(G):  # `a` in feature j's weights to block k; every other input weight 0
+        block, identity = slice(k * units, (k + 1) * units), np.eye(units)
+        if framework == "torch":
+            W_ih = np.zeros((G * units, n_in))
+            W_ih[block, j] = a  # (out, in): a gate is a block of rows
+            zero = np.zeros(G * units)
+            weights = [W_ih, np.tile(identity, (G, 1)), zero, zero]
+            got = _numpy(_torch_gated(layer, weights, xs, state)[0][1:])
+        else:
+            kernel = np.zeros((n_in, G * units))
+            kernel[j, block] = a  # (in, out): a gate is a block of columns
+            bias = np.zeros((2, G * units) if options.get("reset_after") else G * units)
+            weights = [kernel, np.tile(identity, (1, G)), bias]
+            got = _keras_gated(layer, weights, xs, state, **options)[1:]
+        found += [
+            g
+            for g, w in want.items()
+            if all(_close(x[0], y, SAME) for x, y in zip(got, w, strict=True))
+        ]
+    assert tuple(found) == order
+
+
+def test_gated_weights_are_out_by_in_in_torch_and_in_by_out_in_keras() -> None:
+    torch, keras = _torch(), _keras()
+
+    def torch_shapes(layer: Any) -> list[tuple[int, ...]]:
+        return [tuple(p.shape) for p in layer(V, H).parameters()]
+
+    def keras_shapes(layer: Any) -> list[tuple[int, ...]]:
+        layer.build((None, None, V))
+        return [tuple(w.shape) for w in layer.weights]
+
+    assert torch_shapes(torch.nn.GRU) == [(3 * H, V), (3 * H, H), (3 * H,), (3 * H,)]
+    assert torch_shapes(torch.nn.LSTM) == [(4 * H, V), (4 * H, H), (4 * H,), (4 * H,)]
+    assert keras_shapes(keras.layers.GRU(H)) == [(V, 3 * H), (H, 3 * H), (2, 3 * H)]
+    assert keras_shapes(keras.layers.GRU(H, reset_after=False)) == [
+        (V, 3 * H),
+        (H, 3 * H),
+        (3 * H,),
+    ]
+    assert keras_shapes(keras.layers.LSTM(H)) == [(V, 4 * H), (H, 4 * H), (4 * H,)]
+    # d2l keeps a triple per gate, in the order its get_params draws them
+    triples = {cells.GRU_RESET_BEFORE: "zrh", cells.LSTM: "ifoc"}  # Z, R, H̃; I, F, O, C̃
+    for cell, gates in triples.items():
+        names = tuple(f"{w}{g}" for g in gates for w in ("W_x", "W_h", "b_"))
+        assert cells.param_names(cell)[: len(names)] == names
+
+
+def _gru_weights(rng: np.random.Generator, n_in: int, units: int) -> list[np.ndarray]:
+    """Keras' layout, (z, r, h): kernel (in, 3H), recurrent kernel (H, 3H), bias (3H,)."""
+    return [
+        rng.standard_normal((n_in, 3 * units)) * 0.5,
+        rng.standard_normal((units, 3 * units)) * 0.5,
+        rng.standard_normal(3 * units) * 0.3,
+    ]
+
+
+def _torch_gates_to_keras(m: np.ndarray) -> np.ndarray:
+    """The guide's section 19: torch's (r, z, n) row blocks to Keras' (z, r, h) column blocks."""
+    r, z, n = np.split(m, 3)
+    return np.concatenate([z, r, n]).T
+
+
+def test_reset_before_and_reset_after_are_different_grus() -> None:
+    torch, keras = _torch(), _keras()
+    rng = np.random.default_rng(0)
+    n_in, units = 5, 4
+    xs, s = rng.standard_normal((T, B, n_in)), rng.standard_normal((B, units)) * 0.5
+    W_ih, W_hh = (rng.standard_normal((3 * units, m)) * 0.5 for m in (n_in, units))
+    b_ih, b_hh = (rng.standard_normal(3 * units) * 0.3 for _ in "ih")
+    torch_gru = _numpy(_torch_gated("GRU", [W_ih, W_hh, b_ih, b_hh], xs, [s])[0])[0]
+    body = inspect.getsource(_torch_gates_to_keras).split('"""')[-1].strip()
+    assert body in _guide_section(19)  # the conversion the guide shows is the one tested
+    kernel, recurrent, b, b_rec = map(_torch_gates_to_keras, (W_ih, W_hh, b_ih, b_hh))
+    keras_gru = _keras_gated("GRU", [kernel, recurrent, np.stack([b, b_rec])], xs, [s])[0]
+    assert _close(torch_gru, keras_gru, SAME)  # torch's GRU is Keras' reset_after=True
+    zero = np.zeros(3 * units)  # from here on no recurrent bias: b_hn = 0
+
+    def both(kernel: np.ndarray, recurrent: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
+        return (
+            _keras_gated("GRU", [kernel, recurrent, b], xs, [s], reset_after=False)[0],
+            _keras_gated("GRU", [kernel, recurrent, np.stack([b, zero])], xs, [s])[0],
+        )
+
+    before, after = both(kernel, recurrent, b)
+    assert not _close(before, after, APART)  # the same weights, two models
+    # They agree where moving r past W_hh changes nothing: r = 1 ...
+    r_gate = slice(units, 2 * units)
+    k1, r1, b1 = kernel.copy(), recurrent.copy(), b.copy()
+    k1[:, r_gate], r1[:, r_gate], b1[r_gate] = 0.0, 0.0, 40.0  # σ(40) rounds to 1
+    assert _close(*both(k1, r1, b1), SAME)
+    # ... or a diagonal W_hh: r ⊙ (h D) = (r ⊙ h) D
+    r2 = recurrent.copy()
+    r2[:, 2 * units :] = np.diag(rng.standard_normal(units))
+    assert _close(*both(kernel, r2, b), SAME)
+    # torch has no reset-before GRU, on purpose; Keras resets after by default ...
+    assert "This implementation differs on purpose for efficiency." in " ".join(
+        torch.nn.GRU.__doc__.split()
+    )
+    with pytest.raises(TypeError, match="reset_after"):
+        torch.nn.GRU(n_in, units, reset_after=False)
+    assert inspect.signature(keras.layers.GRU).parameters["reset_after"].default is True
+    # ... with one matmul for the three gates' recurrent products, while its docstring still
+    # calls reset-before the default
+    call = " ".join(inspect.getsource(keras.layers.GRUCell.call).split())
+    assert "matrix_inner = ops.matmul(h_tm1, self.recurrent_kernel)" in call
+    assert (
+        "The default one is based on [v3](https://arxiv.org/abs/1406.1078v3) and has reset "
+        "gate applied to hidden state before matrix multiplication."
+    ) in " ".join(keras.layers.GRU.__doc__.split())
+
+
+def test_no_reset_before_weights_compute_a_reset_after_gru() -> None:
+    """A converter keeps the gates and looks for the candidate's W_hh and b: from one step of
+    each layer, solve for them by least squares. Reset-before outputs fit exactly; reset-after
+    outputs fit no W_hh, with b_hn = 0 too."""
+    rng = np.random.default_rng(0)
+    n_in, units, n = 5, 4, 40
+    x, S = rng.standard_normal(n_in), rng.standard_normal((n, units))  # one input, 40 states
+    xs = np.broadcast_to(x, (1, n, n_in)).copy()
+    kernel, recurrent, b = _gru_weights(rng, n_in, units)
+    z, r = (
+        _sigmoid(x @ kernel[:, g] + S @ recurrent[:, g] + b[g])
+        for g in (slice(0, units), slice(units, 2 * units))
+    )
+
+    def misfit(h_new: np.ndarray) -> float:
+        # H' = Z ⊙ H + (1 − Z) ⊙ tanh(A): the candidate's pre-activation A the layer computed
+        A = np.arctanh((h_new - z * S) / (1 - z)) - x @ kernel[:, 2 * units :]
+        M = np.hstack([r * S, np.ones((n, 1))])  # A = (R ⊙ H) W_hh + b, if any W_hh and b fit
+        fit = M @ np.linalg.lstsq(M, A, rcond=None)[0]
+        return float(np.abs(fit - A).max() / np.abs(A).max())
+
+    before = _keras_gated("GRU", [kernel, recurrent, b], xs, [S], reset_after=False)[1]
+    after = _keras_gated("GRU", [kernel, recurrent, np.stack([b, 0 * b])], xs, [S])[1]
+    assert misfit(before) <= SAME  # exact, to float64 rounding
+    assert round(misfit(after), 2) == 0.31  # no W_hh and b come near, though b_hn = 0
+
+
+def test_torch_gru_biases_count_summed_except_the_candidates() -> None:
+    rng = np.random.default_rng(1)
+    n_in, units = 5, 4
+    xs, s = rng.standard_normal((T, B, n_in)), rng.standard_normal((B, units)) * 0.5
+    W_ih, W_hh = (
+        rng.standard_normal((3 * units, n_in)) * 0.5,
+        rng.standard_normal((3 * units, units)) * 0.5,
+    )
+    b_ih, b_hh = rng.standard_normal(3 * units) * 0.3, rng.standard_normal(3 * units) * 0.3
+    rz, n = slice(0, 2 * units), slice(2 * units, None)  # torch's (r, z, n)
+
+    def run(b_ih: np.ndarray, b_hh: np.ndarray) -> list[np.ndarray]:
+        (out, _), rnn = _torch_gated("GRU", [W_ih, W_hh, b_ih, b_hh], xs, [s])
+        out.sum().backward()
+        return [out.detach().numpy(), rnn.bias_ih_l0.grad.numpy(), rnn.bias_hh_l0.grad.numpy()]
+
+    want, d_ih, d_hh = run(b_ih, b_hh)
+    shift = np.zeros(3 * units)
+    shift[rz] = rng.standard_normal(2 * units)
+    assert _close(run(b_ih + shift, b_hh - shift)[0], want, SAME)  # r, z: any split of the sum
+    assert _close(d_ih[rz], d_hh[rz], SAME)  # and both get the same gradient
+    assert not _close(d_ih[n], d_hh[n], APART)  # n: b_hn sits inside r ⊙ (W_hn h + b_hn)
+    merged_ih, merged_hh = b_ih.copy(), b_hh.copy()
+    merged_ih[n], merged_hh[n] = b_ih[n] + b_hh[n], 0.0  # b_hn moved into b_in: coremltools #1124
+    assert not _close(run(merged_ih, merged_hh)[0], want, APART)
+
+
+def test_torch_lstm_biases_only_count_summed() -> None:
+    rng = np.random.default_rng(2)
+    n_in, units = 5, 4
+    xs = rng.standard_normal((T, B, n_in))
+    state = [rng.standard_normal((B, units)) * 0.5 for _ in "hc"]
+    W_ih, W_hh = (
+        rng.standard_normal((4 * units, n_in)) * 0.5,
+        rng.standard_normal((4 * units, units)) * 0.5,
+    )
+    b_ih, b_hh = rng.standard_normal(4 * units) * 0.3, rng.standard_normal(4 * units) * 0.3
+    want = _numpy(_torch_gated("LSTM", [W_ih, W_hh, b_ih, b_hh], xs, state)[0])
+    summed = _numpy(_torch_gated("LSTM", [W_ih, W_hh, b_ih + b_hh, 0 * b_hh], xs, state)[0])
+    assert all(_close(a, b, SAME) for a, b in zip(summed, want, strict=True))
+
+
+def test_keras_gru_keeps_two_bias_rows_only_when_the_reset_is_after() -> None:
+    rng = np.random.default_rng(3)
+    n_in, units = 5, 4
+    xs, s = rng.standard_normal((T, B, n_in)), rng.standard_normal((B, units)) * 0.5
+    kernel, recurrent, b_in = _gru_weights(rng, n_in, units)
+    b_rec = rng.standard_normal(3 * units) * 0.3
+    want = _keras_gated("GRU", [kernel, recurrent, np.stack([b_in, b_rec])], xs, [s])[0]
+    zr, h = slice(0, 2 * units), slice(2 * units, None)  # Keras' (z, r, h)
+    moved = np.stack([b_in, b_rec])
+    moved[0, zr], moved[1, zr] = b_in[zr] + b_rec[zr], 0.0  # z, r: only the sum counts
+    assert _close(_keras_gated("GRU", [kernel, recurrent, moved], xs, [s])[0], want, SAME)
+    moved[0, h], moved[1, h] = b_in[h] + b_rec[h], 0.0  # h: the recurrent row is inside r ⊙ (…)
+    assert not _close(_keras_gated("GRU", [kernel, recurrent, moved], xs, [s])[0], want, APART)
+    # (2, 3H), not CuDNNGRU's (6H,): on purpose, so that loaded weights tell the layers apart
+    source = " ".join(inspect.getsource(_keras().layers.GRUCell.build).replace("#", "").split())
+    assert "the shape is intentionally different from CuDNNGRU biases" in source
+
+
+def _keras_lstm_of(
+    params: Arrays,
+    inputs: np.ndarray,
+    state: list[np.ndarray],
+    bias: np.ndarray | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Keras LSTM holding d2l's LSTM parameters (its bias unless ``bias`` is given): the hidden
+    states (T, B, H) over one-hot ``inputs`` (T, B)."""
+    kernel, recurrent = (
+        np.concatenate([params[f"W_{k}{g}"] for g in "ifco"], axis=1) for k in "xh"
+    )
+    if bias is None:
+        bias = np.concatenate([params[f"b_{g}"] for g in "ifco"])
+    xs = np.eye(V)[inputs]
+    return _keras_gated("LSTM", [kernel, recurrent, bias], xs, state, **options)[0]
+
+
+def test_keras_lstm_starts_the_forget_bias_at_one() -> None:
+    keras = _keras()
+    assert inspect.signature(keras.layers.LSTM).parameters["unit_forget_bias"].default is True
+    built = {}
+    for unit_forget_bias, f_block in [(True, 1.0), (False, 0.0)]:
+        rnn = keras.layers.LSTM(H, unit_forget_bias=unit_forget_bias, dtype="float64")
+        rnn.build((None, None, V))
+        built[unit_forget_bias] = rnn.get_weights()[2]
+        assert built[unit_forget_bias].tolist() == [0.0] * H + [f_block] * H + [0.0] * 2 * H
+    # the docstring says it adds 1 and forces a zero bias_initializer; the code sets f to 1
+    doc = " ".join(keras.layers.LSTM.__doc__.split())
+    assert "add 1 to the bias of the forget gate at initialization" in doc
+    assert 'Setting it to `True` will also force `bias_initializer="zeros"`' in doc
+    rnn = keras.layers.LSTM(H, bias_initializer=keras.initializers.Constant(0.5))
+    rnn.build((None, None, V))
+    assert rnn.get_weights()[2].tolist() == [0.5] * H + [1.0] * H + [0.5] * 2 * H
+    # d2l's LSTM (b_f = 0) and the same weights with b_f = 1, as Keras starts it
+    rng = np.random.default_rng(0)
+    inputs, state = rng.integers(0, V, (T, B)), [rng.standard_normal((B, H)) * 0.5 for _ in "hc"]
+    d2l, keras_start = (
+        cells.init_params(cells.LSTM, V, H, np.random.default_rng(1), sigma=0.3, forget_bias=f)
+        for f in (0.0, 1.0)
+    )
+    want = cells.cell_forward(REF, cells.LSTM, d2l, inputs, tuple(state))[0]
+    assert _close(_keras_lstm_of(d2l, inputs, state), want, SAME)  # bias carried: d2l's model
+    forgot = _keras_lstm_of(d2l, inputs, state, bias=built[True])  # bias left as Keras built it
+    assert not _close(forgot, want, APART)
+    assert _close(
+        forgot, cells.cell_forward(REF, cells.LSTM, keras_start, inputs, tuple(state))[0], SAME
+    )
+
+
+def test_torch_and_d2l_start_the_forget_bias_elsewhere() -> None:
+    torch = _torch()
+    assert "init.uniform_(weight, -stdv, stdv)" in inspect.getsource(torch.nn.LSTM.reset_parameters)
+    bound = 1 / np.sqrt(H)  # stdv: every parameter, biases included, from U(-1/√H, 1/√H)
+    lstm = torch.nn.LSTM(V, H)
+    assert all(float(p.detach().abs().max()) <= bound for p in lstm.parameters())
+    forget = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()[H : 2 * H]  # torch's (i, f, g, o)
+    assert float(forget.abs().max()) <= 2 * bound < 1  # never 1: the pair sums to at most 2/√H
+    d2l = cells.init_params(cells.LSTM, V, H, np.random.default_rng(0))
+    assert all(not d2l[f"b_{g}"].any() for g in "ifoc")  # d2l 9.2: every bias zero
+
+
+def test_keras_gated_layers_default_to_d2ls_sigmoid() -> None:
+    torch, keras, tf = _torch(), _keras(), _tf()
+    assert tf.keras.layers.LSTM is keras.layers.LSTM  # TensorFlow 2.21's tf.keras is Keras 3
+    for layer in (keras.layers.GRU, keras.layers.LSTM, keras.layers.GRUCell, keras.layers.LSTMCell):
+        assert inspect.signature(layer).parameters["recurrent_activation"].default == "sigmoid"
+    with pytest.raises(TypeError, match="recurrent_activation"):
+        torch.nn.LSTM(V, H, recurrent_activation="sigmoid")  # torch: σ, no option
+    rng = np.random.default_rng(0)
+    inputs, state = rng.integers(0, V, (T, B)), [rng.standard_normal((B, H)) * 0.5 for _ in "hc"]
+    d2l = cells.init_params(cells.LSTM, V, H, np.random.default_rng(1), sigma=0.3)
+    want = cells.cell_forward(REF, cells.LSTM, d2l, inputs, tuple(state))[0]
+    assert _close(_keras_lstm_of(d2l, inputs, state), want, SAME)  # the default: d2l's σ
+    hard = _keras_lstm_of(d2l, inputs, state, recurrent_activation="hard_sigmoid")
+    assert not _close(hard, want, APART)  # the same weights, another model
+
+
+def _keras_2_hard_sigmoid(x: np.ndarray) -> np.ndarray:
+    """Keras 2's ``hard_sigmoid`` (``keras/backend.py``), transcribed to NumPy:
+    ``x * 0.2 + 0.5``, then ``clip_by_value(x, 0., 1.)``."""
+    return np.clip(x * 0.2 + 0.5, 0.0, 1.0)
+
+
+def test_keras_3_hard_sigmoid_is_not_keras_2s() -> None:
+    keras = _keras()
+    x = np.linspace(-4.0, 4.0, 33)  # steps of 0.25: ±3, ±2.5, ±1 and 0 among them
+
+    def keras_3(x: np.ndarray) -> np.ndarray:
+        return keras.ops.convert_to_numpy(keras.activations.hard_sigmoid(x))
+
+    assert _close(keras_3(x), np.clip(x + 3, 0, 6) / 6, SAME)  # relu6(x + 3) / 6
+    at_one = [float(f(np.array([1.0]))[0]) for f in (keras_3, _keras_2_hard_sigmoid)]
+    assert at_one == [pytest.approx(2 / 3, rel=SAME), pytest.approx(0.7, rel=SAME)]
+    gap = np.abs(keras_3(x) - _keras_2_hard_sigmoid(x))
+    assert gap.max() == pytest.approx(1 / 12, rel=SAME)  # at ±2.5: 1/12 vs 0, 11/12 vs 1
+    assert x[gap >= gap.max() - SAME].tolist() == [-2.5, 2.5]
+    # keras.ops.hard_sigmoid computes Keras 3's, while its docstring still gives Keras 2's
+    doc = " ".join(keras.ops.hard_sigmoid.__doc__.split())
+    assert "(0.2 * x) + 0.5" in doc and "array([0.3, 0.5, 0.7]" in doc
+    example = keras.ops.convert_to_numpy(keras.ops.hard_sigmoid(np.array([-1.0, 0.0, 1.0])))
+    assert _close(example, [1 / 3, 0.5, 2 / 3], SAME)
 
 
 # --- the guide itself ---------------------------------------------------------------------------
