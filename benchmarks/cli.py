@@ -1,18 +1,26 @@
-"""``rosetta-rnn bench``: every backend against its framework's own RNN and the machine's limit.
+"""``rosetta-rnn bench``: every backend against its framework's own layers and the machine's limit.
 
 Wired into the main CLI by ``register(subparsers)``; ``cmd_bench(args)`` runs it. Progress goes
 to stderr (a bar on a terminal); the table (or with ``--json`` the document) to stdout; files
 to ``--out``, as one set that replaces the previous one only once everything is measured.
 
-``--quick`` is a first look in about a minute on a 2-core CPU. It selects: the training step
-only (``--workload train``) at the main shape (``--no-sweep``), every installed backend in its
-default grad engine under its compiler (``--modes compiled``: numpy bptt/eager, torch
-autograd/torch.compile, jax autograd/jit, tensorflow autograd/tf.function, array-api
-bptt/eager), the four peers, 3 timed repeats (``--repeats 3``), at most 30 s of waiting for other
-processes (``--max-wait 30``) and ``--out bench-results-quick``. A flag given explicitly wins.
+``--quick`` is a first look in about a minute on a 2-core CPU. It selects: the RNN's training
+step only (``--workload train --cells rnn``) at the main shape (``--no-sweep``), every installed
+backend in its default grad engine under its compiler (``--modes compiled``: numpy bptt/eager,
+torch autograd/torch.compile, jax autograd/jit, tensorflow autograd/tf.function, array-api
+bptt/eager), the RNN's four peers, 3 timed repeats (``--repeats 3``), at most 30 s of waiting for
+other processes (``--max-wait 30``) and ``--out bench-results-quick``. A flag given explicitly
+wins.
 torch.compile's inductor cache persists between runs (``runner.compile_cache``), so only the
 first quick run pays torch's cold build: on the dev machine, quiet, the first quick run took
 74 s (torch.compile 31 s) and the next 54 s (12 s from the cache).
+
+``--cells`` picks the models: the chapter's RNN (d2l 8.5, H 512) with every workload and the
+sweeps, and d2l 9.1/9.2's GRU and LSTM (H 256) on the training step alone, against
+torch.nn.GRU/LSTM and Keras GRU/LSTM. The full run has all three; ``--quick`` the RNN alone,
+because each gated cell adds a torch.compile build several times the RNN's: on the busy dev
+machine the quick run with them took 12.5 minutes, of which the GRU's and LSTM's cold builds
+were 221 s and 161 s, against the RNN's 14 s from the cache.
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.errors import UserError
 
 from . import report, roofline, runner, threads
-from .workloads import MODES, Shape
+from .workloads import GATED_HIDDENS, MODES, Shape
 
 DEFAULT_OUT = "bench-results"
-HELP = "time every backend against the frameworks' own RNNs and the machine's limit"
+HELP = "time every backend against the frameworks' own layers and the machine's limit"
 DESCRIPTION = """\
 Times the d2l character RNN on every installed backend and mode: one training step (forward,
 BPTT or autograd, global-norm clipping, SGD), the forward pass and greedy generation. Beside
@@ -42,6 +51,12 @@ them run the peers, the same model written the way each framework's users write 
 machine's limit: measured peak matmul throughput × the step's FLOPs, a roofline in tokens/s.
 It measures and reports; it asserts nothing.
 
+Cells (--cells): besides the RNN (d2l 8.5, 512 hidden units), the training step of d2l 9.1's
+GRU and 9.2's LSTM (256 hidden units), each backend against torch.nn.GRU/LSTM and Keras
+GRU/LSTM, with the target "each backend's best mode ≥ 1.0× its framework's own layer"
+reported per cell. "gru" is the reset-after GRU, which is what torch.nn.GRU and Keras' GRU
+compute (d2l's reset-before GRU is gru/reset-before, against Keras GRU(reset_after=False)).
+
 Where results go: the table to stdout (--json: the whole document); progress to stderr, with a
 bar on a terminal; files to --out: results.json, results.csv, results.md, machine.md,
 tokens_per_sec.png and scaling.png (with sweeps). They are made only after everything is
@@ -49,27 +64,46 @@ measured, then moved over the previous set in that folder (its files this run do
 are removed; other files there are kept). If the files cannot be written, the results printed
 on stdout are complete and the previous set stays as it was.
 
-How long: the full run (every mode, the sweeps, 5 repeats) takes about 10 minutes on a quiet
-2-core CPU, plus up to --max-wait seconds waiting for other processes to go quiet; blocks
-timed on a busy machine are marked busy in the log, results.md and the plots. torch.compile
-builds (about 30 s each cold, 12 s from the cache) are kept in a cache between runs
-(--cold-compile: not).
+How long: the full run (every mode, the sweeps, 5 repeats) takes about 10 minutes for the
+RNN on a quiet 2-core CPU, plus up to --max-wait seconds waiting for other processes to go
+quiet; blocks timed on a busy machine are marked busy in the log, results.md and the plots.
+torch.compile builds (about 30 s each cold, 12 s from the cache) are kept in a cache between
+runs (--cold-compile: not). The GRU and LSTM rows add four builds of larger graphs: 161-221 s
+each cold on a busy 2-core machine.
 
 Quick mode, --quick: a first look in about a minute on a 2-core CPU (74 s the first time,
-54 s once torch.compile's cache is warm). It selects --workload train --no-sweep --modes
-compiled --repeats 3 --max-wait 30 --out bench-results-quick: the training step at the main
-shape for every installed backend in its default grad engine under its compiler, and the
-peers. Any of those flags given explicitly wins.
+54 s once torch.compile's cache is warm). It selects --workload train --cells rnn --no-sweep
+--modes compiled --repeats 3 --max-wait 30 --out bench-results-quick: the RNN's training step
+at the main shape for every installed backend in its default grad engine under its compiler,
+and the peers. Any of those flags given explicitly wins (--quick --cells rnn gru lstm adds the
+gated cells, and their torch.compile builds).
 """
-QUICK = {
+QUICK: dict[str, Any] = {
     "workload": "train",
+    "cells": ["rnn"],
     "modes": "compiled",
     "repeats": "3",
     "max_wait": "30",
     "out": "bench-results-quick",
 }
-FULL = {"workload": "all", "modes": "all", "repeats": "5", "max_wait": "600", "out": DEFAULT_OUT}
+FULL: dict[str, Any] = {
+    "workload": "all",
+    "cells": ["rnn", "gru", "lstm"],
+    "modes": "all",
+    "repeats": "5",
+    "max_wait": "600",
+    "out": DEFAULT_OUT,
+}
 DEVICE = re.compile(r"cpu|auto|all|gpu(:\d+)?")
+CELLS: dict[str, str] = {
+    "rnn": RNN,
+    "gru": GRU_RESET_AFTER,  # what torch.nn.GRU, cuDNN and Keras' default GRU compute
+    "gru/reset-after": GRU_RESET_AFTER,
+    "gru/reset-before": GRU_RESET_BEFORE,  # d2l 9.1's; only Keras has a layer for it
+    "lstm": LSTM,
+}
+"""--cells names -> core's cells."""
+RNN_HIDDENS = 512  # d2l 8.5's num_hiddens (the gated cells': workloads.GATED_HIDDENS)
 
 
 def register(sub: Any) -> None:
@@ -78,8 +112,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a first look in about a minute: --workload train --no-sweep --modes compiled "
-        "--repeats 3 --max-wait 30 --out bench-results-quick (flags given explicitly win)",
+        help="a first look in about a minute: --workload train --cells rnn --no-sweep --modes "
+        "compiled --repeats 3 --max-wait 30 --out bench-results-quick (flags given explicitly "
+        "win)",
     )
     p.add_argument(
         "--backends",
@@ -110,6 +145,18 @@ def register(sub: Any) -> None:
         "batch 1) or all (default: all; train with --quick)",
     )
     p.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="CELL",
+        help="rnn (d2l 8.5), gru (the reset-after GRU that torch.nn.GRU and Keras GRU compute; "
+        "also gru/reset-after), gru/reset-before (d2l 9.1's, against Keras "
+        "GRU(reset_after=False) alone) or lstm (d2l 9.2). The gated cells are timed on the "
+        "training step at their main shape, H 256, against the frameworks' own layers; only "
+        "rnn has the forward and generate rows and the sweeps (default: rnn gru lstm; with "
+        "--quick rnn, as each gated cell adds a torch.compile build minutes long when cold; "
+        "with a --workload other than train, rnn)",
+    )
+    p.add_argument(
         "--no-sweep",
         action="store_true",
         help="only the main shape: no num_steps and num_hiddens sweeps (implied by --quick)",
@@ -132,8 +179,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-peers",
         action="store_true",
-        help="skip the frameworks' own RNNs (torch.nn.RNN, keras.SimpleRNN, jax.lax.scan, "
-        "numpy.min-char-rnn)",
+        help="skip the frameworks' own layers (torch.nn.RNN/GRU/LSTM, keras.SimpleRNN/GRU/LSTM, "
+        "jax.lax.scan, numpy.min-char-rnn)",
     )
     p.add_argument(
         "--modes",
@@ -169,19 +216,22 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", default="32", metavar="B", help="batch_size of the main shape")
     p.add_argument("--num-steps", default="35", metavar="T", help="num_steps of the main shape")
     p.add_argument(
-        "--num-hiddens", default="512", metavar="H", help="num_hiddens of the main shape"
+        "--num-hiddens",
+        metavar="H",
+        help=f"num_hiddens of the main shape, for every cell (default: {RNN_HIDDENS} for rnn as "
+        f"in d2l 8.5, {GATED_HIDDENS} for gru and lstm as in d2l 9.1/9.2)",
     )
     p.add_argument(
         "--sweep-steps",
         default=",".join(map(str, runner.SWEEP_STEPS)),
         metavar="T1,T2,...",
-        help="num_steps of the sweep (train and forward rows, one mode per backend)",
+        help="num_steps of the sweep (rnn's train and forward rows, one mode per backend)",
     )
     p.add_argument(
         "--sweep-hiddens",
         default=",".join(map(str, runner.SWEEP_HIDDENS)),
         metavar="H1,H2,...",
-        help="num_hiddens of the sweep (train and forward rows, one mode per backend)",
+        help="num_hiddens of the sweep (rnn's train and forward rows, one mode per backend)",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -227,6 +277,24 @@ def _out_dir(text: str) -> tuple[Path, bool]:
     return path, created
 
 
+def _cells(given: list[str] | None, names: list[str], workloads: list[str]) -> list[str]:
+    """core's cells for the --cells names. The gated cells have training-step rows alone: asked
+    for by name without ``train`` they are an error; by default they are left out."""
+    for name in names:
+        if name not in CELLS:
+            raise UserError(f"unknown cell {name!r}; choose from {', '.join(CELLS)}")
+    cells = list(dict.fromkeys(CELLS[name] for name in names))
+    gated = [c for c in cells if c != RNN]
+    if gated and "train" not in workloads:
+        if given:
+            raise UserError(
+                f"--cells {' '.join(given)}: the gated cells are timed on the training step "
+                f"alone; use --workload train or all, or --cells rnn"
+            )
+        cells = [c for c in cells if c == RNN]
+    return cells
+
+
 def _chosen(args: argparse.Namespace, name: str) -> Any:
     """A flag's value: as given, else its --quick or full-run default."""
     value = getattr(args, name)
@@ -249,17 +317,21 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
         raise UserError(f"--threads {n_threads} is more than the {available} CPUs available")
     workload = _chosen(args, "workload")
     workloads = list(roofline.WORKLOADS) if workload == "all" else [workload]
+    cells = _cells(args.cells, _chosen(args, "cells"), workloads)
+    hiddens = None if args.num_hiddens is None else _positive(args.num_hiddens, "--num-hiddens")
     return runner.BenchConfig(
         backends=list(dict.fromkeys(names)),
         explicit_backends=bool(args.backends),
         devices=list(dict.fromkeys(args.device)),
         dtypes=list(dict.fromkeys(args.dtype)),
         workloads=workloads,
+        cells=cells,
         shape=Shape(
             _positive(args.batch_size, "--batch-size"),
             _positive(args.num_steps, "--num-steps"),
-            _positive(args.num_hiddens, "--num-hiddens"),
+            hiddens or RNN_HIDDENS,
         ),
+        gated_hiddens=hiddens or GATED_HIDDENS,
         sweep=not (args.no_sweep or args.quick),
         sweep_steps=_int_list(args.sweep_steps, "--sweep-steps"),
         sweep_hiddens=_int_list(args.sweep_hiddens, "--sweep-hiddens"),

@@ -233,4 +233,7 @@ def markdown(machine: dict[str, Any]) -> str:
         lines.append(f"- `{var}={value}`")
     if "numpy" in threads:
         lines.append(f"- NumPy: {threads['numpy']}")
+    if threads.get("openblas_set"):
+        libs = ", ".join(threads["openblas_set"])
+        lines.append(f"- OpenBLAS pools set to {threads.get('threads')} thread(s): {libs}")
     return "\n".join(lines) + "\n"

@@ -1,16 +1,25 @@
-"""The peers: the same character RNN written the way each framework's own users write it.
+"""The peers: the same character model written the way each framework's own users write it.
 
-Independent of ``rosetta_rnn.core`` on purpose: each peer is what a user of that framework would
-write without us, so the benchmark can say whether going through core's interface costs speed.
+Independent of ``rosetta_rnn.core``'s computation on purpose: each peer is what a user of that
+framework would write without us, so the benchmark can say whether going through core's
+interface costs speed. (The layers are loaded with core's parameters through
+``conformance.native``, and the gated cells' first parameters are core's draw: data, not code.)
 
-- ``torch.nn.RNN``: ``nn.RNN`` + ``nn.Linear`` + ``clip_grad_norm_`` + ``torch.optim.SGD``
-  (d2l's concise implementation), eager.
-- ``keras.SimpleRNN``: ``SimpleRNN`` + ``Dense``, a ``tf.function`` custom training step,
-  ``keras.optimizers.SGD(global_clipnorm=θ)``.
-- ``jax.lax.scan``: a pure function over a parameter dict, ``jax.value_and_grad``, the recurrence
-  as ``lax.scan``, the whole step under ``jax.jit``.
-- ``numpy.min-char-rnn``: Karpathy's loop (cache the forward per step, walk it backwards,
-  accumulate every gradient per step), batched, with d2l's global-norm clip.
+- ``torch.nn.RNN``, ``torch.nn.GRU``, ``torch.nn.LSTM``: the layer + ``nn.Linear`` +
+  ``clip_grad_norm_`` + ``torch.optim.SGD`` (d2l's concise implementation), eager.
+- ``keras.SimpleRNN``, ``keras.GRU`` (Keras' default ``reset_after=True``),
+  ``keras.GRU(reset_after=False)``, ``keras.LSTM``: the layer + ``Dense``, a ``tf.function``
+  custom training step, ``keras.optimizers.SGD(global_clipnorm=θ)``.
+- ``jax.lax.scan`` (the RNN): a pure function over a parameter dict, ``jax.value_and_grad``,
+  the recurrence as ``lax.scan``, the whole step under ``jax.jit``.
+- ``numpy.min-char-rnn`` (the RNN): Karpathy's loop (cache the forward per step, walk it
+  backwards, accumulate every gradient per step), batched, with d2l's global-norm clip.
+
+Each peer computes one cell (``PEER_CELL``): torch.nn.GRU and keras.GRU the reset-after GRU,
+keras.GRU(reset_after=False) d2l's reset-before one. Where a framework keeps two biases that
+core keeps as one (torch's ``bias_ih`` + ``bias_hh`` of every gate, Keras GRU(reset_after=True)'s
+z and r rows), both take the gradient step and both count in the clipping norm, as that
+framework's users train them.
 
 Every peer takes time-major ``(num_steps, batch_size)`` token ids like core and converts them
 once, outside the timed call, to its own layout. Parameters start from one seeded NumPy draw
@@ -29,16 +38,24 @@ import numpy as np
 
 from rosetta_rnn.backends import gpu_index
 from rosetta_rnn.conformance import native
+from rosetta_rnn.core import cells
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 
-PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # core's names, the chapter's order
+PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # the RNN's names, the chapter's order
 Arrays = dict[str, np.ndarray]
 Call = Callable[[], Any]
+HostState = Any  # (batch_size, num_hiddens) as NumPy; for the LSTM the pair (H, C)
 
 
-def init_arrays(vocab_size: int, num_hiddens: int, dtype: str, seed: int) -> Arrays:
-    """d2l-style initial parameters under core's names: weights normal·0.01, biases zero."""
+def init_arrays(
+    vocab_size: int, num_hiddens: int, dtype: str, seed: int, cell: str = RNN
+) -> Arrays:
+    """d2l-style initial parameters under core's names: weights normal·0.01, biases zero (the
+    gated cells: ``core.cells.init_params``, d2l's forget bias 0)."""
     rng = np.random.default_rng(seed)
     V, H = vocab_size, num_hiddens
+    if cell != RNN:
+        return cells.init_params(cell, V, H, rng, dtype)
     return {
         "W_xh": (rng.standard_normal((V, H)) * 0.01).astype(dtype),
         "W_hh": (rng.standard_normal((H, H)) * 0.01).astype(dtype),
@@ -49,23 +66,29 @@ def init_arrays(vocab_size: int, num_hiddens: int, dtype: str, seed: int) -> Arr
 
 
 class Peer:
-    """What the runner needs from a peer: three workloads, a sync, and the test hooks."""
+    """What the runner needs from a peer: three workloads, a sync, and the test hooks.
+    ``names`` maps each cell the peer computes to the peer's name for it."""
 
-    name: str
+    names: ClassVar[dict[str, str]]  # cell -> peer name
     framework: str  # the backend whose framework it runs on
     modes: ClassVar[dict[str, str]]  # workload -> mode label
     libraries: ClassVar[tuple[str, ...]] = ()  # modules it needs beyond the framework
     cpu_only: ClassVar[bool] = False
 
-    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+    def __init__(
+        self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
+    ) -> None:
+        if cell not in self.names:
+            raise ValueError(f"{type(self).__name__} computes {', '.join(self.names)}, not {cell}")
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.cell = dtype, device, cell
+        self.name = self.names[cell]
 
     def set_params(self, params: Arrays) -> None:
         raise NotImplementedError
 
     def get_params(self) -> Arrays:
-        """Core-named parameters (for ``torch.nn.RNN``: ``b_h`` = bias_ih + bias_hh)."""
+        """Core-named parameters (where the framework keeps a bias pair: their sum)."""
         raise NotImplementedError
 
     def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
@@ -84,19 +107,25 @@ class Peer:
         """Wait until ``out`` (and the device queue) is computed."""
 
     def step_once(
-        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
-    ) -> tuple[float, np.ndarray]:
-        """One training step from ``state``: (loss, H_T) as NumPy; parameters are updated."""
+        self, inputs: np.ndarray, labels: np.ndarray, state: HostState, lr: float, theta: float
+    ) -> tuple[float, HostState]:
+        """One training step from ``state``: (loss, final state) as NumPy (the LSTM's a pair
+        (H, C)); parameters are updated."""
         raise NotImplementedError
 
 
-# --- torch.nn.RNN ---------------------------------------------------------------------------
+# --- torch.nn.RNN, nn.GRU, nn.LSTM ----------------------------------------------------------
 
 
-class TorchRNNPeer(Peer):
-    """d2l's concise RNN in PyTorch: one-hot -> nn.RNN -> nn.Linear, SGD with clip_grad_norm_."""
+class TorchPeer(Peer):
+    """d2l's concise model in PyTorch: one-hot -> nn.RNN, nn.GRU or nn.LSTM -> nn.Linear, SGD
+    with clip_grad_norm_."""
 
-    name = "torch.nn.RNN"
+    names: ClassVar[dict[str, str]] = {
+        RNN: "torch.nn.RNN",
+        GRU_RESET_AFTER: "torch.nn.GRU",
+        LSTM: "torch.nn.LSTM",
+    }
     framework = "torch"
     modes: ClassVar[dict[str, str]] = {
         "train": "autograd/eager",
@@ -104,8 +133,10 @@ class TorchRNNPeer(Peer):
         "generate": "eager",
     }
 
-    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
-        super().__init__(vocab_size, num_hiddens, dtype, device)
+    def __init__(
+        self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
+    ) -> None:
+        super().__init__(vocab_size, num_hiddens, dtype, device, cell)
         import torch
         from torch import nn
         from torch.nn import functional as F
@@ -116,22 +147,29 @@ class TorchRNNPeer(Peer):
             torch.device("cpu") if device == "cpu" else torch.device("cuda", gpu_index(device))
         )
         V, H = vocab_size, num_hiddens
+        layer = native.torch_layer(cell, V, H, self.tdtype, self.tdevice)
 
-        class RNNModel(nn.Module):
+        class Model(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.rnn = nn.RNN(V, H)  # time-major: (num_steps, batch, features)
+                self.rnn = layer  # time-major: (num_steps, batch, features)
                 self.linear = nn.Linear(H, V)
 
             def forward(self, X: Any, state: Any) -> tuple[Any, Any]:
                 Y, state = self.rnn(F.one_hot(X, V).to(self.linear.weight.dtype), state)
                 return self.linear(Y.reshape(-1, H)), state
 
-        self.model = RNNModel().to(device=self.tdevice, dtype=self.tdtype)
+        self.model = Model().to(device=self.tdevice, dtype=self.tdtype)
 
     def _tensor(self, x: np.ndarray) -> Any:
         t = self.torch.from_numpy(np.ascontiguousarray(x))
         return t.to(self.tdevice, self.tdtype if t.is_floating_point() else self.torch.int64)
+
+    def _zeros(self, batch_size: int) -> Any:
+        """The first state, (1, batch, H): for nn.LSTM the pair (h_0, c_0), as d2l begins it."""
+        torch, shape = self.torch, (1, batch_size, self.num_hiddens)
+        h = torch.zeros(shape, dtype=self.tdtype, device=self.tdevice)
+        return (h, torch.zeros_like(h)) if self.cell == LSTM else h
 
     def set_params(self, params: Arrays) -> None:
         m: Any = self.model
@@ -146,7 +184,8 @@ class TorchRNNPeer(Peer):
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
         def step(X: Any, Y: Any, state: Any) -> tuple[Any, Any]:
-            logits, state = model(X, state.detach())
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            logits, state = model(X, state)
             loss = F.cross_entropy(logits, Y.reshape(-1))
             optimizer.zero_grad()
             loss.backward()
@@ -159,8 +198,7 @@ class TorchRNNPeer(Peer):
     def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
         step = self._make_step(lr, theta)
         X, Y = self._tensor(inputs), self._tensor(labels)
-        state = self.torch.zeros((1, X.shape[1], self.num_hiddens), dtype=self.tdtype)
-        box = [state.to(self.tdevice)]
+        box = [self._zeros(X.shape[1])]
 
         def call() -> Any:
             loss, box[0] = step(X, Y, box[0])
@@ -169,16 +207,25 @@ class TorchRNNPeer(Peer):
         return call
 
     def step_once(
-        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
-    ) -> tuple[float, np.ndarray]:
+        self, inputs: np.ndarray, labels: np.ndarray, state: HostState, lr: float, theta: float
+    ) -> tuple[float, HostState]:
         step = self._make_step(lr, theta)
-        loss, H = step(self._tensor(inputs), self._tensor(labels), self._tensor(state)[None])
-        return float(loss.detach()), H[0].detach().cpu().numpy()
+        if self.cell == LSTM:
+            begin: Any = tuple(self._tensor(s)[None] for s in state)
+        else:
+            begin = self._tensor(state)[None]
+        loss, final = step(self._tensor(inputs), self._tensor(labels), begin)
+
+        def host(s: Any) -> np.ndarray:
+            return s[0].detach().cpu().numpy()
+
+        out = tuple(host(s) for s in final) if self.cell == LSTM else host(final)
+        return float(loss.detach()), out
 
     def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
         torch, F, model = self.torch, self.F, self.model
         X, Y = self._tensor(inputs), self._tensor(labels)
-        state = torch.zeros((1, X.shape[1], self.num_hiddens), dtype=self.tdtype).to(self.tdevice)
+        state = self._zeros(X.shape[1])
 
         def call() -> Any:
             with torch.no_grad():
@@ -192,7 +239,7 @@ class TorchRNNPeer(Peer):
 
         def call() -> list[int]:
             outputs = [first]
-            state = torch.zeros((1, 1, self.num_hiddens), dtype=self.tdtype, device=self.tdevice)
+            state = self._zeros(1)
             with torch.no_grad():
                 for _ in range(num_preds):
                     X = torch.tensor([[outputs[-1]]], device=self.tdevice)
@@ -207,13 +254,18 @@ class TorchRNNPeer(Peer):
             self.torch.cuda.synchronize(self.tdevice)
 
 
-# --- keras.SimpleRNN ------------------------------------------------------------------------
+# --- keras.SimpleRNN, GRU, LSTM -------------------------------------------------------------
 
 
-class KerasRNNPeer(Peer):
-    """Keras SimpleRNN + Dense, batch-major, trained by a ``tf.function`` custom step."""
+class KerasPeer(Peer):
+    """A Keras recurrent layer + Dense, batch-major, trained by a ``tf.function`` custom step."""
 
-    name = "keras.SimpleRNN"
+    names: ClassVar[dict[str, str]] = {
+        RNN: "keras.SimpleRNN",
+        GRU_RESET_AFTER: "keras.GRU",
+        GRU_RESET_BEFORE: "keras.GRU(reset_after=False)",
+        LSTM: "keras.LSTM",
+    }
     framework = "tensorflow"
     libraries = ("keras",)
     modes: ClassVar[dict[str, str]] = {
@@ -222,8 +274,10 @@ class KerasRNNPeer(Peer):
         "generate": "tf.function",
     }
 
-    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
-        super().__init__(vocab_size, num_hiddens, dtype, device)
+    def __init__(
+        self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
+    ) -> None:
+        super().__init__(vocab_size, num_hiddens, dtype, device, cell)
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         import keras
         import tensorflow as tf
@@ -234,22 +288,25 @@ class KerasRNNPeer(Peer):
         self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{gpu_index(device)}"
         V, H = vocab_size, num_hiddens
 
-        class RNNModel(keras.Model):
+        class Model(keras.Model):
             def __init__(self) -> None:
                 super().__init__(dtype=dtype)
-                self.rnn = keras.layers.SimpleRNN(
-                    H, return_sequences=True, return_state=True, dtype=dtype
-                )
+                self.rnn = native.keras_layer(cell, H, dtype, return_state=True)
                 self.dense = keras.layers.Dense(V, dtype=dtype)
 
-            def call(self, X: Any, state: Any) -> tuple[Any, Any]:
-                Hs, state = self.rnn(tf.one_hot(X, V, dtype=dtype), initial_state=state)
-                return self.dense(Hs), state
+            def call(self, X: Any, state: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+                Hs, *final = self.rnn(tf.one_hot(X, V, dtype=dtype), initial_state=list(state))
+                return self.dense(Hs), tuple(final)
 
         with tf.device(self.tf_device):
-            self.model = RNNModel()
-            self.model(tf.zeros((1, 1), tf.int64), tf.zeros((1, H), dtype))  # build the weights
+            self.model = Model()
+            self.model(tf.zeros((1, 1), tf.int64), self._zeros(1))  # build the weights
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
+
+    def _zeros(self, batch_size: int) -> tuple[Any, ...]:
+        """The first state as Keras takes it: [h], or [h, c] for the LSTM."""
+        h = self.tf.zeros((batch_size, self.num_hiddens), self.dtype)
+        return (h, h) if self.cell == LSTM else (h,)
 
     def set_params(self, params: Arrays) -> None:
         native.load_keras(self.model.rnn, self.model.dense, params)
@@ -280,7 +337,7 @@ class KerasRNNPeer(Peer):
         with tf.device(self.tf_device):
             step = self._make_step(lr, theta)
             X, Y = self._batch_major(inputs), self._batch_major(labels)
-            box = [tf.zeros((inputs.shape[1], self.num_hiddens), self.dtype)]
+            box = [self._zeros(inputs.shape[1])]
 
         def call() -> Any:
             with tf.device(self.tf_device):
@@ -290,13 +347,19 @@ class KerasRNNPeer(Peer):
         return call
 
     def step_once(
-        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
-    ) -> tuple[float, np.ndarray]:
+        self, inputs: np.ndarray, labels: np.ndarray, state: HostState, lr: float, theta: float
+    ) -> tuple[float, HostState]:
         tf = self.tf
+        begin = tuple(state) if self.cell == LSTM else (state,)
         with tf.device(self.tf_device):
             step = self._make_step(lr, theta)
-            loss, H = step(self._batch_major(inputs), self._batch_major(labels), tf.constant(state))
-        return float(loss), H.numpy()
+            loss, final = step(
+                self._batch_major(inputs),
+                self._batch_major(labels),
+                tuple(tf.constant(s) for s in begin),
+            )
+        out = tuple(s.numpy() for s in final)
+        return float(loss), out if self.cell == LSTM else out[0]
 
     def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
         tf, model, loss_fn = self.tf, self.model, self.loss_fn
@@ -308,7 +371,7 @@ class KerasRNNPeer(Peer):
 
         with tf.device(self.tf_device):
             X, Y = self._batch_major(inputs), self._batch_major(labels)
-            state = tf.zeros((inputs.shape[1], self.num_hiddens), self.dtype)
+            state = self._zeros(inputs.shape[1])
 
         def call() -> Any:
             with tf.device(self.tf_device):
@@ -327,7 +390,7 @@ class KerasRNNPeer(Peer):
         def call() -> list[int]:
             outputs = [first]
             with tf.device(self.tf_device):
-                state = tf.zeros((1, self.num_hiddens), self.dtype)
+                state = self._zeros(1)
                 for _ in range(num_preds):
                     x, state = next_token(tf.constant(outputs[-1], tf.int64), state)
                     outputs.append(int(x))
@@ -345,12 +408,14 @@ class KerasRNNPeer(Peer):
 class JaxScanPeer(Peer):
     """Plain JAX: a pure loss over a parameter dict, ``lax.scan`` recurrence, jitted step."""
 
-    name = "jax.lax.scan"
+    names: ClassVar[dict[str, str]] = {RNN: "jax.lax.scan"}
     framework = "jax"
     modes: ClassVar[dict[str, str]] = {"train": "autograd/jit", "forward": "jit", "generate": "jit"}
 
-    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
-        super().__init__(vocab_size, num_hiddens, dtype, device)
+    def __init__(
+        self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
+    ) -> None:
+        super().__init__(vocab_size, num_hiddens, dtype, device, cell)
         import jax
         import jax.numpy as jnp
         from jax import lax
@@ -456,7 +521,7 @@ class JaxScanPeer(Peer):
 class MinCharRNNPeer(Peer):
     """Karpathy's min-char-rnn loop, batched: per-step forward cache, per-step gradient sums."""
 
-    name = "numpy.min-char-rnn"
+    names: ClassVar[dict[str, str]] = {RNN: "numpy.min-char-rnn"}
     framework = "numpy"
     cpu_only = True
     modes: ClassVar[dict[str, str]] = {
@@ -465,10 +530,12 @@ class MinCharRNNPeer(Peer):
         "generate": "eager",
     }
 
-    def __init__(self, vocab_size: int, num_hiddens: int, dtype: str, device: str) -> None:
+    def __init__(
+        self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
+    ) -> None:
         if device != "cpu":
             raise RuntimeError("min-char-rnn is a NumPy program: cpu only")
-        super().__init__(vocab_size, num_hiddens, dtype, device)
+        super().__init__(vocab_size, num_hiddens, dtype, device, cell)
         self.eye = np.eye(vocab_size, dtype=dtype)
         self.set_params(init_arrays(vocab_size, num_hiddens, dtype, 0))
 
@@ -560,13 +627,12 @@ class MinCharRNNPeer(Peer):
         return call
 
 
-PEERS: dict[str, type[Peer]] = {
-    "torch.nn.RNN": TorchRNNPeer,
-    "keras.SimpleRNN": KerasRNNPeer,
-    "jax.lax.scan": JaxScanPeer,
-    "numpy.min-char-rnn": MinCharRNNPeer,
-}
+PEER_CLASSES: tuple[type[Peer], ...] = (TorchPeer, KerasPeer, JaxScanPeer, MinCharRNNPeer)
+PEERS: dict[str, type[Peer]] = {name: cls for cls in PEER_CLASSES for name in cls.names.values()}
+"""Every peer by name: ``torch.nn.RNN``, ``torch.nn.GRU``, ... ``numpy.min-char-rnn``."""
 PEER_NAMES: tuple[str, ...] = tuple(PEERS)
+PEER_CELL: dict[str, str] = {name: cell for cls in PEER_CLASSES for cell, name in cls.names.items()}
+"""The cell each peer computes: core's name for it (``rnn``, ``gru/reset-after`` ...)."""
 PEER_FRAMEWORK = {name: cls.framework for name, cls in PEERS.items()}
 
 
@@ -574,19 +640,21 @@ def library_versions(backend: str, notes: list[str]) -> dict[str, str]:
     """Versions of the extra libraries the peers on ``backend``'s framework need; a missing
     one is a note (its peer is left out)."""
     out: dict[str, str] = {}
-    for name, cls in PEERS.items():
+    for cls in PEER_CLASSES:
         for lib in cls.libraries if cls.framework == backend else ():
             try:
                 out[lib] = importlib.import_module(lib).__version__
             except ImportError as e:
-                notes.append(f"{name} peer skipped: {e}")
+                notes.append(f"{', '.join(cls.names.values())} peers skipped: {e}")
     return out
 
 
 def make_peer(
     name: str, vocab_size: int, num_hiddens: int, dtype: str, device: str, seed: int = 0
 ) -> Peer:
-    """A peer with d2l-style parameters drawn from ``seed``."""
-    peer = PEERS[name](vocab_size, num_hiddens, dtype, device)
-    peer.set_params(init_arrays(vocab_size, num_hiddens, dtype, seed))
+    """The peer ``name`` (its cell is ``PEER_CELL[name]``) with d2l-style parameters drawn
+    from ``seed``."""
+    cell = PEER_CELL[name]
+    peer = PEERS[name](vocab_size, num_hiddens, dtype, device, cell)
+    peer.set_params(init_arrays(vocab_size, num_hiddens, dtype, seed, cell))
     return peer

@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.core.cells import RNN
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.helpers import format_table
 
 from . import machine, roofline
-from .targets import main_rows
+from .targets import cell_of, cells_of, main_rows
 
 ROW_FIELDS: tuple[str, ...] = (
     "name",
     "backend",
+    "cell",
     "device",
     "dtype",
     "mode",
@@ -119,62 +121,108 @@ def _dtypes(doc: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(r["dtype"] for r in doc["rows"]))
 
 
+TARGET_HEADERS = ("cell", "target", "measured", "", "rows")
+
+
+def _digits(value: float, threshold: float) -> int:
+    """Decimals to show ``value`` with: 2, or up to 4 where 2 would round it onto the
+    threshold (0.9965 is "0.997", never a MISSED "1.00")."""
+    digits = 2
+    while digits < 4 and value != threshold and round(value, digits) == round(threshold, digits):
+        digits += 1
+    return digits
+
+
 def _target_lines(doc: dict[str, Any]) -> list[list[str]]:
+    """One line per target: its cell, what it asks, the measured value, met or MISSED."""
     lines = []
     for t in doc.get("targets", []):
         value = t["value"]
         if value is None:
             shown, verdict = "-", "not measured"
         else:
-            shown = f"{value:.2f}" + (" s" if "compile" in t["target"] else "")
-            if "R²" in t["target"]:
-                shown = f"{value:.4f}"
-            elif "compile" not in t["target"]:
-                shown = f"{value:.2f}×"
+            digits = 4 if "R²" in t["target"] else _digits(value, t["threshold"])
+            unit = " s" if "compile" in t["target"] else ("" if "R²" in t["target"] else "×")
+            shown = f"{value:.{digits}f}{unit}"
             verdict = "met" if t["met"] else "MISSED"
-        lines.append([t["target"], shown, verdict, t["detail"]])
+        lines.append([t.get("cell", RNN), t["target"], shown, verdict, t["detail"]])
     return lines
 
 
+def shape_of(doc: dict[str, Any], cell: str) -> dict[str, int]:
+    """The main shape ``cell`` was measured at (documents from before the gated cells: the
+    one ``shape``)."""
+    return doc.get("shapes", {}).get(cell, doc["shape"])
+
+
+def _shape_text(shape: dict[str, int]) -> str:
+    return (
+        f"B={shape['batch_size']} T={shape['num_steps']} H={shape['num_hiddens']} "
+        f"V={shape['vocab_size']}"
+    )
+
+
 def terminal(doc: dict[str, Any]) -> str:
-    """The main-shape tables (one per dtype), the roofline, the targets and the notes."""
-    shape = doc["shape"]
+    """The main-shape tables (one per dtype and cell), the roofline, the targets and the
+    notes."""
     parts = []
     for dtype in _dtypes(doc):
-        rows = []
-        for workload in roofline.WORKLOADS:
-            rows += sorted(main_rows(doc, dtype, workload), key=lambda r: -r["tokens_per_sec"])
-        parts.append(
-            f"B={shape['batch_size']} T={shape['num_steps']} H={shape['num_hiddens']} "
-            f"V={shape['vocab_size']} {dtype} {rows[0]['device'] if rows else ''}: "
-            f"{_repeats(doc)}, {doc['method']['threads']} thread(s)"
-        )
-        parts += [format_table(MAIN_HEADERS, [_main_cells(r) for r in rows]), ""]
+        for cell in cells_of(doc):
+            rows = []
+            for workload in roofline.WORKLOADS:
+                rows += sorted(
+                    main_rows(doc, dtype, workload, cell), key=lambda r: -r["tokens_per_sec"]
+                )
+            if not rows:
+                continue
+            parts.append(
+                f"{cell}, {_shape_text(shape_of(doc, cell))} {dtype} {rows[0]['device']}: "
+                f"{_repeats(doc)}, {doc['method']['threads']} thread(s)"
+            )
+            parts += [format_table(MAIN_HEADERS, [_main_cells(r) for r in rows]), ""]
     parts.append(_roofline_line(doc))
     targets = _target_lines(doc)
     if targets:
-        parts += ["", format_table(["target", "measured", "", "rows"], targets)]
+        parts += ["", format_table(TARGET_HEADERS, targets)]
     for note in doc.get("notes", []):
         parts.append(f"note: {note}")
     return "\n".join(parts)
 
 
+def roofline_of(roof: dict[str, Any], cell: str) -> dict[str, Any]:
+    """One cell's ``flops_per_token`` and ``tokens_per_sec`` from a roofline entry (entries
+    from before the gated cells hold the RNN's alone)."""
+    by_cell = roof.get("cells", {})
+    if cell in by_cell:
+        return by_cell[cell]
+    if cell == RNN:
+        return {
+            "flops_per_token": roof.get("flops_per_token", {}),
+            "tokens_per_sec": roof.get("tokens_per_sec", {}),
+        }
+    return {"flops_per_token": {}, "tokens_per_sec": {}}
+
+
 def _roofline_line(doc: dict[str, Any]) -> str:
     out = []
+    cells = cells_of(doc) or [RNN]
     for dtype, roof in doc.get("roofline", {}).items():
         where = roof.get("device", "cpu")
-        line = (
-            f"roofline ({dtype}, {where}): peak matmul {roof['peak_gflops']:.1f} GFLOP/s × "
-            f"{roof['flops_per_token'].get('train', 0) / 1e6:.3f} MFLOP/token (train) = "
-            f"{roof['tokens_per_sec'].get('train', 0):,.0f} tokens/s"
-        )
-        floor = roof.get("matmul_floor")
-        if floor:
-            line += (
-                f"; the step's matmuls alone at their shapes: {floor['ms_per_step']:.2f} ms = "
-                f"{floor['tokens_per_sec']:,.0f} tokens/s"
+        for cell in cells:
+            mine = roofline_of(roof, cell)
+            label = f"{dtype}, {where}" + ("" if cells == [RNN] else f", {cell}")
+            line = (
+                f"roofline ({label}): peak matmul {roof['peak_gflops']:.1f} GFLOP/s × "
+                f"{mine['flops_per_token'].get('train', 0) / 1e6:.3f} MFLOP/token (train) = "
+                f"{mine['tokens_per_sec'].get('train', 0):,.0f} tokens/s"
             )
-        out.append(line)
+            floor = roof.get("matmul_floor")
+            if floor and cell == RNN:
+                line += (
+                    f"; the step's matmuls alone at their shapes: {floor['ms_per_step']:.2f} "
+                    f"ms = {floor['tokens_per_sec']:,.0f} tokens/s"
+                )
+            out.append(line)
     return "\n".join(out)
 
 
@@ -183,7 +231,7 @@ def write_csv(doc: dict[str, Any], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(ROW_FIELDS), extrasaction="ignore")
         writer.writeheader()
         for r in doc["rows"]:
-            writer.writerow({k: r.get(k) for k in ROW_FIELDS})
+            writer.writerow({**{k: r.get(k) for k in ROW_FIELDS}, "cell": cell_of(r)})
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -192,11 +240,11 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def main_markdown_table(doc: dict[str, Any], workload: str = "train") -> str:
-    """The main-shape rows of one workload, fastest first (the README's table)."""
+def main_markdown_table(doc: dict[str, Any], workload: str = "train", cell: str = RNN) -> str:
+    """The main-shape rows of one workload and cell, fastest first (the README's table)."""
     headers = ["name", "mode", "tokens/s", "ms/step", "spread", "compile s", "peak MB", "roofline"]
     dtypes = _dtypes(doc)
-    rows = main_rows(doc, dtypes[0], workload) if dtypes else []
+    rows = main_rows(doc, dtypes[0], workload, cell) if dtypes else []
     cells = []
     for r in sorted(rows, key=lambda r: -r["tokens_per_sec"]):
         c = _main_cells(r)
@@ -212,10 +260,12 @@ def markdown(doc: dict[str, Any]) -> str:
     out = ["# rosetta-rnn bench", ""]
     if doc.get("command"):
         out += [f"`{doc['command']}`", ""]
+    cells = cells_of(doc)
+    hiddens = ", ".join(f"{c} H={shape_of(doc, c)['num_hiddens']}" for c in cells)
     out.append(
         f"{m['cpu']}, {m['cpus']} CPUs, {doc['method']['threads']} thread(s) per framework; "
-        f"B={shape['batch_size']} T={shape['num_steps']} H={shape['num_hiddens']} "
-        f"V={shape['vocab_size']}; {_repeats(doc)} "
+        f"B={shape['batch_size']} T={shape['num_steps']} V={shape['vocab_size']}, "
+        f"{hiddens or 'H=' + str(shape['num_hiddens'])}; {_repeats(doc)} "
         f"(spread = half the min–max range). Peers in **bold**. See machine.md."
     )
     compile_text = (
@@ -231,10 +281,15 @@ def markdown(doc: dict[str, Any]) -> str:
     out += ["", compile_text + "."]
     if doc.get("busy"):
         out += ["", f"**{doc['busy']['note']}.**"]
-    for workload in roofline.WORKLOADS:
-        if any(r["workload"] == workload and r["sweep"] is None for r in doc["rows"]):
-            unit = " (ms/step per generated token, batch 1)" if workload == "generate" else ""
-            out += ["", f"## {workload}{unit}", "", main_markdown_table(doc, workload)]
+    for cell in cells:
+        for workload in roofline.WORKLOADS:
+            if any(
+                r["workload"] == workload and r["sweep"] is None and cell_of(r) == cell
+                for r in doc["rows"]
+            ):
+                unit = " (ms/step per generated token, batch 1)" if workload == "generate" else ""
+                title = f"{workload}, {cell} ({_shape_text(shape_of(doc, cell))}){unit}"
+                out += ["", f"## {title}", "", main_markdown_table(doc, workload, cell)]
     out += ["", "## Roofline", "", _roofline_line(doc)]
     for dtype, roof in doc.get("roofline", {}).items():
         by_fw = ", ".join(f"{k} {v:.1f}" for k, v in roof["peak_gflops_by_framework"].items())
@@ -260,7 +315,7 @@ def markdown(doc: dict[str, Any]) -> str:
             )
     targets = _target_lines(doc)
     if targets:
-        out += ["", "## Targets", "", _md_table(["target", "measured", "", "rows"], targets)]
+        out += ["", "## Targets", "", _md_table(TARGET_HEADERS, targets)]
     out += ["", "## Memory", "", _memory_markdown(doc)]
     sweeps = _sweep_markdown(doc)
     if sweeps:
@@ -273,16 +328,18 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def _memory_markdown(doc: dict[str, Any]) -> str:
-    """Per framework: what importing it added to RSS, and the largest row peak above that."""
+    """Per row and cell: what importing its framework added to RSS, and the largest row peak
+    above that."""
     frameworks = doc["machine"]["frameworks"]
     rows = []
-    for name in dict.fromkeys(r["name"] for r in doc["rows"] if r["sweep"] is None):
-        mine = [r for r in doc["rows"] if r["name"] == name and r["sweep"] is None]
+    main = [r for r in doc["rows"] if r["sweep"] is None]
+    for cell, name in dict.fromkeys((cell_of(r), r["name"]) for r in main):
+        mine = [r for r in main if r["name"] == name and cell_of(r) == cell]
         peaks = [r["peak_rss_mb"] for r in mine if r["peak_rss_mb"] is not None]
         fw = mine[0]["framework"]
         imp = frameworks.get(fw, {}).get("import_rss_mb")
-        rows.append([name, fw, _fmt(imp, 0), _fmt(max(peaks) if peaks else None, 0)])
-    text = _md_table(["row", "framework", "import MB", "peak MB above start"], rows)
+        rows.append([name, cell, fw, _fmt(imp, 0), _fmt(max(peaks) if peaks else None, 0)])
+    text = _md_table(["row", "cell", "framework", "import MB", "peak MB above start"], rows)
     return text + (
         "\n\nOne process runs every row. Before each row the freed heap goes back to the OS and "
         "the kernel's peak-RSS mark is reset; a row's peak is the mark after its first call and "
@@ -325,7 +382,8 @@ def _sweep_markdown(doc: dict[str, Any]) -> str:
 
 
 def _series(doc: dict[str, Any], axis: str, workload: str) -> dict[str, list[tuple[int, float]]]:
-    """tokens/s along one sweep axis: default-mode rows of the sweep and of the main shape."""
+    """tokens/s along one sweep axis: the RNN's default-mode rows of the sweep and of the main
+    shape (only the RNN is swept)."""
     if not any(r["sweep"] == axis for r in doc["rows"]):
         return {}
     dtypes = list(dict.fromkeys(r["dtype"] for r in doc["rows"]))
@@ -335,6 +393,7 @@ def _series(doc: dict[str, Any], axis: str, workload: str) -> dict[str, list[tup
         if (
             r["workload"] == workload
             and r["default_mode"]
+            and cell_of(r) == RNN
             and r["sweep"] in (None, axis)
             and r["dtype"] == dtypes[0]
             and r["device"] == devices[0]
@@ -429,7 +488,7 @@ def _tokens_legend(rows: list[dict[str, Any]], roofline_drawn: bool) -> list[Any
                 edgecolor="black",
                 hatch=PEER_HATCH,
                 linewidth=0.5,
-                label="the framework's own RNN (peer)",
+                label="the framework's own layer (peer)",
             )
         )
     if roofline_drawn:
@@ -438,24 +497,27 @@ def _tokens_legend(rows: list[dict[str, Any]], roofline_drawn: bool) -> list[Any
 
 
 def tokens_figure(doc: dict[str, Any]) -> Any:
-    """Horizontal bars of tokens/s per row at the main shape, one panel per workload, coloured
-    by framework (legend below), the peers hatched; None when there is no main-shape row."""
+    """Horizontal bars of tokens/s per row at the main shape, one panel per cell and workload,
+    coloured by framework (legend below), the peers hatched; None when there is no main-shape
+    row."""
     dtypes = list(dict.fromkeys(r["dtype"] for r in doc["rows"]))
     if not dtypes:
         return None
     panels = [
-        (w, sorted(main_rows(doc, dtypes[0], w), key=lambda r: r["tokens_per_sec"]))
+        (c, w, sorted(main_rows(doc, dtypes[0], w, c), key=lambda r: r["tokens_per_sec"]))
+        for c in cells_of(doc)
         for w in roofline.WORKLOADS
     ]
-    panels = [(w, rows) for w, rows in panels if rows]
+    panels = [(c, w, rows) for c, w, rows in panels if rows]
     if not panels:
         return None
     plt = _pyplot()
-    heights = [max(2.0, 0.32 * len(rows) + 1.3) for _, rows in panels]
+    heights = [max(2.0, 0.32 * len(rows) + 1.3) for _, _, rows in panels]
     fig, grid = _figure(plt, heights, 1, 9, _busy_short(doc))
-    roof = doc.get("roofline", {}).get(dtypes[0], {}).get("tokens_per_sec", {})
+    entry = doc.get("roofline", {}).get(dtypes[0], {})
     drawn = False
-    for (ax,), (workload, rows) in zip(grid, panels, strict=True):
+    for (ax,), (cell, workload, rows) in zip(grid, panels, strict=True):
+        roof = roofline_of(entry, cell).get("tokens_per_sec", {}) if entry else {}
         labels = [f"{r['name']}" + (" (peer)" if r["backend"] == "peer" else "") for r in rows]
         values = [r["tokens_per_sec"] for r in rows]
         bars = ax.barh(
@@ -476,7 +538,8 @@ def tokens_figure(doc: dict[str, Any]) -> Any:
                 fontsize=7,
             )
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
-        title = f"{workload}: tokens/s ({dtypes[0]}, {rows[0]['device']})"
+        H = shape_of(doc, cell)["num_hiddens"]
+        title = f"{workload}, {cell} (H={H}): tokens/s ({dtypes[0]}, {rows[0]['device']})"
         right = max(values)
         if workload in roof and workload != "generate":
             title += f"; roofline {roof[workload]:,.0f}"
@@ -494,7 +557,7 @@ def tokens_figure(doc: dict[str, Any]) -> Any:
         ax.set_xlabel(f"{unit}; higher is faster", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}")
-    all_rows = [r for _, rows in panels for r in rows]
+    all_rows = [r for _, _, rows in panels for r in rows]
     handles = _tokens_legend(all_rows, drawn)
     fig.legend(
         handles=handles,
@@ -508,7 +571,7 @@ def tokens_figure(doc: dict[str, Any]) -> Any:
     shape = doc["shape"]
     fig.suptitle(
         f"rosetta-rnn bench: B={shape['batch_size']} T={shape['num_steps']} "
-        f"H={shape['num_hiddens']} V={shape['vocab_size']}, {_repeats(doc)}",
+        f"V={shape['vocab_size']}, H per panel; {_repeats(doc)}",
         fontsize=10,
     )
     return fig

@@ -2,14 +2,16 @@
 
 FLOPs are the matrix products of the chapter's step (a multiply-add is 2 FLOPs). The input
 layer is a row gather (one-hot @ W_xh without the zeros), so it costs no FLOPs; elementwise work
-(tanh, softmax, bias) is O(H + V) per token, under 2 % at the d2l shape, and is not counted.
-Per token (one position of one sequence), with H = num_hiddens and V = vocab_size:
+(tanh, σ, the gates' products, softmax, bias) is O(H + V) per token, under 2 % at the d2l
+shapes, and is not counted. Per token (one position of one sequence), with H = num_hiddens,
+V = vocab_size and G the recurrent products per step (``GATES``: 1 for the RNN, 3 for a GRU:
+z, r and the candidate, 4 for the LSTM: i, f, o and the candidate):
 
-    forward   2H² (H_{t-1} W_hh) + 2HV (H_t W_hq)
-    backward  2H² (dZ W_hhᵀ) + 2H² (H_{t-1}ᵀ dZ) + 2HV (dY W_hqᵀ) + 2HV (Hᵀ dY)
+    forward   G·2H² (H_{t-1} W_h·) + 2HV (H_t W_hq)
+    backward  G·2H² (dA W_h·ᵀ) + G·2H² (H_{t-1}ᵀ dA) + 2HV (dY W_hqᵀ) + 2HV (Hᵀ dY)
 
-so a training step is B·T·(6H² + 6HV) plus 5 FLOPs per parameter for the global-norm clip and
-SGD (g², the sum, the scale, lr·g, the subtraction): backward ≈ 2 × forward.
+so a training step is B·T·3·(G·2H² + 2HV) plus 5 FLOPs per parameter for the global-norm clip
+and SGD (g², the sum, the scale, lr·g, the subtraction): backward ≈ 2 × forward.
 """
 
 from __future__ import annotations
@@ -21,50 +23,77 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn import backends
+from rosetta_rnn.core import cells
+from rosetta_rnn.core.cells import RNN
 
 WORKLOADS: tuple[str, ...] = ("train", "forward", "generate")
 PEAK_SIZE = 2048  # square matmul size for the CPU peak: large enough to be compute-bound
 GPU_PEAK_SIZE = 8192  # the same on a GPU (an H100 does a 2048² float32 product in ~0.3 ms)
 
 
-def num_params(num_hiddens: int, vocab_size: int) -> int:
-    """|W_xh| + |W_hh| + |b_h| + |W_hq| + |b_q|."""
+GATES: dict[str, int] = {RNN: 1, **{c: 4 if c == cells.LSTM else 3 for c in cells.CELLS}}
+"""H×H recurrent products per time step of each cell (core's names)."""
+
+
+def num_params(num_hiddens: int, vocab_size: int, cell: str = RNN) -> int:
+    """The RNN's |W_xh| + |W_hh| + |b_h| + |W_hq| + |b_q|; a gated cell's from its table."""
     H, V = num_hiddens, vocab_size
+    if cell != RNN:
+        return sum(int(np.prod(s)) for s in cells.param_shapes(cell, V, H).values())
     return V * H + H * H + H + H * V + V
 
 
-def forward_flops_per_token(num_hiddens: int, vocab_size: int) -> int:
-    """2H² + 2HV: the recurrence and the output layer for one token."""
+def forward_flops_per_token(num_hiddens: int, vocab_size: int, cell: str = RNN) -> int:
+    """G·2H² + 2HV: the recurrence and the output layer for one token."""
     H, V = num_hiddens, vocab_size
-    return 2 * H * H + 2 * H * V
+    return GATES[cell] * 2 * H * H + 2 * H * V
 
 
 def step_flops(
-    workload: str, batch_size: int, num_steps: int, num_hiddens: int, vocab_size: int
+    workload: str,
+    batch_size: int,
+    num_steps: int,
+    num_hiddens: int,
+    vocab_size: int,
+    cell: str = RNN,
 ) -> int:
     """FLOPs of one call's worth of tokens: a train step, a forward pass, or one generated token."""
-    fwd = forward_flops_per_token(num_hiddens, vocab_size)
+    fwd = forward_flops_per_token(num_hiddens, vocab_size, cell)
     if workload == "generate":
         return fwd  # batch 1, one token
     tokens = batch_size * num_steps
     if workload == "forward":
         return tokens * fwd
     if workload == "train":
-        return tokens * 3 * fwd + 5 * num_params(num_hiddens, vocab_size)
+        return tokens * 3 * fwd + 5 * num_params(num_hiddens, vocab_size, cell)
     raise ValueError(f"unknown workload {workload!r}")
 
 
 def flops_per_token(
-    workload: str, batch_size: int, num_steps: int, num_hiddens: int, vocab_size: int
+    workload: str,
+    batch_size: int,
+    num_steps: int,
+    num_hiddens: int,
+    vocab_size: int,
+    cell: str = RNN,
 ) -> float:
     """``step_flops`` divided by the tokens it processes."""
     tokens = 1 if workload == "generate" else batch_size * num_steps
-    return step_flops(workload, batch_size, num_steps, num_hiddens, vocab_size) / tokens
+    return step_flops(workload, batch_size, num_steps, num_hiddens, vocab_size, cell) / tokens
 
 
-def roofline_tokens_per_sec(peak_flops: float, workload: str, *shape: int) -> float:
+def roofline_tokens_per_sec(
+    peak_flops: float,
+    workload: str,
+    batch_size: int,
+    num_steps: int,
+    num_hiddens: int,
+    vocab_size: int,
+    cell: str = RNN,
+) -> float:
     """The most tokens/s ``peak_flops`` FLOP/s could give: peak / FLOPs per token."""
-    return peak_flops / flops_per_token(workload, *shape)
+    shape = (batch_size, num_steps, num_hiddens, vocab_size)
+    return peak_flops / flops_per_token(workload, *shape, cell=cell)
 
 
 def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -121,7 +150,7 @@ def measure_peak(
 def step_matmuls(
     batch_size: int, num_steps: int, num_hiddens: int, vocab_size: int
 ) -> list[tuple[str, int, int, int, int]]:
-    """The matrix products of one training step: (what, m, k, n, how many)."""
+    """The matrix products of one training step of the RNN: (what, m, k, n, how many)."""
     B, T, H, V = batch_size, num_steps, num_hiddens, vocab_size
     N = B * T
     return [

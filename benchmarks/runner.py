@@ -16,19 +16,28 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from rosetta_rnn import backends
+from rosetta_rnn.core.cells import RNN
 from rosetta_rnn.core.data import cache_dir
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
 from rosetta_rnn.progress import Progress
 
 from . import machine, report, roofline, targets, threads, timing
 from . import peers as peers_mod
-from .peers import PEER_FRAMEWORK, PEER_NAMES, PEERS
-from .workloads import D2L, Case, Shape, backend_cases, compile_modes, peer_cases
+from .peers import PEER_CELL, PEER_FRAMEWORK, PEER_NAMES, PEERS
+from .workloads import (
+    D2L,
+    GATED_HIDDENS,
+    Case,
+    Shape,
+    backend_cases,
+    compile_modes,
+    peer_cases,
+)
 
 SWEEP_STEPS = (5, 10, 20, 35, 70, 140)
 SWEEP_HIDDENS = (64, 128, 256, 512, 1024)
@@ -46,7 +55,9 @@ class BenchConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     workloads: list[str] = field(default_factory=lambda: list(roofline.WORKLOADS))
-    shape: Shape = D2L
+    cells: list[str] = field(default_factory=lambda: [RNN])  # core's names
+    shape: Shape = D2L  # the RNN's main shape (d2l 8.5)
+    gated_hiddens: int = GATED_HIDDENS  # num_hiddens of the gated cells' (d2l 9.1/9.2)
     sweep: bool = True
     sweep_steps: tuple[int, ...] = SWEEP_STEPS
     sweep_hiddens: tuple[int, ...] = SWEEP_HIDDENS
@@ -60,6 +71,15 @@ class BenchConfig:
     max_wait: float = 600.0  # seconds the run may wait for other processes to go quiet
     cold_compile: bool = False  # torch.compile from an empty cache (else the persistent one)
     quick: bool = False  # chosen by --quick (recorded in the document)
+
+    def shape_of(self, cell: str) -> Shape:
+        """The main shape of ``cell``: the RNN's, or the gated cells' num_hiddens."""
+        return self.shape if cell == RNN else replace(self.shape, num_hiddens=self.gated_hiddens)
+
+    def workloads_of(self, cell: str) -> list[str]:
+        """The workloads timed for ``cell``: all asked for the RNN; the training step alone
+        for a gated cell (the issue's comparison with the frameworks' own layers)."""
+        return self.workloads if cell == RNN else [w for w in self.workloads if w == "train"]
 
 
 class _Log:
@@ -199,31 +219,41 @@ def _devices(cfg: BenchConfig, loaded: list[str], notes: list[str]) -> dict[str,
 def _groups(
     cfg: BenchConfig, devices: dict[str, list[str]], peer_names: list[str]
 ) -> list[tuple[str, list[Case]]]:
-    """Groups of cases timed together: one per (dtype, device, workload, shape)."""
+    """Groups of cases timed together: one per (dtype, device, cell, workload, shape). The
+    main shapes of every cell come first, then the RNN's sweeps."""
     groups: list[tuple[str, list[Case]]] = []
     all_devices = list(dict.fromkeys(d for devs in devices.values() for d in devs))
 
     def cases_for(
-        dtype: str, device: str, shape: Shape, workload: str, modes: str, sweep: str | None
+        dtype: str,
+        device: str,
+        shape: Shape,
+        workload: str,
+        modes: str,
+        sweep: str | None,
+        cell: str = RNN,
     ) -> list[Case]:
         cases: list[Case] = []
         for name, devs in devices.items():
             if device in devs:
-                cases += backend_cases(name, device, dtype, shape, [workload], modes, sweep)
+                cases += backend_cases(name, device, dtype, shape, [workload], modes, sweep, cell)
         for peer in peer_names:
             fw = PEER_FRAMEWORK[peer]
-            if device in devices.get(fw, []) and (device == "cpu" or not PEERS[peer].cpu_only):
+            if PEER_CELL[peer] != cell or device not in devices.get(fw, []):
+                continue
+            if device == "cpu" or not PEERS[peer].cpu_only:
                 cases += peer_cases(peer, device, dtype, shape, [workload], sweep)
         return cases
 
     for dtype in cfg.dtypes:
         for device in all_devices:
-            for workload in cfg.workloads:
-                label = f"{workload} {dtype} {device} {_shape_label(cfg.shape)}"
-                groups.append(
-                    (label, cases_for(dtype, device, cfg.shape, workload, cfg.modes, None))
-                )
-            if not cfg.sweep:
+            for cell in cfg.cells:
+                shape = cfg.shape_of(cell)
+                for workload in cfg.workloads_of(cell):
+                    label = f"{workload} {cell} {dtype} {device} {_shape_label(shape)}"
+                    cases = cases_for(dtype, device, shape, workload, cfg.modes, None, cell)
+                    groups.append((label, cases))
+            if not cfg.sweep or RNN not in cfg.cells:
                 continue
             sweeps: list[tuple[str, Shape]] = [
                 ("num_steps", Shape(cfg.shape.batch_size, t, cfg.shape.num_hiddens))
@@ -237,7 +267,7 @@ def _groups(
             for axis, shape in sweeps:
                 for workload in cfg.workloads:
                     if workload in SWEEP_WORKLOADS:
-                        label = f"{workload} {dtype} {device} {_shape_label(shape)} (sweep)"
+                        label = f"{workload} rnn {dtype} {device} {_shape_label(shape)} (sweep)"
                         groups.append(
                             (label, cases_for(dtype, device, shape, workload, "default", axis))
                         )
@@ -247,6 +277,15 @@ def _groups(
 def _pause(cfg: BenchConfig) -> float:
     """The idle gap before each timed block: PAUSE_S, or less for very short blocks."""
     return min(timing.PAUSE_S, cfg.min_time)
+
+
+def _shape_dict(shape: Shape) -> dict[str, int]:
+    return {
+        "batch_size": shape.batch_size,
+        "num_steps": shape.num_steps,
+        "num_hiddens": shape.num_hiddens,
+        "vocab_size": shape.vocab_size,
+    }
 
 
 def _shape_label(shape: Shape) -> str:
@@ -267,11 +306,13 @@ def _row(case: Case, timed: timing.Timed, peak_gflops: float | None) -> dict[str
     s = timed.median_s
     shape = case.shape
     tokens_per_sec = case.tokens_per_call / s
-    gflops = tokens_per_sec * roofline.flops_per_token(case.workload, *shape.astuple()) / 1e9
+    per_token = roofline.flops_per_token(case.workload, *shape.astuple(), cell=case.cell)
+    gflops = tokens_per_sec * per_token / 1e9
     per_step = 1e3 / case.steps_per_call
     return {
         "name": case.name,
         "backend": case.backend,
+        "cell": case.cell,
         "device": case.device,
         "dtype": case.dtype,
         "mode": case.mode,
@@ -317,7 +358,7 @@ def _run_group(
             timed = timing.prepare(case, case.build, cfg.min_time, cfg.min_time)
         except Exception as e:  # a mode that fails here is reported, not fatal
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            where = f"{case.workload}, {_shape_label(case.shape)}"
+            where = f"{case.workload}, {case.cell}, {_shape_label(case.shape)}"
             notes.append(f"{case.name} ({where}) failed: {first}")
             log(f"   {case.name}: FAILED: {first}")
             if log.out is not None and cfg.debug:
@@ -378,13 +419,32 @@ def _measure_roofline(
             for w in cfg.workloads
         },
     }
-    if "train" in cfg.workloads:
+    entry["cells"] = {
+        cell: _cell_roofline(best, cfg.shape_of(cell), cfg.workloads_of(cell), cell)
+        for cell in cfg.cells
+    }
+    if "train" in cfg.workloads and RNN in cfg.cells:
         entry["matmul_floor"] = roofline.measure_matmul_floor(
             frameworks, dtype, *cfg.shape.astuple(), device=device
         )
     busy = meter.read()
     entry["background_cpus"] = None if busy is None else busy["other_cpus"]
     return entry
+
+
+def _cell_roofline(
+    peak_gflops: float, shape: Shape, workloads: list[str], cell: str
+) -> dict[str, Any]:
+    """One cell's main shape, FLOPs per token and roofline tokens/s per workload."""
+    dims = shape.astuple()
+    return {
+        "num_hiddens": shape.num_hiddens,
+        "flops_per_token": {w: roofline.flops_per_token(w, *dims, cell=cell) for w in workloads},
+        "tokens_per_sec": {
+            w: roofline.roofline_tokens_per_sec(peak_gflops * 1e9, w, *dims, cell=cell)
+            for w in workloads
+        },
+    }
 
 
 def _roofline(
@@ -558,6 +618,7 @@ def _run(
     start = time.perf_counter()
     cpus = threads.available_cpus()  # before the affinity narrows it to cfg.threads
     thread_info = threads.configure_environment(cfg.threads)
+    thread_info["openblas_set"] = threads.limit_openblas(cfg.threads)  # NumPy's, loaded already
     cache = compile_cache(cfg.cold_compile) if "torch" in cfg.backends else None
     notes: list[str] = []
     loaded, frameworks = _load_frameworks(cfg, notes, log)
@@ -578,7 +639,8 @@ def _run(
     units = _units(cfg, groups, len(all_devices) * len(cfg.dtypes))
     rows_total = sum(len(cases) for _, cases in groups)
     log(
-        f"bench: {rows_total} rows on {', '.join(all_devices)} ({', '.join(cfg.dtypes)}), "
+        f"bench: {rows_total} rows ({', '.join(cfg.cells)}) on {', '.join(all_devices)} "
+        f"({', '.join(cfg.dtypes)}), "
         f"{cfg.repeats} timed repeat(s) each, {cfg.threads} thread(s)"
         + (
             f"; torch.compile cache {cache['torchinductor']}"
@@ -639,12 +701,9 @@ def _run(
         "roofline": roof,
         "roofline_device": main_device,
         "roofline_by_device": roof_by_device,
-        "shape": {
-            "batch_size": cfg.shape.batch_size,
-            "num_steps": cfg.shape.num_steps,
-            "num_hiddens": cfg.shape.num_hiddens,
-            "vocab_size": cfg.shape.vocab_size,
-        },
+        "shape": _shape_dict(cfg.shape),  # the RNN's
+        "cells": list(cfg.cells),
+        "shapes": {cell: _shape_dict(cfg.shape_of(cell)) for cell in cfg.cells},
         "method": _method(cfg, guard, cache),
         "busy": busy,
         "notes": notes,

@@ -1,9 +1,13 @@
 """The issue's targets, measured and reported (never asserted): ratios at the main shape.
 
-Every ratio compares training-step tokens/s at the main shape (the d2l shape by default), in
-the first dtype asked for, on the main device (the CPU if it was measured, else the first
-device), between rows of the same process run. A backend's figure
-is its best mode.
+Every ratio compares training-step tokens/s of one cell at its main shape (d2l's by default:
+H 512 for the RNN, 256 for the GRU and the LSTM), in the first dtype asked for, on the main
+device (the CPU if it was measured, else the first device), between rows of the same process
+run. A backend's figure is its best mode. The gated cells' targets are the issue's "each
+backend's best mode ≥ 1.0× its framework's own layer": torch against torch.nn.GRU and
+torch.nn.LSTM, TensorFlow against Keras GRU and LSTM (the reset-after GRU, which is what both
+layers compute; d2l's reset-before GRU against Keras GRU(reset_after=False) alone). NumPy, JAX
+and the Array API backend have no layer of their own to be held to.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 
 LINEAR_R2 = 0.99  # "step time linear in num_steps": a straight-line fit explains ≥ 99 %
 
@@ -22,6 +28,13 @@ RATIO_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("tensorflow", "keras.SimpleRNN", 1.0),
     ("tensorflow", "torch.nn.RNN", 0.8),
 )
+"""The RNN's: (backend, peer, at least this × the peer's tokens/s)."""
+LAYER_TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    GRU_RESET_AFTER: (("torch", "torch.nn.GRU", 1.0), ("tensorflow", "keras.GRU", 1.0)),
+    LSTM: (("torch", "torch.nn.LSTM", 1.0), ("tensorflow", "keras.LSTM", 1.0)),
+    GRU_RESET_BEFORE: (("tensorflow", "keras.GRU(reset_after=False)", 1.0),),
+}
+"""The gated cells': each backend's best mode against its framework's own layer."""
 ROOFLINE_TARGET = 0.8
 COMPILE_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("jax", "jit", 1.0),
@@ -29,12 +42,29 @@ COMPILE_TARGETS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-def main_rows(doc: dict[str, Any], dtype: str, workload: str = "train") -> list[dict[str, Any]]:
-    """Rows at the main shape (no sweep) of ``workload`` and ``dtype`` on the main device."""
+def cell_of(row: dict[str, Any]) -> str:
+    """A row's cell (rows written before the gated cells were benched are the RNN's)."""
+    return str(row.get("cell", RNN))
+
+
+def cells_of(doc: dict[str, Any]) -> list[str]:
+    """The cells with rows, the RNN first, then in the order they were measured."""
+    found = dict.fromkeys(cell_of(r) for r in doc["rows"])
+    return sorted(found, key=lambda c: c != RNN)
+
+
+def main_rows(
+    doc: dict[str, Any], dtype: str, workload: str = "train", cell: str = RNN
+) -> list[dict[str, Any]]:
+    """Rows of ``cell`` at its main shape (no sweep) of ``workload`` and ``dtype`` on the main
+    device."""
     rows = [
         r
         for r in doc["rows"]
-        if r["sweep"] is None and r["workload"] == workload and r["dtype"] == dtype
+        if r["sweep"] is None
+        and r["workload"] == workload
+        and r["dtype"] == dtype
+        and cell_of(r) == cell
     ]
     devices = [r["device"] for r in rows]
     device = "cpu" if "cpu" in devices else (devices[0] if devices else None)
@@ -50,27 +80,61 @@ def _peer(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return next((r for r in rows if r["backend"] == "peer" and r["name"] == name), None)
 
 
-def _target(text: str, value: float | None, threshold: float, at_most: bool, detail: str) -> dict:
+def _target(
+    text: str,
+    value: float | None,
+    threshold: float,
+    at_most: bool,
+    detail: str,
+    cell: str = RNN,
+) -> dict:
     met = None if value is None else (value <= threshold if at_most else value >= threshold)
-    return {"target": text, "value": value, "threshold": threshold, "met": met, "detail": detail}
+    return {
+        "target": text,
+        "cell": cell,
+        "value": value,
+        "threshold": threshold,
+        "met": met,
+        "detail": detail,
+    }
 
 
-def evaluate(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
-    """Each target: the measured value, the threshold, met or not, and the rows it compares."""
-    rows = main_rows(doc, dtype)
+def _ratios(
+    rows: list[dict[str, Any]], targets: tuple[tuple[str, str, float], ...], cell: str
+) -> list[dict[str, Any]]:
+    """Each (backend, peer, threshold): the backend's best mode over the peer."""
     out = []
-    for backend, peer, threshold in RATIO_TARGETS:
+    for backend, peer, threshold in targets:
         b, p = _best(rows, backend), _peer(rows, peer)
         text = f"{backend} ≥ {threshold:.2f}× {peer}"
         if b is None or p is None:
-            out.append(_target(text, None, threshold, False, "not measured"))
+            out.append(_target(text, None, threshold, False, "not measured", cell))
             continue
         ratio = b["tokens_per_sec"] / p["tokens_per_sec"]
         detail = (
             f"{b['name']} {b['tokens_per_sec']:.0f} vs {p['name']} "
             f"{p['tokens_per_sec']:.0f} tokens/s"
         )
-        out.append(_target(text, ratio, threshold, False, detail))
+        out.append(_target(text, ratio, threshold, False, detail, cell))
+    return out
+
+
+def evaluate(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
+    """Each target: the measured value, the threshold, met or not, and the rows it compares;
+    those of each cell that has rows (the RNN's with ``not measured`` where a row is missing,
+    and also when nothing was measured)."""
+    cells = cells_of(doc)
+    out = _rnn_targets(doc, dtype) if RNN in cells or not cells else []
+    for cell, layer_targets in LAYER_TARGETS.items():
+        if cell in cells:
+            out += _ratios(main_rows(doc, dtype, cell=cell), layer_targets, cell)
+    return out
+
+
+def _rnn_targets(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
+    """The RNN's: the peer ratios, the roofline, compile times and linearity in num_steps."""
+    rows = main_rows(doc, dtype)
+    out = _ratios(rows, RATIO_TARGETS, RNN)
 
     backend_rows = [r for r in rows if r["backend"] != "peer"]
     roof = doc.get("roofline", {}).get(dtype, {}).get("tokens_per_sec", {}).get("train")
@@ -110,7 +174,12 @@ def linear_fits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the num_steps sweep (with its main-shape point); R² = 1 - SS_res / SS_tot."""
     series: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
-        if r["default_mode"] and r["sweep"] in (None, "num_steps") and r["workload"] != "generate":
+        if (
+            r["default_mode"]
+            and r["sweep"] in (None, "num_steps")
+            and r["workload"] != "generate"
+            and cell_of(r) == RNN  # the sweeps are the RNN's
+        ):
             key = (r["name"], r["dtype"], r["device"], r["workload"], r["num_hiddens"])
             series[key].append((r["num_steps"], r["ms_per_step"]))
     fits = []

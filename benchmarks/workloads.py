@@ -1,4 +1,5 @@
-"""The measured workloads, as cases: one backend (or peer) × device × dtype × mode × shape.
+"""The measured workloads, as cases: one backend (or peer) × cell × device × dtype × mode ×
+shape.
 
 - ``train``: one full step (forward, BPTT or autograd, global-norm clip, SGD), the hidden state
   carried to the next call as training carries it; tokens = batch_size × num_steps.
@@ -7,8 +8,10 @@
 - ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token;
   tokens = the predicted tokens, and ``ms_per_step`` is per token.
 
-The token ids are uniform draws from one seeded generator: the step's cost does not depend on
-the text, and no corpus is needed.
+The cell is the chapter's RNN (``rnn``) or one of core.cells' gated cells (``gru/reset-after``,
+``gru/reset-before``, ``lstm``); every backend trains any of them through the same
+``make_train_step``, which tells them apart by their parameters. The token ids are uniform draws
+from one seeded generator: the step's cost does not depend on the text, and no corpus is needed.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn import backends
-from rosetta_rnn.core import model, sampling
+from rosetta_rnn.core import cells, model, sampling
+from rosetta_rnn.core.cells import RNN
 
 from . import peers as peers_mod
 
 VOCAB_SIZE = 28  # The Time Machine's character vocabulary in d2l
+GATED_HIDDENS = 256  # d2l 9.1/9.2 train the GRU and the LSTM with 256 hidden units (8.5: 512)
 GENERATE_TOKENS = 50
 LR, THETA = 1.0, 1.0  # the chapter's learning rate and clipping threshold
 
@@ -64,6 +69,7 @@ class Case:
     shape: Shape
     build: Builder
     sweep: str | None = None  # "num_steps" or "num_hiddens" for sweep rows
+    cell: str = RNN  # core's name for the model: rnn, gru/reset-after, gru/reset-before, lstm
 
     @property
     def steps_per_call(self) -> int:
@@ -108,15 +114,17 @@ def syncer(backend: str, ops: Any) -> Sync:
     return lambda out: mod.sync(ops, out)
 
 
-def _params(ops: Any, shape: Shape, seed: int) -> model.Params:
+def _params(ops: Any, shape: Shape, seed: int, cell: str = RNN) -> model.Params:
+    """d2l's initial parameters of ``cell`` (core's draw from ``seed``) on the backend."""
     rng = np.random.default_rng(seed)
-    return model.to_backend(
-        ops, model.init_params(shape.vocab_size, shape.num_hiddens, rng, ops.dtype)
-    )
+    V, H = shape.vocab_size, shape.num_hiddens
+    if cell == RNN:
+        return model.to_backend(ops, model.init_params(V, H, rng, ops.dtype))
+    return model.to_backend(ops, cells.init_params(cell, V, H, rng, ops.dtype))
 
 
 def _train_builder(
-    backend: str, grad: str, mode: str, device: str, dtype: str, shape: Shape
+    backend: str, grad: str, mode: str, device: str, dtype: str, shape: Shape, cell: str = RNN
 ) -> Builder:
     def build() -> tuple[Call, Sync]:
         mod = backends.load(backend)
@@ -124,7 +132,8 @@ def _train_builder(
         step = mod.make_train_step(ops, grad=grad, mode=mode, activation="tanh")
         X, Y = minibatch(shape)
         inputs, labels = ops.asarray(X), ops.asarray(Y)
-        box = [_params(ops, shape, 0), model.begin_state(ops, shape.batch_size, shape.num_hiddens)]
+        params = _params(ops, shape, 0, cell)
+        box = [params, cells.initial_state(ops, params, shape.batch_size)]  # (H, C): LSTM
 
         def call() -> Any:
             box[0], box[1], loss, _ = step(box[0], inputs, labels, box[1], LR, THETA)
@@ -188,9 +197,13 @@ def backend_cases(
     workloads: list[str],
     modes: str | bool = "all",
     sweep: str | None = None,
+    cell: str = RNN,
 ) -> list[Case]:
     """One backend's rows for each workload, in the ``modes`` of ``MODES`` (True and False
-    mean all and default). ``device`` must be resolved already."""
+    mean all and default). ``device`` must be resolved already. A gated ``cell`` has the
+    ``train`` workload only (what the runner asks of it)."""
+    if cell != RNN and set(workloads) - {"train"}:
+        raise ValueError(f"the {cell} rows time the training step only, not {workloads}")
     mod = backends.load(backend)
     if isinstance(modes, bool):
         modes = "all" if modes else "default"
@@ -198,7 +211,9 @@ def backend_cases(
         raise ValueError(f"modes must be one of {', '.join(MODES)}, not {modes!r}")
 
     def common(name: str, mode: str, workload: str, build: Callable[[], Any]) -> Case:
-        return Case(name, backend, backend, device, dtype, mode, workload, shape, build, sweep)
+        return Case(
+            name, backend, backend, device, dtype, mode, workload, shape, build, sweep, cell
+        )
 
     cases: list[Case] = []
     for workload in workloads:
@@ -208,7 +223,7 @@ def backend_cases(
             for grad in grads:
                 for mode in compiles:
                     label = f"{grad}/{mode}"
-                    build = _train_builder(backend, grad, mode, device, dtype, shape)
+                    build = _train_builder(backend, grad, mode, device, dtype, shape, cell)
                     cases.append(common(f"{backend} {label}", label, workload, build))
         elif workload == "forward":
             for mode in compiles:
@@ -238,7 +253,7 @@ def _peer_builder(name: str, workload: str, device: str, dtype: str, shape: Shap
 def peer_cases(
     name: str, device: str, dtype: str, shape: Shape, workloads: list[str], sweep: str | None = None
 ) -> list[Case]:
-    """One peer's rows for each workload."""
+    """One peer's rows for each workload, in the cell it computes."""
     cls = peers_mod.PEERS[name]
     return [
         Case(
@@ -252,6 +267,7 @@ def peer_cases(
             shape=shape,
             build=_peer_builder(name, w, device, dtype, shape),
             sweep=sweep,
+            cell=peers_mod.PEER_CELL[name],
         )
         for w in workloads
     ]

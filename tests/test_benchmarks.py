@@ -21,7 +21,9 @@ from rosetta_rnn.benchmarks import cli as bench_cli
 from rosetta_rnn.benchmarks import machine, peers, report, roofline, runner, targets, timing
 from rosetta_rnn.benchmarks.profile import ops_breakdown
 from rosetta_rnn.benchmarks.workloads import Shape
-from rosetta_rnn.core import model, sampling
+from rosetta_rnn.conformance.checks import max_error
+from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.core import cells, model, sampling
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
 
 TINY = (
@@ -103,64 +105,129 @@ def test_flop_count_of_the_d2l_step() -> None:
     assert matmul_flops == B * T * 3 * forward  # the profiled products are the counted ones
 
 
+def test_flop_count_of_the_gated_cells() -> None:
+    """A GRU runs 3 recurrent products a step, the LSTM 4; the rest is counted as the RNN's."""
+    B, T, H, V = 32, 35, 256, 28
+    for cell, gates in (("gru/reset-after", 3), ("gru/reset-before", 3), ("lstm", 4)):
+        forward = gates * 2 * H * H + 2 * H * V
+        assert roofline.forward_flops_per_token(H, V, cell) == forward
+        P = sum(int(np.prod(s)) for s in cells.param_shapes(cell, V, H).values())
+        assert roofline.num_params(H, V, cell) == P
+        assert roofline.step_flops("train", B, T, H, V, cell) == B * T * 3 * forward + 5 * P
+    assert roofline.num_params(H, V, "lstm") == 4 * (V * H + H * H + H) + H * V + V
+    assert (
+        roofline.num_params(H, V, "gru/reset-after")
+        == roofline.num_params(H, V, "gru/reset-before") + H
+    )  # b_xh and b_hh where reset-before has b_h
+
+
 # --- the peers compute the chapter's step -----------------------------------------------------
 
 V, H, T, B = 7, 5, 4, 3
+PAIRED_BIASES = {
+    "torch.nn.RNN": ("b_h",),
+    "torch.nn.GRU": ("b_z", "b_r"),
+    "torch.nn.LSTM": ("b_i", "b_f", "b_o", "b_c"),
+    "keras.GRU": ("b_z", "b_r"),
+}
+"""core's biases that the peer keeps as an input and a recurrent bias (torch's bias_ih and
+bias_hh, Keras GRU(reset_after=True)'s two rows): both take the gradient step, so their sum
+moves twice core's step, and both count in the clipping norm."""
 
 
 @pytest.fixture(scope="module")
-def case() -> dict[str, object]:
-    rng = np.random.default_rng(0)
-    return {
-        "params": model.init_params(V, H, rng, "float64", sigma=0.5),
-        "inputs": rng.integers(0, V, (T, B)),
-        "labels": rng.integers(0, V, (T, B)),
-        "state": rng.standard_normal((B, H)) * 0.3,
-    }
+def cases() -> dict[str, dict[str, object]]:
+    """Per cell: parameters (σ 0.5, so the gates are not all near ½), a batch and a state."""
+    out: dict[str, dict[str, object]] = {}
+    for cell in (cells.RNN, *cells.CELLS):
+        rng = np.random.default_rng(0)
+        if cell == cells.RNN:
+            params = model.init_params(V, H, rng, "float64", sigma=0.5)
+        else:
+            params = cells.init_params(cell, V, H, rng, "float64", sigma=0.5)
+        h = rng.standard_normal((B, H)) * 0.3
+        out[cell] = {
+            "params": params,
+            "inputs": rng.integers(0, V, (T, B)),
+            "labels": rng.integers(0, V, (T, B)),
+            "state": (h, rng.standard_normal((B, H)) * 0.3) if cell == cells.LSTM else h,
+        }
+    return out
 
 
-def _core_step(case: dict, theta: float) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
+def _core_step(case: dict, theta: float) -> tuple[float, dict[str, np.ndarray], object, float]:
     ops = backends.load("numpy").make_ops("float64", "cpu")
     step = backends.load("numpy").make_train_step(ops)
     params = {k: v.copy() for k, v in case["params"].items()}
-    new, H_T, loss, _ = step(params, case["inputs"], case["labels"], case["state"], 0.5, theta)
-    return float(loss), new, H_T
+    new, H_T, loss, norm = step(params, case["inputs"], case["labels"], case["state"], 0.5, theta)
+    return float(loss), new, H_T, float(norm)
 
 
 FRAMEWORK_MODULE = {"torch": "torch", "tensorflow": "keras", "jax": "jax", "numpy": "numpy"}
 
 
+def _states(state: object) -> dict[str, np.ndarray]:
+    """A state as named arrays: H, or the LSTM's H and C."""
+    parts = state if isinstance(state, tuple) else (state,)
+    return {f"state{i}": np.asarray(s) for i, s in enumerate(parts)}
+
+
 @pytest.mark.parametrize("name", peers.PEER_NAMES)
-def test_peer_train_step_equals_core(name: str, case: dict) -> None:
+def test_peer_train_step_equals_core(name: str, cases: dict) -> None:
+    """One SGD step of every peer, each in its cell, equals core's step. A peer that keeps a
+    bias pair is compared unclipped (torch: θ = inf; Keras' global_clipnorm=inf gives NaN,
+    so θ = 1e6), where its pair's sum moves by twice core's step; the others with θ = 0.05,
+    which clips."""
     pytest.importorskip(FRAMEWORK_MODULE[peers.PEER_FRAMEWORK[name]])
-    # Keras's global_clipnorm=inf gives NaN and torch clips over two biases: use θ that fits
-    theta = math.inf if name == "torch.nn.RNN" else 0.05
-    loss, new, H_T = _core_step(case, theta)
+    cell = peers.PEER_CELL[name]
+    case = cases[cell]
+    paired = PAIRED_BIASES.get(name, ())
+    theta = (math.inf if name.startswith("torch") else 1e6) if paired else 0.05
+    loss, new, H_T, norm = _core_step(case, theta)
+    assert paired or norm > theta  # the clip is part of what is compared
     peer = peers.make_peer(name, V, H, "float64", "cpu")
+    assert peer.cell == cell and peer.name == name
     peer.set_params({k: v.copy() for k, v in case["params"].items()})
     got_loss, got_H = peer.step_once(case["inputs"], case["labels"], case["state"], 0.5, theta)
+    tol = tolerance("float64", "values")
+    assert max_error({"loss": np.asarray(got_loss)}, {"loss": np.asarray(loss)}) <= tol
+    assert max_error(_states(got_H), _states(H_T)) <= tol
+    for b in paired:  # bias_ih and bias_hh each take b's gradient step
+        new[b] = 2 * new[b] - case["params"][b]
     got = peer.get_params()
-    assert got_loss == pytest.approx(loss, rel=1e-12)
-    np.testing.assert_allclose(got_H, H_T, rtol=0, atol=1e-12)
-    if name == "torch.nn.RNN":  # bias_ih and bias_hh each take b_h's gradient step
-        new["b_h"] = 2 * new["b_h"] - case["params"]["b_h"]
-    for k in model.PARAM_NAMES:
-        np.testing.assert_allclose(got[k], new[k], rtol=0, atol=1e-12, err_msg=k)
+    assert set(got) == set(new)
+    errors = {k: max_error({k: got[k]}, {k: new[k]}) for k in new}
+    assert max(errors.values()) <= tol, errors
 
 
 @pytest.mark.parametrize("name", peers.PEER_NAMES)
-def test_peer_forward_and_greedy_generation_equal_core(name: str, case: dict) -> None:
+def test_peer_forward_and_greedy_generation_equal_core(name: str, cases: dict) -> None:
     pytest.importorskip(FRAMEWORK_MODULE[peers.PEER_FRAMEWORK[name]])
     ops = backends.load("numpy").make_ops("float64", "cpu")
+    case = cases[peers.PEER_CELL[name]]
     params = case["params"]
     peer = peers.make_peer(name, V, H, "float64", "cpu")
     peer.set_params(params)
-    zeros = np.zeros((B, H))
-    loss, _ = model.forward_loss(ops, params, case["inputs"], case["labels"], zeros)
+    zeros = cells.initial_state(ops, params, B)
+    loss, _ = cells.any_forward_loss(ops, params, case["inputs"], case["labels"], zeros)
     got = peer.forward(case["inputs"], case["labels"])()
     peer.sync(got)
     assert float(np.asarray(got)) == pytest.approx(float(loss), rel=1e-12)
     assert peer.generate(2, 12)() == sampling.predict(ops, params, [2], 12)
+
+
+def test_every_cell_has_its_frameworks_layers_as_peers() -> None:
+    by_cell: dict[str, list[str]] = {}
+    for name, cell in peers.PEER_CELL.items():
+        by_cell.setdefault(cell, []).append(name)
+    assert by_cell == {
+        cells.RNN: ["torch.nn.RNN", "keras.SimpleRNN", "jax.lax.scan", "numpy.min-char-rnn"],
+        cells.GRU_RESET_AFTER: ["torch.nn.GRU", "keras.GRU"],
+        cells.LSTM: ["torch.nn.LSTM", "keras.LSTM"],
+        cells.GRU_RESET_BEFORE: ["keras.GRU(reset_after=False)"],  # torch has no such layer
+    }
+    with pytest.raises(ValueError, match="computes rnn, not lstm"):
+        peers.MinCharRNNPeer(V, H, "float64", "cpu", cells.LSTM)
 
 
 # --- the timing and the targets ---------------------------------------------------------------
@@ -202,6 +269,29 @@ def test_quiet_guard_times_again_a_block_that_shared_the_machine(
     timing.time_block(row, pause=0, guard=guard)
     assert len(row.samples) == 1 and row.discarded == 1 and guard.discarded == 1
     assert row.noisy == 0
+
+
+def test_the_thread_count_reaches_numpys_openblas() -> None:
+    """NumPy's OpenBLAS sized its pool when it was loaded; --threads must reach it, or with
+    one thread on two CPUs its two threads share one CPU (an LSTM step 80× slower)."""
+    import ctypes
+
+    from rosetta_rnn.benchmarks import threads
+
+    with open("/proc/self/maps") as f:
+        paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower()})
+    if not paths:
+        pytest.skip("this NumPy does not use OpenBLAS")
+    lib = ctypes.CDLL(paths[0])
+    getters = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_")
+    getter = next(getattr(lib, n) for n in getters if hasattr(lib, n))
+    before = getter()
+    try:
+        assert os.path.basename(paths[0]) in threads.limit_openblas(1)
+        assert getter() == 1
+    finally:
+        threads.limit_openblas(before)
+    assert getter() == before
 
 
 def test_cpu_meter_reads_other_processes_load() -> None:
@@ -254,6 +344,28 @@ def test_targets_use_the_best_mode_and_a_straight_line_fit() -> None:
     assert by_text["jax jit compile ≤ 1 s"]["met"] is False
     (fit,) = targets.linear_fits(rows)
     assert fit["ms_per_time_step"] == pytest.approx(0.5) and fit["r2"] == pytest.approx(1.0)
+    assert not any(t["cell"] != "rnn" for t in by_text.values())  # no gated rows, no targets
+
+
+def test_gated_cells_are_held_to_their_frameworks_own_layers() -> None:
+    gru = {"cell": "gru/reset-after", "num_hiddens": 256}
+    rows = [
+        _row("torch autograd/eager", "torch", 80.0, **gru),
+        _row("torch bptt/torch.compile", "torch", 130.0, default_mode=False, **gru),
+        _row("torch.nn.GRU", "peer", 100.0, **gru),
+        _row("keras.GRU", "peer", 50.0, **gru),
+        _row("torch.nn.RNN", "peer", 1000.0),  # another cell's peer: never compared with
+    ]
+    doc = {"rows": rows, "roofline": {}}
+    found = targets.evaluate(doc, "float32")
+    gated = {t["target"]: t for t in found if t["cell"] == "gru/reset-after"}
+    assert set(gated) == {"torch ≥ 1.00× torch.nn.GRU", "tensorflow ≥ 1.00× keras.GRU"}
+    assert gated["torch ≥ 1.00× torch.nn.GRU"]["value"] == pytest.approx(1.3)  # the best mode
+    assert gated["torch ≥ 1.00× torch.nn.GRU"]["met"] is True
+    assert gated["tensorflow ≥ 1.00× keras.GRU"]["met"] is None  # not measured
+    rnn = {t["target"]: t for t in found if t["cell"] == "rnn"}
+    assert rnn["torch ≥ 1.00× torch.nn.RNN"]["met"] is None  # the GRU rows are not the RNN's
+    assert not any(t["cell"] == "lstm" for t in found)  # no LSTM rows, no LSTM targets
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -297,6 +409,8 @@ def test_bench_json_schema_and_files(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_bench_table_with_torch_and_its_peer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The default cells: the RNN, and the GRU and LSTM on the training step, each against
+    its torch layer, in one table per cell with its targets."""
     pytest.importorskip("torch")
     argv = ["--backends", "numpy", "torch", "--workload", "train", "--no-sweep"]
     argv += ["--modes", "default", *TINY, "--out", str(tmp_path)]
@@ -305,6 +419,58 @@ def test_bench_table_with_torch_and_its_peer(
     assert "torch.nn.RNN" in stdout and "torch autograd/eager" in stdout
     assert "numpy ≥ 1.05× torch.nn.RNN" in stdout and "roofline" in stdout
     assert not (tmp_path / "scaling.png").exists()  # no sweep, no scaling plot
+    doc = json.loads((tmp_path / "results.json").read_text())
+    by_cell: dict[str, set[str]] = {}
+    for r in doc["rows"]:
+        by_cell.setdefault(r["cell"], set()).add(r["name"])
+    assert by_cell == {
+        "rnn": {"numpy bptt/eager", "torch autograd/eager", "torch.nn.RNN", "numpy.min-char-rnn"},
+        "gru/reset-after": {"numpy bptt/eager", "torch autograd/eager", "torch.nn.GRU"},
+        "lstm": {"numpy bptt/eager", "torch autograd/eager", "torch.nn.LSTM"},
+    }
+    for cell in ("gru/reset-after", "lstm"):
+        assert f"{cell}, B=2 T=3 H=8 V=28 float32 cpu" in stdout
+    (gru,) = [t for t in doc["targets"] if t["target"] == "torch ≥ 1.00× torch.nn.GRU"]
+    assert gru["cell"] == "gru/reset-after" and gru["value"] > 0 and gru["met"] is not None
+    assert "torch ≥ 1.00× torch.nn.LSTM" in stdout
+    assert "tensorflow ≥ 1.00× keras.LSTM" in stdout  # not measured: no TensorFlow here
+
+
+def test_cells_select_rows_shapes_and_peers() -> None:
+    """--cells names core's cells; gru is the reset-after GRU of torch.nn.GRU and Keras' GRU.
+    The gated cells run at H 256 unless --num-hiddens says otherwise, on the training step
+    alone, against their own layers only, without sweeps."""
+    from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
+
+    full = _config([])
+    assert full.cells == [RNN, GRU_RESET_AFTER, LSTM]
+    assert full.shape_of(RNN).num_hiddens == 512 and full.shape_of(LSTM).num_hiddens == 256
+    assert full.workloads_of(RNN) == list(roofline.WORKLOADS)
+    assert full.workloads_of(LSTM) == ["train"]
+    assert _config(["--quick"]).cells == [RNN]
+    assert _config(["--quick", "--cells", "lstm"]).cells == [LSTM]
+    assert _config(["--workload", "forward"]).cells == [RNN]  # the default drops them
+    names = ["gru", "gru/reset-after", "gru/reset-before"]
+    named = _config(["--cells", *names, "--num-hiddens", "64"])
+    assert named.cells == [GRU_RESET_AFTER, GRU_RESET_BEFORE]
+    assert named.shape_of(RNN).num_hiddens == named.shape_of(GRU_RESET_BEFORE).num_hiddens == 64
+
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    cfg = _config(["--cells", "rnn", "gru/reset-before", "lstm", *TINY])
+    devices = {"numpy": ["cpu"], "torch": ["cpu"], "tensorflow": ["cpu"]}
+    groups = runner._groups(cfg, devices, list(peers.PEER_NAMES))
+    gated = {c.cell: (label, c) for label, cases in groups for c in cases if c.cell != RNN}
+    assert set(gated) == {GRU_RESET_BEFORE, LSTM}
+    assert "train lstm float32 cpu B=2 T=3 H=8" in gated[LSTM][0]
+    for _, cases in groups:
+        (cell,) = {c.cell for c in cases}
+        peer_names = {c.name for c in cases if c.backend == "peer"}
+        assert peer_names <= {p for p, c in peers.PEER_CELL.items() if c == cell}
+        if cell != RNN:
+            assert {c.workload for c in cases} == {"train"} and {c.sweep for c in cases} == {None}
+    lstm_peers = {c.name for _, cases in groups for c in cases if c.cell == LSTM}
+    assert {"torch.nn.LSTM", "keras.LSTM"} <= lstm_peers
 
 
 def test_missing_framework_is_a_note_unless_asked_for(
@@ -340,6 +506,15 @@ def test_missing_framework_is_a_note_unless_asked_for(
         (["--max-wait", "-1"], "--max-wait must be a number >= 0, got '-1'"),
         (["--device", "tpu"], "unknown device 'tpu' (use cpu, auto, gpu, gpu:N or all)"),
         (["--quick", "--repeats", "0"], "--repeats must be a positive number, got '0'"),
+        (
+            ["--cells", "rnn", "gru/reset-middle"],
+            "unknown cell 'gru/reset-middle'; choose from rnn, gru, gru/reset-after, "
+            "gru/reset-before, lstm",
+        ),
+        (
+            ["--cells", "lstm", "--workload", "forward"],
+            "--cells lstm: the gated cells are timed on the training step alone",
+        ),
     ],
 )
 def test_one_line_errors(
@@ -521,6 +696,40 @@ def test_nothing_measured_is_an_error_and_the_previous_set_stays(
     assert _contents(tmp_path) == old
 
 
+def test_the_tables_plot_and_csv_say_the_cell_and_its_target(tmp_path: Path) -> None:
+    gru = {"cell": "gru/reset-after", "num_hiddens": 256}
+    rows = [
+        _full_row("torch autograd/eager", "torch", 40000.0),
+        _full_row("torch.nn.RNN", "peer", 35000.0, framework="torch"),
+        _full_row("torch autograd/eager", "torch", 30000.0, **gru),
+        _full_row("torch.nn.GRU", "peer", 24000.0, framework="torch", **gru),
+        _full_row("tensorflow autograd/tf.function", "tensorflow", 23916.0, **gru),
+        _full_row("keras.GRU", "peer", 24000.0, framework="tensorflow", **gru),
+    ]
+    doc = _doc(rows)
+    doc["shapes"] = {"rnn": doc["shape"], "gru/reset-after": {**doc["shape"], "num_hiddens": 256}}
+    doc["targets"] = targets.evaluate(doc, "float32")
+    text = report.terminal(doc)
+    assert "rnn, B=32 T=35 H=512 V=28 float32 cpu" in text
+    assert "gru/reset-after, B=32 T=35 H=256 V=28 float32 cpu" in text
+    (line,) = [x for x in text.splitlines() if "torch ≥ 1.00× torch.nn.GRU" in x]
+    assert line.split()[0] == "gru/reset-after" and "1.25×" in line and "met" in line
+    (line,) = [x for x in text.splitlines() if "tensorflow ≥ 1.00× keras.GRU" in x]
+    assert "0.997×" in line and "MISSED" in line  # never "1.00×" and missed
+    md = report.markdown(doc)
+    assert "## train, gru/reset-after (B=32 T=35 H=256 V=28)" in md
+    assert "| gru/reset-after | torch ≥ 1.00× torch.nn.GRU | 1.25× | met |" in md
+    figure = report.tokens_figure(doc)
+    titles = [ax.get_title() for ax in figure.axes if ax.axison]
+    assert [t.split(":")[0] for t in titles] == [
+        "train, rnn (H=512)",
+        "train, gru/reset-after (H=256)",
+    ]
+    report.write_csv(doc, tmp_path / "results.csv")
+    with (tmp_path / "results.csv").open() as f:
+        assert [r["cell"] for r in csv.DictReader(f)] == ["rnn", "rnn", *["gru/reset-after"] * 4]
+
+
 def test_a_new_set_replaces_the_old_one_whole(tmp_path: Path) -> None:
     old = _previous_set(tmp_path)
     doc = _doc([_full_row("numpy bptt/eager", "numpy", 100.0)])  # no sweep: no scaling.png
@@ -593,6 +802,8 @@ def test_bench_help_says_what_where_how_long_and_the_quick_mode() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     text = sub.choices["bench"].format_help()
     for words in ("training step", "roofline", "bench-results", "10 minutes", "--quick"):
+        assert words in text, words
+    for words in ("--cells", "gru/reset-before", "its framework's own layer", "--cells rnn"):
         assert words in text, words
     assert "about a minute" in text and "--modes compiled --repeats 3" in text
 
@@ -824,7 +1035,7 @@ def test_the_tokens_plot_has_axis_labels_a_legend_and_the_busy_note() -> None:
     assert panels and all("tokens per second" in ax.get_xlabel() for ax in panels)
     (legend,) = figure.legends
     labels = [t.get_text() for t in legend.get_texts()]
-    assert labels == ["numpy", "torch", "the framework's own RNN (peer)", "roofline"]
+    assert labels == ["numpy", "torch", "the framework's own layer (peer)", "roofline"]
     texts = [t.get_text() for ax in figure.axes for t in ax.texts]
     assert any(t.startswith("Busy machine: other processes used 1.34 CPUs") for t in texts)
     quiet = report.tokens_figure(_doc(rows))
