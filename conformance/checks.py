@@ -1,5 +1,7 @@
 """The checks. Each compares one quantity of a subject with NumPy float64 (the reference) on
-the same problem and returns a Cell; a failing cell names the known mistake it matches."""
+the same problem and returns a Cell; a failing cell names the known mistake it matches. Every
+check but ``interface`` and ``sample/ties`` (which involve no cell) runs per cell: the problem
+says which."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import checkpoint, model, sampling
+from rosetta_rnn.core import cells, checkpoint, model, sampling
 from rosetta_rnn.core.training import TrainConfig
 
 from .interface import missing_operations
-from .problems import Problem
+from .problems import CELLS, Problem, State, state_arrays, state_parts
 from .subjects import Arrays, BackendSubject, NotApplicable
 from .tolerances import TRAIN_STEPS, tolerance
 
@@ -33,7 +35,9 @@ class Cell:
     tolerance: float
     passed: bool
     message: str = ""
-    cell: str = "rnn"  # rnn, gru-reset-before, gru-reset-after or lstm (conform --json's names)
+    cell: str | None = "rnn"
+    """rnn, gru-reset-before, gru-reset-after or lstm (conform's names); None for a check that
+    involves no cell (``CELL_FREE``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,12 +75,17 @@ def reference() -> BackendSubject:
     return _reference_cache["ref"]
 
 
-def _rounded(problem: Problem, dtype: str) -> tuple[Arrays, np.ndarray, np.ndarray, np.ndarray]:
+def _round(a: np.ndarray, dtype: str) -> np.ndarray:
+    return a.astype(dtype).astype(np.float64)
+
+
+def _rounded(problem: Problem, dtype: str) -> tuple[Arrays, np.ndarray, np.ndarray, State]:
     """The problem with parameters and state rounded to ``dtype`` (held as float64), so
     a float32 subject and the float64 reference start from the same numbers."""
     params, inputs, labels, state = problem.draw()
-    params = {k: v.astype(dtype).astype(np.float64) for k, v in params.items()}
-    return params, inputs, labels, state.astype(dtype).astype(np.float64)
+    params = {k: _round(v, dtype) for k, v in params.items()}
+    parts = tuple(_round(s, dtype) for s in state_parts(state))
+    return params, inputs, labels, parts if isinstance(state, tuple) else parts[0]
 
 
 def _dtype_leak(subject: Any, got: dict[str, np.ndarray]) -> str:
@@ -98,6 +107,8 @@ def diagnose(
         return leak
     for build in MISTAKES.values():
         suspect = build()
+        if problem.cell not in getattr(suspect, "cells", CELLS):
+            continue  # a mistake of another cell (the GRU's gate order on an LSTM)
         try:
             theirs = quantity(suspect, problem, subject.dtype)
         except NotApplicable:
@@ -124,7 +135,8 @@ def compare(
         message = diagnose(quantity, subject, problem, got, tol)
         hint = HINTS.get(name)
         message = message or (hint(subject, problem) if hint else "") or "differs"
-    return Cell(name, subject.label, subject.dtype, subject.device, err, tol, passed, message)
+    cell = None if name in CELL_FREE else problem.label
+    return Cell(name, subject.label, subject.dtype, subject.device, err, tol, passed, message, cell)
 
 
 # --- the quantities -------------------------------------------------------------------------
@@ -137,13 +149,16 @@ def q_params(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray
     return subject.transfer(params)
 
 
-def q_forward(key: str) -> Quantity:
+def q_forward(key: str, *more: str) -> Quantity:
+    """``key`` of the subject's forward, and those of ``more`` the subject has (the LSTM's
+    final ``memory`` next to its hidden states)."""
+
     def q(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
         params, inputs, _, state = _rounded(problem, dtype)
         out = subject.forward(params, inputs, state)
         if key not in out:
             raise NotApplicable
-        return {key: out[key]}
+        return {k: out[k] for k in (key, *more) if k in out}
 
     return q
 
@@ -153,7 +168,10 @@ def _default_mode(subject: Any) -> str:
 
 
 def q_loss(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
+    """The loss the gradient engine computes (a suspect without one has ``loss`` alone)."""
     params, inputs, labels, state = _rounded(problem, dtype)
+    if hasattr(subject, "loss"):
+        return {"loss": np.asarray(subject.loss(params, inputs, labels, state))}
     loss, _, _ = subject.value_and_grad(_default_mode(subject), params, inputs, labels, state)
     return {"loss": np.asarray(loss)}
 
@@ -169,8 +187,8 @@ def q_grads(mode: str) -> Quantity:
         else:
             mode_used = mode
         params, inputs, labels, state = _rounded(problem, dtype)
-        _, grads, H_T = subject.value_and_grad(mode_used, params, inputs, labels, state)
-        return {**grads, "H_T": H_T}
+        _, grads, final = subject.value_and_grad(mode_used, params, inputs, labels, state)
+        return {**grads, **state_arrays(final)}
 
     return q
 
@@ -178,7 +196,7 @@ def q_grads(mode: str) -> Quantity:
 def _reference_grads(problem: Problem, dtype: str) -> Arrays:
     params, inputs, labels, state = _rounded(problem, dtype)
     _, grads, _ = reference().value_and_grad("bptt", params, inputs, labels, state)
-    return {k: v.astype(dtype).astype(np.float64) for k, v in grads.items()}
+    return {k: _round(v, dtype) for k, v in grads.items()}
 
 
 def q_clip(branch: str) -> Quantity:
@@ -280,6 +298,7 @@ def check_interface(subject: Any) -> Cell:
         0.0,
         not missing,
         "" if not missing else "missing operations: " + ", ".join(missing),
+        None,
     )
 
 
@@ -287,24 +306,25 @@ def finite_difference_error(
     params: Arrays,
     inputs: np.ndarray,
     labels: np.ndarray,
-    state: np.ndarray,
+    state: State,
     activation: str = "tanh",
     h: float = 1e-5,
 ) -> float:
-    """core's BPTT gradients (of the parameters and of the initial state) against central
-    finite differences of core's loss, float64, as ``max_error`` over all of them together:
-    a parameter with a tiny gradient has a finite difference made of rounding, which must not
-    decide the verdict."""
+    """core's BPTT gradients (of the parameters and of the initial state, both parts of the
+    LSTM's) against central finite differences of core's loss, float64, for any cell, as
+    ``max_error`` over all of them together: a parameter with a tiny gradient has a finite
+    difference made of rounding, which must not decide the verdict."""
     ops = reference().ops
-    _, grads, _, dstate = model.bptt(ops, params, inputs, labels, state, activation)
-    targets = {**params, "state": state}
+    _, grads, _, dstate = cells.any_bptt(ops, params, inputs, labels, state, activation)
+    parts = dict(zip(("state", "state_c"), state_parts(state), strict=False))
+    targets = {**params, **parts}
 
     def loss_at() -> float:
-        loss, _ = model.forward_loss(ops, params, inputs, labels, state, activation)
+        loss, _ = cells.any_forward_loss(ops, params, inputs, labels, state, activation)
         return float(loss)
 
     numeric: Arrays = {}
-    for name, value in targets.items():
+    for name, value in targets.items():  # each perturbed in place, where the loss reads it
         numeric[name] = np.zeros_like(value)
         for idx in np.ndindex(value.shape):
             old = value[idx]
@@ -314,11 +334,13 @@ def finite_difference_error(
             down = loss_at()
             value[idx] = old
             numeric[name][idx] = (up - down) / (2 * h)
-    return max_error({**grads, "state": dstate}, numeric)
+    analytic = dict(zip(("state", "state_c"), state_parts(dstate), strict=False))
+    return max_error({**grads, **analytic}, numeric)
 
 
 def check_bptt_vs_fd(problem: Problem, h: float = 1e-5) -> Cell:
-    """The reference BPTT against central finite differences of the reference loss (float64)."""
+    """The reference BPTT of the problem's cell against central finite differences of the
+    reference loss (float64)."""
     worst = finite_difference_error(*problem.draw(), h=h)
     tol = tolerance("float64", "fd")
     return Cell(
@@ -330,7 +352,15 @@ def check_bptt_vs_fd(problem: Problem, h: float = 1e-5) -> Cell:
         tol,
         worst <= tol,
         "" if worst <= tol else "hand-written BPTT disagrees with finite differences",
+        problem.label,
     )
+
+
+def _run_meta(cell: str) -> dict[str, Any]:
+    """The ``run`` a checkpoint of ``cell`` carries, as ``rosetta-rnn train`` writes it (the
+    cell, and the GRU's formulation apart)."""
+    kind, _, form = cell.partition("/")
+    return {"cell": kind, "gru": form or None}
 
 
 def check_checkpoint(
@@ -345,6 +375,7 @@ def check_checkpoint(
         "epoch": 0,
         "config": {"num_hiddens": problem.num_hiddens, "embed_dim": problem.embed_dim},
         "vocab": [f"t{i}" for i in range(problem.vocab_size)],
+        "run": _run_meta(problem.cell),
     }
     ref = reference().forward({k: v.astype(np.float64) for k, v in mine.items()}, inputs, state)
     worst = 0.0
@@ -364,6 +395,7 @@ def check_checkpoint(
         tol,
         worst <= tol,
         "" if worst <= tol else "a checkpoint loads to different outputs",
+        problem.label,
     )
 
 
@@ -371,7 +403,7 @@ CHECKS: dict[str, tuple[Quantity, str, bool]] = {
     # name: (quantity, tolerance kind, exact)
     "params": (q_params, "values", True),
     "embedding": (q_forward("embedding"), "values", False),
-    "hidden": (q_forward("hidden"), "values", False),
+    "hidden": (q_forward("hidden", "memory"), "values", False),
     "logits": (q_forward("logits"), "values", False),
     "loss": (q_loss, "values", False),
     "perplexity": (q_perplexity, "values", False),
@@ -387,6 +419,10 @@ CHECKS: dict[str, tuple[Quantity, str, bool]] = {
     "train/random": (q_train("random"), "train", False),
     "train/no-detach": (q_train("no-detach"), "train", False),
 }
+
+CELL_FREE: tuple[str, ...] = ("sample/ties",)
+"""Checks that involve no cell (the sampler on fixed logits): once per column, as
+``interface``; every other check runs once per cell."""
 
 
 def _hint_temperature(subject: Any, problem: Problem) -> str:
@@ -404,7 +440,31 @@ def _hint_temperature(subject: Any, problem: Problem) -> str:
     return ""
 
 
-HINTS: dict[str, Callable[[Any, Problem], str]] = {"sample/temperature": _hint_temperature}
+def _hint_forward(subject: Any, problem: Problem) -> str:
+    """A gradient, trajectory or sample that differs because the forward pass already does:
+    the known mistake the hidden states match (a suspect that has no gradients of its own,
+    hard_sigmoid for one, is still named)."""
+    quantity = CHECKS["hidden"][0]
+    try:
+        got = quantity(subject, problem, subject.dtype)
+    except NotApplicable:
+        return ""
+    tol = tolerance(subject.dtype, "values")
+    if max_error(got, quantity(reference(), problem, subject.dtype)) <= tol:
+        return ""
+    named = diagnose(quantity, subject, problem, got, tol)
+    return f"{named} (the hidden states already differ)" if named else ""
+
+
+HINTS: dict[str, Callable[[Any, Problem], str]] = {
+    "sample/temperature": _hint_temperature,
+    **{
+        name: _hint_forward
+        for name in CHECKS
+        if name.startswith(("grads/", "train/")) or name == "sample/greedy"
+    },
+}
+"""What a failing check says when no known mistake reproduces its own output."""
 
 
 def applicable(name: str, subject: Any) -> bool:
@@ -424,8 +484,7 @@ def applicable(name: str, subject: Any) -> bool:
 
 
 def run_check(name: str, subject: Any, problems: Sequence[Problem]) -> Cell:
-    """One cell: the worst error of check ``name`` over ``problems``."""
+    """One cell: the worst error of check ``name`` over ``problems`` (all of one cell)."""
     quantity, kind, exact = CHECKS[name]
-    cells = [compare(name, subject, p, quantity, kind, exact) for p in problems]
-    worst = max(cells, key=lambda c: (not c.passed, c.max_error))
-    return worst
+    results = [compare(name, subject, p, quantity, kind, exact) for p in problems]
+    return max(results, key=lambda c: (not c.passed, c.max_error))

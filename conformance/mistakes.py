@@ -1,7 +1,9 @@
 """Known mistakes, each a deliberately broken adapter of the NumPy backend.
 
 The suite uses them twice: tests run the checks on them to prove each is caught, and a failing
-cell is compared against each of them to name the likely cause in its message.
+cell is compared against each of them to name the likely cause in its message. A mistake
+applies to the cells in its ``cells`` (the GRU's gate order means nothing to an LSTM); the
+diagnosis tries it on those only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import model, sampling
+from rosetta_rnn.core import cells, model, sampling
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
 
-from .subjects import Arrays, BackendSubject
+from .problems import State
+from .subjects import Arrays, BackendSubject, NotApplicable
+
+GRUS = (GRU_RESET_BEFORE, GRU_RESET_AFTER)
+GATED = cells.CELLS
 
 
 def _batch_major(labels: Any) -> Any:
@@ -40,10 +47,11 @@ class SecondBias(BackendSubject):
     """b_h added twice in the recurrence (torch.nn.RNN's bias_hh loaded with b_h)."""
 
     mistake = "a second bias: b_h is added twice (torch.nn.RNN's bias_hh must be zero)"
+    cells = (RNN,)
 
     def put(self, params: Arrays) -> Any:
         doubled = {**params}
-        if "b_h" in doubled and "W_hh" in doubled:  # only model parameters, not gradients
+        if "W_hh" in doubled and cells.cell_of(params) == RNN:  # the RNN's b_h only
             doubled["b_h"] = 2 * params["b_h"]
         return super().put(doubled)
 
@@ -102,10 +110,270 @@ class FrameworkRNG(BackendSubject):
         )
 
 
+# --- the gated cells' mistakes -----------------------------------------------------------------
+
+
+class _Rewired(BackendSubject):
+    """A cell that runs the model of ``rewire(params)`` instead of ``params``: the broken
+    model as a linear map of our parameters. Its gradients are pulled back to our parameters
+    through that map (its transpose: ``pull_back``), so gradients and training are the broken
+    model's, in the parameters the adapter holds. Both work on NumPy and backend arrays, and
+    leave a cell outside ``cells`` as it is."""
+
+    cells: tuple[str, ...] = ()
+
+    def _rewire(self, params: Any) -> Any:
+        raise NotImplementedError
+
+    def _pull_back(self, grads: Any) -> Any:
+        raise NotImplementedError
+
+    def rewire(self, params: Any) -> Any:
+        return self._rewire(params) if cells.cell_of(params) in self.cells else params
+
+    def pull_back(self, grads: Any) -> Any:
+        """Gradients of the rewired model (named as ``rewire``'s output) as our parameters'."""
+        return self._pull_back(grads) if cells.cell_of(grads) in self.cells else grads
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
+        return super().forward(self.rewire(params), inputs, state)
+
+    def value_and_grad(self, mode, params, inputs, labels, state):
+        loss, grads, final = super().value_and_grad(
+            mode, self.rewire(params), inputs, labels, state
+        )
+        return loss, self.pull_back(grads), final
+
+    def make_step(self, mode: str) -> StepFn:
+        ops = self.ops
+        vg = self.module.make_value_and_grad(ops, mode)
+
+        def step(p, x, y, s, lr, theta):
+            loss, grads, final = vg(self.rewire(p), x, y, s)
+            clipped, norm = model.clip_by_global_norm(ops, self.pull_back(grads), theta)
+            return model.sgd(ops, p, clipped, lr), final, loss, norm
+
+        return step
+
+    def predict(self, params, prefix, n, temperature, seed):
+        return super().predict(self.rewire(params), prefix, n, temperature, seed)
+
+
+def _swap_zr(arrays: Any) -> Any:
+    """The update gate's weights and bias under the reset gate's names, and back."""
+    swap = {"z": "r", "r": "z"}
+    out = {}
+    for name, value in arrays.items():
+        head, _, gate = name.rpartition("_")
+        letter = gate[-1:]
+        if head in ("W", "b") and letter in swap and gate[:-1] in ("x", "h", ""):
+            name = f"{head}_{gate[:-1]}{swap[letter]}"
+        out[name] = value
+    return out
+
+
+class GateOrderZR(_Rewired):
+    """The GRU's update and reset gates exchanged, weights and bias: torch's (r, z, n) read
+    as Keras' (z, r, h), or the other way round."""
+
+    mistake = (
+        "z and r swapped: the GRU's update and reset gates exchanged (torch stacks the gates "
+        "r, z, n; Keras z, r, h)"
+    )
+    cells = GRUS
+
+    def _rewire(self, params: Any) -> Any:
+        return _swap_zr(params)
+
+    def _pull_back(self, grads: Any) -> Any:
+        return _swap_zr(grads)
+
+
+class ResetOtherForm(_Rewired):
+    """The reset gate applied in the other GRU formulation: a reset-before GRU run as
+    reset-after (R ⊙ (H W_hh), its b_h outside), a reset-after GRU run as reset-before
+    ((R ⊙ H) W_hh, its two candidate biases summed), as when a torch GRU is loaded into
+    Keras' GRU(reset_after=False) or d2l's GRU into torch's."""
+
+    mistake = (
+        "the reset gate in the other GRU formulation: (R ⊙ H) W_hh and R ⊙ (H W_hh + b_hh) "
+        "exchanged (reset-before: d2l 9.1, Keras GRU(reset_after=False); reset-after: "
+        "torch.nn.GRU, cuDNN, Keras' default)"
+    )
+    cells = GRUS
+
+    def _rewire(self, params: Any) -> Any:
+        out = {k: v for k, v in params.items() if k not in ("b_h", "b_xh", "b_hh")}
+        if "b_xh" in params:  # reset-after run as reset-before
+            out["b_h"] = params["b_xh"] + params["b_hh"]
+        else:  # reset-before run as reset-after: b_h is the input bias, no recurrent one
+            out["b_xh"], out["b_hh"] = params["b_h"], params["b_h"] * 0
+        return out
+
+    def _pull_back(self, grads: Any) -> Any:
+        out = {k: v for k, v in grads.items() if k not in ("b_h", "b_xh", "b_hh")}
+        if "b_h" in grads:  # the model ran with b_h = b_xh + b_hh
+            out["b_xh"], out["b_hh"] = grads["b_h"], grads["b_h"]
+        else:  # with b_xh = b_h and a constant b_hh
+            out["b_h"] = grads["b_xh"]
+        return out
+
+
+class BhnOutside(_Rewired):
+    """The reset-after candidate with its recurrent bias outside the reset product:
+    tanh(X W_xh + b_xh + b_hh + R ⊙ (H W_hh)), as when torch's bias_hh[n] is summed into the
+    input bias like the other gates' biases."""
+
+    mistake = (
+        "b_hn outside the reset product: tanh(X W_xh + b_xh + b_hh + R ⊙ (H W_hh)) instead of "
+        "tanh(X W_xh + b_xh + R ⊙ (H W_hh + b_hh)) (torch's bias_hh[n] summed into bias_ih[n])"
+    )
+    cells = (GRU_RESET_AFTER,)
+
+    def _rewire(self, params: Any) -> Any:
+        return {**params, "b_xh": params["b_xh"] + params["b_hh"], "b_hh": params["b_hh"] * 0}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return {**grads, "b_hh": grads["b_xh"]}
+
+
+class ForgetBiasOne(_Rewired):
+    """The LSTM's forget gate with 1 more bias than ours: one side initialised b_f = 1 (Keras'
+    unit_forget_bias, a +1 in the forward) where the other has 0 (d2l, torch)."""
+
+    mistake = (
+        "the forget bias is 1 more than ours: b_f + 1 (Keras' unit_forget_bias) where the other "
+        "side has 0 (d2l, torch)"
+    )
+    cells = (LSTM,)
+
+    def _rewire(self, params: Any) -> Any:
+        return {**params, "b_f": params["b_f"] + 1.0}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return grads
+
+
+def gated_forward(
+    ops: Any, params: Any, inputs: Any, state: Any, gate: Callable[[Any, Any], Any]
+) -> tuple[Any, Any]:
+    """(Hs, final state) of a gated cell as core.cells computes them, with ``gate(ops, x)`` in
+    place of σ in every gate (the candidate keeps tanh). Written again here, not borrowed:
+    core.cells' σ is fixed."""
+    cell = cells.cell_of(params)
+    if cell == RNN:  # no gates: nothing to replace
+        return cells.any_forward(ops, params, inputs, state)
+    table = {"E": params["E"]} if "E" in params else {}
+
+    def projection(g: str, bias: str) -> Any:  # X_t W_xg + b for every step
+        return model.embed(ops, {**table, "W_xh": params[f"W_x{g}"]}, inputs) + params[bias]
+
+    if cell == LSTM:
+        W = {g: params[f"W_h{g}"] for g in "ifoc"}
+
+        def lstm_step(carry: Any, x: Any) -> tuple[Any, Any]:
+            H, C = carry
+            xi, xf, xo, xc = x
+            I = gate(ops, xi + ops.matmul(H, W["i"]))
+            F = gate(ops, xf + ops.matmul(H, W["f"]))
+            O = gate(ops, xo + ops.matmul(H, W["o"]))
+            C = F * C + I * ops.tanh(xc + ops.matmul(H, W["c"]))
+            H = O * ops.tanh(C)
+            return (H, C), H
+
+        xs = tuple(projection(g, f"b_{g}") for g in "ifoc")
+        final, Hs = ops.scan(lstm_step, (state[0], state[1]), xs)
+        return Hs, final
+    after = cell == GRU_RESET_AFTER
+    W_hz, W_hr, W_hh = params["W_hz"], params["W_hr"], params["W_hh"]
+
+    def gru_step(H: Any, x: Any) -> tuple[Any, Any]:
+        xz, xr, xh = x
+        Z = gate(ops, xz + ops.matmul(H, W_hz))
+        R = gate(ops, xr + ops.matmul(H, W_hr))
+        if after:
+            H_tilde = ops.tanh(xh + R * (ops.matmul(H, W_hh) + params["b_hh"]))
+        else:
+            H_tilde = ops.tanh(xh + ops.matmul(R * H, W_hh))
+        H = Z * H + (1 - Z) * H_tilde
+        return H, H
+
+    xs = (
+        projection("z", "b_z"),
+        projection("r", "b_r"),
+        projection("h", "b_xh" if after else "b_h"),
+    )
+    final, Hs = ops.scan(gru_step, state, xs)
+    return Hs, final
+
+
+def hard_sigmoid(ops: Any, x: Any) -> Any:
+    """Keras 3's hard_sigmoid: relu6(x + 3) / 6."""
+    return ops.minimum(6.0, ops.relu(x + 3.0)) / 6.0
+
+
+def hard_sigmoid_keras2(ops: Any, x: Any) -> Any:
+    """Keras 2's hard_sigmoid: clip(0.2 x + 0.5, 0, 1)."""
+    return ops.minimum(1.0, ops.relu(0.2 * x + 0.5))
+
+
+class HardSigmoid(BackendSubject):
+    """hard_sigmoid in place of σ in every gate (Keras' recurrent_activation="hard_sigmoid",
+    Keras 2's LSTM default). Only the forward pass and the loss: core's BPTT has σ' built in,
+    so there are no gradients to compare; a gradient that differs is named through its hidden
+    states (checks.HINTS)."""
+
+    mistake = "hard_sigmoid in place of sigmoid in the gates (Keras 3's relu6(x + 3) / 6)"
+    cells = GATED
+    gate = staticmethod(hard_sigmoid)
+
+    def recurrence(self, P: Any, X: Any, state: Any) -> tuple[Any, Any]:
+        return gated_forward(self.ops, P, X, state, self.gate)
+
+    def loss(self, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State) -> Any:
+        """The mean cross-entropy of this forward pass (there is no gradient engine for it)."""
+        P = self.put(params)
+        X, Y = self._inputs(inputs, labels)
+        Hs, _ = self.recurrence(P, X, self.put_state(state))
+        return self.get(model.output_loss(self.ops, P, Hs, Y))
+
+    def _gated(self, params: Arrays) -> bool:
+        return cells.cell_of(params) in self.cells
+
+    def value_and_grad(self, mode, params, inputs, labels, state):
+        if self._gated(params):
+            raise NotApplicable
+        return super().value_and_grad(mode, params, inputs, labels, state)
+
+    def train(self, mode, params, corpus, cfg, seed, steps):
+        if self._gated(params):
+            raise NotApplicable
+        return super().train(mode, params, corpus, cfg, seed, steps)
+
+    def predict(self, params, prefix, n, temperature, seed):
+        if self._gated(params):
+            raise NotApplicable
+        return super().predict(params, prefix, n, temperature, seed)
+
+
+class HardSigmoidKeras2(HardSigmoid):
+    """Keras 2's hard_sigmoid in place of σ in every gate."""
+
+    mistake = "hard_sigmoid in place of sigmoid in the gates (Keras 2's clip(0.2x + 0.5, 0, 1))"
+    gate = staticmethod(hard_sigmoid_keras2)
+
+
 MISTAKES: dict[str, Callable[[], BackendSubject]] = {
     "labels-batch-major": lambda: LabelsBatchMajor(numpy_backend, "float64"),
     "second-bias": lambda: SecondBias(numpy_backend, "float64"),
     "clip-epsilon": lambda: ClipEpsilon(numpy_backend, "float64"),
     "float32-leak": lambda: Float32Leak(numpy_backend, "float64"),
     "framework-rng": lambda: FrameworkRNG(numpy_backend, "float64"),
+    "gate-order-zr": lambda: GateOrderZR(numpy_backend, "float64"),
+    "reset-other-form": lambda: ResetOtherForm(numpy_backend, "float64"),
+    "bhn-outside": lambda: BhnOutside(numpy_backend, "float64"),
+    "forget-bias-one": lambda: ForgetBiasOne(numpy_backend, "float64"),
+    "hard-sigmoid": lambda: HardSigmoid(numpy_backend, "float64"),
+    "hard-sigmoid-keras2": lambda: HardSigmoidKeras2(numpy_backend, "float64"),
 }
+"""In the order the diagnosis tries them; the first whose output matches names the cell."""

@@ -2,13 +2,19 @@
 
 This module is a test oracle. It is written from the book's text (Dive into Deep Learning,
 "Text Preprocessing", "Language Models and the Dataset", "Recurrent Neural Network
-Implementation from Scratch") with the book's names, its per-time-step loops and its order of
+Implementation from Scratch", and the gated cells of "Gated Recurrent Units (GRU)" and "Long
+Short-Term Memory (LSTM)") with the book's names, its per-time-step loops and its order of
 operations, and it shares no code with the library: it imports only the standard library and
 NumPy. The book's random draws (the iterators' offset and shuffle, the parameter
 initialisation, the sampled predictions) are explicit arguments here.
 
+Cells (``cell=``): ``rnn`` (the chapter's), ``gru-reset-before`` (d2l's ``gru``),
+``gru-reset-after`` (the candidate of the torch.nn.GRU documentation, which the book does not
+write) and ``lstm`` (d2l's ``lstm``).
+
 Conventions: token ids are ints; the model's inputs and labels are time-major ``(T, B)``;
-every array of numbers is float64.
+every array of numbers is float64. A GRU's state is H ``(B, num_hiddens)``, the LSTM's the
+tuple ``(H, C)``.
 """
 
 from __future__ import annotations
@@ -290,9 +296,7 @@ def rnn(
         Y = H @ W_hq + b_q
         outputs.append(Y)
         Hs.append(H)
-    if not outputs:
-        return np.zeros((0, _vocab_size(params)), dtype=np.float64), H, Hs
-    return np.concatenate(outputs, axis=0), H, Hs
+    return _concat(outputs, params), H, Hs
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -306,20 +310,30 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def loss_and_grads(
-    params: dict[str, np.ndarray],
-    inputs: Any,
-    labels: Any,
-    state: np.ndarray,
-    activation: str = "tanh",
-) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
-    """Mean cross-entropy over the last ``w`` steps' outputs, its gradients, and H_T.
+def _labelled_loss(
+    outputs: np.ndarray, labels: np.ndarray, T: int, B: int
+) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of the last ``w`` steps' outputs and its gradient by the logits.
 
-    ``inputs`` are time-major ``(T, B)``; ``labels`` are time-major ``(w, B)`` with
-    ``1 <= w <= T`` and label the outputs of steps ``T - w .. T - 1``. The gradients come from a
-    plain per-step backward loop; ``state`` gets none (it is a constant, "detached").
+    ``outputs`` are ``(T * B, V)`` time-major, ``labels`` ``(w, B)``. The gradient is
+    ``(softmax - one_hot) / n`` on the ``n = w * B`` labelled rows, ``(n, V)``.
     """
-    _check_activation(activation)
+    w = labels.shape[0]
+    y_hat = outputs[(T - w) * B :]  # (w * B, V), time-major
+    y = labels.reshape(-1)  # time-major, as the book's Y.T.reshape(-1)
+    n = w * B
+    log_probs = _log_softmax(y_hat)
+    loss = float(-log_probs[np.arange(n), y].sum() / n)
+    dy_hat = _softmax(y_hat)
+    dy_hat[np.arange(n), y] -= 1.0
+    dy_hat /= n
+    return loss, dy_hat
+
+
+def _check_problem(
+    params: dict[str, np.ndarray], inputs: Any, labels: Any
+) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """(inputs, labels, T, B, w) with the ids, the shapes and ``1 <= w <= T`` checked."""
     V = _vocab_size(params)
     inputs = _check_ids(inputs, V)
     labels = _check_ids(labels, V)
@@ -327,19 +341,43 @@ def loss_and_grads(
     w = labels.shape[0]
     if not 1 <= w <= T or labels.shape[1] != B:
         raise ValueError(f"labels must be (w, {B}) with 1 <= w <= {T}, got {labels.shape}")
+    return inputs, labels, T, B, w
+
+
+def loss_and_grads(
+    params: dict[str, np.ndarray],
+    inputs: Any,
+    labels: Any,
+    state: Any,
+    activation: str = "tanh",
+    cell: str = "rnn",
+) -> tuple[float, dict[str, np.ndarray], Any]:
+    """Mean cross-entropy over the last ``w`` steps' outputs, its gradients, and the final state.
+
+    ``inputs`` are time-major ``(T, B)``; ``labels`` are time-major ``(w, B)`` with
+    ``1 <= w <= T`` and label the outputs of steps ``T - w .. T - 1``. The gradients come from a
+    plain per-step backward loop; ``state`` gets none (it is a constant, "detached"). ``cell``
+    is one of ``CELLS``; ``activation`` is the RNN's (a gated cell's is tanh).
+    """
+    _check_cell(cell, activation)
+    if cell == "rnn":
+        return _rnn_loss_and_grads(params, inputs, labels, state, activation)
+    return _gated_loss_and_grads(cell, params, inputs, labels, state)
+
+
+def _rnn_loss_and_grads(
+    params: dict[str, np.ndarray],
+    inputs: Any,
+    labels: Any,
+    state: np.ndarray,
+    activation: str,
+) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
+    _check_activation(activation)
+    inputs, labels, T, B, w = _check_problem(params, inputs, labels)
 
     # Forward: the book's rnn, then the loss on the last w steps.
     outputs, H_T, Hs = rnn(inputs, state, params, activation)
-    y_hat = outputs[(T - w) * B :]  # (w * B, V), time-major
-    y = labels.reshape(-1)  # time-major, as the book's Y.T.reshape(-1)
-    n = w * B
-    log_probs = _log_softmax(y_hat)
-    loss = float(-log_probs[np.arange(n), y].sum() / n)
-
-    # dloss / dlogits: (softmax - one_hot) / n for each labelled prediction.
-    dy_hat = _softmax(y_hat)
-    dy_hat[np.arange(n), y] -= 1.0
-    dy_hat /= n
+    loss, dy_hat = _labelled_loss(outputs, labels, T, B)
 
     W_xh, W_hh, W_hq = params["W_xh"], params["W_hh"], params["W_hq"]
     grads = {name: np.zeros_like(p, dtype=np.float64) for name, p in params.items()}
@@ -357,13 +395,406 @@ def loss_and_grads(
         X = _step_input(inputs[t], params)
         grads["W_xh"] += X.T @ dZ
         if "E" in params:
-            dX = dZ @ W_xh.T
-            for b in range(B):
-                grads["E"][inputs[t, b]] += dX[b]
+            _scatter_embedding(grads, inputs[t], dZ @ W_xh.T)
         grads["W_hh"] += H_prev.T @ dZ
         grads["b_h"] += dZ.sum(axis=0)
         dH_next = dZ @ W_hh.T
     return loss, grads, H_T
+
+
+def _scatter_embedding(grads: dict[str, np.ndarray], tokens: np.ndarray, dX: np.ndarray) -> None:
+    """X = E[tokens]: each row's gradient goes to its token's row of E."""
+    for b in range(len(tokens)):
+        grads["E"][tokens[b]] += dX[b]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gated cells: d2l 9.1 (GRU) and 9.2 (LSTM)
+# ---------------------------------------------------------------------------------------------
+
+CELLS = ("rnn", "gru-reset-before", "gru-reset-after", "lstm")
+
+
+def _check_cell(cell: str, activation: str = "tanh") -> None:
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+    if cell != "rnn" and activation != "tanh":
+        raise ValueError(f"the {cell} cell has σ gates and tanh; activation {activation!r} is not")
+
+
+def get_gru_params(
+    vocab_size: int,
+    num_hiddens: int,
+    rng: np.random.Generator,
+    *,
+    reset_after: bool = False,
+    embed_dim: int | None = None,
+) -> dict[str, np.ndarray]:
+    """d2l 9.1's ``get_params``: ``three()`` for the update gate (W_xz, W_hz, b_z), the reset
+    gate (W_xr, W_hr, b_r) and the candidate (W_xh, W_hh, b_h), then W_hq, b_q (then E).
+
+    ``normal(shape)`` is ``rng.standard_normal(shape) * 0.01``; the biases are zeros. With
+    ``reset_after`` the candidate has two biases, b_xh outside the reset and b_hh inside it (the
+    torch.nn.GRU documentation's b_in and b_hn), both zeros. With ``embed_dim`` the W_x· are
+    ``(embed_dim, num_hiddens)`` and ``E`` ``(vocab_size, embed_dim)`` is drawn last.
+    """
+    num_inputs = num_outputs = vocab_size
+    if embed_dim is not None:
+        num_inputs = embed_dim
+
+    def normal(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.standard_normal(shape) * 0.01
+
+    def three() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            normal((num_inputs, num_hiddens)),
+            normal((num_hiddens, num_hiddens)),
+            np.zeros(num_hiddens, dtype=np.float64),
+        )
+
+    W_xz, W_hz, b_z = three()  # update gate
+    W_xr, W_hr, b_r = three()  # reset gate
+    W_xh, W_hh, b_h = three()  # candidate hidden state
+    W_hq = normal((num_hiddens, num_outputs))
+    b_q = np.zeros(num_outputs, dtype=np.float64)
+    params = {"W_xz": W_xz, "W_hz": W_hz, "b_z": b_z, "W_xr": W_xr, "W_hr": W_hr, "b_r": b_r}
+    params |= {"W_xh": W_xh, "W_hh": W_hh}
+    if reset_after:
+        params |= {"b_xh": b_h, "b_hh": np.zeros(num_hiddens, dtype=np.float64)}
+    else:
+        params["b_h"] = b_h
+    params |= {"W_hq": W_hq, "b_q": b_q}
+    if embed_dim is not None:
+        params["E"] = normal((vocab_size, embed_dim))
+    return params
+
+
+def get_lstm_params(
+    vocab_size: int,
+    num_hiddens: int,
+    rng: np.random.Generator,
+    *,
+    forget_bias: float = 0.0,
+    embed_dim: int | None = None,
+) -> dict[str, np.ndarray]:
+    """d2l 9.2's ``get_lstm_params``: ``three()`` for the input gate (W_xi, W_hi, b_i), the
+    forget gate (f), the output gate (o) and the candidate memory cell (c), then W_hq, b_q
+    (then E).
+
+    The biases are zeros but b_f, which is ``forget_bias`` (0 in the book; 1 is Keras'
+    ``unit_forget_bias``). ``embed_dim`` as in ``get_gru_params``.
+    """
+    num_inputs = num_outputs = vocab_size
+    if embed_dim is not None:
+        num_inputs = embed_dim
+
+    def normal(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.standard_normal(shape) * 0.01
+
+    def three() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            normal((num_inputs, num_hiddens)),
+            normal((num_hiddens, num_hiddens)),
+            np.zeros(num_hiddens, dtype=np.float64),
+        )
+
+    W_xi, W_hi, b_i = three()  # input gate
+    W_xf, W_hf, b_f = three()  # forget gate
+    W_xo, W_ho, b_o = three()  # output gate
+    W_xc, W_hc, b_c = three()  # candidate memory cell
+    W_hq = normal((num_hiddens, num_outputs))
+    b_q = np.zeros(num_outputs, dtype=np.float64)
+    params = {
+        "W_xi": W_xi, "W_hi": W_hi, "b_i": b_i,
+        "W_xf": W_xf, "W_hf": W_hf, "b_f": b_f + forget_bias,
+        "W_xo": W_xo, "W_ho": W_ho, "b_o": b_o,
+        "W_xc": W_xc, "W_hc": W_hc, "b_c": b_c,
+        "W_hq": W_hq, "b_q": b_q,
+    }  # fmt: skip
+    if embed_dim is not None:
+        params["E"] = normal((vocab_size, embed_dim))
+    return params
+
+
+def get_cell_params(
+    cell: str,
+    vocab_size: int,
+    num_hiddens: int,
+    rng: np.random.Generator,
+    *,
+    forget_bias: float = 0.0,
+    embed_dim: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The ``get_params`` of ``cell``; ``forget_bias`` is the LSTM's only."""
+    _check_cell(cell)
+    if forget_bias != 0.0 and cell != "lstm":
+        raise ValueError(f"forget_bias is the LSTM's forget-gate bias; the {cell} has none")
+    if cell == "rnn":
+        return get_params(vocab_size, num_hiddens, rng, embed_dim=embed_dim)
+    if cell == "lstm":
+        return get_lstm_params(
+            vocab_size, num_hiddens, rng, forget_bias=forget_bias, embed_dim=embed_dim
+        )
+    reset_after = cell == "gru-reset-after"
+    return get_gru_params(
+        vocab_size, num_hiddens, rng, reset_after=reset_after, embed_dim=embed_dim
+    )
+
+
+def init_gru_state(batch_size: int, num_hiddens: int) -> np.ndarray:
+    """The zero hidden state ``(batch_size, num_hiddens)``."""
+    return np.zeros((batch_size, num_hiddens), dtype=np.float64)
+
+
+def init_lstm_state(batch_size: int, num_hiddens: int) -> tuple[np.ndarray, np.ndarray]:
+    """The zero hidden state and memory cell ``(H, C)``, each ``(batch_size, num_hiddens)``."""
+    return (
+        np.zeros((batch_size, num_hiddens), dtype=np.float64),
+        np.zeros((batch_size, num_hiddens), dtype=np.float64),
+    )
+
+
+def init_state(cell: str, batch_size: int, num_hiddens: int) -> Any:
+    """The zero state of ``cell``: H, or (H, C) for the LSTM."""
+    _check_cell(cell)
+    if cell == "lstm":
+        return init_lstm_state(batch_size, num_hiddens)
+    if cell == "rnn":
+        return init_rnn_state(batch_size, num_hiddens)
+    return init_gru_state(batch_size, num_hiddens)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = 1 / (1 + exp(-x)), the book's ``torch.sigmoid``."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def gru(
+    inputs: Any,
+    state: np.ndarray,
+    params: dict[str, np.ndarray],
+    reset_after: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, np.ndarray]]]:
+    """d2l 9.1's ``gru``, per step:
+
+        Z = σ(X W_xz + H W_hz + b_z), R = σ(X W_xr + H W_hr + b_r),
+        H̃ = tanh(X W_xh + (R ⊙ H) W_hh + b_h), H = Z ⊙ H + (1 − Z) ⊙ H̃, Y = H W_hq + b_q.
+
+    ``reset_after``: the torch.nn.GRU documentation's candidate instead,
+    H̃ = tanh(X W_xh + b_xh + R ⊙ (H W_hh + b_hh)). Returns the outputs ``(T * B, V)``, the
+    final H and, per step, what the backward pass needs.
+    """
+    inputs = _check_ids(inputs, _vocab_size(params))
+    W_xz, W_hz, b_z = params["W_xz"], params["W_hz"], params["b_z"]
+    W_xr, W_hr, b_r = params["W_xr"], params["W_hr"], params["b_r"]
+    W_xh, W_hh = params["W_xh"], params["W_hh"]
+    W_hq, b_q = params["W_hq"], params["b_q"]
+    H = state
+    outputs = []
+    steps = []
+    for t in range(inputs.shape[0]):
+        X = _step_input(inputs[t], params)
+        H_prev = H
+        Z = sigmoid((X @ W_xz) + (H @ W_hz) + b_z)
+        R = sigmoid((X @ W_xr) + (H @ W_hr) + b_r)
+        if reset_after:
+            G = (H @ W_hh) + params["b_hh"]
+            H_tilde = np.tanh((X @ W_xh) + params["b_xh"] + R * G)
+        else:
+            G = R * H
+            H_tilde = np.tanh((X @ W_xh) + (G @ W_hh) + params["b_h"])
+        H = Z * H + (1 - Z) * H_tilde
+        Y = H @ W_hq + b_q
+        outputs.append(Y)
+        steps.append({"X": X, "H_prev": H_prev, "Z": Z, "R": R, "G": G, "H_tilde": H_tilde, "H": H})
+    return _concat(outputs, params), H, steps
+
+
+def lstm(
+    inputs: Any,
+    state: tuple[np.ndarray, np.ndarray],
+    params: dict[str, np.ndarray],
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], list[dict[str, np.ndarray]]]:
+    """d2l 9.2's ``lstm``, per step:
+
+        I = σ(X W_xi + H W_hi + b_i), F = σ(X W_xf + H W_hf + b_f), O = σ(X W_xo + H W_ho + b_o),
+        C̃ = tanh(X W_xc + H W_hc + b_c), C = F ⊙ C + I ⊙ C̃, H = O ⊙ tanh(C), Y = H W_hq + b_q.
+
+    Returns the outputs ``(T * B, V)``, the final ``(H, C)`` and, per step, what the backward
+    pass needs.
+    """
+    inputs = _check_ids(inputs, _vocab_size(params))
+    W_xi, W_hi, b_i = params["W_xi"], params["W_hi"], params["b_i"]
+    W_xf, W_hf, b_f = params["W_xf"], params["W_hf"], params["b_f"]
+    W_xo, W_ho, b_o = params["W_xo"], params["W_ho"], params["b_o"]
+    W_xc, W_hc, b_c = params["W_xc"], params["W_hc"], params["b_c"]
+    W_hq, b_q = params["W_hq"], params["b_q"]
+    H, C = state
+    outputs = []
+    steps = []
+    for t in range(inputs.shape[0]):
+        X = _step_input(inputs[t], params)
+        H_prev, C_prev = H, C
+        I = sigmoid((X @ W_xi) + (H @ W_hi) + b_i)
+        F = sigmoid((X @ W_xf) + (H @ W_hf) + b_f)
+        O = sigmoid((X @ W_xo) + (H @ W_ho) + b_o)
+        C_tilde = np.tanh((X @ W_xc) + (H @ W_hc) + b_c)
+        C = F * C + I * C_tilde
+        H = O * np.tanh(C)
+        Y = (H @ W_hq) + b_q
+        outputs.append(Y)
+        steps.append(
+            {"X": X, "H_prev": H_prev, "C_prev": C_prev, "I": I, "F": F, "O": O}
+            | {"C_tilde": C_tilde, "C": C, "H": H}
+        )
+    return _concat(outputs, params), (H, C), steps
+
+
+def _concat(outputs: list[np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
+    """The steps' outputs along the batch axis, ``(T * B, V)``, as the book's ``torch.cat``."""
+    if not outputs:
+        return np.zeros((0, _vocab_size(params)), dtype=np.float64)
+    return np.concatenate(outputs, axis=0)
+
+
+def forward(
+    inputs: Any,
+    state: Any,
+    params: dict[str, np.ndarray],
+    cell: str = "rnn",
+    activation: str = "tanh",
+) -> tuple[np.ndarray, Any]:
+    """Any cell over the steps of ``inputs``: the outputs ``(T * B, V)`` and the final state."""
+    _check_cell(cell, activation)
+    if cell == "rnn":
+        outputs, H, _ = rnn(inputs, state, params, activation)
+        return outputs, H
+    if cell == "lstm":
+        outputs, HC, _ = lstm(inputs, state, params)
+        return outputs, HC
+    outputs, H, _ = gru(inputs, state, params, reset_after=cell == "gru-reset-after")
+    return outputs, H
+
+
+def _gru_step_backward(
+    params: dict[str, np.ndarray],
+    grads: dict[str, np.ndarray],
+    s: dict[str, np.ndarray],
+    dH: np.ndarray,
+    reset_after: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the GRU backwards: adds its share to ``grads``; returns (dH_prev, dX)."""
+    X, H_prev, Z, R, G, H_tilde = s["X"], s["H_prev"], s["Z"], s["R"], s["G"], s["H_tilde"]
+    W_xz, W_hz = params["W_xz"], params["W_hz"]
+    W_xr, W_hr = params["W_xr"], params["W_hr"]
+    W_xh, W_hh = params["W_xh"], params["W_hh"]
+    # H = Z ⊙ H_prev + (1 − Z) ⊙ H̃
+    dZ = dH * (H_prev - H_tilde)
+    dH_tilde = dH * (1 - Z)
+    dH_prev = dH * Z
+    # Z = σ(A_z), σ'(A) = σ(A)(1 − σ(A)); H̃ = tanh(A_h), tanh'(A) = 1 − tanh(A)²
+    dA_z = dZ * Z * (1 - Z)
+    dA_h = dH_tilde * (1 - H_tilde**2)
+    if reset_after:
+        # A_h = X W_xh + b_xh + R ⊙ G, G = H_prev W_hh + b_hh
+        dR = dA_h * G
+        dG = dA_h * R
+        grads["W_hh"] += H_prev.T @ dG
+        grads["b_hh"] += dG.sum(axis=0)
+        grads["b_xh"] += dA_h.sum(axis=0)
+        dH_prev += dG @ W_hh.T
+    else:
+        # A_h = X W_xh + G W_hh + b_h, G = R ⊙ H_prev
+        dG = dA_h @ W_hh.T
+        dR = dG * H_prev
+        grads["W_hh"] += G.T @ dA_h
+        grads["b_h"] += dA_h.sum(axis=0)
+        dH_prev += dG * R
+    # R = σ(A_r)
+    dA_r = dR * R * (1 - R)
+    # A_g = X W_xg + H_prev W_hg + b_g for g = z, r; A_h's X W_xh
+    grads["W_xz"] += X.T @ dA_z
+    grads["W_hz"] += H_prev.T @ dA_z
+    grads["b_z"] += dA_z.sum(axis=0)
+    grads["W_xr"] += X.T @ dA_r
+    grads["W_hr"] += H_prev.T @ dA_r
+    grads["b_r"] += dA_r.sum(axis=0)
+    grads["W_xh"] += X.T @ dA_h
+    dH_prev += dA_z @ W_hz.T + dA_r @ W_hr.T
+    dX = dA_z @ W_xz.T + dA_r @ W_xr.T + dA_h @ W_xh.T
+    return dH_prev, dX
+
+
+def _lstm_step_backward(
+    params: dict[str, np.ndarray],
+    grads: dict[str, np.ndarray],
+    s: dict[str, np.ndarray],
+    dH: np.ndarray,
+    dC_next: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of the LSTM backwards: adds its share to ``grads``; returns
+    (dH_prev, dC_prev, dX). ``dC_next`` is the gradient reaching C from the next step."""
+    X, H_prev, C_prev = s["X"], s["H_prev"], s["C_prev"]
+    I, F, O, C_tilde, C = s["I"], s["F"], s["O"], s["C_tilde"], s["C"]
+    # H = O ⊙ tanh(C)
+    tanh_C = np.tanh(C)
+    dO = dH * tanh_C
+    dC = dC_next + dH * O * (1 - tanh_C**2)
+    # C = F ⊙ C_prev + I ⊙ C̃
+    dF = dC * C_prev
+    dI = dC * C_tilde
+    dC_tilde = dC * I
+    dC_prev = dC * F
+    # I, F, O = σ(A_·), σ' = σ(1 − σ); C̃ = tanh(A_c), tanh' = 1 − tanh²
+    dA_i = dI * I * (1 - I)
+    dA_f = dF * F * (1 - F)
+    dA_o = dO * O * (1 - O)
+    dA_c = dC_tilde * (1 - C_tilde**2)
+    # A_g = X W_xg + H_prev W_hg + b_g
+    dH_prev = np.zeros_like(H_prev)
+    dX = np.zeros_like(X)
+    for g, dA in (("i", dA_i), ("f", dA_f), ("o", dA_o), ("c", dA_c)):
+        grads[f"W_x{g}"] += X.T @ dA
+        grads[f"W_h{g}"] += H_prev.T @ dA
+        grads[f"b_{g}"] += dA.sum(axis=0)
+        dH_prev += dA @ params[f"W_h{g}"].T
+        dX += dA @ params[f"W_x{g}"].T
+    return dH_prev, dC_prev, dX
+
+
+def _gated_loss_and_grads(
+    cell: str, params: dict[str, np.ndarray], inputs: Any, labels: Any, state: Any
+) -> tuple[float, dict[str, np.ndarray], Any]:
+    inputs, labels, T, B, w = _check_problem(params, inputs, labels)
+
+    # Forward: the book's gru or lstm, then the loss on the last w steps.
+    final: Any  # H, or the LSTM's (H, C)
+    if cell == "lstm":
+        outputs, final, steps = lstm(inputs, state, params)
+        dC_next = np.zeros_like(state[1], dtype=np.float64)  # gradient reaching C_t from t + 1
+    else:
+        outputs, final, steps = gru(inputs, state, params, cell == "gru-reset-after")
+    loss, dy_hat = _labelled_loss(outputs, labels, T, B)
+
+    W_hq = params["W_hq"]
+    grads = {name: np.zeros_like(p, dtype=np.float64) for name, p in params.items()}
+    H_0 = state[0] if cell == "lstm" else state
+    dH_next = np.zeros_like(H_0, dtype=np.float64)  # gradient reaching H_t from step t + 1
+    for t in range(T - 1, -1, -1):
+        s = steps[t]
+        dH = dH_next.copy()
+        if t >= T - w:
+            dY = dy_hat[(t - (T - w)) * B : (t - (T - w) + 1) * B]
+            grads["W_hq"] += s["H"].T @ dY
+            grads["b_q"] += dY.sum(axis=0)
+            dH += dY @ W_hq.T
+        if cell == "lstm":
+            dH_next, dC_next, dX = _lstm_step_backward(params, grads, s, dH, dC_next)
+        else:
+            dH_next, dX = _gru_step_backward(params, grads, s, dH, cell == "gru-reset-after")
+        if "E" in params:
+            _scatter_embedding(grads, inputs[t], dX)
+    return loss, grads, final
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,11 +841,13 @@ def train_epoch(
     detach: bool = True,
     last_step: bool = False,
     activation: str = "tanh",
+    cell: str = "rnn",
 ) -> tuple[dict[str, np.ndarray], float, list[tuple[float, float]]]:
     """The book's ``train_epoch_ch8``: one pass over the minibatches, clipping, then sgd.
 
     Returns the parameters after the epoch, the epoch's perplexity and ``(loss, norm)`` per
-    minibatch (``norm`` is the global gradient norm before clipping).
+    minibatch (``norm`` is the global gradient norm before clipping). ``cell``'s state (the
+    LSTM's (H, C)) is carried, reset and detached alike.
     """
     if sampling == "sequential":
         if order is not None:
@@ -431,24 +864,25 @@ def train_epoch(
     if not batches:
         raise ValueError("the corpus is too short for one minibatch")
 
-    num_hiddens = int(params["W_hh"].shape[0])
+    _check_cell(cell, activation)
+    num_hiddens = int(params["W_hq"].shape[0])
     state = None
     history = []
     inputs_so_far: list[np.ndarray] = []
     metric = [0.0, 0.0]  # sum of loss * n_labels, sum of n_labels
     for X, Y in batches:
         if state is None or sampling == "random" or reset_state:
-            state = init_rnn_state(X.shape[0], num_hiddens)
+            state = init_state(cell, X.shape[0], num_hiddens)
         inputs = X.T  # time-major (num_steps, B)
         labels = Y.T[-1:] if last_step else Y.T
         if detach:
-            loss, grads, state = loss_and_grads(params, inputs, labels, state, activation)
+            loss, grads, state = loss_and_grads(params, inputs, labels, state, activation, cell)
         else:
             # Backpropagation through the whole epoch so far, from a zero state.
             inputs_so_far.append(inputs)
             all_inputs = np.concatenate(inputs_so_far, axis=0)
-            zeros = init_rnn_state(X.shape[0], num_hiddens)
-            loss, grads, _ = loss_and_grads(params, all_inputs, labels, zeros, activation)
+            zeros = init_state(cell, X.shape[0], num_hiddens)
+            loss, grads, _ = loss_and_grads(params, all_inputs, labels, zeros, activation, cell)
         grads, norm = grad_clipping(grads, theta)
         params = sgd(params, grads, lr)
         n_labels = labels.size
@@ -479,6 +913,7 @@ def predict(
     params: dict[str, np.ndarray],
     activation: str = "tanh",
     *,
+    cell: str = "rnn",
     temperature: float | None = None,
     alpha: float | None = None,
     uniforms: Iterable[float] | None = None,
@@ -487,7 +922,8 @@ def predict(
 
     Greedy (the lowest index among the maxima) unless ``temperature`` (softmax(logits / T)) or
     ``alpha`` (p**alpha / sum, p = softmax(logits)) is given; a sampled choice consumes the next
-    number of ``uniforms``. Returns ``prefix`` followed by the predicted ids.
+    number of ``uniforms``. Returns ``prefix`` followed by the predicted ids. ``cell``'s state
+    (the LSTM's (H, C)) is carried from step to step.
     """
     if len(prefix) == 0:
         raise ValueError("prefix must hold at least one token")
@@ -504,18 +940,19 @@ def predict(
         raise ValueError("sampling (temperature or alpha) needs uniforms")
     us = iter(uniforms) if uniforms is not None else iter(())
 
-    num_hiddens = int(params["W_hh"].shape[0])
-    state = init_rnn_state(1, num_hiddens)
+    _check_cell(cell, activation)
+    num_hiddens = int(params["W_hq"].shape[0])
+    state = init_state(cell, 1, num_hiddens)
     outputs = [int(prefix[0])]
 
     def get_input() -> np.ndarray:
         return np.array([[outputs[-1]]], dtype=np.int64)
 
     for y in prefix[1:]:  # warm-up period
-        _, state, _ = rnn(get_input(), state, params, activation)
+        _, state = forward(get_input(), state, params, cell, activation)
         outputs.append(int(y))
     for _ in range(num_preds):  # predict num_preds steps
-        logits, state, _ = rnn(get_input(), state, params, activation)
+        logits, state = forward(get_input(), state, params, cell, activation)
         logits = logits[0]
         if not sampled:
             outputs.append(int(np.argmax(logits)))

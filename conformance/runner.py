@@ -1,5 +1,7 @@
-"""The matrix: checks × columns (each backend × dtype on the asked device, plus the oracles),
-and the device-free cells (``reference/*``, ``bptt-vs-fd``).
+"""The matrix: checks × cells × columns (each backend × dtype on the asked device, plus the
+oracles), and the device-free cells (``reference/*``, ``bptt-vs-fd``). Every check runs for
+every cell asked for (the RNN, both GRU formulations, the LSTM) on the same problems' shapes;
+``interface`` and ``sample/ties`` involve no cell and run once per column.
 
 ``plan`` builds every column before any check runs, so a device or framework that is not
 there is known at once (nothing to run at all is an error), and lists every cell as a task, so
@@ -21,6 +23,7 @@ from rosetta_rnn.core.errors import BackendUnavailable
 
 from . import reference_checks
 from .checks import (
+    CELL_FREE,
     CHECKS,
     Cell,
     applicable,
@@ -29,13 +32,14 @@ from .checks import (
     check_interface,
     run_check,
 )
-from .problems import DEFAULT_PROBLEMS, Problem
-from .subjects import BackendSubject, KerasRNNOracle, TorchRNNOracle
+from .problems import CELLS, DEFAULT_PROBLEMS, Problem, cell_label, for_cell
+from .subjects import ORACLE_CLASSES, BackendSubject
 
 ORACLE_CHECKS = ("hidden", "logits", "loss", "grads/autograd")
-ORACLES: dict[str, Any] = {"torch": TorchRNNOracle, "tensorflow": KerasRNNOracle}
+ORACLES: dict[str, Any] = dict(ORACLE_CLASSES)
 """The backend whose framework runs each oracle -> the oracle's class, built as
-``(dtype, device label)``; it runs when that backend is in the matrix."""
+``(dtype, device label, cell=cell)`` for each of its ``CELLS`` that was asked for; it runs
+when that backend is in the matrix."""
 
 
 def column(label: str, dtype: str, device: str) -> str:
@@ -136,32 +140,43 @@ def subjects(
 
 
 def oracles(
-    names: Sequence[str], dtypes: Sequence[str], device: str = "cpu", required: bool = False
+    names: Sequence[str],
+    dtypes: Sequence[str],
+    device: str = "cpu",
+    required: bool = False,
+    cells: Sequence[str] = CELLS,
 ) -> tuple[list[Any], list[Skip]]:
-    """The frameworks' own RNN layers, for each of their backends in ``names``, on ``device``
-    as that framework resolves it: torch.nn.RNN on CUDA (cuDNN) for a GPU, Keras SimpleRNN on
-    TensorFlow's GPU. One whose framework lacks the device is skipped, failing the matrix."""
-    labels: dict[str, str] = {}
+    """The frameworks' own recurrent layers for ``cells``, for each of their backends in
+    ``names``, on ``device`` as that framework resolves it: torch.nn.RNN/GRU/LSTM on CUDA
+    (cuDNN) for a GPU, Keras SimpleRNN/GRU/LSTM on TensorFlow's GPU. One whose framework lacks
+    the device is skipped (each layer named once), failing the matrix."""
+    where: dict[str, str] = {}
     skipped: list[Skip] = []
     for framework, oracle in ORACLES.items():
         if framework not in names:
             continue
+        mine = [c for c in cells if c in oracle.CELLS]
+        layers = list(dict.fromkeys(oracle.label_of(c) for c in mine))
         try:
             module = backends.load(framework)
         except BackendUnavailable as e:
-            skipped.append(Skip(oracle.label, str(e), required))
+            skipped += [Skip(label, str(e), required) for label in layers]
             continue
         try:
-            labels[framework] = module.resolve_device(device)
+            where[framework] = module.resolve_device(device)
         except BackendUnavailable as e:
-            skipped.append(Skip(oracle.label, str(e), True))
+            skipped += [Skip(label, str(e), True) for label in layers]
     found: list[Any] = []
     for dtype in dtypes:
-        for framework, label in labels.items():
-            try:
-                found.append(ORACLES[framework](dtype, label))
-            except ImportError as e:
-                skipped.append(Skip(column(ORACLES[framework].label, dtype, label), str(e), True))
+        for framework, label in where.items():
+            oracle = ORACLES[framework]
+            for cell in (c for c in cells if c in oracle.CELLS):
+                try:
+                    found.append(oracle(dtype, label, cell=cell))
+                except ImportError as e:
+                    skip = Skip(column(oracle.label_of(cell), dtype, label), str(e), True)
+                    if skip not in skipped:
+                        skipped.append(skip)
     return found, skipped
 
 
@@ -187,42 +202,52 @@ def plan(
     with_reference: bool = True,
     corpus: str | None = None,
     required: bool = False,
+    cells: Sequence[str] = CELLS,
 ) -> Plan:
-    """Every cell of the matrix as a task, nothing run yet. With ``with_reference`` also core
-    against the independent reference (``corpus``: The Time Machine for the vocabulary checks).
-    ``required``: the user named ``names``, so one that is not installed fails the matrix.
-    Raises BackendUnavailable when no backend and no oracle can run on ``device``."""
+    """Every cell of the matrix as a task, nothing run yet: each check for each of ``cells``
+    (core's names) on ``problems``' shapes as that cell's problems. With ``with_reference``
+    also core against the independent reference (``corpus``: The Time Machine for the
+    vocabulary checks). ``required``: the user named ``names``, so one that is not installed
+    fails the matrix. Raises BackendUnavailable when no backend and no oracle can run on
+    ``device``."""
     subs, skipped = subjects(names, dtypes, device, required)
     found: list[Any] = []
     if with_oracles:
-        found, more = oracles(names, dtypes, device, required)
+        found, more = oracles(names, dtypes, device, required, cells)
         skipped += more
     if not subs and not found:
         raise _nothing_to_run(device, skipped)
     tasks: list[Task] = []
     if with_reference:
-        tasks += [Task(name, run) for name, run in reference_checks.tasks(corpus)]
+        tasks += [Task(name, run) for name, run in reference_checks.tasks(corpus, cells)]
     if "numpy" in names and "float64" in dtypes:
-        fd = [functools.partial(check_bptt_vs_fd, p) for p in problems[:2]]
-        tasks.append(Task("bptt-vs-fd", functools.partial(_worst, fd)))
+        for cell in cells:
+            fd = [functools.partial(check_bptt_vs_fd, p) for p in for_cell(problems[:2], cell)]
+            tasks.append(Task(f"bptt-vs-fd [{cell_label(cell)}]", functools.partial(_worst, fd)))
     for subject in subs:
         where = column(subject.label, subject.dtype, subject.device)
         tasks.append(
             Task(f"interface {where}", functools.partial(check_interface, subject), subject.device)
         )
-        for name in CHECKS:
-            if applicable(name, subject):
-                run = functools.partial(run_check, name, subject, problems)
-                tasks.append(Task(f"{name} {where}", run, subject.device))
+        for name in CELL_FREE:
+            run = functools.partial(run_check, name, subject, problems[:1])
+            tasks.append(Task(f"{name} {where}", run, subject.device))
         loaders = [s for s in subs if s.dtype == subject.dtype]
-        saved = [functools.partial(check_checkpoint, subject, p, loaders) for p in problems]
-        tasks.append(Task(f"checkpoint {where}", functools.partial(_worst, saved), subject.device))
-    plain = [p for p in problems if p.plain]
+        for cell in cells:
+            mine = for_cell(problems, cell)
+            at = f"{where} [{cell_label(cell)}]"
+            for name in CHECKS:
+                if name not in CELL_FREE and applicable(name, subject):
+                    run = functools.partial(run_check, name, subject, mine)
+                    tasks.append(Task(f"{name} {at}", run, subject.device))
+            saved = [functools.partial(check_checkpoint, subject, p, loaders) for p in mine]
+            tasks.append(Task(f"checkpoint {at}", functools.partial(_worst, saved), subject.device))
     for oracle in found:
-        where = column(oracle.label, oracle.dtype, oracle.device)
+        plain = [p for p in for_cell(problems, oracle.cell) if p.plain]
+        at = f"{column(oracle.label, oracle.dtype, oracle.device)} [{cell_label(oracle.cell)}]"
         for name in ORACLE_CHECKS:
             run = functools.partial(run_check, name, oracle, plain)
-            tasks.append(Task(f"{name} {where}", run, oracle.device))
+            tasks.append(Task(f"{name} {at}", run, oracle.device))
     return Plan(device, tasks, skipped)
 
 
@@ -257,8 +282,9 @@ def run(
     with_reference: bool = True,
     corpus: str | None = None,
     required: bool = False,
+    cells: Sequence[str] = CELLS,
 ) -> Report:
     """The matrix, planned and run (see ``plan``)."""
     return execute(
-        plan(names, dtypes, device, problems, with_oracles, with_reference, corpus, required)
+        plan(names, dtypes, device, problems, with_oracles, with_reference, corpus, required, cells)
     )

@@ -1,21 +1,26 @@
 """What the suite runs: a backend (or an outside oracle) seen through a few NumPy-in,
-NumPy-out methods, so every check is written once for all of them."""
+NumPy-out methods, so every check is written once for all of them and for every cell.
+
+A state goes in and comes out as the cell has it: H (batch_size, num_hiddens), or the LSTM's
+pair (H, C)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from rosetta_rnn import backends
-from rosetta_rnn.core import checkpoint, model, sampling
+from rosetta_rnn.core import cells, checkpoint, convert, model, sampling
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
 from rosetta_rnn.core.training import TrainConfig, Trainer
 
 from . import native
+from .problems import State, state_parts
 
 Arrays = dict[str, np.ndarray]
 
@@ -28,6 +33,12 @@ class _Enough(Exception):
     pass
 
 
+def input_weights(params: Any) -> tuple[str, ...]:
+    """The input weights X_t multiplies, one per gate: W_xh for the RNN, W_x· for a gated cell
+    (in the table's order)."""
+    return tuple(name for name in model.param_names(params) if name.startswith("W_x"))
+
+
 class BackendSubject:
     """A backend adapter of the tensor interface at one dtype and device."""
 
@@ -38,6 +49,7 @@ class BackendSubject:
         self.ops = module.make_ops(dtype, device)
         self.device = str(self.ops.device)
         self.grad_modes: tuple[str, ...] = tuple(module.GRAD_MODES)
+        self._engines: dict[str, Any] = {}
 
     @classmethod
     def load(cls, name: str, dtype: str, device: str = "cpu") -> BackendSubject:
@@ -59,32 +71,59 @@ class BackendSubject:
             self.ops.asarray(a.astype(self.dtype) if a.dtype.kind == "f" else a) for a in arrays
         ]
 
+    def put_state(self, state: State) -> Any:
+        """H, or the LSTM's (H, C), as backend arrays of the subject's dtype."""
+        parts = self._inputs(*state_parts(state))
+        return tuple(parts) if isinstance(state, tuple) else parts[0]
+
+    def get_state(self, state: Any) -> State:
+        parts = tuple(self.get(s) for s in state_parts(state))
+        return parts if isinstance(state, tuple) else parts[0]
+
     # -- what the checks call ---------------------------------------------------------------
     def transfer(self, params: Arrays) -> Arrays:
         """Parameters to the backend and back."""
         return model.to_numpy(self.ops, self.put(params))
 
-    def forward(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> Arrays:
-        """embedding (T, B, H), hidden (T, B, H), logits (T*B, V)."""
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
+        """embedding (G, T, B, H): X_t W_x· of every gate G (one for the RNN), hidden
+        (T, B, H), logits (T*B, V), and the LSTM's final memory C_T (B, H)."""
         P = self.put(params)
-        X, s = self._inputs(inputs, state)
-        Hs, _ = model.rnn_forward(self.ops, P, X, s)
-        return {
-            "embedding": self.get(model.embed(self.ops, P, X)),
+        X = self.ops.asarray(inputs)
+        Hs, final = self.recurrence(P, X, self.put_state(state))
+        out = {
+            "embedding": np.stack([self.get(w) for w in self._embedding(P, X)]),
             "hidden": self.get(Hs),
             "logits": self.get(model.output_layer(self.ops, P, Hs)),
         }
+        if isinstance(final, tuple):
+            out["memory"] = self.get(final[1])
+        return out
+
+    def recurrence(self, P: Any, X: Any, state: Any) -> tuple[Any, Any]:
+        """(Hs, final state) on backend arrays: core's cells."""
+        return cells.any_forward(self.ops, P, X, state)
+
+    def _embedding(self, P: Any, X: Any) -> list[Any]:
+        """X_t W_x· for every step and gate, by core's ``embed`` (rows of W_x· for one-hot
+        inputs, E[x_t] W_x· with a learned embedding)."""
+        table = {"E": P["E"]} if "E" in P else {}
+        return [model.embed(self.ops, {**table, "W_xh": P[w]}, X) for w in input_weights(P)]
 
     def value_and_grad(
-        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, Arrays, np.ndarray]:
-        """(loss, grads, H_T) as the adapter computes them with ``--grad mode``."""
-        vg = self.module.make_value_and_grad(self.ops, mode)
-        loss, grads, H_T = vg(self.put(params), *self._inputs(inputs, labels, state))
+        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State
+    ) -> tuple[np.ndarray, Arrays, State]:
+        """(loss, grads, final state) as the adapter computes them with ``--grad mode``."""
+        if mode not in self._engines:  # one engine per mode, as a program holds (and JAX's
+            # jit and TensorFlow's tf.function keep what they compiled for each shape)
+            self._engines[mode] = self.module.make_value_and_grad(self.ops, mode)
+        vg = self._engines[mode]
+        X, Y = self._inputs(inputs, labels)
+        loss, grads, final = vg(self.put(params), X, Y, self.put_state(state))
         return (
             self.get(loss),
             {k: self.get(grads[k]) for k in model.param_names(grads)},
-            self.get(H_T),
+            self.get_state(final),
         )
 
     def clip(self, grads: Arrays, theta: float) -> tuple[Arrays, np.ndarray]:
@@ -131,27 +170,51 @@ class BackendSubject:
             rng=np.random.default_rng(seed),
         )
 
-    def logits_from_checkpoint(self, path: str, inputs: np.ndarray, state: np.ndarray) -> Arrays:
+    def logits_from_checkpoint(self, path: str, inputs: np.ndarray, state: State) -> Arrays:
         tensors, _ = checkpoint.load_model(path)
         return self.forward(tensors, inputs, state)
 
 
-# --- oracles: the frameworks' own RNN layers, loaded with our parameters --------------------
+# --- oracles: the frameworks' own recurrent layers, loaded with our parameters --------------
+
+
+def _sizes(params: Arrays) -> tuple[int, int]:
+    """(vocab_size, num_hiddens) from the output layer, which every cell has."""
+    H, V = params["W_hq"].shape
+    return int(V), int(H)
 
 
 class TorchRNNOracle:
-    """``torch.nn.RNN`` + ``nn.Linear``: W_ih = W_xhᵀ, W_hh = W_hhᵀ, bias_ih = b_h and
-    bias_hh = 0 (torch has two biases; one must be zero), Linear weight = W_hqᵀ. On a CUDA
-    device the layer is cuDNN's RNN, run with TF32 off (cuDNN's default allows it)."""
+    """torch's own layer + ``nn.Linear``, loaded through core.convert: ``nn.RNN`` (W_ih =
+    W_xhᵀ, bias_ih = b_h, bias_hh = 0: torch has two biases, one must be zero), ``nn.GRU``
+    (reset-after; gates (r, z, n), bias_hh[n] = b_hh) or ``nn.LSTM`` (gates (i, f, g, o)).
+    Linear weight = W_hqᵀ. On a CUDA device the layer is cuDNN's, run with TF32 off (cuDNN's
+    default allows it)."""
 
-    backend = "torch.nn.RNN"
-    label = "oracle:torch.nn.RNN"
+    LAYERS: ClassVar[dict[str, str]] = {
+        RNN: "torch.nn.RNN",
+        GRU_RESET_AFTER: "torch.nn.GRU",
+        LSTM: "torch.nn.LSTM",
+    }
+    CELLS: tuple[str, ...] = tuple(LAYERS)
+    """torch has no reset-before GRU."""
     grad_modes = ("autograd",)
 
-    def __init__(self, dtype: str, device: str = "cpu", second_bias: bool = False) -> None:
+    @classmethod
+    def label_of(cls, cell: str) -> str:
+        return f"oracle:{cls.LAYERS[cell]}"
+
+    def __init__(
+        self, dtype: str, device: str = "cpu", second_bias: bool = False, cell: str = RNN
+    ) -> None:
         import torch
 
+        if cell not in self.LAYERS:
+            raise convert.ConversionError(convert.NO_TORCH_RESET_BEFORE)
         self.torch = torch
+        self.cell = cell
+        self.backend = self.LAYERS[cell]
+        self.label = self.label_of(cell)
         self.dtype = dtype
         self.device = device  # "cpu" or a resolved "gpu:N"; after a run, where its outputs were
         self.tdevice = (
@@ -164,20 +227,20 @@ class TorchRNNOracle:
     def _tensor(self, x: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(x)).to(self.tdevice)
 
-    def _run(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> tuple[Any, ...]:
+    def _run(self, params: Arrays, inputs: np.ndarray, state: State) -> tuple[Any, ...]:
         torch = self.torch
         dt = getattr(torch, self.dtype)
-        V, H = params["W_xh"].shape
-        rnn = torch.nn.RNN(V, H, nonlinearity="tanh", dtype=dt, device=self.tdevice)
+        V, H = _sizes(params)
+        rnn = native.torch_layer(self.cell, V, H, dt, self.tdevice)
         out = torch.nn.Linear(H, V, dtype=dt, device=self.tdevice)
         native.load_torch(rnn, out, params, self.second_bias)
         X = torch.nn.functional.one_hot(self._tensor(inputs), V).to(dt)  # (T, B, V)
-        h0 = self._tensor(state).to(dt)[None]
-        Hs, _ = rnn(X, h0)
+        h0 = tuple(self._tensor(s).to(dt)[None] for s in state_parts(state))  # (1, B, H) each
+        Hs, final = rnn(X, h0 if self.cell == LSTM else h0[0])
         logits = out(Hs.reshape(-1, H))
         where = logits.device  # the cell names where the layer ran, not where it was asked to
         self.device = "cpu" if where.type == "cpu" else f"gpu:{where.index or 0}"
-        return rnn, out, Hs, logits
+        return rnn, out, Hs, final, logits
 
     def _full_precision(self) -> Any:
         """TF32 off for cuDNN and cuBLAS while the oracle runs, then as they were."""
@@ -194,39 +257,59 @@ class TorchRNNOracle:
     def _numpy(t: Any) -> np.ndarray:
         return np.array(t.detach().cpu().numpy())
 
-    def forward(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> Arrays:
+    def _final(self, final: Any) -> State:
+        """torch's h_n (1, B, H), or the LSTM's (h_n, c_n), as our final state."""
+        if self.cell == LSTM:
+            return self._numpy(final[0][0]), self._numpy(final[1][0])
+        return self._numpy(final[0])
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
         with self._full_precision():
-            _, _, Hs, logits = self._run(params, inputs, state)
-        return {"hidden": self._numpy(Hs), "logits": self._numpy(logits)}
+            _, _, Hs, final, logits = self._run(params, inputs, state)
+        out = {"hidden": self._numpy(Hs), "logits": self._numpy(logits)}
+        if self.cell == LSTM:
+            out["memory"] = self._final(final)[1]
+        return out
 
     def value_and_grad(
-        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, Arrays, np.ndarray]:
+        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State
+    ) -> tuple[np.ndarray, Arrays, State]:
         torch = self.torch
         with self._full_precision():
-            rnn, out, Hs, logits = self._run(params, inputs, state)
+            rnn, out, _, final, logits = self._run(params, inputs, state)
             loss = torch.nn.functional.cross_entropy(logits, self._tensor(labels.reshape(-1)))
             loss.backward()
-        grads = native.torch_grads(rnn, out)
-        return (
-            self._numpy(loss),
-            grads,
-            self._numpy(Hs[-1]),
-        )
+        return self._numpy(loss), native.torch_grads(rnn, out), self._final(final)
 
 
 class KerasRNNOracle:
-    """Keras ``SimpleRNN`` + ``Dense``: kernel = W_xh, recurrent_kernel = W_hh, one bias b_h;
-    Dense kernel = W_hq. Keras is batch-major, so inputs go in as (B, T, V)."""
+    """Keras' own layer + ``Dense``, loaded through core.convert: ``SimpleRNN`` (kernel =
+    W_xh, recurrent_kernel = W_hh, one bias b_h), ``GRU`` with ``reset_after`` as the cell says
+    (gates (z, r, h); reset-after's bias has an input and a recurrent row) or ``LSTM`` (gates
+    (i, f, c, o)); Dense kernel = W_hq. Keras is batch-major, so inputs go in as (B, T, V)."""
 
-    backend = "keras.SimpleRNN"
-    label = "oracle:keras.SimpleRNN"
+    LAYERS: ClassVar[dict[str, str]] = {
+        RNN: "keras.SimpleRNN",
+        GRU_RESET_BEFORE: "keras.GRU",
+        GRU_RESET_AFTER: "keras.GRU",
+        LSTM: "keras.LSTM",
+    }
+    """Both GRU formulations are keras.GRU (reset_after=False, True): the cell tells them
+    apart."""
+    CELLS: tuple[str, ...] = tuple(LAYERS)
     grad_modes = ("autograd",)
 
-    def __init__(self, dtype: str, device: str = "cpu") -> None:
+    @classmethod
+    def label_of(cls, cell: str) -> str:
+        return f"oracle:{cls.LAYERS[cell]}"
+
+    def __init__(self, dtype: str, device: str = "cpu", cell: str = RNN) -> None:
         import tensorflow as tf
 
         self.tf = tf
+        self.cell = cell
+        self.backend = self.LAYERS[cell]
+        self.label = self.label_of(cell)
         self.dtype = dtype
         self.device = device  # "cpu" or a resolved "gpu:N"; after a run, where its outputs were
         self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{backends.gpu_index(device)}"
@@ -251,8 +334,9 @@ class KerasRNNOracle:
     def _build(self, params: Arrays) -> tuple[Any, Any]:
         import keras
 
-        V, H = params["W_xh"].shape
-        rnn = keras.layers.SimpleRNN(H, return_sequences=True, dtype=self.dtype)
+        V, H = _sizes(params)
+        # the LSTM also returns its final (h, c): the memory is not among the outputs
+        rnn = native.keras_layer(self.cell, H, self.dtype, return_state=self.cell == LSTM)
         dense = keras.layers.Dense(V, dtype=self.dtype)
         rnn.build((None, None, V))
         dense.build((None, H))
@@ -260,38 +344,52 @@ class KerasRNNOracle:
         return rnn, dense
 
     def _run(
-        self, rnn: Any, dense: Any, inputs: np.ndarray, state: np.ndarray, V: int
-    ) -> tuple[Any, Any]:
+        self, rnn: Any, dense: Any, inputs: np.ndarray, state: State, V: int
+    ) -> tuple[Any, Any, Any]:
         tf = self.tf
         X = tf.one_hot(tf.constant(inputs.T), V, dtype=self.dtype)  # batch-major (B, T, V)
-        Hs_bm = rnn(X, initial_state=[tf.constant(state, dtype=self.dtype)])
+        initial = [tf.constant(s, dtype=self.dtype) for s in state_parts(state)]
+        got = rnn(X, initial_state=initial)
+        Hs_bm, memory = (got[0], got[2]) if self.cell == LSTM else (got, None)
         Hs = tf.transpose(Hs_bm, (1, 0, 2))  # back to time-major
         logits = dense(tf.reshape(Hs, (-1, Hs.shape[-1])))
-        return Hs, logits
+        return Hs, memory, logits
 
-    def forward(self, params: Arrays, inputs: np.ndarray, state: np.ndarray) -> Arrays:
+    def _final(self, Hs: Any, memory: Any) -> State:
+        H_T = Hs[-1].numpy()
+        return (H_T, memory.numpy()) if memory is not None else H_T
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
         with self._placed():
             rnn, dense = self._build(params)
-            Hs, logits = self._run(rnn, dense, inputs, state, params["W_xh"].shape[0])
+            Hs, memory, logits = self._run(rnn, dense, inputs, state, _sizes(params)[0])
         self._ran_on(logits)
-        return {"hidden": Hs.numpy(), "logits": logits.numpy()}
+        out = {"hidden": Hs.numpy(), "logits": logits.numpy()}
+        if memory is not None:
+            out["memory"] = memory.numpy()
+        return out
 
     def value_and_grad(
-        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, Arrays, np.ndarray]:
+        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State
+    ) -> tuple[np.ndarray, Arrays, State]:
         tf = self.tf
         with self._placed():
             rnn, dense = self._build(params)
             weights = [*rnn.trainable_weights, *dense.trainable_weights]
             with tf.GradientTape() as tape:
-                Hs, logits = self._run(rnn, dense, inputs, state, params["W_xh"].shape[0])
+                Hs, memory, logits = self._run(rnn, dense, inputs, state, _sizes(params)[0])
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(labels.reshape(-1), logits)
                 )
             g = tape.gradient(loss, weights)
         self._ran_on(logits)
         grads = native.keras_grads([tf.convert_to_tensor(v).numpy() for v in g])
-        return loss.numpy(), grads, Hs[-1].numpy()
+        return loss.numpy(), grads, self._final(Hs, memory)
+
+
+ORACLE_CLASSES: dict[str, Any] = {"torch": TorchRNNOracle, "tensorflow": KerasRNNOracle}
+"""The backend whose framework runs each oracle -> the oracle's class, built as
+``(dtype, device label, cell=...)`` for each cell of its ``CELLS``."""
 
 
 def tf_device_label(name: str) -> str:

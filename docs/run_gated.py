@@ -57,9 +57,7 @@ def main() -> None:
 
 def render(results: dict, backends: list[str]) -> None:
     lines = [
-        "| cell (500 epochs, 256 hidden) | d2l printed | "
-        + " | ".join(backends)
-        + " |",
+        "| cell (500 epochs, 256 hidden) | d2l printed | " + " | ".join(backends) + " |",
         "|---|---|" + "---|" * len(backends),
     ]
     for cell in CELLS:

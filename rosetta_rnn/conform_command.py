@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.conformance.problems import CELL_LABELS
 from rosetta_rnn.helpers import format_table
 from rosetta_rnn.progress import Progress
 
@@ -21,15 +22,17 @@ DESCRIPTION = """\
 Prove that every backend computes what NumPy float64 computes, and that core computes what
 the chapter says.
 
-Each backend x dtype is a column on one device; each check is a row: the parameters' round
-trip, the forward pass (embedding, hidden states, logits), loss and perplexity, gradients
-(the framework's autograd and the hand-written BPTT), clipping, sampling, short training
-runs, a checkpoint read back by every backend, and the tensor interface itself. A cell is
-the worst relative error over six seeded problems against NumPy float64 running the same
-core code, within the tolerance of its dtype (conformance/tolerances.py). The oracles load
-the same parameters into torch.nn.RNN and Keras SimpleRNN, the frameworks' own layers, on
-the same device; the reference/* cells run core against conformance/reference.py, the
-chapter written again in plain NumPy (they need The Time Machine).
+Each backend x dtype is a column on one device; each check of each cell (the chapter's RNN,
+the GRU reset-before and reset-after, the LSTM) is a row: the parameters' round trip, the
+forward pass (embedding, hidden states, logits), loss and perplexity, gradients (the
+framework's autograd and the hand-written BPTT), clipping, sampling, short training runs, a
+checkpoint read back by every backend; the tensor interface once per column. A cell is the
+worst relative error over six seeded problems against NumPy float64 running the same core
+code, within the tolerance of its dtype (conformance/tolerances.py). The oracles load the
+same parameters into the frameworks' own layers on the same device: torch.nn.RNN, GRU and
+LSTM, Keras SimpleRNN, GRU (both reset_after) and LSTM; the reference/* cells run core
+against conformance/reference.py, the chapter written again in plain NumPy (they need The
+Time Machine).
 
 Every column runs on the asked device or is named on a line: one that could not run there
 fails the matrix, never passes it by running less. The full matrix (five backends, two
@@ -51,6 +54,13 @@ def device_spec(text: str) -> str:
     if text in ("auto", "cpu", "gpu") or (index != text and index.isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"expected {DEVICES}, got {text!r}")
+
+
+def cell_name(text: str) -> str:
+    """An argparse type: one of ``CELL_LABELS``."""
+    if text in CELL_LABELS:
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(CELL_LABELS)}, got {text!r}")
 
 
 def register(sub: Any) -> None:
@@ -83,7 +93,15 @@ def register(sub: Any) -> None:
         "first GPU, else its CPU. A device no requested backend has is an error (exit 2); "
         "one that only some have fails their columns (exit 1)",
     )
-    c.add_argument("--no-oracles", action="store_true", help="skip torch.nn.RNN and Keras")
+    c.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="CELL",
+        type=cell_name,
+        default=list(CELL_LABELS),
+        help=f"the cells every check runs for: {' '.join(CELL_LABELS)}",
+    )
+    c.add_argument("--no-oracles", action="store_true", help="skip the torch.nn and Keras layers")
     c.add_argument(
         "--no-reference",
         action="store_true",
@@ -115,6 +133,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
             with_reference=not args.no_reference,
             corpus=args.corpus,
             required=named,
+            cells=[CELL_LABELS[c] for c in dict.fromkeys(args.cells)],
         )
         progress.describe("conform", total=len(planned.tasks), reset=True)
         failed = 0
@@ -152,20 +171,55 @@ def _retracing_expected() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _family(label: str) -> str:
+    """The table's column for a cell's subject: an oracle's framework (``oracle:torch.nn``,
+    ``oracle:keras``: the row's cell says which layer), a backend as it is."""
+    return label.rsplit(".", 1)[0] if label.startswith("oracle:") else label
+
+
+def _group(check: str, cell: str | None) -> str:
+    """The block a row is printed in: ``reference/`` for the reference's, ``""`` for the
+    checks that involve no cell, else its cell's (bptt-vs-fd included)."""
+    if check.startswith("reference/"):
+        return "reference/"
+    return cell or ""
+
+
+def _rows(cells: list[Cell]) -> list[tuple[str, str | None]]:
+    """(check, cell) in print order: the reference/* cells, the checks that involve no cell,
+    then a block per cell (in the order asked) with the checks in the suite's order."""
+    from rosetta_rnn.conformance.checks import CHECKS
+
+    order = {name: i for i, name in enumerate(("interface", *CHECKS, "checkpoint", "bptt-vs-fd"))}
+    seen = list(dict.fromkeys((c.check, c.cell) for c in cells))
+    blocks = ["reference/", "", *dict.fromkeys(_group(*row) for row in seen)]
+
+    def key(row: tuple[str, str | None]) -> tuple[int, int]:
+        check, cell = row
+        return blocks.index(_group(check, cell)), order.get(check, -1)
+
+    return sorted(seen, key=key)
+
+
 def _print(report: Report) -> None:
-    columns = list(dict.fromkeys((c.backend, c.dtype, c.device) for c in report.cells))
-    checks_order = list(dict.fromkeys(c.check for c in report.cells))
-    by_key = {(c.check, c.backend, c.dtype, c.device): c for c in report.cells}
-    rows = []
-    for check in checks_order:
-        row = [check]
+    """One row per check and cell (the cell blank for the checks that involve none), one
+    column per backend × dtype (× device) and per oracle framework × dtype."""
+    columns = list(dict.fromkeys((_family(c.backend), c.dtype, c.device) for c in report.cells))
+    by_key = {(c.check, c.cell, _family(c.backend), c.dtype, c.device): c for c in report.cells}
+    rows: list[list[str]] = []
+    group = ""
+    for check, row_cell in _rows(report.cells):
+        if rows and _group(check, row_cell) != group:
+            rows.append([""] * (2 + len(columns)))  # a blank line between blocks
+        group = _group(check, row_cell)
+        row = [check, row_cell or ""]
         for backend, dtype, device in columns:
-            cell = by_key.get((check, backend, dtype, device))
+            cell = by_key.get((check, row_cell, backend, dtype, device))
             row.append(
                 "" if cell is None else f"{cell.max_error:.1e} {'ok' if cell.passed else 'FAIL'}"
             )
         rows.append(row)
-    headers = ["check"] + [
+    headers = ["check", "cell"] + [
         f"{b}-{d}" + ("" if dev == "cpu" else f"-{dev}") for b, d, dev in columns
     ]
     print(format_table(headers, rows))
@@ -176,9 +230,9 @@ def _print(report: Report) -> None:
         print(f"FAIL {problem}")
     failed = [c for c in report.cells if not c.passed]
     for c in failed:
+        where = f"{c.backend}-{c.dtype}-{c.device}" + (f", {c.cell}" if c.cell else "")
         print(
-            f"FAIL {c.check} [{c.backend}-{c.dtype}-{c.device}]: max error {c.max_error:.3g} > "
-            f"{c.tolerance:g}: {c.message}"
+            f"FAIL {c.check} [{where}]: max error {c.max_error:.3g} > {c.tolerance:g}: {c.message}"
         )
     summary = f"{len(report.cells) - len(failed)} passed, {len(failed)} failed"
     if report.problems:

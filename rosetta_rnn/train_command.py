@@ -266,8 +266,8 @@ def register(sub: Any) -> None:
         "print every 10 epochs the perplexity, the speed and a greedy sample. The defaults "
         "are d2l's: 500 epochs of 32 × 35-token minibatches, 512 hidden units, lr 1, θ = 1, "
         "about 3 minutes with NumPy on two cores. --cell gru or lstm trains d2l 9.1's GRU or "
-        "9.2's LSTM instead (256 hidden units, as there), on every backend. --checkpoint keeps the model for generate, "
-        "eval and --resume; Ctrl-C saves and says how to resume.",
+        "9.2's LSTM instead (256 hidden units, as there), on every backend. --checkpoint "
+        "keeps the model for generate, eval and --resume; Ctrl-C saves and says how to resume.",
     )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
     # The run's settings default to None so that --resume can tell what was given explicitly;

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rosetta_rnn.conformance import reference as ref
+from rosetta_rnn.conformance.tolerances import tolerance
 
 REFERENCE_PY = Path(__file__).resolve().parent.parent / "conformance" / "reference.py"
 
@@ -398,3 +399,322 @@ def test_train_epoch_rejects_detach_false_with_random_sampling() -> None:
         )
     with pytest.raises(ValueError):
         ref.train_epoch(params, TRAIN_CORPUS, 2, 4, 0.5, 1.0, reset_state=True, detach=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gated cells: d2l 9.1's GRU (and the reset-after candidate), d2l 9.2's LSTM
+# ---------------------------------------------------------------------------------------------
+
+GATED = ("gru-reset-before", "gru-reset-after", "lstm")
+
+
+def _gated_problem(cell: str, embed: bool, T: int, w: int, seed: int = 0, scale: float = 0.5):
+    """Parameters (biases too) at ``scale``, a non-zero state ((H, C) for the LSTM), ids."""
+    V, H, B = 5, 4, 3
+    rng = np.random.default_rng(seed)
+    shapes = ref.get_cell_params(cell, V, H, rng, embed_dim=3 if embed else None)
+    params = {k: rng.standard_normal(v.shape) * scale for k, v in shapes.items()}
+    inputs = rng.integers(0, V, size=(T, B))
+    labels = rng.integers(0, V, size=(w, B))
+    H_0 = rng.standard_normal((B, H)) * 0.5
+    state = (H_0, rng.standard_normal((B, H)) * 0.5) if cell == "lstm" else H_0
+    return params, inputs, labels, state
+
+
+@pytest.mark.parametrize("cell", GATED)
+@pytest.mark.parametrize("embed", [False, True], ids=["one_hot", "embedding"])
+@pytest.mark.parametrize(("T", "w"), [(7, 3), (4, 1)])
+def test_gated_grads_match_finite_differences(cell: str, embed: bool, T: int, w: int) -> None:
+    """The per-step backward against central differences (h = 1e-5) of the reference's own loss,
+    as max|a − b| / max|fd| over all parameters together (a parameter with a tiny gradient
+    has a difference made of rounding); every parameter's gradient is far from 0, so an
+    error of its own size would show."""
+    params, inputs, labels, state = _gated_problem(cell, embed, T, w)
+    _, grads, final = ref.loss_and_grads(params, inputs, labels, state, cell=cell)
+    assert list(grads) == list(params)
+    _, forward_final = ref.forward(inputs, state, params, cell)
+    np.testing.assert_array_equal(np.asarray(final), np.asarray(forward_final))  # (H, C) stacked
+
+    h = 1e-5
+    diff, scale = 0.0, 0.0
+    for name, p in params.items():
+        assert np.abs(grads[name]).max() > 1e-3, f"{name}: gradient too small to test"
+        numeric = np.zeros_like(p)
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + h
+            up = ref.loss_and_grads(params, inputs, labels, state, cell=cell)[0]
+            p[idx] = old - h
+            down = ref.loss_and_grads(params, inputs, labels, state, cell=cell)[0]
+            p[idx] = old
+            numeric[idx] = (up - down) / (2 * h)
+        diff = max(diff, float(np.abs(numeric - grads[name]).max()))
+        scale = max(scale, float(np.abs(numeric).max()))
+    assert diff / scale <= tolerance("float64", "fd"), f"{diff / scale:.2e}"
+
+
+def test_gated_cells_are_the_books_equations_step_by_step() -> None:
+    """One step of each cell written out here, from the equations, on the same numbers."""
+    params, inputs, _, state = _gated_problem("gru-reset-before", False, 1, 1)
+    X = np.eye(5)[inputs[0]]
+
+    def s(x: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-x))
+
+    p = params
+    Z = s(X @ p["W_xz"] + state @ p["W_hz"] + p["b_z"])
+    R = s(X @ p["W_xr"] + state @ p["W_hr"] + p["b_r"])
+    H_tilde = np.tanh(X @ p["W_xh"] + (R * state) @ p["W_hh"] + p["b_h"])
+    H = Z * state + (1 - Z) * H_tilde
+    outputs, H_1, _ = ref.gru(inputs, state, params)
+    np.testing.assert_allclose(H_1, H, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(outputs, H @ p["W_hq"] + p["b_q"], rtol=1e-14, atol=1e-15)
+
+    p, inputs, _, state = _gated_problem("gru-reset-after", False, 1, 1)
+    X = np.eye(5)[inputs[0]]
+    Z = s(X @ p["W_xz"] + state @ p["W_hz"] + p["b_z"])
+    R = s(X @ p["W_xr"] + state @ p["W_hr"] + p["b_r"])
+    H_tilde = np.tanh(X @ p["W_xh"] + p["b_xh"] + R * (state @ p["W_hh"] + p["b_hh"]))
+    _, H_1, _ = ref.gru(inputs, state, p, reset_after=True)
+    np.testing.assert_allclose(H_1, Z * state + (1 - Z) * H_tilde, rtol=1e-14, atol=0)
+
+    p, inputs, _, (H_0, C_0) = _gated_problem("lstm", False, 1, 1)
+    X = np.eye(5)[inputs[0]]
+    gate = {g: X @ p[f"W_x{g}"] + H_0 @ p[f"W_h{g}"] + p[f"b_{g}"] for g in "ifoc"}
+    C = s(gate["f"]) * C_0 + s(gate["i"]) * np.tanh(gate["c"])
+    _, (H_1, C_1), _ = ref.lstm(inputs, (H_0, C_0), p)
+    np.testing.assert_allclose(C_1, C, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(H_1, s(gate["o"]) * np.tanh(C), rtol=1e-14, atol=0)
+
+
+def test_gru_params_draw_three_per_gate_in_the_books_order() -> None:
+    rng = np.random.default_rng(7)
+    V, H = 5, 3
+
+    def three() -> list[np.ndarray]:
+        return [rng.standard_normal((V, H)) * 0.01, rng.standard_normal((H, H)) * 0.01]
+
+    W_xz, W_hz = three()
+    W_xr, W_hr = three()
+    W_xh, W_hh = three()
+    W_hq = rng.standard_normal((H, V)) * 0.01
+    expected = dict(W_xz=W_xz, W_hz=W_hz, W_xr=W_xr, W_hr=W_hr, W_xh=W_xh, W_hh=W_hh, W_hq=W_hq)
+
+    before = ref.get_gru_params(V, H, np.random.default_rng(7))
+    after = ref.get_gru_params(V, H, np.random.default_rng(7), reset_after=True)
+    assert list(before) == [
+        *("W_xz", "W_hz", "b_z", "W_xr", "W_hr", "b_r", "W_xh", "W_hh", "b_h", "W_hq", "b_q")
+    ]
+    assert list(after) == [
+        *("W_xz", "W_hz", "b_z", "W_xr", "W_hr", "b_r", "W_xh", "W_hh", "b_xh", "b_hh"),
+        *("W_hq", "b_q"),
+    ]
+    for params in (before, after):
+        for name, value in expected.items():
+            np.testing.assert_array_equal(params[name], value)
+        assert not any(params[b].any() for b in params if b.startswith("b_"))
+
+
+def _book_lstm_draws(V: int, H: int, D: int | None) -> dict[str, np.ndarray]:
+    """The weights as d2l 9.2 draws them (seed 7): three() per gate, in the order input,
+    forget, output gate, candidate memory cell; then W_hq; then E (with an embedding)."""
+    rng = np.random.default_rng(7)
+    draws = {}
+    for g in "ifoc":
+        draws[f"W_x{g}"] = rng.standard_normal((D or V, H)) * 0.01
+        draws[f"W_h{g}"] = rng.standard_normal((H, H)) * 0.01
+    draws["W_hq"] = rng.standard_normal((H, V)) * 0.01
+    if D is not None:
+        draws["E"] = rng.standard_normal((V, D)) * 0.01
+    return draws
+
+
+@pytest.mark.parametrize("forget_bias", [0.0, 1.0])
+@pytest.mark.parametrize("D", [None, 2], ids=["one_hot", "embedding"])
+def test_lstm_params_draw_i_f_o_c_then_the_output_layer(forget_bias: float, D: int | None):
+    params = ref.get_lstm_params(
+        5, 3, np.random.default_rng(7), forget_bias=forget_bias, embed_dim=D
+    )
+    names = [f"{w}{g}" for g in "ifoc" for w in ("W_x", "W_h", "b_")]
+    assert list(params) == [*names, "W_hq", "b_q", *(["E"] if D else [])]
+    for name, value in _book_lstm_draws(5, 3, D).items():
+        np.testing.assert_array_equal(params[name], value)
+    np.testing.assert_array_equal(params["b_f"], np.full(3, forget_bias))
+    assert not any(params[b].any() for b in ("b_i", "b_o", "b_c", "b_q"))
+
+
+def test_gated_cells_refuse_what_they_do_not_have() -> None:
+    params = ref.get_gru_params(4, 3, np.random.default_rng(0))
+    ids = np.zeros((2, 1), dtype=np.int64)
+    with pytest.raises(ValueError):
+        ref.loss_and_grads(
+            params, ids, ids, ref.init_state("gru-reset-before", 1, 3), "relu", "gru-reset-before"
+        )
+    with pytest.raises(ValueError):
+        ref.forward(ids, ref.init_gru_state(1, 3), params, "gru")
+    with pytest.raises(ValueError):
+        ref.get_cell_params("gru-reset-after", 4, 3, np.random.default_rng(0), forget_bias=1.0)
+
+
+@pytest.mark.parametrize("cell", GATED)
+def test_gated_train_epoch_learns_and_carries_the_state(cell: str) -> None:
+    params = ref.get_cell_params(cell, 5, 8, np.random.default_rng(0))
+    params = {k: v * 10 for k, v in params.items()}
+    perplexities = []
+    for _ in range(8):
+        params, ppl, history = ref.train_epoch(params, TRAIN_CORPUS, 2, 4, 1.0, 1.0, cell=cell)
+        assert all(math.isfinite(loss) for loss, _ in history)
+        perplexities.append(ppl)
+    assert perplexities[-1] < perplexities[0]
+
+    # the second minibatch starts from the first one's final state, (H, C) for the LSTM
+    start = ref.get_cell_params(cell, 5, 8, np.random.default_rng(2))
+    _, _, history = ref.train_epoch(start, TRAIN_CORPUS, 2, 4, 0.5, math.inf, cell=cell)
+    (X0, Y0), (X1, Y1) = ref.seq_data_iter_sequential(TRAIN_CORPUS, 2, 4, 0)[:2]
+    zeros = ref.init_state(cell, 2, 8)
+    loss0, grads0, state = ref.loss_and_grads(start, X0.T, Y0.T, zeros, cell=cell)
+    assert isinstance(state, tuple) == (cell == "lstm")
+    loss1, _, _ = ref.loss_and_grads(ref.sgd(start, grads0, 0.5), X1.T, Y1.T, state, cell=cell)
+    assert history[0][0] == loss0 and history[1][0] == loss1
+
+
+@pytest.mark.parametrize("cell", GATED)
+def test_gated_predict_carries_the_state_between_single_steps(cell: str) -> None:
+    """Tokens predicted one step at a time, greedy and sampled, are the choices the logits of
+    one pass over all of them (from zeros) make: the state, (H, C) for the LSTM, is carried."""
+    params, _, _, _ = _gated_problem(cell, False, 1, 1, seed=3, scale=1.0)
+    H = params["W_hq"].shape[0]
+
+    def one_pass(tokens: list[int]) -> np.ndarray:
+        ids = np.array(tokens[:-1]).reshape(-1, 1)
+        return ref.forward(ids, ref.init_state(cell, 1, H), params, cell)[0][2:]
+
+    greedy = ref.predict([1, 4, 0], 12, params, cell=cell)
+    assert greedy[3:] == [int(np.argmax(row)) for row in one_pass(greedy)]
+
+    uniforms = np.random.default_rng(0).random(12)
+    sampled = ref.predict([1, 4, 0], 12, params, cell=cell, temperature=1.0, uniforms=uniforms)
+    assert sampled[:3] == [1, 4, 0] and len(set(sampled[3:])) > 2
+    for token, row, u in zip(sampled[3:], one_pass(sampled), uniforms, strict=True):
+        cdf = np.cumsum(np.exp(row - row.max()))
+        assert token == int(np.argmax(cdf > u * cdf[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The gated cells pinned to the frameworks' own layers (nobody here wrote those)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pin_problem(cell: str):
+    """Non-zero biases and state; T = 6 steps of B = 3 one-hot rows over V = 5 tokens."""
+    params, inputs, _, state = _gated_problem(cell, False, 6, 1, seed=5)
+    return params, inputs, state, np.eye(5)[inputs]  # X (T, B, V)
+
+
+def _hidden_states(cell: str, params, inputs, state) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference's H after every step (T, B, H), and the LSTM's final C."""
+    if cell == "lstm":
+        _, (_, C), steps = ref.lstm(inputs, state, params)
+        return np.stack([s["H"] for s in steps]), C
+    _, _, steps = ref.gru(inputs, state, params, reset_after=cell == "gru-reset-after")
+    return np.stack([s["H"] for s in steps]), None
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> None:
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    assert err <= tolerance("float64", "values"), f"{err:.2e}"
+
+
+@pytest.mark.parametrize("cell", ["gru-reset-after", "lstm"])
+def test_torch_layers_agree_with_the_reference(cell: str) -> None:
+    """torch.nn.GRU (reset-after, gates r, z, n) and torch.nn.LSTM (gates i, f, g, o), weights
+    (out, in): the reference's W_x· and W_h· transposed and stacked in torch's gate order."""
+    torch = pytest.importorskip("torch")
+    p, inputs, state, X = _pin_problem(cell)
+    H = p["W_hq"].shape[0]
+    zeros = np.zeros(H)
+    if cell == "lstm":
+        layer = torch.nn.LSTM(5, H, dtype=torch.float64)
+        gates = "ifco"
+        b_ih = np.concatenate([p[f"b_{g}"] for g in gates])
+        b_hh = np.zeros(4 * H)
+    else:
+        layer = torch.nn.GRU(5, H, dtype=torch.float64)
+        gates = "rzh"
+        b_ih = np.concatenate([p["b_r"], p["b_z"], p["b_xh"]])
+        b_hh = np.concatenate([zeros, zeros, p["b_hh"]])  # n's recurrent bias sits inside R ⊙ ·
+    weights = {
+        "weight_ih_l0": np.concatenate([p[f"W_x{g}"] for g in gates], axis=1).T,
+        "weight_hh_l0": np.concatenate([p[f"W_h{g}"] for g in gates], axis=1).T,
+        "bias_ih_l0": b_ih,
+        "bias_hh_l0": b_hh,
+    }
+    layer.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
+    with torch.no_grad():
+        if cell == "lstm":
+            h0, c0 = (torch.tensor(s[None]) for s in state)
+            out, (_, c_T) = layer(torch.tensor(X), (h0, c0))
+        else:
+            out, _ = layer(torch.tensor(X), torch.tensor(state[None]))
+    want, C = _hidden_states(cell, p, inputs, state)
+    _close(out.numpy(), want)
+    if C is not None:
+        _close(c_T.numpy()[0], C)
+
+
+@pytest.fixture(scope="module")
+def keras():
+    pytest.importorskip("tensorflow")  # Keras 3 on its TensorFlow backend
+    return pytest.importorskip("keras")
+
+
+@pytest.mark.parametrize("cell", GATED)
+def test_keras_layers_agree_with_the_reference(cell: str, keras) -> None:
+    """Keras GRU(reset_after=False) is d2l's GRU, GRU(reset_after=True) torch's; weights
+    (in, out) as here, stacked in Keras' gate order (z, r, h) or (i, f, c, o)."""
+    p, inputs, state, X = _pin_problem(cell)
+    H = p["W_hq"].shape[0]
+    if cell == "lstm":
+        layer = keras.layers.LSTM(H, return_sequences=True, return_state=True, dtype="float64")
+        gates = "ifco"
+        bias = np.concatenate([p[f"b_{g}"] for g in gates])
+        initial = [state[0], state[1]]
+    else:
+        reset_after = cell == "gru-reset-after"
+        layer = keras.layers.GRU(
+            H, return_sequences=True, return_state=True, reset_after=reset_after, dtype="float64"
+        )
+        gates = "zrh"
+        if reset_after:  # rows: input biases, recurrent biases (h's inside R ⊙ ·)
+            bias = np.stack(
+                [
+                    np.concatenate([p["b_z"], p["b_r"], p["b_xh"]]),
+                    np.concatenate([np.zeros(2 * H), p["b_hh"]]),
+                ]
+            )
+        else:
+            bias = np.concatenate([p["b_z"], p["b_r"], p["b_h"]])
+        initial = [state]
+    batch_major = np.transpose(X, (1, 0, 2))  # (B, T, V)
+    layer.build(batch_major.shape)
+    layer.set_weights(
+        [
+            np.concatenate([p[f"W_x{g}"] for g in gates], axis=1),
+            np.concatenate([p[f"W_h{g}"] for g in gates], axis=1),
+            bias,
+        ]
+    )
+    out, *final = layer(batch_major, initial_state=initial)
+    want, C = _hidden_states(cell, p, inputs, state)
+    _close(np.transpose(np.asarray(out), (1, 0, 2)), want)
+    if C is not None:
+        _close(np.asarray(final[1]), C)
+
+
+def test_forget_bias_one_is_keras_unit_forget_bias(keras) -> None:
+    layer = keras.layers.LSTM(3, unit_forget_bias=True, dtype="float64")
+    layer.build((None, 2, 5))
+    keras_bias = np.asarray(layer.get_weights()[2])  # gates (i, f, c, o)
+    params = ref.get_lstm_params(5, 3, np.random.default_rng(0), forget_bias=1.0)
+    ours = np.concatenate([params[f"b_{g}"] for g in "ifco"])
+    np.testing.assert_array_equal(keras_bias, ours)
