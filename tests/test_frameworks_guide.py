@@ -1440,3 +1440,77 @@ def test_gpu_figures_are_the_committed_h100_run() -> None:
     assert "121 cells" in readme
     perplexities = [f"{chapter[k]['perplexity']:.3f}" for k in ("torch", "jax", "numpy")]
     assert f"perplexity {' / '.join(perplexities)}" in " ".join(readme.split())
+
+
+def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
+    """The README's GRU/LSTM GPU summary quotes benchmarks/results/h100/gated/: each figure is
+    recomputed from those files here."""
+    root = GUIDE.parent.parent
+    gated = root / "benchmarks" / "results" / "h100" / "gated"
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+
+    cells = []
+    for cell in ("gru-reset-before", "gru-reset-after", "lstm"):
+        conform = json.loads((gated / f"conform-{cell}.json").read_text())
+        assert conform["passed"] and not conform["skipped"], cell
+        assert {c["cell"] for c in conform["cells"]} == {cell, None}
+        cells += conform["cells"]
+    assert f"{len(cells)} cells, all passing" in readme  # 571
+    on_gpu = [c for c in cells if c["device"] == "gpu:0" and c["max_error"] is not None]
+
+    def worst(dtype: str, oracle: bool) -> float:
+        return max(
+            c["max_error"]
+            for c in on_gpu
+            if c["dtype"] == dtype and c["backend"].startswith("oracle:") == oracle
+        )
+
+    assert f"float64 ≤ {worst('float64', False):.1e}".replace("e-0", "e-") in readme
+    assert f"float32 ≤ {worst('float32', False):.1e}".replace("e-0", "e-") in readme
+    for layer in ("GRU", "LSTM"):
+        err = max(
+            c["max_error"]
+            for c in on_gpu
+            if c["backend"] == f"oracle:torch.nn.{layer}" and c["dtype"] == "float32"
+        )
+        assert f"`nn.{layer}` {err:.1e}".replace("e-0", "e-") in readme
+
+    runs = [json.loads(line) for line in (gated / "chapter.jsonl").read_text().splitlines()]
+    assert all(r["rc"] == 0 and r["device"] == "gpu:0" and r["epochs"] == 500 for r in runs)
+
+    def span(cell: str) -> str:
+        ppl = sorted(r["perplexity"] for r in runs if r["key"].split("/")[0] == cell)
+        return f"{ppl[0]:.3f}–{ppl[-1]:.3f}"
+
+    assert f"GRU {span('gru')}, LSTM {span('lstm')}" in readme
+
+    lstm = json.loads((gated / "results.json").read_text())
+    (target,) = [t for t in lstm["targets"] if t["target"] == "torch ≥ 1.00× torch.nn.LSTM"]
+    assert f"**{target['value']:.2f}× cuDNN `nn.LSTM`**" in readme  # 1.74×
+    log = (gated / "bench-gru-log.txt").read_text()
+
+    def logged(name: str) -> float:
+        (m,) = re.findall(rf"^\s+{re.escape(name)}\s+([\d,]+) tokens/s", log, re.M)
+        return float(m.replace(",", ""))
+
+    ratio = logged("torch bptt/reduce-overhead") / logged("torch.nn.GRU")
+    assert f"**{ratio:.2f}× cuDNN `nn.GRU`**" in readme  # 2.25×
+    jax_lstm = next(r for r in lstm["rows"] if r["name"] == "jax bptt/jit")["tokens_per_sec"]
+    assert f"{logged('jax bptt/jit') / 1e3:.0f}k and {jax_lstm / 1e3:.0f}k tokens/s" in readme
+
+    guide = " ".join(GUIDE.read_text(encoding="utf-8").split())  # point 12
+    assert f"{ratio:.2f}× `nn.GRU` and {target['value']:.2f}× `nn.LSTM`" in guide
+    (lstm_eager,) = [r for r in lstm["rows"] if r["name"] == "torch bptt/eager"]
+    (cudnn_lstm,) = [r for r in lstm["rows"] if r["name"] == "torch.nn.LSTM"]
+    eager = (
+        logged("torch bptt/eager") / logged("torch.nn.GRU"),
+        lstm_eager["tokens_per_sec"] / cudnn_lstm["tokens_per_sec"],
+    )
+    assert f"gets {eager[0]:.2f}× and {eager[1]:.2f}×" in guide  # 0.13×, 0.11×
+    assert f"{logged('jax bptt/jit') / 1e3:.0f}k and {jax_lstm / 1e3:.0f}k tokens/s" in guide
+    oracles = [
+        max(c["max_error"] for c in on_gpu if c["backend"] == o and c["dtype"] == "float32")
+        for o in ("oracle:torch.nn.GRU", "oracle:torch.nn.LSTM")
+    ]
+    within = "within {:.1e} (GRU) and {:.1e} (LSTM)".format(*oracles).replace("e-0", "e-")
+    assert within in guide
