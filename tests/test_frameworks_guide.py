@@ -1467,12 +1467,15 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
 
     assert f"float64 ≤ {worst('float64', False):.1e}".replace("e-0", "e-") in readme
     assert f"float32 ≤ {worst('float32', False):.1e}".replace("e-0", "e-") in readme
-    for layer in ("GRU", "LSTM"):
-        err = max(
+    oracles = [
+        max(
             c["max_error"]
             for c in on_gpu
             if c["backend"] == f"oracle:torch.nn.{layer}" and c["dtype"] == "float32"
         )
+        for layer in ("GRU", "LSTM")
+    ]
+    for layer, err in zip(("GRU", "LSTM"), oracles, strict=True):
         assert f"`nn.{layer}` {err:.1e}".replace("e-0", "e-") in readme
 
     runs = [json.loads(line) for line in (gated / "chapter.jsonl").read_text().splitlines()]
@@ -1508,9 +1511,5 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
     )
     assert f"gets {eager[0]:.2f}× and {eager[1]:.2f}×" in guide  # 0.13×, 0.11×
     assert f"{logged('jax bptt/jit') / 1e3:.0f}k and {jax_lstm / 1e3:.0f}k tokens/s" in guide
-    oracles = [
-        max(c["max_error"] for c in on_gpu if c["backend"] == o and c["dtype"] == "float32")
-        for o in ("oracle:torch.nn.GRU", "oracle:torch.nn.LSTM")
-    ]
     within = "within {:.1e} (GRU) and {:.1e} (LSTM)".format(*oracles).replace("e-0", "e-")
     assert within in guide
