@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
 from rosetta_rnn.core.cells import bptt_value_and_grad
-from rosetta_rnn.core.contract import Backend
+from rosetta_rnn.core.contract import Backend, ReplicaBackend
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
 from rosetta_rnn.core.model import ValueAndGrad
+from rosetta_rnn.core.replicas import refuse
 
 
 class Entry(NamedTuple):
@@ -57,6 +58,9 @@ REGISTRY: dict[str, Entry] = {
     ),
 }
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
+REPLICA_BACKENDS: tuple[str, ...] = ("torch", "jax", "tensorflow")
+"""The backends with a data-parallel engine (``--replicas``); NumPy stays the one-device
+reference and the Array API standard has no collectives."""
 DEFAULT_ENV = "ROSETTA_RNN_BACKEND"
 
 
@@ -242,3 +246,13 @@ def gradient_engine(
             f"the {backend} backend has no --grad {grad!r}; it has {' or '.join(engines)}"
         )
     return engines[grad](ops, activation)
+
+
+def replica_backend(spec: str, module: Backend[Any], replicas: int) -> ReplicaBackend[Any]:
+    """``module`` as a data-parallel backend, told how many replicas are coming (before it
+    makes its ops); a backend without an engine is a one-line error."""
+    if spec.partition(":")[0] not in REPLICA_BACKENDS or not hasattr(module, "REPLICA_ENGINE"):
+        raise refuse(spec, REPLICA_BACKENDS)
+    engine = cast(ReplicaBackend[Any], module)
+    engine.prepare_replicas(replicas)
+    return engine

@@ -11,6 +11,7 @@ so TF32 is off on GPUs without touching ``jax_default_matmul_precision``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,10 @@ import numpy as np
 from jax import lax
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core import replicas as core_replicas
 from rosetta_rnn.core.cells import any_forward_loss
-from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
+from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
+from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
@@ -263,7 +266,155 @@ def set_threads(threads: int) -> str:
     )
 
 
+REPLICA_ENGINE = "shard_map"
+REPLICA_AXIS = "replica"
+
+
+def prepare_replicas(replicas: int) -> None:
+    """JAX makes one CPU device unless told otherwise before its backend starts: ask for
+    ``replicas`` of them now (a no-op for the GPUs, which JAX counts itself). A JAX that has
+    already started keeps its count; ``make_replicated_step`` says when it is too small."""
+    try:
+        jax.config.update("jax_num_cpu_devices", max(replicas, jax.config.jax_num_cpu_devices))
+    except RuntimeError:  # the backend has started
+        pass
+
+
+class _MeshOps(JaxOps):
+    """The ops of one replica's program under ``shard_map``: arrays it creates are not
+    committed to one device (the mesh places them)."""
+
+    def zeros(self, shape: Sequence[int]) -> Any:
+        return jnp.zeros(tuple(shape), dtype=self._dtype)
+
+
+class JaxReplicas:
+    """A ``core.replicas.ReplicatedStep``: one process, ``replicas`` devices in a mesh with one
+    axis, and core's replica step under ``jax.shard_map``, jitted.
+
+    ``shard_map`` rather than a ``NamedSharding`` of the batch under plain ``jit``: with the
+    latter, XLA's partitioner derives the collectives from the one-device program, which is
+    correct but leaves nothing to read or get wrong; shard_map runs the per-replica program
+    explicitly, with ``lax.pmean`` where the all-reduce is, the same structure as the torch
+    and TensorFlow engines (and as core.replicas describes). The collective runs inside the
+    compiled step, so its time is not separable: ``collective_seconds`` is NaN.
+
+    ``check_vma=False``: with JAX's tracking of per-replica values on, the gradient of a
+    parameter that enters replicated is already summed over the replicas (autodiff transposes
+    the implicit broadcast into a ``psum``), so a ``pmean`` after it gives N times the
+    minibatch's gradient (measured: the trajectory leaves NumPy's at the first unclipped step),
+    and core's ``scan`` carries, which start replicated, are refused. Off, every value in the
+    replica's program is its own and the one collective is the explicit ``pmean``."""
+
+    def __init__(self, ops: JaxOps, replicas: int, grad: str | None, activation: str) -> None:
+        kind = "cpu" if ops.device == "cpu" else "gpu"
+        devices = jax.devices("cpu") if kind == "cpu" else _gpu_devices()
+        if len(devices) < replicas:
+            hint = (
+                " (JAX started before it could be asked for more; --replicas sets "
+                "jax_num_cpu_devices in a fresh process)"
+                if kind == "cpu"
+                else ""
+            )
+            raise BackendUnavailable(
+                f"--replicas {replicas} needs {replicas} {kind.upper()} devices; JAX has "
+                f"{len(devices)}{hint}"
+            )
+        from jax.sharding import Mesh, NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        self.replicas = replicas
+        self.engine = f"jax.shard_map over {replicas} {kind.upper()} devices, lax.pmean"
+        self.collective_seconds = math.nan
+        self.ops = ops
+        mesh = Mesh(np.array(devices[:replicas]), (REPLICA_AXIS,))
+        mesh_ops = _MeshOps(ops.dtype, ops.device)
+        value_and_grad = _value_and_grad(mesh_ops, grad, activation)
+        dtype = np.dtype(ops.dtype)
+
+        def all_mean(tensors: list[Any]) -> list[Any]:
+            return list(lax.pmean(tensors, REPLICA_AXIS))
+
+        def step(
+            params: Params, inputs: Any, labels: Any, state: Any, lr: Any, theta: Any
+        ) -> tuple[Params, Any, Any, Any]:
+            new, H_T, loss, norm = core_replicas.replica_train_step(
+                mesh_ops, value_and_grad, all_mean, params, inputs, labels, state, lr, theta
+            )
+            return new, lax.stop_gradient(H_T), loss, norm
+
+        def vg(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Params, Any]:
+            return core_replicas.replica_value_and_grad(
+                value_and_grad, all_mean, params, inputs, labels, state
+            )
+
+        whole, batch, rows = P(), P(None, REPLICA_AXIS), P(REPLICA_AXIS)
+        self._step = jax.jit(
+            jax.shard_map(
+                step,
+                mesh=mesh,
+                in_specs=(whole, batch, batch, rows, whole, whole),
+                out_specs=(whole, rows, whole, whole),
+                check_vma=False,
+            )
+        )
+        self._vg = jax.jit(
+            jax.shard_map(
+                vg,
+                mesh=mesh,
+                in_specs=(whole, batch, batch, rows),
+                out_specs=(whole, whole, rows),
+                check_vma=False,
+            )
+        )
+        self._dtype = dtype
+        self._place = {spec: NamedSharding(mesh, spec) for spec in (whole, batch, rows)}
+        self._specs = (whole, batch, rows)
+
+    def _placed(self, params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, ...]:
+        """The arguments on the mesh: parameters on every device, the batch and the state split
+        (a no-op for what a previous step returned, already there)."""
+        whole, batch, rows = (self._place[s] for s in self._specs)
+        return (
+            jax.device_put(params, whole),
+            jax.device_put(inputs, batch),
+            jax.device_put(labels, batch),
+            jax.device_put(state, rows),
+        )
+
+    def __call__(
+        self, params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
+    ) -> tuple[Params, Any, Any, Any]:
+        lr_t, theta_t = jnp.asarray(lr, dtype=self._dtype), jnp.asarray(theta, dtype=self._dtype)
+        out: tuple[Params, Any, Any, Any] = self._step(
+            *self._placed(params, inputs, labels, state), lr_t, theta_t
+        )
+        return out
+
+    def value_and_grad(
+        self, params: Params, inputs: Any, labels: Any, state: Any
+    ) -> tuple[Any, Params, Any]:
+        out: tuple[Any, Params, Any] = self._vg(*self._placed(params, inputs, labels, state))
+        return out
+
+    def close(self) -> None:
+        """Nothing to release: the devices belong to the process."""
+
+
+def make_replicated_step(
+    ops: JaxOps,
+    replicas: int,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+) -> core_replicas.ReplicatedStep:
+    """core's replica step under ``shard_map`` over ``replicas`` devices, jitted."""
+    if not _jitted(mode):
+        raise BackendUnavailable("--replicas runs JAX's step jitted; it has no --eager")
+    return JaxReplicas(ops, replicas, grad, activation)
+
+
 if TYPE_CHECKING:  # this module keeps the backend contract
     from rosetta_rnn.backends import jax as _this
 
-    _checked: Backend[JaxOps] = _this
+    _checked: ReplicaBackend[JaxOps] = _this

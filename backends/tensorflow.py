@@ -9,6 +9,7 @@ JAX or torch; a float32 run turns TF32 off (both switches are process-wide in Te
 from __future__ import annotations
 
 import functools
+import math
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.core import replicas as core_replicas
 from rosetta_rnn.core.cells import any_forward_loss
-from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
+from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
+from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
@@ -367,7 +370,177 @@ def set_threads(threads: int) -> str:
     return f"tf.config.threading intra/inter-op = {threads}"
 
 
+REPLICA_ENGINE = "MirroredStrategy"
+
+
+def prepare_replicas(replicas: int) -> None:
+    """Split the CPU into ``replicas`` logical devices for MirroredStrategy, before TensorFlow's
+    runtime starts (it cannot change them afterwards; ``make_replicated_step`` then says when
+    there are too few). Each is a device name over the same cores and thread pools."""
+    cpus = tf.config.list_physical_devices("CPU")
+    have = tf.config.get_logical_device_configuration(cpus[0]) or []
+    if len(have) >= replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        )
+    except RuntimeError:  # the runtime has started
+        pass
+
+
+class _ReplicaOps(TensorFlowOps):
+    """The ops inside one replica's program: no device of their own, so every operation runs
+    on the replica's device, where MirroredStrategy placed it."""
+
+    @contextmanager
+    def placed(self) -> Iterator[None]:
+        yield
+
+
+class TensorFlowReplicas:
+    """A ``core.replicas.ReplicatedStep`` on ``tf.distribute.MirroredStrategy``: one process,
+    one replica per logical CPU device (or GPU), core's replica step under ``strategy.run`` in
+    one ``tf.function``, the gradients combined by the replica context's ``all_reduce``.
+
+    The step stays functional (parameters in, parameters out) rather than Keras'
+    ``MirroredVariable``s updated by an optimizer: core's SGD and clipping are the ones under
+    test. Parameters go in as plain tensors, which every replica reads; the minibatch and the
+    carried state go in split, one shard per replica. The collective runs inside the
+    compiled step: ``collective_seconds`` is NaN."""
+
+    def __init__(
+        self, ops: TensorFlowOps, replicas: int, grad: str | None, activation: str
+    ) -> None:
+        kind = "CPU" if ops.device == "cpu" else "GPU"
+        devices = tf.config.list_logical_devices(kind)
+        if len(devices) < replicas:
+            hint = (
+                " (TensorFlow started before it could be asked for more; --replicas splits the "
+                "CPU in a fresh process)"
+                if kind == "CPU"
+                else ""
+            )
+            raise BackendUnavailable(
+                f"--replicas {replicas} needs {replicas} {kind} devices; TensorFlow has "
+                f"{len(devices)}{hint}"
+            )
+        names = [d.name for d in devices[:replicas]]
+        reduce = (
+            tf.distribute.ReductionToOneDevice(reduce_to_device=names[0])
+            if kind == "CPU"
+            else tf.distribute.NcclAllReduce()
+        )
+        self.strategy = tf.distribute.MirroredStrategy(names, cross_device_ops=reduce)
+        self.replicas = replicas
+        self.engine = (
+            f"tf.distribute.MirroredStrategy over {replicas} {kind} devices, "
+            f"{type(reduce).__name__}"
+        )
+        self.collective_seconds = math.nan
+        self.ops = ops
+        replica_ops = _ReplicaOps(ops.dtype, ops.device)
+        value_and_grad = make_value_and_grad(replica_ops, grad, activation)
+        strategy = self.strategy
+
+        def all_mean(tensors: list[Any]) -> list[Any]:
+            context = tf.distribute.get_replica_context()
+            return list(context.all_reduce(tf.distribute.ReduceOp.MEAN, tensors))
+
+        def replica_step(
+            params: Params, inputs: Any, labels: Any, state: Any, lr: Any, theta: Any
+        ) -> tuple[Params, Any, Any, Any]:
+            new, H_T, loss, norm = core_replicas.replica_train_step(
+                replica_ops, value_and_grad, all_mean, params, inputs, labels, state, lr, theta
+            )
+            return new, stop_gradient(H_T), loss, norm
+
+        def replica_vg(
+            params: Params, inputs: Any, labels: Any, state: Any
+        ) -> tuple[Any, Params, Any]:
+            return core_replicas.replica_value_and_grad(
+                value_and_grad, all_mean, params, inputs, labels, state
+            )
+
+        @tf.function(autograph=False)
+        def step(params: Params, inputs: Any, labels: Any, state: Any, lr: Any, theta: Any) -> Any:
+            return strategy.run(replica_step, args=(params, inputs, labels, state, lr, theta))
+
+        @tf.function(autograph=False)
+        def vg(params: Params, inputs: Any, labels: Any, state: Any) -> Any:
+            return strategy.run(replica_vg, args=(params, inputs, labels, state))
+
+        self._step, self._vg = step, vg
+
+    def _split(self, x: Any, axis: int) -> Any:
+        """A per-replica value: replica r's equal shard of ``x`` along ``axis``."""
+        parts = [core_replicas.shard(x, self.replicas, r, axis) for r in range(self.replicas)]
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group]
+        )
+
+    def _split_state(self, state: Any) -> Any:
+        if isinstance(state, tuple):
+            return tuple(self._split(s, 0) for s in state)
+        return self._split(state, 0)
+
+    def _local(self, value: Any) -> list[Any]:
+        return list(self.strategy.experimental_local_results(value))
+
+    def _joined(self, state: Any) -> Any:
+        """The whole state, every replica's rows in replica order, on the ops' device."""
+        with self.ops.placed():
+            if isinstance(state, tuple):
+                return tuple(tf.concat(self._local(s), 0) for s in state)
+            return tf.concat(self._local(state), 0)
+
+    def _first(self, value: Any) -> Any:
+        """Replica 0's copy of a value every replica holds the same (the all-reduced loss and
+        gradients, the parameters updated from them)."""
+        return tf.nest.map_structure(lambda v: self._local(v)[0], value)
+
+    def __call__(
+        self, params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
+    ) -> tuple[Params, Any, Any, Any]:
+        lr_t = tf.convert_to_tensor(lr, dtype=self.ops.tf_dtype)
+        theta_t = tf.convert_to_tensor(theta, dtype=self.ops.tf_dtype)
+        new, H_T, loss, norm = self._step(
+            params,
+            self._split(inputs, 1),
+            self._split(labels, 1),
+            self._split_state(state),
+            lr_t,
+            theta_t,
+        )
+        return self._first(new), self._joined(H_T), self._first(loss), self._first(norm)
+
+    def value_and_grad(
+        self, params: Params, inputs: Any, labels: Any, state: Any
+    ) -> tuple[Any, Params, Any]:
+        loss, grads, H_T = self._vg(
+            params, self._split(inputs, 1), self._split(labels, 1), self._split_state(state)
+        )
+        return self._first(loss), self._first(grads), self._joined(H_T)
+
+    def close(self) -> None:
+        """Nothing to release: the logical devices belong to the process."""
+
+
+def make_replicated_step(
+    ops: TensorFlowOps,
+    replicas: int,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+) -> core_replicas.ReplicatedStep:
+    """core's replica step under MirroredStrategy, in one ``tf.function``."""
+    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    if mode != "tf.function":
+        raise BackendUnavailable("--replicas runs TensorFlow's step in a tf.function; no --eager")
+    return TensorFlowReplicas(ops, replicas, grad, activation)
+
+
 if TYPE_CHECKING:  # this module keeps the backend contract
     from rosetta_rnn.backends import tensorflow as _this
 
-    _checked: Backend[TensorFlowOps] = _this
+    _checked: ReplicaBackend[TensorFlowOps] = _this

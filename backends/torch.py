@@ -16,7 +16,7 @@ import torch
 
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.core.cells import any_forward_loss
-from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
+from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
@@ -25,6 +25,7 @@ from rosetta_rnn.core.model import (
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
+from rosetta_rnn.core.replicas import ReplicatedStep
 
 NAME = "torch"
 GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
@@ -268,6 +269,54 @@ def set_threads(threads: int) -> str:
     return f"torch.set_num_threads({threads}); interop {torch.get_num_interop_threads()}"
 
 
+REPLICA_ENGINE = "torch.distributed"
+
+
+def prepare_replicas(replicas: int) -> None:
+    """Nothing to set beforehand: every replica is a process of its own."""
+
+
+def make_replicated_step(
+    ops: TorchOps,
+    replicas: int,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+) -> ReplicatedStep:
+    """core's replica step on ``replicas`` processes (``backends._torch_distributed``), eager.
+    The machine's threads are shared out: each process gets ``threads // replicas`` (at least
+    one), this one included."""
+    from rosetta_rnn.backends._torch_distributed import TorchReplicas
+
+    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    if mode != "eager":
+        raise BackendUnavailable(
+            f"--replicas runs torch eagerly; {mode} is not wired into the distributed step"
+        )
+    threads = max(1, torch.get_num_threads() // replicas)
+    torch.set_num_threads(threads)
+    value_and_grad = make_value_and_grad(ops, grad, activation)
+    worker_args = [ops.dtype, ops.device, grad or "", activation, str(threads)]
+    return TorchReplicas(ops, value_and_grad, replicas, _WORKER_MAIN, worker_args)
+
+
+_WORKER_MAIN = "from rosetta_rnn.backends.torch import serve_replica; serve_replica()"
+
+
+def serve_replica() -> None:
+    """A worker process of ``make_replicated_step`` (its ``sys.argv`` says which): build the
+    replica's ops and serve rank 0 until it says stop."""
+    import sys
+
+    from rosetta_rnn.backends import _torch_distributed
+
+    rank, replicas, init, dtype, device, grad, activation, threads = sys.argv[1:]
+    torch.set_num_threads(int(threads))
+    ops = make_ops(dtype, _torch_distributed.replica_device(device, int(rank)))
+    value_and_grad = make_value_and_grad(ops, grad or None, activation)
+    _torch_distributed.serve(ops, value_and_grad, int(rank), int(replicas), init)
+
+
 def _cuda_only(ops: TorchOps) -> None:
     if ops.device == "cpu":
         raise BackendUnavailable(
@@ -302,4 +351,4 @@ def _cuda_graph_step(ops: TorchOps, step: StepFn) -> StepFn:
 if TYPE_CHECKING:  # this module keeps the backend contract
     from rosetta_rnn.backends import torch as _this
 
-    _checked: Backend[TorchOps] = _this
+    _checked: ReplicaBackend[TorchOps] = _this

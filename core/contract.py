@@ -8,6 +8,9 @@ assigns the module to ``Backend``).
 A backend may also provide ``with_option(option: str) -> Backend``: the registry passes it
 whatever follows a colon in the backend's name (``array-api:torch``). A backend without it
 refuses a colon.
+
+A backend with a data-parallel engine (``--replicas``) also keeps ``ReplicaBackend``: the
+framework's own distributed engine runs core's replica step (``core.replicas``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from .model import Params, ValueAndGrad
 from .ops import Ops, Tensor
+from .replicas import ReplicatedStep
 
 StepFn = Callable[
     [Params, Tensor, Tensor, Tensor, float, float], tuple[Params, Tensor, Tensor, Tensor]
@@ -85,3 +89,26 @@ class Backend(Protocol[OpsT]):
 
     def set_threads(self, threads: int) -> str:
         """Size the framework's own thread pools (after import); a line saying what was set."""
+
+
+class ReplicaBackend(Backend[OpsT], Protocol[OpsT]):
+    """A backend that trains data-parallel on its framework's own engine."""
+
+    REPLICA_ENGINE: str
+    """The engine, in words (``torch.distributed``, ``shard_map``, ``MirroredStrategy``)."""
+
+    def prepare_replicas(self, replicas: int) -> None:
+        """What the framework must hear before it starts to have ``replicas`` devices (JAX's
+        and TensorFlow's CPU device count); called before ``make_ops``. A framework already
+        started keeps its devices, and ``make_replicated_step`` says when they are too few."""
+
+    def make_replicated_step(
+        self,
+        ops: OpsT,
+        replicas: int,
+        grad: str | None = None,
+        mode: str | None = None,
+        activation: str = "tanh",
+    ) -> ReplicatedStep:
+        """core's replica step on ``replicas`` devices of ``ops.device``'s kind; a one-line
+        ``BackendUnavailable`` when there are fewer or ``mode`` cannot run replicated."""

@@ -14,6 +14,7 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,7 @@ from rosetta_rnn.core import cells, checkpoint, data, model, sampling
 from rosetta_rnn.core.contract import Backend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
+from rosetta_rnn.core.replicas import ReplicatedStep, check_replicas
 from rosetta_rnn.core.training import (
     EpochResult,
     TrainConfig,
@@ -427,6 +429,17 @@ def register(sub: Any) -> None:
         metavar="CKPT",
         help="continue this checkpoint up to --epochs, with its settings (default: a new run)",
     )
+    t.add_argument(
+        "--replicas",
+        metavar="N",
+        type=argtypes.positive_int,
+        help="data-parallel on N devices of the framework's own engine: each replica takes "
+        "an equal shard of every minibatch, the gradients are averaged by the framework's "
+        "all-reduce, then clipped and applied once (torch: N processes over torch.distributed; "
+        "jax: shard_map over N devices; tensorflow: MirroredStrategy over N devices; numpy and "
+        "array-api have none). --batch-size must divide by N (default: 1; a checkpoint resumes "
+        "under any N, on any backend)",
+    )
     t.add_argument("--json", action="store_true", help="one JSON document on stdout")
     t.set_defaults(func=cmd_train)
 
@@ -512,7 +525,6 @@ def _trainer(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    human = sys.stderr if args.json else sys.stdout
     resumed = checkpoint.load_model(args.resume) if args.resume else None
     resume_meta = resumed[1] if resumed else None
     run = _run_config(args, resume_meta)
@@ -527,14 +539,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         plots.check_plot_path(args.plot)
 
     backend = backends.load(args.backend)
+    replicas = args.replicas or 1
+    if replicas > 1:  # told before the framework starts: JAX and TensorFlow make the devices
+        check_replicas(replicas, cfg.batch_size)
+        engine = backends.replica_backend(args.backend, backend, replicas)
     ops = backend.make_ops(run.dtype, args.device)
     if run.dtype == "float64" and not backend.supports_float64(ops.device):
         raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
     grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
     mode = compile_mode(args, backend, ops.device)
-    step = backend.make_train_step(ops, grad=grad, mode=mode, activation=cfg.activation)
     text = _load_data(args, run, cfg, resume_meta)
+    replicated: ReplicatedStep | None = None
+    if replicas > 1:
+        replicated = engine.make_replicated_step(ops, replicas, grad, mode, cfg.activation)
+    step = replicated or backend.make_train_step(
+        ops, grad=grad, mode=mode, activation=cfg.activation
+    )
+    engine_name = replicated.engine if replicated else None
+    try:
+        return _train(
+            args, run, cfg, epochs, out_path, ops, grad, mode, engine_name, step, text, resumed
+        )
+    finally:
+        if replicated is not None:
+            replicated.close()
+
+
+def _train(
+    args: argparse.Namespace,
+    run: RunConfig,
+    cfg: TrainConfig,
+    epochs: int,
+    out_path: str | None,
+    ops: Any,
+    grad: str,
+    mode: str,
+    engine: str | None,
+    step: StepFn,
+    text: _Data,
+    resumed: tuple[dict[str, np.ndarray], dict[str, Any]] | None,
+) -> int:
+    """The run itself, once its step is built (``engine``: the data-parallel engine, in
+    words; None on one device)."""
+    replicas = getattr(step, "replicas", 1)
+    human = sys.stderr if args.json else sys.stdout
     trainer, history = _trainer(args, run, cfg, ops, step, text, resumed)
+
+    def evaluable() -> model.Params:
+        """The parameters where ``ops`` computes (a JAX mesh holds them on every device)."""
+        if replicas == 1:
+            return trainer.params
+        return model.to_backend(ops, model.to_numpy(ops, trainer.params))
 
     def save(path: str) -> None:
         tensors, position = trainer.snapshot()
@@ -549,6 +604,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "max_tokens": run.max_tokens,
             "train_fraction": run.train_fraction,
             "grad": grad,
+            "replicas": replicas,
             "config": cfg.to_dict(),
             "run": run.to_meta(),
             "vocab": text.corpus.vocab.idx_to_token,
@@ -561,10 +617,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint.save(path, tensors, meta)
 
     start = f"from epoch {trainer.epoch} to {epochs}" if resumed else f"{epochs} epochs"
+    on = f"; {replicas} replicas: {engine}" if engine else ""
     _say(
         human,
         f"{'resuming' if resumed else 'training'} on {backends.framework(args.backend)} "
-        f"({args.backend}, {ops.device}, {run.dtype}, grad {grad}, {mode}): "
+        f"({args.backend}, {ops.device}, {run.dtype}, grad {grad}, {mode}{on}): "
         f"{len(text.corpus.ids)} tokens, vocab {len(text.corpus.vocab)}, {start}",
     )
     last: EpochResult | None = None
@@ -579,13 +636,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             while trainer.epoch < epochs:
                 last = trainer.run_epoch(stop_requested=stop)
-                entry = _epoch_entry(last, ops, trainer, cfg, text)
+                entry = _epoch_entry(last, ops, evaluable, cfg, text)
                 history.append(entry)
                 progress.advance(
                     info=f"perplexity {last.perplexity:.2f}, {last.tokens_per_sec:.0f} tokens/s"
                 )
                 if last.epoch % 10 == 0:
-                    progress.say(_epoch_line(entry, ops, trainer, run, cfg, text), human)
+                    progress.say(_epoch_line(entry, ops, evaluable(), run, cfg, text), human)
                 if out_path and args.save_every and last.epoch % args.save_every == 0:
                     save(out_path)
                 if stop():
@@ -609,8 +666,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             raise TrainingDiverged(f"{e}{kept}") from None
     assert last is not None
+    final = evaluable()
     samples = {
-        p: _sample(ops, trainer.params, text.corpus.vocab, run.token, p, cfg.activation)
+        p: _sample(ops, final, text.corpus.vocab, run.token, p, cfg.activation)
         for p in SAMPLE_PREFIXES
     }
     largest = _report(human, last, ops, samples, history, cfg)
@@ -635,6 +693,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "dtype": run.dtype,
             "grad": grad,
             "compile": mode,
+            "replicas": replicas,
+            "engine": engine,
             "cell": run.model_cell,
             "seed": run.seed,
             "token": run.token,
@@ -659,7 +719,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _epoch_entry(
-    last: EpochResult, ops: Any, trainer: Trainer, cfg: TrainConfig, text: _Data
+    last: EpochResult, ops: Any, params: Callable[[], model.Params], cfg: TrainConfig, text: _Data
 ) -> dict[str, Any]:
     """What the history keeps of an epoch (and the held-out perplexity, when there is one)."""
     entry: dict[str, Any] = {
@@ -671,18 +731,21 @@ def _epoch_entry(
     }
     if text.heldout_ids is not None:
         entry["heldout_perplexity"], _ = perplexity_on(
-            ops, trainer.params, text.heldout_ids, cfg.num_steps, cfg.activation
+            ops, params(), text.heldout_ids, cfg.num_steps, cfg.activation
         )
     return entry
 
 
 def _epoch_line(
-    entry: dict[str, Any], ops: Any, trainer: Trainer, run: RunConfig, cfg: TrainConfig, text: _Data
+    entry: dict[str, Any],
+    ops: Any,
+    params: model.Params,
+    run: RunConfig,
+    cfg: TrainConfig,
+    text: _Data,
 ) -> str:
     """Every tenth epoch: perplexity, held-out perplexity, speed and a greedy sample."""
-    sample = _sample(
-        ops, trainer.params, text.corpus.vocab, run.token, SAMPLE_PREFIXES[0], cfg.activation
-    )
+    sample = _sample(ops, params, text.corpus.vocab, run.token, SAMPLE_PREFIXES[0], cfg.activation)
     held = f"  held-out {entry['heldout_perplexity']:8.3f}" if "heldout_perplexity" in entry else ""
     return (
         f"epoch {entry['epoch']:4d}  perplexity {entry['perplexity']:8.3f}{held}  "

@@ -1,0 +1,312 @@
+"""Data-parallel training on ``torch.distributed``: N processes, one replica each, gloo on CPU
+(NCCL on CUDA, one GPU per replica).
+
+The process that trains is rank 0: it runs the trainer, draws every minibatch from core's one
+generator and hands each worker its shard (``scatter``); workers 1..N-1 are processes it starts
+(``backends.torch.serve_replica``) that hold a copy of the parameters and answer its commands.
+Every rank runs core's forward and backward on its shard, one ``all_reduce`` sums the loss and
+all gradients in a single buffer (then divided by N), and every rank clips and updates its own
+copy the same way. Only rank 0 sees the user, the checkpoints and the signals, so a Ctrl-C or
+an error stops the run in one place; a worker whose rank 0 is gone fails its next collective
+and exits.
+
+An explicit all-reduce rather than ``DistributedDataParallel``: DDP hooks into autograd on an
+``nn.Module``'s parameters and reduces during ``backward``; core's hand-written BPTT is not an
+autograd graph, and core's parameters are a dict of tensors, not a module. The explicit
+collective works for both ``--grad`` engines and keeps visible that clipping comes after it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rosetta_rnn.core import replicas as core_replicas
+from rosetta_rnn.core.errors import BackendUnavailable
+from rosetta_rnn.core.model import Params, param_names
+
+STOP, STEP, VALUE_AND_GRAD = 0, 1, 2
+HEADER = 9  # command, T, B, loss steps, lr, θ, new params?, new state?, LSTM?
+TIMEOUT = datetime.timedelta(minutes=5)
+"""How long a rank waits on the others in one collective before giving up (a worker that died
+closes its connections first, which fails the collective at once)."""
+
+
+def _group_backend(device: str) -> str:
+    return "gloo" if device == "cpu" else "nccl"
+
+
+class TorchReplicas:
+    """A ``core.replicas.ReplicatedStep`` on N torch processes; this process is rank 0."""
+
+    def __init__(
+        self,
+        ops: Any,
+        value_and_grad: Any,
+        replicas: int,
+        worker_main: str,
+        worker_args: list[str],
+    ) -> None:
+        """``worker_main`` is the Python code a worker runs (``python -c``) with its rank,
+        ``replicas``, the rendezvous address and then ``worker_args`` as ``sys.argv[1:]``; it
+        builds the worker's ops and calls ``serve``."""
+        if not dist.is_available():
+            raise BackendUnavailable(
+                f"PyTorch {torch.__version__} was built without torch.distributed; "
+                "--replicas needs it"
+            )
+        if dist.is_initialized():
+            raise BackendUnavailable(
+                "this process already has a torch.distributed process group; one replicated "
+                "run at a time"
+            )
+        if ops.device != "cpu":
+            count = torch.cuda.device_count()
+            if ops.device != "gpu:0" or replicas > count:
+                raise BackendUnavailable(
+                    f"--replicas {replicas} on CUDA needs one GPU per replica, gpu:0 .. "
+                    f"gpu:{replicas - 1}; PyTorch sees {count}"
+                )
+        self.replicas = replicas
+        self.ops = ops
+        self.engine = (
+            f"torch.distributed {_group_backend(ops.device)}, {replicas} processes, "
+            "explicit all_reduce"
+        )
+        self.collective_seconds = 0.0
+        self._value_and_grad = value_and_grad
+        self._params: Params | None = None
+        self._state: Any = None  # the whole state last returned (what the trainer passes back)
+        self._local_state: Any = None  # this rank's rows of it
+        self._dir = tempfile.mkdtemp(prefix="rosetta-rnn-dist-")
+        init = f"file://{os.path.join(self._dir, 'rendezvous')}"
+        self._workers: list[subprocess.Popen[bytes]] = []
+        try:
+            for rank in range(1, replicas):
+                argv = [str(rank), str(replicas), init, *worker_args]
+                self._workers.append(
+                    subprocess.Popen([sys.executable, "-c", worker_main, *argv], env=_env())
+                )
+            dist.init_process_group(
+                _group_backend(ops.device),
+                init_method=init,
+                rank=0,
+                world_size=replicas,
+                timeout=TIMEOUT,
+            )
+        except BaseException:
+            self._stop_workers()
+            raise
+        self._closed = False
+
+    # -- what the trainer calls -------------------------------------------------------------
+    def __call__(
+        self, params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
+    ) -> tuple[Params, Any, Any, Any]:
+        local = self._send(STEP, params, inputs, labels, state, lr, theta)
+        with torch.no_grad():
+            new, H_T, loss, norm = core_replicas.replica_train_step(
+                self.ops, self._value_and_grad, self._all_mean, params, *local, lr, theta
+            )
+        self._params, self._local_state = new, _detached(H_T)
+        self._state = self._gather(self._local_state)
+        return new, self._state, loss, norm
+
+    def value_and_grad(
+        self, params: Params, inputs: Any, labels: Any, state: Any
+    ) -> tuple[Any, Params, Any]:
+        local = self._send(VALUE_AND_GRAD, params, inputs, labels, state, 0.0, 0.0)
+        with torch.no_grad():
+            loss, grads, H_T = core_replicas.replica_value_and_grad(
+                self._value_and_grad, self._all_mean, params, *local
+            )
+        return loss, grads, self._gather(_detached(H_T))
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        try:
+            dist.broadcast(torch.zeros(HEADER, dtype=torch.float64), 0)  # STOP
+        finally:
+            dist.destroy_process_group()
+            self._stop_workers()
+
+    # -- rank 0's side of the protocol ------------------------------------------------------
+    def _send(
+        self,
+        command: int,
+        params: Params,
+        inputs: Any,
+        labels: Any,
+        state: Any,
+        lr: float,
+        theta: float,
+    ) -> tuple[Any, Any, Any]:
+        """Tell the workers what to do and hand them their shards; this rank's shards."""
+        new_params = params is not self._params
+        new_state = state is not self._state
+        T, B = (int(n) for n in inputs.shape)
+        header = [
+            command,
+            T,
+            B,
+            int(labels.shape[0]),
+            lr,
+            theta,
+            new_params,
+            new_state,
+            isinstance(state, tuple),
+        ]
+        dist.broadcast(torch.tensor(header, dtype=torch.float64), 0)
+        if new_params:  # the first step, or parameters the trainer set (a resume)
+            shapes = {name: tuple(params[name].shape) for name in param_names(params)}
+            dist.broadcast_object_list([shapes], src=0)
+            for name in shapes:
+                dist.broadcast(params[name].contiguous(), 0)
+            self._params = params
+        x = self._scatter(inputs, axis=1)
+        y = self._scatter(labels, axis=1)
+        if new_state:  # fresh zeros, or a state restored from a checkpoint
+            parts = state if isinstance(state, tuple) else (state,)
+            local = tuple(self._scatter(s, axis=0) for s in parts)
+            self._local_state = local if isinstance(state, tuple) else local[0]
+            self._state = state
+        return x, y, self._local_state
+
+    def _scatter(self, x: Any, axis: int) -> Any:
+        chunks = [c.contiguous() for c in torch.chunk(x, self.replicas, dim=axis)]
+        out = torch.empty_like(chunks[0])
+        dist.scatter(out, chunks, src=0)
+        return out
+
+    def _gather(self, state: Any) -> Any:
+        """The whole state from every replica's rows, in replica order."""
+        parts = state if isinstance(state, tuple) else (state,)
+        whole = []
+        for part in parts:
+            rows = [torch.empty_like(part) for _ in range(self.replicas)]
+            dist.gather(part.contiguous(), rows, dst=0)
+            whole.append(torch.cat(rows, dim=0))
+        return tuple(whole) if isinstance(state, tuple) else whole[0]
+
+    def _all_mean(self, tensors: list[Any]) -> list[Any]:
+        start = time.perf_counter()
+        out = _all_mean(tensors, self.replicas)
+        self.collective_seconds += time.perf_counter() - start
+        return out
+
+    def _stop_workers(self) -> None:
+        for w in self._workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the group may be gone already
+            pass
+
+
+def _all_mean(tensors: list[Any], replicas: int) -> list[Any]:
+    """One all_reduce over a flat buffer of every tensor: SUM, then / N on this side, so the
+    arithmetic is the same whichever collective library (gloo, NCCL) does the sum."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = flat / replicas
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at : at + t.numel()].reshape(t.shape))
+        at += t.numel()
+    return out
+
+
+def _detached(state: Any) -> Any:
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def _env() -> dict[str, str]:
+    """The workers' environment: this one, with this process's import path first, so that
+    a worker imports the same rosetta_rnn (a checkout, an editable install, a test's)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
+
+
+def replica_device(device: str, rank: int) -> str:
+    """Replica ``rank``'s device: the CPU, or GPU ``rank`` (NCCL needs one GPU per process)."""
+    return "cpu" if device == "cpu" else f"gpu:{rank}"
+
+
+def serve(ops: Any, value_and_grad: Any, rank: int, replicas: int, init: str) -> None:
+    """Replica ``rank`` (1..N-1): answer rank 0's commands until it says stop. Ctrl-C reaches
+    every process of the terminal's group; rank 0 alone acts on it (after a whole step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    dist.init_process_group(
+        _group_backend(ops.device),
+        init_method=init,
+        rank=rank,
+        world_size=replicas,
+        timeout=TIMEOUT,
+    )
+    params: Params = {}
+    local_state: Any = None
+
+    def all_mean(tensors: list[Any]) -> list[Any]:
+        return _all_mean(tensors, replicas)
+
+    def receive(shape: tuple[int, ...], dtype_: Any) -> Any:
+        out = torch.empty(shape, dtype=dtype_, device=ops._device)
+        dist.scatter(out, None, src=0)
+        return out
+
+    try:
+        while True:
+            header = torch.zeros(HEADER, dtype=torch.float64)
+            dist.broadcast(header, 0)
+            command, T, B, w, lr, theta, new_params, new_state, lstm = header.tolist()
+            if int(command) == STOP:
+                return
+            if new_params:
+                shapes: list[Any] = [None]
+                dist.broadcast_object_list(shapes, src=0)
+                params = {name: ops.zeros(shape) for name, shape in shapes[0].items()}
+                for name in params:
+                    dist.broadcast(params[name], 0)
+            b = int(B) // replicas
+            x = receive((int(T), b), torch.int64)
+            y = receive((int(w), b), torch.int64)
+            if new_state:
+                parts = tuple(
+                    receive((b, int(params["W_hq"].shape[0])), ops._dtype)
+                    for _ in range(2 if lstm else 1)
+                )
+                local_state = parts if lstm else parts[0]
+            with torch.no_grad():
+                if int(command) == STEP:
+                    params, H_T, _, _ = core_replicas.replica_train_step(
+                        ops, value_and_grad, all_mean, params, x, y, local_state, lr, theta
+                    )
+                    local_state = _detached(H_T)
+                else:
+                    _, _, H_T = core_replicas.replica_value_and_grad(
+                        value_and_grad, all_mean, params, x, y, local_state
+                    )
+            for part in H_T if isinstance(H_T, tuple) else (H_T,):
+                dist.gather(part.contiguous(), None, dst=0)
+    finally:
+        dist.destroy_process_group()
