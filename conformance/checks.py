@@ -22,7 +22,7 @@ from rosetta_rnn.core.training import TrainConfig
 from .interface import missing_operations
 from .problems import CELLS, Problem, State, state_arrays, state_parts
 from .subjects import Arrays, BackendSubject, NotApplicable
-from .tolerances import TRAIN_STEPS, tolerance
+from .tolerances import REPLICA_COUNTS, TRAIN_STEPS, tolerance
 
 
 @dataclass
@@ -99,12 +99,16 @@ def _dtype_leak(subject: Any, got: dict[str, np.ndarray]) -> str:
 def diagnose(
     quantity: Quantity, subject: Any, problem: Problem, got: dict[str, np.ndarray], tol: float
 ) -> str:
-    """Name the known mistake whose output the subject reproduces, if any."""
+    """Name the known mistakes whose output the subject reproduces, if any: every one that
+    does (``A, or B``), as two mistakes can leave the same mark on a quantity (summing the
+    replicas' gradients and dividing their loss by the local batch give the same trajectory;
+    only the loss tells them apart)."""
     from .mistakes import MISTAKES
 
     leak = _dtype_leak(subject, got)
     if leak:
         return leak
+    named: list[str] = []
     for build in MISTAKES.values():
         suspect = build()
         if problem.cell not in getattr(suspect, "cells", CELLS):
@@ -116,8 +120,8 @@ def diagnose(
         if _dtype_leak(suspect, theirs):
             continue  # the float32 leak is recognised by dtype, not by value
         if max_error(got, theirs) <= tol:
-            return str(getattr(suspect, "mistake", "a known mistake"))
-    return ""
+            named.append(str(getattr(suspect, "mistake", "a known mistake")))
+    return ", or ".join(named)
 
 
 def compare(
@@ -280,6 +284,66 @@ def q_train(sampling_kind: str) -> Quantity:
     return q
 
 
+REPLICA_BATCH = 8
+"""The minibatch of the data-parallel checks: it splits into 2 and into 4 equal shards."""
+
+
+def replica_problem(problem: Problem) -> Problem:
+    """The problem's cell and shapes at the chapter's initialisation (see ``q_train``) with a
+    minibatch that every count of ``REPLICA_COUNTS`` divides."""
+    return dataclasses.replace(problem, scale="d2l", batch_size=REPLICA_BATCH)
+
+
+def _replica_runs(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
+    """For each replica count: the parameter trajectory (``N:params:name``), the minibatch's
+    gradient before each step (``N:grads:name``) and its loss (``N:grads:loss``), over
+    ``TRAIN_STEPS`` steps of sequential partitioning (the carried state is sharded too, and
+    every epoch draws a new offset from core's generator) with clipping acting. Kept on the
+    subject: the trajectory check and the gradient check read the same runs."""
+    if not hasattr(subject, "train_replicated"):
+        raise NotApplicable
+    engine = hasattr(getattr(subject, "module", None), "REPLICA_ENGINE")
+    if not (engine or subject is reference() or hasattr(subject, "fault")):
+        raise NotApplicable  # a one-device mistake: nothing of its own to show here
+    problem = replica_problem(problem)
+    cache = subject.__dict__.setdefault("_replica_runs", {})
+    if (problem, dtype) in cache:
+        return dict(cache[(problem, dtype)])
+    params, *_ = _rounded(problem, dtype)
+    cfg = TrainConfig(
+        batch_size=problem.batch_size,
+        num_steps=problem.num_steps,
+        num_hiddens=problem.num_hiddens,
+        lr=1.0,
+        clip=0.1,  # small enough that clipping acts on most steps
+        sampling="sequential",
+        embed_dim=problem.embed_dim,
+        loss="last-step" if problem.last_step_loss else "all-steps",
+    )
+    out: dict[str, np.ndarray] = {}
+    for n in REPLICA_COUNTS:
+        runs = subject.train_replicated(
+            params, problem.corpus(), cfg, problem.seed, TRAIN_STEPS[dtype], n
+        )
+        for name in model.param_names(runs[0][0]):
+            out[f"{n}:params:{name}"] = np.stack([after[name] for after, _, _ in runs])
+            out[f"{n}:grads:{name}"] = np.stack([grads[name] for _, grads, _ in runs])
+        out[f"{n}:grads:loss"] = np.stack([np.asarray(loss) for _, _, loss in runs])
+    cache[(problem, dtype)] = out
+    return dict(out)
+
+
+def q_replicas(part: str) -> Quantity:
+    """``params``: the trajectory of data-parallel SGD against one device's; ``grads``: the
+    combined gradient and loss of every step against the minibatch's own."""
+
+    def q(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
+        runs = _replica_runs(subject, problem, dtype)
+        return {k: v for k, v in runs.items() if k.split(":")[1] == part}
+
+    return q
+
+
 def q_interface(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
     if not hasattr(subject, "ops"):
         raise NotApplicable
@@ -418,6 +482,8 @@ CHECKS: dict[str, tuple[Quantity, str, bool]] = {
     "train/sequential": (q_train("sequential"), "train", False),
     "train/random": (q_train("random"), "train", False),
     "train/no-detach": (q_train("no-detach"), "train", False),
+    "train/replicas": (q_replicas("params"), "train", False),
+    "grads/replicas": (q_replicas("grads"), "grads", False),
 }
 
 CELL_FREE: tuple[str, ...] = ("sample/ties",)
@@ -467,7 +533,15 @@ HINTS: dict[str, Callable[[Any, Problem], str]] = {
 """What a failing check says when no known mistake reproduces its own output."""
 
 
+REPLICA_CHECKS = ("train/replicas", "grads/replicas")
+"""The data-parallel checks: float64 columns of a backend with a replica engine, on one
+problem per cell (two replica counts of 100 steps each)."""
+
+
 def applicable(name: str, subject: Any) -> bool:
+    if name in REPLICA_CHECKS:
+        module = getattr(subject, "module", None)
+        return subject.dtype == "float64" and hasattr(module, "REPLICA_ENGINE")
     if name.startswith("grads/"):
         return name.split("/", 1)[1] in subject.grad_modes
     try:
@@ -486,5 +560,7 @@ def applicable(name: str, subject: Any) -> bool:
 def run_check(name: str, subject: Any, problems: Sequence[Problem]) -> Cell:
     """One cell: the worst error of check ``name`` over ``problems`` (all of one cell)."""
     quantity, kind, exact = CHECKS[name]
+    if name in REPLICA_CHECKS:
+        problems = problems[:1]
     results = [compare(name, subject, p, quantity, kind, exact) for p in problems]
     return max(results, key=lambda c: (not c.passed, c.max_error))

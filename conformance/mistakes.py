@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import cells, model, sampling
+from rosetta_rnn.core import cells, data, model, sampling
+from rosetta_rnn.core import replicas as replicas_core
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
 
@@ -108,6 +109,86 @@ class FrameworkRNG(BackendSubject):
         return sampling.predict(
             self.ops, self.put(params), prefix, n, temperature=temperature, rng=own_rng
         )
+
+
+# --- data-parallel mistakes (core.replicas) ----------------------------------------------------
+
+
+class _ReplicaTwin(BackendSubject):
+    """A data-parallel engine simulated on NumPy, one replica after another, with one mistake
+    (``fault``) in how the replicas' results combine or where their data comes from; without
+    a fault it is core.replicas' engine (tests check it reproduces the one-device reference)."""
+
+    mistake = ""
+    fault: str | None = None
+
+    def train_replicated(self, params, corpus, cfg, seed, steps, replicas):
+        ops = self.ops
+        value_and_grad = self.module.make_value_and_grad(ops)
+        rngs = [np.random.default_rng(seed)]
+        if self.fault == "own-randomness":  # replica r seeds its own generator with seed + r
+            rngs += [np.random.default_rng(seed + r) for r in range(1, replicas)]
+        P = self.put(params)
+        out: list[tuple[Arrays, Arrays, np.ndarray]] = []
+        while True:
+            epochs = [
+                data.data_iter(corpus, cfg.batch_size, cfg.num_steps, rng, cfg.sampling)
+                for rng in rngs
+            ]
+            states = [None] * replicas
+            for batches in zip(*epochs, strict=False):
+                losses, grads = [], []
+                for r in range(replicas):
+                    X, Y = batches[r if len(batches) > 1 else 0]
+                    Y_t = Y.T if cfg.loss == "all-steps" else Y.T[-1:]
+                    x = ops.asarray(replicas_core.shard(X.T, replicas, r, 1))
+                    y = ops.asarray(replicas_core.shard(Y_t, replicas, r, 1))
+                    if states[r] is None:
+                        states[r] = cells.initial_state(ops, P, int(x.shape[1]))
+                    loss, g, states[r] = value_and_grad(P, x, y, states[r])
+                    if self.fault == "clip-per-replica":
+                        g, _ = model.clip_by_global_norm(ops, g, cfg.clip)
+                    losses.append(loss)
+                    grads.append(g)
+                total = self.fault in ("summed", "local-batch-loss")  # a sum where a mean belongs
+                scale = 1.0 if total else 1.0 / replicas
+                g = {k: sum(gr[k] for gr in grads) * scale for k in model.param_names(P)}
+                loss_scale = 1.0 if self.fault == "local-batch-loss" else 1.0 / replicas
+                loss = self.get(sum(losses) * loss_scale)
+                clipped, _ = model.clip_by_global_norm(ops, g, cfg.clip)
+                P = model.sgd(ops, P, clipped, cfg.lr)
+                out.append((model.to_numpy(ops, P), g, loss))
+                if len(out) == steps:
+                    return out
+
+
+class GradsSummed(_ReplicaTwin):
+    mistake = "the replicas' gradients summed, not averaged (N times the minibatch's gradient)"
+    fault = "summed"
+
+
+class ClipPerReplica(_ReplicaTwin):
+    mistake = (
+        "each replica clips its own gradient before the all-reduce (clipping belongs after "
+        "it, on the minibatch's gradient)"
+    )
+    fault = "clip-per-replica"
+
+
+class LocalBatchLoss(_ReplicaTwin):
+    mistake = (
+        "the loss divided by the local batch where the collective sums (loss and gradients "
+        "N times too large; divide by the global batch)"
+    )
+    fault = "local-batch-loss"
+
+
+class OwnRandomness(_ReplicaTwin):
+    mistake = (
+        "a replica draws its own minibatches from its own generator (seed + rank) instead "
+        "of its shard of core's one draw"
+    )
+    fault = "own-randomness"
 
 
 # --- the gated cells' mistakes -----------------------------------------------------------------
@@ -375,5 +456,9 @@ MISTAKES: dict[str, Callable[[], BackendSubject]] = {
     "forget-bias-one": lambda: ForgetBiasOne(numpy_backend, "float64"),
     "hard-sigmoid": lambda: HardSigmoid(numpy_backend, "float64"),
     "hard-sigmoid-keras2": lambda: HardSigmoidKeras2(numpy_backend, "float64"),
+    "grads-summed": lambda: GradsSummed(numpy_backend, "float64"),
+    "clip-per-replica": lambda: ClipPerReplica(numpy_backend, "float64"),
+    "local-batch-loss": lambda: LocalBatchLoss(numpy_backend, "float64"),
+    "own-randomness": lambda: OwnRandomness(numpy_backend, "float64"),
 }
 """In the order the diagnosis tries them; the first whose output matches names the cell."""

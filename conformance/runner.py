@@ -25,6 +25,7 @@ from . import reference_checks
 from .checks import (
     CELL_FREE,
     CHECKS,
+    REPLICA_CHECKS,
     Cell,
     applicable,
     check_bptt_vs_fd,
@@ -34,6 +35,7 @@ from .checks import (
 )
 from .problems import CELLS, DEFAULT_PROBLEMS, Problem, cell_label, for_cell
 from .subjects import ORACLE_CLASSES, BackendSubject
+from .tolerances import REPLICA_COUNTS
 
 ORACLE_CHECKS = ("hidden", "logits", "loss", "grads/autograd")
 ORACLES: dict[str, Any] = dict(ORACLE_CLASSES)
@@ -203,14 +205,17 @@ def plan(
     corpus: str | None = None,
     required: bool = False,
     cells: Sequence[str] = CELLS,
+    only: Sequence[str] | None = None,
 ) -> Plan:
     """Every cell of the matrix as a task, nothing run yet: each check for each of ``cells``
     (core's names) on ``problems``' shapes as that cell's problems. With ``with_reference``
     also core against the independent reference (``corpus``: The Time Machine for the
     vocabulary checks). ``required``: the user named ``names``, so one that is not installed
-    fails the matrix. Raises BackendUnavailable when no backend and no oracle can run on
-    ``device``."""
+    fails the matrix. ``only``: just these checks (their names as the cells show them); one
+    that names no cell is a one-line error. Raises BackendUnavailable when no backend and no
+    oracle can run on ``device``."""
     subs, skipped = subjects(names, dtypes, device, required)
+    left_out: set[str] = set()  # checks a column could not run (it said why in ``skipped``)
     found: list[Any] = []
     if with_oracles:
         found, more = oracles(names, dtypes, device, required, cells)
@@ -233,10 +238,16 @@ def plan(
             run = functools.partial(run_check, name, subject, problems[:1])
             tasks.append(Task(f"{name} {where}", run, subject.device))
         loaders = [s for s in subs if s.dtype == subject.dtype]
+        short = _replica_devices_missing(subject)
+        if short:
+            left_out |= {*REPLICA_CHECKS}
+            skipped.append(Skip(where, short, fails=bool(only and set(only) & {*REPLICA_CHECKS})))
         for cell in cells:
             mine = for_cell(problems, cell)
             at = f"{where} [{cell_label(cell)}]"
             for name in CHECKS:
+                if name in REPLICA_CHECKS and short:
+                    continue
                 if name not in CELL_FREE and applicable(name, subject):
                     run = functools.partial(run_check, name, subject, mine)
                     tasks.append(Task(f"{name} {at}", run, subject.device))
@@ -248,7 +259,28 @@ def plan(
         for name in ORACLE_CHECKS:
             run = functools.partial(run_check, name, oracle, plain)
             tasks.append(Task(f"{name} {at}", run, oracle.device))
+    if only is not None:
+        kept = [t for t in tasks if t.label.split()[0] in only]
+        unknown = set(only) - {t.label.split()[0] for t in kept} - left_out
+        if unknown:
+            raise BackendUnavailable(
+                f"no cell of check {', '.join(sorted(unknown))} in this matrix (the checks are "
+                f"{', '.join(dict.fromkeys(t.label.split()[0] for t in tasks))})"
+            )
+        tasks = kept
     return Plan(device, tasks, skipped)
+
+
+def _replica_devices_missing(subject: BackendSubject) -> str:
+    """Why a float64 column of a data-parallel backend cannot run the replica checks on its
+    GPU (it needs one GPU per replica), or ""; on the CPU the framework makes the devices."""
+    if subject.device == "cpu" or not applicable(REPLICA_CHECKS[0], subject):
+        return ""
+    gpus = sum(d != "cpu" for d in subject.module.devices())
+    need = max(REPLICA_COUNTS)
+    if gpus >= need:
+        return ""
+    return f"{' and '.join(REPLICA_CHECKS)} need {need} GPUs, one per replica; it sees {gpus}"
 
 
 def execute(
@@ -283,8 +315,20 @@ def run(
     corpus: str | None = None,
     required: bool = False,
     cells: Sequence[str] = CELLS,
+    only: Sequence[str] | None = None,
 ) -> Report:
     """The matrix, planned and run (see ``plan``)."""
     return execute(
-        plan(names, dtypes, device, problems, with_oracles, with_reference, corpus, required, cells)
+        plan(
+            names,
+            dtypes,
+            device,
+            problems,
+            with_oracles,
+            with_reference,
+            corpus,
+            required,
+            cells,
+            only,
+        )
     )

@@ -158,6 +158,57 @@ class BackendSubject:
         except _Enough:
             return out
 
+    def train_replicated(
+        self,
+        params: Arrays,
+        corpus: np.ndarray,
+        cfg: TrainConfig,
+        seed: int,
+        steps: int,
+        replicas: int,
+    ) -> list[tuple[Arrays, Arrays, np.ndarray]]:
+        """(parameters after, the minibatch's gradient before clipping, its loss) for each of
+        ``steps`` SGD steps of the real training loop on ``replicas`` replicas of the backend's
+        data-parallel engine. A backend without one (NumPy, the reference) runs on one device:
+        that is what the replicas must reproduce."""
+        replicated = None
+        step: StepFn
+        if hasattr(self.module, "REPLICA_ENGINE"):
+            engine = backends.replica_backend(self.backend, self.module, replicas)
+            replicated = engine.make_replicated_step(self.ops, replicas)
+            value_and_grad, step = replicated.value_and_grad, replicated
+        else:
+            value_and_grad = self.module.make_value_and_grad(self.ops)
+            step = self.make_step(self.grad_modes[0])
+        pending: list[tuple[Arrays, np.ndarray]] = []
+
+        def recorded(p: Any, x: Any, y: Any, s: Any, lr: float, theta: float) -> Any:
+            loss, grads, _ = value_and_grad(p, x, y, s)
+            pending.append(
+                ({k: self.get(grads[k]) for k in model.param_names(grads)}, self.get(loss))
+            )
+            return step(p, x, y, s, lr, theta)
+
+        trainer = Trainer(
+            self.ops, recorded, self.put(params), corpus, cfg, np.random.default_rng(seed)
+        )
+        out: list[tuple[Arrays, Arrays, np.ndarray]] = []
+
+        def record(_: int) -> None:
+            grads, loss = pending.pop()
+            out.append((model.to_numpy(self.ops, trainer.params), grads, loss))
+            if len(out) == steps:
+                raise _Enough
+
+        try:
+            while True:
+                trainer.run_epoch(on_step=record)
+        except _Enough:
+            return out
+        finally:
+            if replicated is not None:
+                replicated.close()
+
     def predict(
         self, params: Arrays, prefix: list[int], n: int, temperature: float | None, seed: int
     ) -> list[int]:

@@ -21,5 +21,10 @@ TRAIN_STEPS = {"float64": 100, "float32": 1}
 """SGD steps in the training check: 100 in float64 (≤1e-9); a single step in float32 (≤1e-5)."""
 
 
+REPLICA_COUNTS = (2, 4)
+"""The replica counts of the data-parallel checks (``train/replicas``, ``grads/replicas``): float64
+only, ``TRAIN_STEPS["float64"]`` steps each, with clipping acting on most of them."""
+
+
 def tolerance(dtype: str, kind: str) -> float:
     return TOLERANCES[dtype][kind]

@@ -312,6 +312,9 @@ class Pretend:
     def supports_float64(self, device: str) -> bool:
         return self._float64 or device == "cpu"
 
+    def devices(self) -> list[str]:
+        return ["cpu", *(f"gpu:{i}" for i in range(self._gpus))]
+
     def make_ops(self, dtype: str = "float32", device: str = "cpu") -> object:
         label = self.resolve_device(device)
         ops = self._module.make_ops(dtype, "cpu")
@@ -473,13 +476,39 @@ def test_an_oracle_that_ran_elsewhere_than_asked_fails_the_matrix(
     planned = runner.plan(
         ["torch"], ["float64"], "gpu", TINY, with_reference=False, cells=[cells.RNN]
     )
-    assert not planned.skipped
+    # one GPU: the data-parallel cells are said to be left out (nobody asked for them by name)
+    need = "train/replicas and grads/replicas need 4 GPUs, one per replica; it sees 1"
+    assert [(s.column, s.reason, s.fails) for s in planned.skipped] == [
+        ("torch-float64-gpu:0", need, False)
+    ]
     report = runner.execute(planned)
     oracle_cells = [c for c in report.cells if c.backend == "oracle:torch.nn.RNN"]
     assert [c.check for c in oracle_cells] == list(runner.ORACLE_CHECKS)
     assert {c.device for c in oracle_cells} == {"cpu"}
     assert report.problems == ["oracle:torch.nn.RNN-float64 ran on cpu, not on gpu:0"]
     assert not report.passed
+
+
+def test_replica_cells_asked_for_on_too_few_gpus_fail_the_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--checks train/replicas`` on a machine with fewer GPUs than replicas is not a pass
+    with nothing run: the column's skip fails the matrix. With four GPUs the cells are there."""
+    only = ["train/replicas"]
+    _pretend(monkeypatch, torch=Pretend(_torch_module(), 2))
+    planned = runner.plan(
+        ["torch"], ["float64"], "gpu", TINY, False, False, cells=[cells.RNN], only=only
+    )
+    assert not planned.tasks
+    assert [(s.reason, s.fails) for s in planned.skipped] == [
+        ("train/replicas and grads/replicas need 4 GPUs, one per replica; it sees 2", True)
+    ]
+    _pretend(monkeypatch, torch=Pretend(_torch_module(), 4))
+    planned = runner.plan(
+        ["torch"], ["float64"], "gpu", TINY, False, False, cells=[cells.RNN], only=only
+    )
+    assert not planned.skipped
+    assert [t.label for t in planned.tasks] == ["train/replicas torch-float64-gpu:0 [rnn]"]
 
 
 def test_the_keras_oracle_says_where_tensorflow_ran_it() -> None:
@@ -591,6 +620,7 @@ def test_conform_shows_each_cell_and_the_total_up_front(
         assert mine == {*checks.CHECKS, "checkpoint", "bptt-vs-fd"} - {
             "grads/autograd",  # numpy has BPTT only
             *checks.CELL_FREE,
+            *checks.REPLICA_CHECKS,  # numpy is the one device the replicas are held to
         }
 
 
@@ -667,7 +697,8 @@ def test_conform_help_says_what_it_proves_how_long_and_what_the_exit_codes_mean(
         "torch.nn.RNN, GRU and LSTM, Keras SimpleRNN, GRU (both reset_after) and LSTM",
         "--cells CELL [CELL ...]",
         "conformance/reference.py",
-        "takes about 34 minutes on a 2-core CPU; --cells rnn about 5 minutes",
+        "takes about 37 minutes on a 2-core CPU; --cells rnn about 6 minutes",
+        "train/replicas and grads/replicas run data-parallel training",
         "Exit status: 0 every cell passed",
         "1 a cell failed",
         "; 2 bad arguments, or nothing can run",
