@@ -1,0 +1,335 @@
+"""Data-parallel training (``train --replicas N``, core.replicas) on each framework's own
+engine, held to NumPy on one device: the CLI runs, the conformance cells, the broken twins, the
+sharded carried state across a checkpoint, and the errors a user can cause.
+
+JAX and TensorFlow fix their device count when they start, so their replicated runs go
+through ``python -m rosetta_rnn`` in a process of their own; torch's engine starts its own
+processes and also runs here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_run import one_line_error, run_cli
+
+from rosetta_rnn import backends
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.conformance import checks, mistakes
+from rosetta_rnn.conformance.problems import DEFAULT_PROBLEMS, for_cell
+from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.core import cells, model, replicas
+from rosetta_rnn.core.errors import BackendUnavailable, UserError
+from rosetta_rnn.core.training import TrainConfig, Trainer
+
+ENGINES = ("torch", "jax", "tensorflow")
+FLOAT64_EPOCHS = tolerance("float64", "epochs")
+
+
+def _installed(name: str) -> bool:
+    try:
+        backends.load(name)
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _engines() -> list:
+    return [
+        pytest.param(
+            name, marks=[] if _installed(name) else pytest.mark.skip(reason=f"{name} missing")
+        )
+        for name in ENGINES
+    ]
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``rosetta-rnn ARGS`` in a fresh Python process (JAX and TensorFlow make their devices
+    at start), with this process's import path."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.run(
+        [sys.executable, "-m", "rosetta_rnn", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def _history(result: subprocess.CompletedProcess[str]) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+SMALL = ("--epochs", "3", "--num-hiddens", "24", "--max-tokens", "3000", "--dtype", "float64")
+
+
+@pytest.fixture(scope="module")
+def numpy_small(timemachine: Path) -> list[float]:
+    """The small configuration's perplexities on NumPy, one device."""
+    run = _cli("train", "--corpus", str(timemachine), "--backend", "numpy", *SMALL, "--json")
+    return [h["perplexity"] for h in _history(run)["history"]]
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("name", _engines())
+def test_train_replicas_matches_numpy_on_one_device(
+    name: str, n: int, timemachine: Path, numpy_small: list[float]
+) -> None:
+    """``train --replicas 2`` and ``4`` run on each framework's engine and give NumPy's
+    one-device perplexities (float64, 3 epochs, sequential partitioning carrying the state)."""
+    run = _cli(
+        "train", "--corpus", str(timemachine), "--backend", name, *SMALL,
+        "--replicas", str(n), "--json",
+    )  # fmt: skip
+    doc = _history(run)
+    assert doc["replicas"] == n
+    engine = {"torch": "torch.distributed gloo", "jax": "shard_map", "tensorflow": "Mirrored"}
+    assert engine[name] in doc["engine"] and f"{n} " in doc["engine"]
+    got = [h["perplexity"] for h in doc["history"]]
+    worst = max(abs(a - b) / b for a, b in zip(got, numpy_small, strict=True))
+    assert worst <= FLOAT64_EPOCHS, f"{name} --replicas {n}: {worst:.3g}"
+    assert "replicas" in run.stderr  # the start line says how it trains
+
+
+CHAPTER_EPOCHS = "20"
+
+
+@pytest.fixture(scope="module")
+def numpy_chapter(timemachine: Path) -> list[float]:
+    run = _cli(
+        "train", "--corpus", str(timemachine), "--backend", "numpy", "--dtype", "float64",
+        "--epochs", CHAPTER_EPOCHS, "--json",
+    )  # fmt: skip
+    return [h["perplexity"] for h in _history(run)["history"]]
+
+
+@pytest.mark.parametrize("name", _engines())
+def test_the_chapter_on_two_replicas_is_the_chapter_on_one_device(
+    name: str, timemachine: Path, numpy_chapter: list[float]
+) -> None:
+    """The chapter's configuration (512 hidden, 32 × 35, θ = 1), float64, 20 epochs with
+    ``--replicas 2``: every epoch's perplexity within 1e-9 of NumPy's on one device."""
+    run = _cli(
+        "train", "--corpus", str(timemachine), "--backend", name, "--dtype", "float64",
+        "--epochs", CHAPTER_EPOCHS, "--replicas", "2", "--json",
+    )  # fmt: skip
+    got = [h["perplexity"] for h in _history(run)["history"]]
+    assert len(got) == len(numpy_chapter) == int(CHAPTER_EPOCHS)
+    worst = max(abs(a - b) / b for a, b in zip(got, numpy_chapter, strict=True))
+    assert worst <= FLOAT64_EPOCHS, f"{name}: {worst:.3g}"
+
+
+def test_conform_replica_cells_pass_on_every_engine() -> None:
+    """``conform --checks train/replicas grads/replicas``: every installed engine, 2 and 4
+    replicas, the RNN and the LSTM (whose carried state is a pair), within 1e-9 and 1e-12."""
+    names = [n for n in ENGINES if _installed(n)]
+    assert names, "no data-parallel backend is installed"
+    run = _cli(
+        "conform", "--backends", *names, "--checks", "train/replicas", "grads/replicas",
+        "--cells", "rnn", "lstm", "--json",
+    )  # fmt: skip
+    report = json.loads(run.stdout)
+    assert run.returncode == 0 and report["passed"], run.stdout[-3000:]
+    got = {(c["check"], c["backend"], c["cell"]) for c in report["cells"]}
+    assert got == {
+        (check, name, cell)
+        for check in checks.REPLICA_CHECKS
+        for name in names
+        for cell in ("rnn", "lstm")
+    }
+    for c in report["cells"]:
+        kind = "train" if c["check"] == "train/replicas" else "grads"
+        assert c["dtype"] == "float64" and c["tolerance"] == tolerance("float64", kind)
+
+
+# --- the broken twins ----------------------------------------------------------------------
+
+TWINS = [
+    (mistakes.GradsSummed, "summed, not averaged"),
+    (mistakes.ClipPerReplica, "clips its own gradient before the all-reduce"),
+    (mistakes.LocalBatchLoss, "divided by the local batch"),
+    (mistakes.OwnRandomness, "its own generator"),
+]
+
+
+@pytest.mark.parametrize("cell", [cells.RNN, cells.LSTM], ids=["rnn", "lstm"])
+@pytest.mark.parametrize(("twin", "words"), TWINS, ids=[t.__name__ for t, _ in TWINS])
+def test_each_broken_twin_fails_and_is_named(twin: type, words: str, cell: str) -> None:
+    """Each mistake, run on torch tensors, fails the gradient check and the diagnosis (whose
+    suspects run on NumPy) names it; the trajectory check fails too."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    subject = twin(torch_backend, "float64")
+    problems = for_cell(DEFAULT_PROBLEMS, cell)
+    grads = checks.run_check("grads/replicas", subject, problems)
+    assert not grads.passed and grads.message.startswith(twin.mistake), grads.message
+    assert words in grads.message
+    assert ", or " not in grads.message  # the gradient check tells all four apart
+    trajectory = checks.run_check("train/replicas", subject, problems)
+    assert not trajectory.passed and words in trajectory.message, trajectory.message
+
+
+def test_the_twins_without_their_mistake_are_the_one_device_run() -> None:
+    """The twins' simulated engine with no fault passes both checks: each twin differs from
+    the reference by its mistake alone."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    for module in (numpy_backend, torch_backend):
+        faultless = mistakes._ReplicaTwin(module, "float64")
+        for check in checks.REPLICA_CHECKS:
+            cell = checks.run_check(check, faultless, DEFAULT_PROBLEMS)
+            assert cell.passed, (module.NAME, check, cell.max_error)
+
+
+def test_summed_gradients_and_a_local_batch_loss_leave_the_same_trajectory() -> None:
+    """Their parameters move alike (both gradients are N times the mean, equally clipped):
+    the trajectory check names both, and only the loss in the gradient check tells them
+    apart."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    cell = checks.run_check(
+        "train/replicas", mistakes.LocalBatchLoss(torch_backend, "float64"), DEFAULT_PROBLEMS
+    )
+    assert mistakes.GradsSummed.mistake in cell.message
+    assert mistakes.LocalBatchLoss.mistake in cell.message
+
+
+# --- the carried state and checkpoints -------------------------------------------------------
+
+
+def test_a_checkpoint_mid_epoch_holds_the_whole_state_and_resumes_on_one_device() -> None:
+    """torch with 2 replicas, stopped after 5 steps of an epoch: the snapshot's state is every
+    replica's rows in order, and NumPy on one device continues it to the same parameters as an
+    uninterrupted one-device run."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    rng = np.random.default_rng(7)
+    corpus = rng.integers(0, 11, 3000)
+    start = model.init_params(11, 20, np.random.default_rng(8), "float64")
+    cfg = TrainConfig(batch_size=8, num_steps=6, num_hiddens=20, clip=0.5)
+    torch_ops = torch_backend.make_ops("float64")
+    step = torch_backend.make_replicated_step(torch_ops, 2)
+    try:
+        trainer = Trainer(
+            torch_ops, step, model.to_backend(torch_ops, start), corpus, cfg,
+            np.random.default_rng(9),
+        )  # fmt: skip
+
+        class Stop(Exception):
+            pass
+
+        def stop_after_five(i: int) -> None:
+            if i == 4:
+                raise Stop
+
+        with pytest.raises(Stop):
+            trainer.run_epoch(on_step=stop_after_five)
+        tensors, position = trainer.snapshot()
+    finally:
+        step.close()
+    assert tensors["state"].shape == (8, 20) and position["step"] == 5
+    ops = numpy_backend.make_ops("float64")
+    resumed = Trainer(
+        ops, numpy_backend.make_train_step(ops), model.to_backend(ops, tensors), corpus, cfg,
+        np.random.default_rng(0),
+    )  # fmt: skip
+    resumed.restore(tensors, position)
+    resumed.run_epoch()
+    whole = Trainer(
+        ops, numpy_backend.make_train_step(ops), model.to_backend(ops, start), corpus, cfg,
+        np.random.default_rng(9),
+    )  # fmt: skip
+    whole.run_epoch()
+    for name, value in whole.params.items():
+        np.testing.assert_allclose(resumed.params[name], value, rtol=0, atol=1e-13)
+
+
+def test_a_replicated_checkpoint_resumes_under_another_engine_and_count(
+    tmp_path: Path, timemachine: Path, numpy_small: list[float]
+) -> None:
+    """Written by torch with 2 replicas, continued by torch with 4 and then by NumPy on one
+    device: the epochs continue NumPy's uninterrupted run."""
+    ckpt = tmp_path / "run.safetensors"
+    first = _cli(
+        "train", "--corpus", str(timemachine), "--backend", "torch", *SMALL, "--epochs", "1",
+        "--replicas", "2", "--checkpoint", str(ckpt), "--json",
+    )  # fmt: skip
+    assert _history(first)["replicas"] == 2
+    second = _cli("train", "--resume", str(ckpt), "--backend", "torch", "--epochs", "2",
+                  "--replicas", "4", "--json")  # fmt: skip
+    assert _history(second)["replicas"] == 4
+    third = _cli("train", "--resume", str(ckpt), "--backend", "numpy", "--epochs", "3", "--json")
+    doc = _history(third)
+    assert doc["replicas"] == 1  # numpy has no replicas: the count given is the count used
+    got = [h["perplexity"] for h in doc["history"]]
+    worst = max(abs(a - b) / b for a, b in zip(got, numpy_small, strict=True))
+    assert worst <= FLOAT64_EPOCHS
+
+
+# --- what a user can get wrong --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--backend", "numpy", "--replicas", "2"), "numpy backend is the single-device reference"),
+        (("--backend", "array-api", "--replicas", "2"), "has no collectives"),
+        (("--backend", "torch", "--replicas", "3"), "does not split into 3 equal shards"),
+        (("--backend", "torch", "--replicas", "2", "--compile"), "runs torch eagerly"),
+    ],
+)
+def test_replicas_a_backend_cannot_run_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], timemachine: Path, args: tuple[str, ...], words: str
+) -> None:
+    if not _installed(args[1]):
+        pytest.skip(f"{args[1]} is not installed")
+    code, _, err = run_cli(
+        capsys, "train", "--corpus", str(timemachine), "--epochs", "1", "--max-tokens", "2000",
+        *args,
+    )  # fmt: skip
+    assert code == 2
+    one_line_error(err, words)
+
+
+@pytest.mark.parametrize(
+    ("name", "flag", "words"),
+    [("jax", "--eager", "it has no --eager"), ("tensorflow", "--eager", "no --eager")],
+)
+def test_replicas_refuse_an_uncompiled_step(
+    name: str, flag: str, words: str, timemachine: Path
+) -> None:
+    if not _installed(name):
+        pytest.skip(f"{name} is not installed")
+    run = _cli(
+        "train", "--corpus", str(timemachine), "--backend", name, "--epochs", "1",
+        "--max-tokens", "2000", "--replicas", "2", flag,
+    )  # fmt: skip
+    assert run.returncode == 2
+    one_line_error(run.stderr, words)
+
+
+def test_a_framework_started_with_too_few_devices_says_so() -> None:
+    """JAX started here (by other tests, or now) with fewer CPU devices than asked: one line
+    saying why, not a wrong answer."""
+    jax_backend = pytest.importorskip("rosetta_rnn.backends.jax")
+    ops = jax_backend.make_ops("float64")
+    import jax
+
+    have = len(jax.devices("cpu"))
+    with pytest.raises(BackendUnavailable, match=f"needs {have + 1} CPU devices; JAX has {have}"):
+        jax_backend.make_replicated_step(ops, have + 1)
+
+
+def test_check_replicas_and_shards() -> None:
+    replicas.check_replicas(4, 32)
+    with pytest.raises(UserError, match="does not split into 3 equal shards"):
+        replicas.check_replicas(3, 32)
+    with pytest.raises(UserError, match="at least 1"):
+        replicas.check_replicas(0, 32)
+    x = np.arange(24).reshape(3, 8)
+    parts = [replicas.shard(x, 4, r, 1) for r in range(4)]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), x)
+    H, C = np.ones((8, 2)), np.zeros((8, 2))
+    assert [p.shape for p in replicas.state_shard((H, C), 2, 1)] == [(4, 2), (4, 2)]
