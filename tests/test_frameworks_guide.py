@@ -1367,6 +1367,203 @@ def test_keras_3_hard_sigmoid_is_not_keras_2s() -> None:
     assert _close(example, [1 / 3, 0.5, 2 / 3], SAME)
 
 
+# --- 24. data parallelism ------------------------------------------------------------------------
+
+
+def _replica_grads(rows: list[slice], theta: float | None = None) -> tuple[Arrays, list[Arrays]]:
+    """The one-device gradient of a 4-sequence minibatch, and each replica's mean-loss
+    gradient on ``rows`` of it (clipped on the replica when ``theta`` is given)."""
+    params, inputs, labels, state = random_problem(np.random.default_rng(3), V, H, 4, T, bias=0.3)
+    value_and_grad = numpy_backend.make_value_and_grad(REF)
+    _, whole, _ = value_and_grad(params, inputs, labels, state)
+    parts = []
+    for r in rows:
+        _, g, _ = value_and_grad(params, inputs[:, r], labels[:, r], state[r])
+        parts.append(g if theta is None else model.clip_by_global_norm(REF, g, theta)[0])
+    return whole, parts
+
+
+def _mean(parts: list[Arrays], weights: list[float] | None = None) -> Arrays:
+    w = weights or [1 / len(parts)] * len(parts)
+    return {k: sum(wi * p[k] for wi, p in zip(w, parts, strict=True)) for k in parts[0]}
+
+
+def test_the_mean_of_equal_shards_gradients_is_the_minibatch_gradient() -> None:
+    """Two shards of 2 sequences: the mean of their mean-loss gradients is the minibatch's. A
+    3 + 1 split is not (the lone sequence counts as much as the three) unless weighted by
+    rows, which is why --replicas insists on equal shards."""
+    whole, equal = _replica_grads([slice(0, 2), slice(2, 4)])
+    assert all(_close(_mean(equal)[k], whole[k]) for k in whole)
+    _, uneven = _replica_grads([slice(0, 3), slice(3, 4)])
+    off = max(float(np.abs(_mean(uneven)[k] - whole[k]).max()) for k in whole)
+    assert off > 1e-3
+    assert all(_close(_mean(uneven, [3 / 4, 1 / 4])[k], whole[k]) for k in whole)
+
+
+def test_clipping_belongs_after_the_all_reduce() -> None:
+    """θ = 0.05, below every gradient's norm: clipping the combined gradient is the one-device
+    step; clipping each replica's gradient first and then averaging is another direction and
+    another length."""
+    theta = 0.05
+    whole, parts = _replica_grads([slice(0, 2), slice(2, 4)])
+    assert float(model.global_norm(REF, whole)) > 4 * theta
+    one_device, _ = model.clip_by_global_norm(REF, whole, theta)
+    after, _ = model.clip_by_global_norm(REF, _mean(parts), theta)
+    assert all(_close(after[k], one_device[k]) for k in whole)
+    _, clipped_first = _replica_grads([slice(0, 2), slice(2, 4)], theta)
+    before = _mean(clipped_first)
+    off = max(float(np.abs(before[k] - one_device[k]).max()) for k in whole)
+    assert off > 1e-3 * theta
+    assert float(model.global_norm(REF, before)) < theta * (1 - 1e-6)  # shorter than θ
+
+
+def _run_python(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# four examples of a linear loss mean(x @ w) with w = (1, 1): the one-device gradient is the
+# examples' mean, (1.875, 1.75); two replicas take two examples each
+_X = [[1.0, 2.0], [2.0, 3.0], [0.5, 1.0], [4.0, 1.0]]
+_ONE_DEVICE = [1.875, 1.75]
+
+_DDP = """
+    import json, sys, torch, torch.distributed as dist
+    rank, init = int(sys.argv[1]), sys.argv[2]
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    x = torch.tensor(EXAMPLES, dtype=torch.float64)[2 * rank : 2 * rank + 2]
+
+    def linear():
+        m = torch.nn.Linear(2, 1, bias=False).double()
+        torch.nn.init.ones_(m.weight)
+        return m
+
+    ddp = torch.nn.parallel.DistributedDataParallel(linear())
+    ddp(x).mean().backward()
+    plain = linear()
+    plain(x).mean().backward()
+    summed = plain.weight.grad.clone()
+    dist.all_reduce(summed)  # the default op is SUM
+    print(json.dumps({"ddp": ddp.module.weight.grad[0].tolist(), "all_reduce": summed[0].tolist()}))
+    dist.destroy_process_group()
+""".replace("EXAMPLES", repr(_X))
+
+
+def test_ddp_averages_the_replicas_gradients_an_all_reduce_sums_them(tmp_path: Path) -> None:
+    """Two gloo processes, each with the mean loss of its two examples: DDP's gradient is the
+    one-device gradient (it divides by the world size), a plain ``all_reduce`` gives twice it."""
+    _torch()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    code = textwrap.dedent(_DDP)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    other = subprocess.Popen([sys.executable, "-c", code, "1", init], env=env)
+    try:
+        got = _run_python(code, "0", init)
+    finally:
+        other.wait(timeout=300)
+    assert other.returncode == 0
+    assert got == {"ddp": _ONE_DEVICE, "all_reduce": [2 * g for g in _ONE_DEVICE]}
+
+
+_SHARD_MAP = """
+    import json, jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = jax.make_mesh((2,), ("r",))
+    w = jax.device_put(jnp.ones(2), NamedSharding(mesh, P()))  # replicated
+    x = jax.device_put(jnp.array(EXAMPLES), NamedSharding(mesh, P("r")))  # two rows per device
+    loss = lambda w, x: jnp.mean(x @ w)
+
+    def on_devices(per_device, check_vma):
+        f = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("r")), out_specs=P(),
+                          check_vma=check_vma)
+        return jax.jit(f)(w, x).tolist()
+
+    pmean_of_grad = lambda w, x: jax.lax.pmean(jax.grad(loss)(w, x), "r")
+    grad_of_pmean = jax.grad(lambda w, x: jax.lax.pmean(loss(w, x), "r"))
+    print(json.dumps({
+        "pmean of grad, check_vma=True": on_devices(pmean_of_grad, True),
+        "pmean of grad, check_vma=False": on_devices(pmean_of_grad, False),
+        "grad of pmean, check_vma=True": on_devices(grad_of_pmean, True),
+    }))
+""".replace("EXAMPLES", repr(_X))
+
+
+def test_jax_shard_map_sums_a_replicated_parameters_gradient_unless_told_not_to() -> None:
+    """With ``check_vma=True`` (the default) the gradient of a replicated parameter comes back
+    already summed over the devices, so the usual ``pmean`` after it gives twice the one-device
+    gradient; ``check_vma=False`` (our engine) gives each device's own, which ``pmean``
+    averages; with the checks on, the gradient of the ``pmean``'d loss is right."""
+    _jax()
+    got = _run_python(_SHARD_MAP)
+    assert got == {
+        "pmean of grad, check_vma=True": [2 * g for g in _ONE_DEVICE],
+        "pmean of grad, check_vma=False": _ONE_DEVICE,
+        "grad of pmean, check_vma=True": _ONE_DEVICE,
+    }
+
+
+_MIRRORED = """
+    import json
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+    X = tf.constant(EXAMPLES, tf.float64)
+    w = tf.ones(2, tf.float64)
+    rows = strategy.experimental_distribute_values_from_function(
+        lambda ctx: X[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2]
+    )
+    losses = {
+        "local mean": lambda per: tf.reduce_mean(per),
+        "compute_average_loss(global_batch_size=4)": (
+            lambda per: tf.nn.compute_average_loss(per, global_batch_size=4)
+        ),
+        "compute_average_loss": lambda per: tf.nn.compute_average_loss(per),
+    }
+
+    def summed_gradient(x, loss):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            value = loss(tf.linalg.matvec(x, w))
+        g = tape.gradient(value, w)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, g)
+
+    out = {}
+    for name, loss in losses.items():
+        step = tf.function(lambda x: summed_gradient(x, loss))
+        got = strategy.run(step, args=(rows,))
+        out[name] = strategy.experimental_local_results(got)[0].numpy().tolist()
+    print(json.dumps(out))
+""".replace("EXAMPLES", repr(_X))
+
+
+def test_tf_replicas_sum_gradients_so_the_loss_divides_by_the_global_batch() -> None:
+    """Under MirroredStrategy over two logical CPUs, gradients summed across replicas (as
+    Keras' optimizers aggregate them) are the one-device gradient only when each replica's loss
+    is divided by the global batch: ``compute_average_loss`` does that (by default it takes
+    the local batch × replicas); a local ``reduce_mean`` gives twice it."""
+    _tf()
+    got = _run_python(_MIRRORED)
+    assert got == {
+        "local mean": [2 * g for g in _ONE_DEVICE],
+        "compute_average_loss(global_batch_size=4)": _ONE_DEVICE,
+        "compute_average_loss": _ONE_DEVICE,
+    }
+
+
 # --- the guide itself ---------------------------------------------------------------------------
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "frameworks.md"
