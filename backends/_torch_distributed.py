@@ -18,6 +18,7 @@ collective works for both ``--grad`` engines and keeps visible that clipping com
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,10 +56,12 @@ class TorchReplicas:
         ops: Any,
         value_and_grad: Any,
         replicas: int,
+        threads: int,
         worker_main: str,
         worker_args: list[str],
     ) -> None:
-        """``worker_main`` is the Python code a worker runs (``python -c``) with its rank,
+        """``threads``: torch's threads in this process while it runs a step (as many as each
+        worker has). ``worker_main`` is the Python code a worker runs (``python -c``) with its rank,
         ``replicas``, the rendezvous address and then ``worker_args`` as ``sys.argv[1:]``; it
         builds the worker's ops and calls ``serve``."""
         if not dist.is_available():
@@ -85,6 +89,7 @@ class TorchReplicas:
         )
         self.collective_seconds = 0.0
         self._value_and_grad = value_and_grad
+        self._threads = threads
         self._params: Params | None = None
         self._state: Any = None  # the whole state last returned (what the trainer passes back)
         self._local_state: Any = None  # this rank's rows of it
@@ -107,6 +112,7 @@ class TorchReplicas:
         except BaseException:
             self._stop_workers()
             raise
+        self.worker_pids = tuple(w.pid for w in self._workers)
         self._closed = False
 
     # -- what the trainer calls -------------------------------------------------------------
@@ -114,7 +120,7 @@ class TorchReplicas:
         self, params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
     ) -> tuple[Params, Any, Any, Any]:
         local = self._send(STEP, params, inputs, labels, state, lr, theta)
-        with torch.no_grad():
+        with torch.no_grad(), _threads(self._threads):
             new, H_T, loss, norm = core_replicas.replica_train_step(
                 self.ops, self._value_and_grad, self._all_mean, params, *local, lr, theta
             )
@@ -126,7 +132,7 @@ class TorchReplicas:
         self, params: Params, inputs: Any, labels: Any, state: Any
     ) -> tuple[Any, Params, Any]:
         local = self._send(VALUE_AND_GRAD, params, inputs, labels, state, 0.0, 0.0)
-        with torch.no_grad():
+        with torch.no_grad(), _threads(self._threads):
             loss, grads, H_T = core_replicas.replica_value_and_grad(
                 self._value_and_grad, self._all_mean, params, *local
             )
@@ -233,6 +239,19 @@ def _all_mean(tensors: list[Any], replicas: int) -> list[Any]:
         out.append(flat[at : at + t.numel()].reshape(t.shape))
         at += t.numel()
     return out
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for a while (a few microseconds each way)."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 def _detached(state: Any) -> Any:

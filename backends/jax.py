@@ -326,6 +326,7 @@ class JaxReplicas:
         self.replicas = replicas
         self.engine = f"jax.shard_map over {replicas} {kind.upper()} devices, lax.pmean"
         self.collective_seconds = math.nan
+        self.worker_pids: tuple[int, ...] = ()
         self.ops = ops
         mesh = Mesh(np.array(devices[:replicas]), (REPLICA_AXIS,))
         mesh_ops = _MeshOps(ops.dtype, ops.device)

@@ -438,6 +438,7 @@ class TensorFlowReplicas:
             f"{type(reduce).__name__}"
         )
         self.collective_seconds = math.nan
+        self.worker_pids: tuple[int, ...] = ()
         self.ops = ops
         replica_ops = _ReplicaOps(ops.dtype, ops.device)
         value_and_grad = make_value_and_grad(replica_ops, grad, activation)

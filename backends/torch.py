@@ -285,7 +285,7 @@ def make_replicated_step(
 ) -> ReplicatedStep:
     """core's replica step on ``replicas`` processes (``backends._torch_distributed``), eager.
     The machine's threads are shared out: each process gets ``threads // replicas`` (at least
-    one), this one included."""
+    one), this one included while it runs a step (the caller's setting is left as it was)."""
     from rosetta_rnn.backends._torch_distributed import TorchReplicas
 
     mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
@@ -294,10 +294,9 @@ def make_replicated_step(
             f"--replicas runs torch eagerly; {mode} is not wired into the distributed step"
         )
     threads = max(1, torch.get_num_threads() // replicas)
-    torch.set_num_threads(threads)
     value_and_grad = make_value_and_grad(ops, grad, activation)
     worker_args = [ops.dtype, ops.device, grad or "", activation, str(threads)]
-    return TorchReplicas(ops, value_and_grad, replicas, _WORKER_MAIN, worker_args)
+    return TorchReplicas(ops, value_and_grad, replicas, threads, _WORKER_MAIN, worker_args)
 
 
 _WORKER_MAIN = "from rosetta_rnn.backends.torch import serve_replica; serve_replica()"

@@ -37,6 +37,7 @@ from typing import Any
 from rosetta_rnn import backends
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.replicas import check_replicas
 
 from . import report, roofline, runner, threads
 from .workloads import GATED_HIDDENS, MODES, Shape
@@ -70,6 +71,13 @@ quiet; blocks timed on a busy machine are marked busy in the log, results.md and
 torch.compile builds (about 30 s each cold, 12 s from the cache) are kept in a cache between
 runs (--cold-compile: not). The GRU and LSTM rows add four builds of larger graphs: 161-221 s
 each cold on a busy 2-core machine.
+
+Data parallel, --replicas N [N ...]: rows of the RNN's training step (main shape) on N
+replicas with each framework's own engine (torch.distributed processes, JAX shard_map over N
+devices, TensorFlow MirroredStrategy over N logical devices), beside the same step on one
+device (×1), in a table of their own with the all-reduce's time per step where the framework
+can say (torch). On a CPU the replicas share the --threads: splitting the batch of a 2-core
+machine is not expected to be faster; the rows show what each engine costs.
 
 Quick mode, --quick: a first look in about a minute on a 2-core CPU (74 s the first time,
 54 s once torch.compile's cache is warm). It selects --workload train --cells rnn --no-sweep
@@ -213,6 +221,14 @@ def register(sub: Any) -> None:
         help="torch.compile from an empty cache, to measure cold builds (default: the cache "
         "kept between runs in rosetta-rnn's cache folder, or $TORCHINDUCTOR_CACHE_DIR)",
     )
+    p.add_argument(
+        "--replicas",
+        nargs="+",
+        metavar="N",
+        help="also time the RNN's training step data-parallel on N replicas (torch, jax, "
+        "tensorflow: each framework's own engine) beside the same step on one device; on the "
+        "CPU the replicas share --threads (default: none)",
+    )
     p.add_argument("--batch-size", default="32", metavar="B", help="batch_size of the main shape")
     p.add_argument("--num-steps", default="35", metavar="T", help="num_steps of the main shape")
     p.add_argument(
@@ -319,6 +335,8 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
     workloads = list(roofline.WORKLOADS) if workload == "all" else [workload]
     cells = _cells(args.cells, _chosen(args, "cells"), workloads)
     hiddens = None if args.num_hiddens is None else _positive(args.num_hiddens, "--num-hiddens")
+    batch_size = _positive(args.batch_size, "--batch-size")
+    replicas = _replicas(args.replicas, names, workloads, cells, batch_size)
     return runner.BenchConfig(
         backends=list(dict.fromkeys(names)),
         explicit_backends=bool(args.backends),
@@ -327,7 +345,7 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
         workloads=workloads,
         cells=cells,
         shape=Shape(
-            _positive(args.batch_size, "--batch-size"),
+            batch_size,
             _positive(args.num_steps, "--num-steps"),
             hiddens or RNN_HIDDENS,
         ),
@@ -344,7 +362,28 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
         max_wait=_nonnegative(_chosen(args, "max_wait"), "--max-wait"),
         cold_compile=args.cold_compile,
         quick=args.quick,
+        replicas=replicas,
     )
+
+
+def _replicas(
+    given: list[str] | None, names: list[str], workloads: list[str], cells: list[str], batch: int
+) -> tuple[int, ...]:
+    """The --replicas counts, each splitting ``batch`` evenly; one-line errors for a count, a
+    workload or a set of backends that gives no data-parallel row."""
+    if not given:
+        return ()
+    counts = tuple(dict.fromkeys(_positive(n, "--replicas") for n in given))
+    for n in counts:
+        check_replicas(n, batch)
+    if "train" not in workloads or RNN not in cells:
+        raise UserError("--replicas times the RNN's training step; use --workload train or all")
+    if not set(names) & set(backends.REPLICA_BACKENDS):
+        raise UserError(
+            f"--replicas needs a backend with a data-parallel engine "
+            f"({', '.join(backends.REPLICA_BACKENDS)}); asked for {', '.join(names)}"
+        )
+    return counts
 
 
 def _nothing_measured(doc: dict[str, Any], out_dir: Path) -> UserError:

@@ -73,11 +73,30 @@ def load_average() -> list[float] | None:
         return None
 
 
+OWN_PIDS: set[int] = set()
+"""Processes this run started whose CPU time is its own (a data-parallel row's workers)."""
+_last_ticks: dict[int, int] = {}  # a finished worker keeps the ticks it was last seen with
+
+
+def _worker_ticks() -> int:
+    total = 0
+    for pid in sorted(OWN_PIDS):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            _last_ticks[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            pass
+        total += _last_ticks.get(pid, 0)
+    return total
+
+
 class CpuMeter:
     """How many CPUs other processes kept busy between ``start`` and ``read`` (Linux).
 
-    From /proc/stat (every CPU's busy ticks) minus this process's own ticks (/proc/self/stat):
-    a benchmark on a shared machine shows here how much of the machine it did not have.
+    From /proc/stat (every CPU's busy ticks) minus this process's own ticks (/proc/self/stat)
+    and those of the workers it started (``OWN_PIDS``): a benchmark on a shared machine shows
+    here how much of the machine it did not have.
     """
 
     def __init__(self) -> None:
@@ -95,7 +114,8 @@ class CpuMeter:
         user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
         steal = fields[7] if len(fields) > 7 else 0
         busy = user + nice + system + irq + softirq
-        return busy, int(own[11]) + int(own[12]), steal  # utime + stime of this process
+        mine = int(own[11]) + int(own[12]) + _worker_ticks()  # utime + stime
+        return busy, mine, steal
 
     def start(self) -> None:
         self.t0 = time.monotonic()

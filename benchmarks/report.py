@@ -52,6 +52,8 @@ ROW_FIELDS: tuple[str, ...] = (
     "framework",
     "default_mode",
     "sweep",
+    "replicas",
+    "collective_ms",
     "background_cpus",
     "discarded_repeats",
     "noisy_repeats",
@@ -117,6 +119,52 @@ MAIN_HEADERS = (
 )
 
 
+REPLICA_HEADERS = ("name", "replicas", "tokens/s", "ms/step", "vs ×1", "all-reduce ms", "spread")
+
+
+def replica_rows(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
+    """The data-parallel rows (``--replicas``) of ``dtype``, by backend, then replica count."""
+    rows = [r for r in doc["rows"] if r.get("sweep") == "replicas" and r["dtype"] == dtype]
+    return sorted(rows, key=lambda r: (r["device"], r["backend"], r["replicas"]))
+
+
+def _replica_cells(r: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    one = next(
+        (
+            o
+            for o in rows
+            if o["replicas"] == 1 and o["backend"] == r["backend"] and o["device"] == r["device"]
+        ),
+        None,
+    )
+    ratio = "-" if one is None else f"{r['tokens_per_sec'] / one['tokens_per_sec']:.2f}×"
+    return [
+        r["name"],
+        str(r["replicas"]),
+        _fmt(r["tokens_per_sec"], 0),
+        _fmt(r["ms_per_step"], 2),
+        ratio,
+        _fmt(r.get("collective_ms"), 2),
+        spread(r),
+    ]
+
+
+REPLICA_NOTE = (
+    "×1 is the same step on one device; ×N splits each minibatch into N shards, one per "
+    "replica, and all-reduces the gradients (torch.distributed: N processes with threads/N "
+    "threads each; JAX shard_map and TensorFlow MirroredStrategy: N devices in this process, "
+    "sharing its thread pool). all-reduce ms: the time torch's rank 0 spends in the all_reduce "
+    "per step, waiting for the other replicas included; JAX and TensorFlow run it inside the "
+    "compiled step (-). The first count's rows are timed interleaved with ×1; each further "
+    "count in a group of its own (a process holds one torch.distributed group at a time)."
+)
+
+
+def replica_table(doc: dict[str, Any], dtype: str) -> str:
+    rows = replica_rows(doc, dtype)
+    return format_table(REPLICA_HEADERS, [_replica_cells(r, rows) for r in rows]) if rows else ""
+
+
 def _dtypes(doc: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(r["dtype"] for r in doc["rows"]))
 
@@ -180,6 +228,13 @@ def terminal(doc: dict[str, Any]) -> str:
                 f"{_repeats(doc)}, {doc['method']['threads']} thread(s)"
             )
             parts += [format_table(MAIN_HEADERS, [_main_cells(r) for r in rows]), ""]
+    for dtype in _dtypes(doc):
+        rows = replica_rows(doc, dtype)
+        if rows:
+            parts.append(
+                f"data parallel, rnn, {_shape_text(shape_of(doc, RNN))} {dtype}: {_repeats(doc)}"
+            )
+            parts += [replica_table(doc, dtype), ""]
     parts.append(_roofline_line(doc))
     targets = _target_lines(doc)
     if targets:
@@ -290,6 +345,12 @@ def markdown(doc: dict[str, Any]) -> str:
                 unit = " (ms/step per generated token, batch 1)" if workload == "generate" else ""
                 title = f"{workload}, {cell} ({_shape_text(shape_of(doc, cell))}){unit}"
                 out += ["", f"## {title}", "", main_markdown_table(doc, workload, cell)]
+    for dtype in _dtypes(doc):
+        rows = replica_rows(doc, dtype)
+        if rows:
+            title = f"Data parallel, rnn ({_shape_text(shape_of(doc, RNN))}, {dtype})"
+            table = _md_table(REPLICA_HEADERS, [_replica_cells(r, rows) for r in rows])
+            out += ["", f"## {title}", "", table, "", REPLICA_NOTE]
     out += ["", "## Roofline", "", _roofline_line(doc)]
     for dtype, roof in doc.get("roofline", {}).items():
         by_fw = ", ".join(f"{k} {v:.1f}" for k, v in roof["peak_gflops_by_framework"].items())

@@ -8,6 +8,7 @@ quiet, how many CPUs they are using.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import shutil
 import statistics
@@ -37,6 +38,7 @@ from .workloads import (
     backend_cases,
     compile_modes,
     peer_cases,
+    replica_cases,
 )
 
 SWEEP_STEPS = (5, 10, 20, 35, 70, 140)
@@ -71,6 +73,7 @@ class BenchConfig:
     max_wait: float = 600.0  # seconds the run may wait for other processes to go quiet
     cold_compile: bool = False  # torch.compile from an empty cache (else the persistent one)
     quick: bool = False  # chosen by --quick (recorded in the document)
+    replicas: tuple[int, ...] = ()  # data-parallel replica counts for the "replicas" rows
 
     def shape_of(self, cell: str) -> Shape:
         """The main shape of ``cell``: the RNN's, or the gated cells' num_hiddens."""
@@ -184,6 +187,9 @@ def _load_frameworks(
             notes.append(f"skipped backend {name}: {e}")
             log(f"skipped backend {name}: {e}")
             continue
+        if cfg.replicas and name in backends.REPLICA_BACKENDS:
+            # JAX and TensorFlow make their CPU devices once, before their first operation
+            backends.replica_backend(name, mod, max(cfg.replicas))
         info: dict[str, Any] = {"version": mod.version()}
         if cfg.peers:
             info.update(peers_mod.library_versions(name, notes))
@@ -253,6 +259,8 @@ def _groups(
                     label = f"{workload} {cell} {dtype} {device} {_shape_label(shape)}"
                     cases = cases_for(dtype, device, shape, workload, cfg.modes, None, cell)
                     groups.append((label, cases))
+            if cfg.replicas and RNN in cfg.cells and "train" in cfg.workloads:
+                groups += _replica_groups(cfg, devices, dtype, device)
             if not cfg.sweep or RNN not in cfg.cells:
                 continue
             sweeps: list[tuple[str, Shape]] = [
@@ -272,6 +280,28 @@ def _groups(
                             (label, cases_for(dtype, device, shape, workload, "default", axis))
                         )
     return [(label, cases) for label, cases in groups if cases]
+
+
+def _replica_groups(
+    cfg: BenchConfig, devices: dict[str, list[str]], dtype: str, device: str
+) -> list[tuple[str, list[Case]]]:
+    """The data-parallel rows: one group per replica count, the first with the one-device
+    ``×1`` rows beside it. A process holds one torch.distributed group at a time, so the
+    counts cannot share a group (whose rows are all built before any is timed)."""
+    engines = [
+        n for n, devs in devices.items() if n in backends.REPLICA_BACKENDS and device in devs
+    ]
+    groups = []
+    for i, n in enumerate(cfg.replicas):
+        cases = [
+            case
+            for name in engines
+            for case in replica_cases(name, device, dtype, cfg.shape, (n,), one=i == 0)
+        ]
+        counts = f"×1 ×{n}" if i == 0 else f"×{n}"
+        label = f"train rnn {dtype} {device} {_shape_label(cfg.shape)} (replicas {counts})"
+        groups.append((label, cases))
+    return groups
 
 
 def _pause(cfg: BenchConfig) -> float:
@@ -334,7 +364,18 @@ def _row(case: Case, timed: timing.Timed, peak_gflops: float | None) -> dict[str
         "framework": case.framework,
         "default_mode": _is_default(case),
         "sweep": case.sweep,
+        "replicas": case.replicas,
+        "collective_ms": _collective_ms(case),
     }
+
+
+def _collective_ms(case: Case) -> float | None:
+    """The data-parallel step's mean time in its gradient all-reduce per step, over all its
+    calls (warm-up included), where the framework can say; else None."""
+    step, calls = case.engine.get("step"), case.engine.get("calls", 0)
+    if step is None or not calls or math.isnan(step.collective_seconds):
+        return None
+    return float(step.collective_seconds) / calls * 1e3
 
 
 def _run_group(
@@ -350,6 +391,25 @@ def _run_group(
     """Prepare every row of one group, time them interleaved, and return their results; the
     other processes' CPUs during each kept block are added to ``readings``."""
     log(f"== {label}: {len(cases)} rows")
+    try:
+        return _time_group(label, cases, cfg, peak_gflops, notes, log, guard, readings)
+    finally:
+        for case in cases:  # a data-parallel row's processes and process group
+            step = case.engine.pop("step", None)
+            if step is not None:
+                step.close()
+
+
+def _time_group(
+    label: str,
+    cases: list[Case],
+    cfg: BenchConfig,
+    peak_gflops: float | None,
+    notes: list[str],
+    log: _Log,
+    guard: timing.QuietGuard,
+    readings: list[float],
+) -> list[dict[str, Any]]:
     prepared: list[tuple[Case, timing.Timed]] = []
     for case in cases:
         what = "compiling and warming up" if case.compiles else "first call and warm-up"

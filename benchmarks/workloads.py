@@ -17,7 +17,7 @@ from one seeded generator: the step's cost does not depend on the text, and no c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from rosetta_rnn import backends
 from rosetta_rnn.core import cells, model, sampling
 from rosetta_rnn.core.cells import RNN
 
+from . import machine
 from . import peers as peers_mod
 
 VOCAB_SIZE = 28  # The Time Machine's character vocabulary in d2l
@@ -68,8 +69,12 @@ class Case:
     workload: str
     shape: Shape
     build: Builder
-    sweep: str | None = None  # "num_steps" or "num_hiddens" for sweep rows
+    sweep: str | None = None  # "num_steps", "num_hiddens" or "replicas" outside the main rows
     cell: str = RNN  # core's name for the model: rnn, gru/reset-after, gru/reset-before, lstm
+    replicas: int = 1  # data-parallel replicas of the training step (``replica_cases``)
+    engine: dict[str, Any] = field(default_factory=dict)
+    """A data-parallel row's step, once built (``"step"``), and its calls so far (``"calls"``):
+    the runner reads the collective's time from it and closes it."""
 
     @property
     def steps_per_call(self) -> int:
@@ -142,6 +147,61 @@ def _train_builder(
         return call, syncer(backend, ops)
 
     return build
+
+
+def _replicated_builder(
+    backend: str, grad: str, mode: str, device: str, dtype: str, shape: Shape, n: int, box: dict
+) -> Builder:
+    """The training step on ``n`` replicas (the backend's ``make_replicated_step``); the step
+    and its count of calls go into ``box`` (the case's ``engine``)."""
+
+    def build() -> tuple[Call, Sync]:
+        mod = backends.load(backend)
+        engine = backends.replica_backend(backend, mod, n)
+        ops = mod.make_ops(dtype, device)
+        step = engine.make_replicated_step(ops, n, grad=grad, mode=mode, activation="tanh")
+        box.update(step=step, calls=0)
+        machine.OWN_PIDS.update(step.worker_pids)  # their CPU time is this run's
+        X, Y = minibatch(shape)
+        inputs, labels = ops.asarray(X), ops.asarray(Y)
+        state = [
+            _params(ops, shape, 0),
+            model.begin_state(ops, shape.batch_size, shape.num_hiddens),
+        ]
+
+        def call() -> Any:
+            state[0], state[1], loss, _ = step(state[0], inputs, labels, state[1], LR, THETA)
+            box["calls"] += 1
+            return state[0], loss
+
+        return call, syncer(backend, ops)
+
+    return build
+
+
+def replica_cases(
+    backend: str, device: str, dtype: str, shape: Shape, counts: tuple[int, ...], one: bool = True
+) -> list[Case]:
+    """The RNN's training step in the backend's default grad engine and mode, on one device
+    (``×1``, with ``one``) and data-parallel on each of ``counts`` replicas (``×N``): the
+    ``replicas`` rows. torch's engine runs eagerly, JAX's under jit, TensorFlow's in a
+    tf.function, as their default modes do."""
+    mod = backends.load(backend)
+    grad, mode = mod.GRAD_MODES[0], compile_modes(backend, "train", device)[0]
+    label = f"{grad}/{mode}"
+    cases = []
+    for n in dict.fromkeys((1, *counts) if one else counts):
+        box: dict[str, Any] = {}
+        build = (
+            _train_builder(backend, grad, mode, device, dtype, shape)
+            if n == 1
+            else _replicated_builder(backend, grad, mode, device, dtype, shape, n, box)
+        )
+        name = f"{backend} {label} ×{n}"
+        case = Case(name, backend, backend, device, dtype, label, "train", shape, build)
+        case.sweep, case.replicas, case.engine = "replicas", n, box
+        cases.append(case)
+    return cases
 
 
 def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:

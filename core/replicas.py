@@ -117,6 +117,9 @@ class ReplicatedStep(Protocol):
     collective_seconds: float
     """Seconds spent in the gradient all-reduce so far, where the framework can say (the host
     waits on it); NaN where it cannot (inside a compiled program)."""
+    worker_pids: tuple[int, ...]
+    """The processes the engine started for its other replicas (torch's), whose CPU time is
+    the run's own; () where every replica lives in this process."""
 
     def __call__(
         self, params: Params, inputs: Tensor, labels: Tensor, state: Tensor, lr: float, theta: float

@@ -8,7 +8,9 @@ import csv
 import json
 import math
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -294,6 +296,24 @@ def test_the_thread_count_reaches_numpys_openblas() -> None:
     assert getter() == before
 
 
+def test_the_cpu_meter_counts_a_runs_own_workers_even_after_they_exit() -> None:
+    """A data-parallel row's worker processes are this run's, not other load: their ticks
+    count as its own while they run, and the ticks they had stay counted once they exit."""
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    machine.OWN_PIDS.add(child.pid)
+    try:
+        seen = 0
+        while child.poll() is None:
+            seen = machine._worker_ticks()
+            time.sleep(0.02)
+        assert seen > 0  # 0.3 s of its CPU time, read every 20 ms
+        assert machine._worker_ticks() == seen  # gone: the last reading stands
+    finally:
+        machine.OWN_PIDS.discard(child.pid)
+        machine._last_ticks.pop(child.pid, None)
+
+
 def test_cpu_meter_reads_other_processes_load() -> None:
     meter = machine.CpuMeter()
     sum(range(100_000))
@@ -514,6 +534,17 @@ def test_missing_framework_is_a_note_unless_asked_for(
         (
             ["--cells", "lstm", "--workload", "forward"],
             "--cells lstm: the gated cells are timed on the training step alone",
+        ),
+        (["--replicas", "0"], "--replicas must be a positive number, got '0'"),
+        (["--replicas", "3"], "--batch-size 32 does not split into 3 equal shards"),
+        (
+            ["--replicas", "2", "--workload", "forward"],
+            "--replicas times the RNN's training step; use --workload train or all",
+        ),
+        (
+            ["--backends", "numpy", "array-api", "--replicas", "2"],
+            "--replicas needs a backend with a data-parallel engine (torch, jax, tensorflow); "
+            "asked for numpy, array-api",
         ),
     ],
 )

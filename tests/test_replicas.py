@@ -333,3 +333,44 @@ def test_check_replicas_and_shards() -> None:
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), x)
     H, C = np.ones((8, 2)), np.zeros((8, 2))
     assert [p.shape for p in replicas.state_shard((H, C), 2, 1)] == [(4, 2), (4, 2)]
+
+
+# --- the benchmark's data-parallel rows ------------------------------------------------------
+
+
+def test_bench_replicas_rows_time_each_engine_beside_one_device(tmp_path: Path) -> None:
+    """``bench --replicas 2 4``: per engine a ×1 row (the same step on one device) and ×2, ×4
+    rows, kept out of the main tables and the targets; torch's rows say the all-reduce's time,
+    JAX's and TensorFlow's (inside the compiled step) do not; results.md has their table."""
+    names = [n for n in ENGINES if _installed(n)]
+    assert names, "no data-parallel backend is installed"
+    run = _cli(
+        "bench", "--backends", "numpy", *names, "--workload", "train", "--cells", "rnn",
+        "--no-sweep", "--no-peers", "--modes", "default", "--repeats", "1", "--min-time",
+        "0.01", "--max-wait", "0", "--batch-size", "4", "--num-steps", "3", "--num-hiddens",
+        "8", "--replicas", "2", "4", "--json", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads(run.stdout)
+    rows = [r for r in doc["rows"] if r["sweep"] == "replicas"]
+    default = {
+        "torch": "autograd/eager",
+        "jax": "autograd/jit",
+        "tensorflow": "autograd/tf.function",
+    }
+    assert {(r["name"], r["replicas"]) for r in rows} == {
+        (f"{name} {default[name]} ×{n}", n) for name in names for n in (1, 2, 4)
+    }
+    for r in rows:
+        assert r["tokens_per_sec"] > 0 and r["workload"] == "train"
+        if r["backend"] == "torch" and r["replicas"] > 1:
+            assert r["collective_ms"] > 0
+        else:
+            assert r["collective_ms"] is None
+    main = [r for r in doc["rows"] if r["sweep"] is None]
+    assert all(r["replicas"] == 1 for r in main) and "numpy bptt/eager" in {r["name"] for r in main}
+    replicated = [r["name"] for r in rows if r["replicas"] > 1]
+    assert not [t for t in doc["targets"] for name in replicated if name in t["detail"]]
+    md = (tmp_path / "results.md").read_text()
+    assert "## Data parallel, rnn (B=4 T=3 H=8 V=28, float32)" in md
+    assert f"| {names[0]} {default[names[0]]} ×2 | 2 |" in md
