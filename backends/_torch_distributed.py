@@ -102,6 +102,7 @@ class TorchReplicas:
                 self._workers.append(
                     subprocess.Popen([sys.executable, "-c", worker_main, *argv], env=_env())
                 )
+            _use_gpu(ops)
             dist.init_process_group(
                 _group_backend(ops.device),
                 init_method=init,
@@ -143,7 +144,8 @@ class TorchReplicas:
             return
         self._closed = True
         try:
-            dist.broadcast(torch.zeros(HEADER, dtype=torch.float64), 0)  # STOP
+            stop = torch.zeros(HEADER, dtype=torch.float64, device=self.ops._device)
+            dist.broadcast(stop, 0)
         finally:
             dist.destroy_process_group()
             self._stop_workers()
@@ -174,7 +176,7 @@ class TorchReplicas:
             new_state,
             isinstance(state, tuple),
         ]
-        dist.broadcast(torch.tensor(header, dtype=torch.float64), 0)
+        dist.broadcast(torch.tensor(header, dtype=torch.float64, device=self.ops._device), 0)
         if new_params:  # the first step, or parameters the trainer set (a resume)
             shapes = {name: tuple(params[name].shape) for name in param_names(params)}
             dist.broadcast_object_list([shapes], src=0)
@@ -266,6 +268,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _use_gpu(ops: Any) -> None:
+    """NCCL's collectives (and its object broadcast) run on the process's current CUDA device:
+    make it the replica's GPU. Every tensor a collective sees lives on ``ops``' device, the
+    command headers included (NCCL takes no host tensors)."""
+    if ops._device.type == "cuda":
+        torch.cuda.set_device(ops._device)
+
+
 def replica_device(device: str, rank: int) -> str:
     """Replica ``rank``'s device: the CPU, or GPU ``rank`` (NCCL needs one GPU per process)."""
     return "cpu" if device == "cpu" else f"gpu:{rank}"
@@ -275,6 +285,7 @@ def serve(ops: Any, value_and_grad: Any, rank: int, replicas: int, init: str) ->
     """Replica ``rank`` (1..N-1): answer rank 0's commands until it says stop. Ctrl-C reaches
     every process of the terminal's group; rank 0 alone acts on it (after a whole step)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _use_gpu(ops)
     dist.init_process_group(
         _group_backend(ops.device),
         init_method=init,
@@ -295,7 +306,7 @@ def serve(ops: Any, value_and_grad: Any, rank: int, replicas: int, init: str) ->
 
     try:
         while True:
-            header = torch.zeros(HEADER, dtype=torch.float64)
+            header = torch.zeros(HEADER, dtype=torch.float64, device=ops._device)
             dist.broadcast(header, 0)
             command, T, B, w, lr, theta, new_params, new_state, lstm = header.tolist()
             if int(command) == STOP:
