@@ -374,3 +374,39 @@ def test_bench_replicas_rows_time_each_engine_beside_one_device(tmp_path: Path) 
     md = (tmp_path / "results.md").read_text()
     assert "## Data parallel, rnn (B=4 T=3 H=8 V=28, float32)" in md
     assert f"| {names[0]} {default[names[0]]} ×2 | 2 |" in md
+
+
+def test_the_readme_quotes_the_committed_replica_figures() -> None:
+    """The README's data-parallel figures are recomputed from
+    benchmarks/results/cpu-2core/replicas/: the 20-epoch differences and the bench ratios."""
+    root = Path(__file__).resolve().parent.parent
+    folder = root / "benchmarks" / "results" / "cpu-2core" / "replicas"
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    chapter = json.loads((folder / "chapter20.json").read_text())
+    for name, run in chapter["runs"].items():
+        got, ref = run["perplexities"], chapter["numpy_perplexities"]
+        worst = max(abs(a - b) / b for a, b in zip(got, ref, strict=True))
+        assert worst == run["max_relative_difference"] <= FLOAT64_EPOCHS
+        label = {"torch": "torch", "jax": "JAX", "tensorflow": "TensorFlow"}[name]
+        assert f"{worst:.1e} ({label})" in readme
+    for path in (folder / "results.json", folder / "runs" / "2" / "results.json"):
+        rows = [r for r in json.loads(path.read_text())["rows"] if r["sweep"] == "replicas"]
+        ratios = []
+        for name in ENGINES:
+            one, two = (
+                next(r for r in rows if r["backend"] == name and r["dtype"] == "float32"
+                     and r["replicas"] == n)
+                for n in (1, 2)
+            )  # fmt: skip
+            ratios.append(f"{two['tokens_per_sec'] / one['tokens_per_sec']:.2f}×")
+            if path.parent == folder and name == "torch":
+                assert f"{two['collective_ms']:.2f} ms of a {two['ms_per_step']:.2f} ms step" in (
+                    readme
+                )
+        if path.parent == folder:
+            assert (
+                f"torch {ratios[0]}" in readme
+                and f"JAX {ratios[1]} and TensorFlow {ratios[2]}" in readme
+            )
+        else:
+            assert f"gave {ratios[0]}, {ratios[1]} and {ratios[2]}" in readme
