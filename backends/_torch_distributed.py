@@ -39,9 +39,14 @@ from rosetta_rnn.core.model import Params, param_names
 
 STOP, STEP, VALUE_AND_GRAD = 0, 1, 2
 HEADER = 9  # command, T, B, loss steps, lr, θ, new params?, new state?, LSTM?
-TIMEOUT = datetime.timedelta(minutes=5)
-"""How long a rank waits on the others in one collective before giving up (a worker that died
-closes its connections first, which fails the collective at once)."""
+TIMEOUT = datetime.timedelta(days=1)
+"""How long a rank waits on the others in one collective. A worker waits for rank 0's next
+command as long as rank 0 lives (a benchmark may pause for minutes between steps); a process
+that dies closes its gloo connections, which fails the others' waits at once. A worker that
+dies before the group forms is caught by ``_await_workers``, not by this."""
+READY_S = 300.0
+"""How long rank 0 waits for a worker to start (import torch, build its ops) before it gives
+up; a worker that exits first is reported at once."""
 
 
 def _group_backend(device: str) -> str:
@@ -102,6 +107,7 @@ class TorchReplicas:
                 self._workers.append(
                     subprocess.Popen([sys.executable, "-c", worker_main, *argv], env=_env())
                 )
+            _await_workers(self._workers, init)
             _use_gpu(ops)
             dist.init_process_group(
                 _group_backend(ops.device),
@@ -111,7 +117,7 @@ class TorchReplicas:
                 timeout=TIMEOUT,
             )
         except BaseException:
-            self._stop_workers()
+            self._stop_workers(kill=True)  # the others cannot form a group without this one
             raise
         self.worker_pids = tuple(w.pid for w in self._workers)
         self._closed = False
@@ -120,24 +126,42 @@ class TorchReplicas:
     def __call__(
         self, params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
     ) -> tuple[Params, Any, Any, Any]:
-        local = self._send(STEP, params, inputs, labels, state, lr, theta)
-        with torch.no_grad(), _threads(self._threads):
-            new, H_T, loss, norm = core_replicas.replica_train_step(
-                self.ops, self._value_and_grad, self._all_mean, params, *local, lr, theta
-            )
-        self._params, self._local_state = new, _detached(H_T)
-        self._state = self._gather(self._local_state)
+        with self._workers_alive():
+            local = self._send(STEP, params, inputs, labels, state, lr, theta)
+            with torch.no_grad(), _threads(self._threads):
+                new, H_T, loss, norm = core_replicas.replica_train_step(
+                    self.ops, self._value_and_grad, self._all_mean, params, *local, lr, theta
+                )
+            self._params, self._local_state = new, _detached(H_T)
+            self._state = self._gather(self._local_state)
         return new, self._state, loss, norm
 
     def value_and_grad(
         self, params: Params, inputs: Any, labels: Any, state: Any
     ) -> tuple[Any, Params, Any]:
-        local = self._send(VALUE_AND_GRAD, params, inputs, labels, state, 0.0, 0.0)
-        with torch.no_grad(), _threads(self._threads):
-            loss, grads, H_T = core_replicas.replica_value_and_grad(
-                self._value_and_grad, self._all_mean, params, *local
-            )
-        return loss, grads, self._gather(_detached(H_T))
+        with self._workers_alive():
+            local = self._send(VALUE_AND_GRAD, params, inputs, labels, state, 0.0, 0.0)
+            with torch.no_grad(), _threads(self._threads):
+                loss, grads, H_T = core_replicas.replica_value_and_grad(
+                    self._value_and_grad, self._all_mean, params, *local
+                )
+            whole = self._gather(_detached(H_T))
+        return loss, grads, whole
+
+    @contextlib.contextmanager
+    def _workers_alive(self) -> Iterator[None]:
+        """A collective that fails because a worker has died is said in one line (which
+        replica, its exit code); any other error passes as it is."""
+        try:
+            yield
+        except RuntimeError as e:
+            for rank, worker in enumerate(self._workers, start=1):
+                if worker.poll() is not None:
+                    raise BackendUnavailable(
+                        f"replica {rank}'s process exited with code {worker.returncode} during "
+                        "a step; the run stops here"
+                    ) from e
+            raise
 
     def close(self) -> None:
         if getattr(self, "_closed", True):
@@ -146,6 +170,11 @@ class TorchReplicas:
         try:
             stop = torch.zeros(HEADER, dtype=torch.float64, device=self.ops._device)
             dist.broadcast(stop, 0)
+            _sync(stop)
+        except Exception:
+            # a worker is gone and the group with it: the workers are stopped below, and an
+            # error that broke the run is the one the caller sees, not this one
+            pass
         finally:
             dist.destroy_process_group()
             self._stop_workers()
@@ -214,8 +243,10 @@ class TorchReplicas:
         self.collective_seconds += time.perf_counter() - start
         return out
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, kill: bool = False) -> None:
         for w in self._workers:
+            if kill and w.poll() is None:
+                w.kill()
             try:
                 w.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -235,6 +266,7 @@ def _all_mean(tensors: list[Any], replicas: int) -> list[Any]:
     arithmetic is the same whichever collective library (gloo, NCCL) does the sum."""
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    _sync(flat)  # NCCL returns before the sum is done; its time is the collective's
     flat = flat / replicas
     out, at = [], 0
     for t in tensors:
@@ -254,6 +286,37 @@ def _threads(n: int) -> Iterator[None]:
     finally:
         if before != n:
             torch.set_num_threads(before)
+
+
+def _sync(x: Any) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def _ready_file(init: str, rank: int) -> str:
+    return f"{init.removeprefix('file://')}.ready{rank}"
+
+
+def _await_workers(workers: list[subprocess.Popen[bytes]], init: str) -> None:
+    """Wait until every worker has started and is about to join the group; a worker that
+    exits first (an import error, no GPU of its own) is a one-line error now, not a rank 0
+    left waiting for a group that cannot form."""
+    deadline = time.monotonic() + READY_S
+    waiting = dict(enumerate(workers, start=1))
+    while waiting:
+        for rank, worker in list(waiting.items()):
+            if os.path.exists(_ready_file(init, rank)):
+                del waiting[rank]
+            elif worker.poll() is not None:
+                raise BackendUnavailable(
+                    f"replica {rank}'s process exited with code {worker.returncode} before "
+                    "it joined (its error is above)"
+                )
+        if waiting and time.monotonic() > deadline:
+            raise BackendUnavailable(
+                f"replica {min(waiting)}'s process did not start within {READY_S:.0f} s"
+            )
+        time.sleep(0.01)
 
 
 def _detached(state: Any) -> Any:
@@ -286,6 +349,8 @@ def serve(ops: Any, value_and_grad: Any, rank: int, replicas: int, init: str) ->
     every process of the terminal's group; rank 0 alone acts on it (after a whole step)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _use_gpu(ops)
+    with open(_ready_file(init, rank), "w"):
+        pass
     dist.init_process_group(
         _group_backend(ops.device),
         init_method=init,

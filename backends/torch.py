@@ -299,7 +299,10 @@ def make_replicated_step(
     return TorchReplicas(ops, value_and_grad, replicas, threads, _WORKER_MAIN, worker_args)
 
 
-_WORKER_MAIN = "from rosetta_rnn.backends.torch import serve_replica; serve_replica()"
+_WORKER_MAIN = (  # Ctrl-C is rank 0's to act on, from the worker's first line
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "from rosetta_rnn.backends.torch import serve_replica; serve_replica()"
+)
 
 
 def serve_replica() -> None:

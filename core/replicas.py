@@ -115,8 +115,9 @@ class ReplicatedStep(Protocol):
     engine: str
     """The framework's engine, in words (``torch.distributed gloo, 2 processes``)."""
     collective_seconds: float
-    """Seconds spent in the gradient all-reduce so far, where the framework can say (the host
-    waits on it); NaN where it cannot (inside a compiled program)."""
+    """Seconds spent in the gradient all-reduce so far, timed on the host around it (which
+    waits for a GPU's collective to finish), where the framework can say; NaN where it cannot
+    (inside a compiled program)."""
     worker_pids: tuple[int, ...]
     """The processes the engine started for its other replicas (torch's), whose CPU time is
     the run's own; () where every replica lives in this process."""
