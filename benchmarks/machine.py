@@ -78,8 +78,20 @@ OWN_PIDS: set[int] = set()
 _last_ticks: dict[int, int] = {}  # a finished worker keeps the ticks it was last seen with
 
 
+_retired: dict[int, int] = {}  # finished workers' last ticks, no longer read (pids get reused)
+
+
+def retire(pids: tuple[int, ...]) -> None:
+    """Workers that have exited: their last reading keeps counting as the run's own, and
+    their pids are no longer read (another process may get one)."""
+    _worker_ticks()
+    for pid in pids:
+        OWN_PIDS.discard(pid)
+        _retired[pid] = _retired.get(pid, 0) + _last_ticks.pop(pid, 0)
+
+
 def _worker_ticks() -> int:
-    total = 0
+    total = sum(_retired.values())
     for pid in sorted(OWN_PIDS):
         try:
             with open(f"/proc/{pid}/stat") as f:

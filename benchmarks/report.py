@@ -156,7 +156,9 @@ REPLICA_NOTE = (
     "sharing its thread pool). all-reduce ms: the time torch's rank 0 spends in the all_reduce "
     "per step, waiting for the other replicas included; JAX and TensorFlow run it inside the "
     "compiled step (-). The first count's rows are timed interleaved with ×1; each further "
-    "count in a group of its own (a process holds one torch.distributed group at a time)."
+    "count in a group of its own (a process holds one torch.distributed group at a time). "
+    "With --replicas, JAX and TensorFlow run the whole benchmark with as many CPU devices as "
+    "the largest count (they make them once, at start), the ×1 and main rows included."
 )
 
 

@@ -398,6 +398,7 @@ def _run_group(
             step = case.engine.pop("step", None)
             if step is not None:
                 step.close()
+                machine.retire(step.worker_pids)
 
 
 def _time_group(

@@ -298,20 +298,26 @@ def test_the_thread_count_reaches_numpys_openblas() -> None:
 
 def test_the_cpu_meter_counts_a_runs_own_workers_even_after_they_exit() -> None:
     """A data-parallel row's worker processes are this run's, not other load: their ticks
-    count as its own while they run, and the ticks they had stay counted once they exit."""
+    count as its own while they run, the ticks they had stay counted once they exit, and a
+    retired pid is no longer read (another process may get it)."""
     code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    base = machine._worker_ticks()  # workers of earlier runs in this process, if any
     child = subprocess.Popen([sys.executable, "-c", code])
     machine.OWN_PIDS.add(child.pid)
     try:
         seen = 0
         while child.poll() is None:
-            seen = machine._worker_ticks()
+            seen = machine._worker_ticks() - base
             time.sleep(0.02)
         assert seen > 0  # 0.3 s of its CPU time, read every 20 ms
-        assert machine._worker_ticks() == seen  # gone: the last reading stands
+        assert machine._worker_ticks() - base == seen  # gone: the last reading stands
+        machine.retire((child.pid,))
+        assert child.pid not in machine.OWN_PIDS
+        assert machine._worker_ticks() - base == seen
     finally:
         machine.OWN_PIDS.discard(child.pid)
         machine._last_ticks.pop(child.pid, None)
+        machine._retired.pop(child.pid, None)
 
 
 def test_cpu_meter_reads_other_processes_load() -> None:
