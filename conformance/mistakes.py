@@ -461,4 +461,5 @@ MISTAKES: dict[str, Callable[[], BackendSubject]] = {
     "local-batch-loss": lambda: LocalBatchLoss(numpy_backend, "float64"),
     "own-randomness": lambda: OwnRandomness(numpy_backend, "float64"),
 }
-"""In the order the diagnosis tries them; the first whose output matches names the cell."""
+"""In the order the diagnosis tries them; every one whose output matches is named in the
+cell (``A, or B``)."""

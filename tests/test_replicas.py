@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +96,7 @@ def test_train_replicas_matches_numpy_on_one_device(
     got = [h["perplexity"] for h in doc["history"]]
     worst = max(abs(a - b) / b for a, b in zip(got, numpy_small, strict=True))
     assert worst <= FLOAT64_EPOCHS, f"{name} --replicas {n}: {worst:.3g}"
-    assert "replicas" in run.stderr  # the start line says how it trains
+    assert f"; {n} replicas: {doc['engine']}): " in run.stderr  # the start line says how
 
 
 CHAPTER_EPOCHS = "20"
@@ -244,6 +246,95 @@ def test_a_checkpoint_mid_epoch_holds_the_whole_state_and_resumes_on_one_device(
     whole.run_epoch()
     for name, value in whole.params.items():
         np.testing.assert_allclose(resumed.params[name], value, rtol=0, atol=1e-13)
+
+
+def test_a_one_device_snapshot_mid_epoch_continues_on_four_torch_replicas() -> None:
+    """NumPy stopped after 3 steps of an epoch, its whole state restored into torch with 4
+    replicas (each takes its rows of it): the rest of the epoch ends where an uninterrupted
+    NumPy epoch does."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    corpus = np.random.default_rng(7).integers(0, 11, 3000)
+    start = model.init_params(11, 20, np.random.default_rng(8), "float64")
+    cfg = TrainConfig(batch_size=8, num_steps=6, num_hiddens=20, clip=0.5)
+    ops = numpy_backend.make_ops("float64")
+
+    def one_device() -> Trainer:
+        return Trainer(
+            ops, numpy_backend.make_train_step(ops), model.to_backend(ops, start), corpus, cfg,
+            np.random.default_rng(9),
+        )  # fmt: skip
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(i: int) -> None:
+        if i == 2:
+            raise Stop
+
+    first = one_device()
+    with pytest.raises(Stop):
+        first.run_epoch(on_step=stop_after_three)
+    tensors, position = first.snapshot()
+    assert tensors["state"].shape == (8, 20) and np.abs(tensors["state"]).max() > 0
+    torch_ops = torch_backend.make_ops("float64")
+    step = torch_backend.make_replicated_step(torch_ops, 4)
+    try:
+        resumed = Trainer(
+            torch_ops, step, model.to_backend(torch_ops, tensors), corpus, cfg,
+            np.random.default_rng(0),
+        )  # fmt: skip
+        resumed.restore(tensors, position)
+        resumed.run_epoch()
+        got = model.to_numpy(torch_ops, resumed.params)
+    finally:
+        step.close()
+    whole = one_device()
+    whole.run_epoch()
+    for name, value in whole.params.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-13)
+
+
+def test_a_replica_that_dies_stops_the_run_in_one_line() -> None:
+    """A worker killed between steps: the next step says which replica's process exited,
+    at once, and closing the engine returns without waiting on it."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    ops = torch_backend.make_ops("float64")
+    params = model.to_backend(ops, model.init_params(11, 8, np.random.default_rng(0), "float64"))
+    x, state = ops.asarray(np.zeros((3, 4), dtype=np.int64)), ops.zeros((4, 8))
+    step = torch_backend.make_replicated_step(ops, 2)
+    try:
+        params, state, _, _ = step(params, x, x, state, 1.0, 1.0)
+        pid = step.worker_pids[0]
+        os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)  # dead (a zombie until the engine reaps it) before the next step
+    except BaseException:
+        step.close()
+        raise
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=r"^replica 1's process exited with code -9"):
+        step(params, x, x, state, 1.0, 1.0)
+    step.close()
+    assert time.monotonic() - start < 60
+
+
+def test_a_replica_that_cannot_start_is_one_line_not_a_wait() -> None:
+    """Replica 1's process exits before joining the group (on purpose, code 3): one line at
+    once, and replica 2's process, which would wait for the group forever, is stopped."""
+    pytest.importorskip("rosetta_rnn.backends.torch")
+    from rosetta_rnn.backends import torch as torch_backend
+    from rosetta_rnn.backends._torch_distributed import TorchReplicas
+
+    ops = torch_backend.make_ops("float64")
+    vg = torch_backend.make_value_and_grad(ops)
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="replica 1's process exited with code 3 before"):
+        worker = "import sys, time; sys.exit(3) if sys.argv[1] == '1' else time.sleep(600)"
+        TorchReplicas(ops, vg, 3, 1, worker, [])
+    assert time.monotonic() - start < 20
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
 
 
 def test_a_replicated_checkpoint_resumes_under_another_engine_and_count(
@@ -410,3 +501,32 @@ def test_the_readme_quotes_the_committed_replica_figures() -> None:
             )
         else:
             assert f"gave {ratios[0]}, {ratios[1]} and {ratios[2]}" in readme
+
+
+def test_the_readme_quotes_the_committed_replica_matrix_and_the_twins() -> None:
+    """The README's data-parallel conformance figures: the committed ``conform --checks
+    train/replicas grads/replicas --json`` (every cell passing, its worst errors), and each
+    twin's gradient error on the RNN, recomputed here."""
+    torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
+    root = Path(__file__).resolve().parent.parent
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    folder = root / "benchmarks" / "results" / "cpu-2core" / "replicas"
+    report = json.loads((folder / "conform.json").read_text())
+    assert report["passed"] and len(report["cells"]) == 24
+    assert {c["check"] for c in report["cells"]} == set(checks.REPLICA_CHECKS)
+    assert {c["backend"] for c in report["cells"]} == set(ENGINES)
+    worst = {
+        check: max(c["max_error"] for c in report["cells"] if c["check"] == check)
+        for check in checks.REPLICA_CHECKS
+    }
+    assert (
+        f"24 cells, all passing; parameter trajectories within {worst['train/replicas']:.1e}"
+        in (readme)
+    )
+    assert f"each step's gradient within {worst['grads/replicas']:.1e}" in readme
+    problems = for_cell(DEFAULT_PROBLEMS, cells.RNN)
+    quoted = []
+    for twin, _ in TWINS:
+        cell = checks.run_check("grads/replicas", twin(torch_backend, "float64"), problems)
+        quoted.append(f"({cell.max_error:.2f})")
+    assert all(q in readme for q in quoted), quoted
