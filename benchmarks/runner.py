@@ -378,6 +378,15 @@ def _collective_ms(case: Case) -> float | None:
     return float(step.collective_seconds) / calls * 1e3
 
 
+def _close_engines(cases: list[Case]) -> None:
+    """Release the data-parallel rows' engines (torch's processes and process group)."""
+    for case in cases:
+        step = case.engine.pop("step", None)
+        if step is not None:
+            step.close()
+            machine.retire(step.worker_pids)
+
+
 def _run_group(
     label: str,
     cases: list[Case],
@@ -391,26 +400,6 @@ def _run_group(
     """Prepare every row of one group, time them interleaved, and return their results; the
     other processes' CPUs during each kept block are added to ``readings``."""
     log(f"== {label}: {len(cases)} rows")
-    try:
-        return _time_group(label, cases, cfg, peak_gflops, notes, log, guard, readings)
-    finally:
-        for case in cases:  # a data-parallel row's processes and process group
-            step = case.engine.pop("step", None)
-            if step is not None:
-                step.close()
-                machine.retire(step.worker_pids)
-
-
-def _time_group(
-    label: str,
-    cases: list[Case],
-    cfg: BenchConfig,
-    peak_gflops: float | None,
-    notes: list[str],
-    log: _Log,
-    guard: timing.QuietGuard,
-    readings: list[float],
-) -> list[dict[str, Any]]:
     prepared: list[tuple[Case, timing.Timed]] = []
     for case in cases:
         what = "compiling and warming up" if case.compiles else "first call and warm-up"
@@ -732,7 +721,10 @@ def _run(
     for label, cases in groups:
         dtype = cases[0].dtype
         peak_gflops = roof_by_device[cases[0].device][dtype]["peak_gflops"]
-        group_rows = _run_group(label, cases, cfg, peak_gflops, notes, log, guard, readings)
+        try:
+            group_rows = _run_group(label, cases, cfg, peak_gflops, notes, log, guard, readings)
+        finally:
+            _close_engines(cases)
         rows += group_rows
         if on_group is not None:
             on_group(group_rows)

@@ -251,6 +251,22 @@ def q_ties(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
     return {"argmax": np.asarray(arg, np.int64), "greedy": np.asarray(picks, np.int64)}
 
 
+def _clipped_training(problem: Problem, sampling: str, detach: bool = True) -> TrainConfig:
+    """The training runs' configuration: ``problem``'s shapes, lr 1, and θ = 0.1, small
+    enough that clipping acts on most steps."""
+    return TrainConfig(
+        batch_size=problem.batch_size,
+        num_steps=problem.num_steps,
+        num_hiddens=problem.num_hiddens,
+        lr=1.0,
+        clip=0.1,
+        sampling=sampling,
+        embed_dim=problem.embed_dim,
+        loss="last-step" if problem.last_step_loss else "all-steps",
+        detach=detach,
+    )
+
+
 def q_train(sampling_kind: str) -> Quantity:
     """Parameter trajectory of SGD with clipping through the real training loop.
 
@@ -264,17 +280,8 @@ def q_train(sampling_kind: str) -> Quantity:
             raise NotApplicable
         problem = dataclasses.replace(problem, scale="d2l")
         params, *_ = _rounded(problem, dtype)
-        cfg = TrainConfig(
-            batch_size=problem.batch_size,
-            num_steps=problem.num_steps,
-            num_hiddens=problem.num_hiddens,
-            lr=1.0,
-            clip=0.1,  # small enough that clipping acts on most steps
-            sampling=sampling_kind if sampling_kind != "no-detach" else "sequential",
-            embed_dim=problem.embed_dim,
-            loss="last-step" if problem.last_step_loss else "all-steps",
-            detach=sampling_kind != "no-detach",
-        )
+        sampling = sampling_kind if sampling_kind != "no-detach" else "sequential"
+        cfg = _clipped_training(problem, sampling, detach=sampling_kind != "no-detach")
         steps = TRAIN_STEPS[dtype] if sampling_kind != "no-detach" else min(TRAIN_STEPS[dtype], 20)
         traj = subject.train(
             _default_mode(subject), params, problem.corpus(), cfg, problem.seed, steps
@@ -310,16 +317,7 @@ def _replica_runs(subject: Any, problem: Problem, dtype: str) -> dict[str, np.nd
     if (problem, dtype) in cache:
         return dict(cache[(problem, dtype)])
     params, *_ = _rounded(problem, dtype)
-    cfg = TrainConfig(
-        batch_size=problem.batch_size,
-        num_steps=problem.num_steps,
-        num_hiddens=problem.num_hiddens,
-        lr=1.0,
-        clip=0.1,  # small enough that clipping acts on most steps
-        sampling="sequential",
-        embed_dim=problem.embed_dim,
-        loss="last-step" if problem.last_step_loss else "all-steps",
-    )
+    cfg = _clipped_training(problem, "sequential")
     out: dict[str, np.ndarray] = {}
     for n in REPLICA_COUNTS:
         runs = subject.train_replicated(

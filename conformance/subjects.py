@@ -7,9 +7,9 @@ pair (H, C)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -29,8 +29,27 @@ class NotApplicable(Exception):
     """This subject cannot run this check (an oracle has no sampler, for example)."""
 
 
+T = TypeVar("T")
+
+
 class _Enough(Exception):
     pass
+
+
+def _first_steps(trainer: Trainer, steps: int, after_step: Callable[[], T]) -> list[T]:
+    """``after_step()`` after each of the first ``steps`` SGD steps of ``trainer``'s epochs."""
+    out: list[T] = []
+
+    def record(_: int) -> None:
+        out.append(after_step())
+        if len(out) == steps:
+            raise _Enough
+
+    try:
+        while True:
+            trainer.run_epoch(on_step=record)
+    except _Enough:
+        return out
 
 
 def input_weights(params: Any) -> tuple[str, ...]:
@@ -145,18 +164,7 @@ class BackendSubject:
             cfg,
             np.random.default_rng(seed),
         )
-        out: list[Arrays] = []
-
-        def record(_: int) -> None:
-            out.append(model.to_numpy(self.ops, trainer.params))
-            if len(out) == steps:
-                raise _Enough
-
-        try:
-            while True:
-                trainer.run_epoch(on_step=record)
-        except _Enough:
-            return out
+        return _first_steps(trainer, steps, lambda: model.to_numpy(self.ops, trainer.params))
 
     def train_replicated(
         self,
@@ -192,19 +200,13 @@ class BackendSubject:
         trainer = Trainer(
             self.ops, recorded, self.put(params), corpus, cfg, np.random.default_rng(seed)
         )
-        out: list[tuple[Arrays, Arrays, np.ndarray]] = []
 
-        def record(_: int) -> None:
+        def after_step() -> tuple[Arrays, Arrays, np.ndarray]:
             grads, loss = pending.pop()
-            out.append((model.to_numpy(self.ops, trainer.params), grads, loss))
-            if len(out) == steps:
-                raise _Enough
+            return model.to_numpy(self.ops, trainer.params), grads, loss
 
         try:
-            while True:
-                trainer.run_epoch(on_step=record)
-        except _Enough:
-            return out
+            return _first_steps(trainer, steps, after_step)
         finally:
             if replicated is not None:
                 replicated.close()

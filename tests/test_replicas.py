@@ -202,50 +202,59 @@ def test_summed_gradients_and_a_local_batch_loss_leave_the_same_trajectory() -> 
 # --- the carried state and checkpoints -------------------------------------------------------
 
 
+# a small sequential run whose epochs both mid-epoch tests stop and continue
+_CORPUS = np.random.default_rng(7).integers(0, 11, 3000)
+_START = model.init_params(11, 20, np.random.default_rng(8), "float64")
+_CFG = TrainConfig(batch_size=8, num_steps=6, num_hiddens=20, clip=0.5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _trainer(ops: object, step: object, params: dict, seed: int) -> Trainer:
+    return Trainer(
+        ops, step, model.to_backend(ops, params), _CORPUS, _CFG, np.random.default_rng(seed)
+    )
+
+
+def _stopped_after(trainer: Trainer, steps: int) -> tuple[dict, dict]:
+    """The snapshot of ``trainer`` stopped after ``steps`` steps of its epoch."""
+
+    def stop(i: int) -> None:
+        if i == steps - 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        trainer.run_epoch(on_step=stop)
+    return trainer.snapshot()
+
+
+def _numpy_epoch(params: dict, seed: int, snapshot: tuple[dict, dict] | None = None) -> dict:
+    """NumPy on one device: an epoch from ``params`` (or the rest of one from ``snapshot``)."""
+    ops = numpy_backend.make_ops("float64")
+    trainer = _trainer(ops, numpy_backend.make_train_step(ops), params, seed)
+    if snapshot is not None:
+        trainer.restore(*snapshot)
+    trainer.run_epoch()
+    return trainer.params
+
+
 def test_a_checkpoint_mid_epoch_holds_the_whole_state_and_resumes_on_one_device() -> None:
     """torch with 2 replicas, stopped after 5 steps of an epoch: the snapshot's state is every
     replica's rows in order, and NumPy on one device continues it to the same parameters as an
     uninterrupted one-device run."""
     torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
-    rng = np.random.default_rng(7)
-    corpus = rng.integers(0, 11, 3000)
-    start = model.init_params(11, 20, np.random.default_rng(8), "float64")
-    cfg = TrainConfig(batch_size=8, num_steps=6, num_hiddens=20, clip=0.5)
     torch_ops = torch_backend.make_ops("float64")
     step = torch_backend.make_replicated_step(torch_ops, 2)
     try:
-        trainer = Trainer(
-            torch_ops, step, model.to_backend(torch_ops, start), corpus, cfg,
-            np.random.default_rng(9),
-        )  # fmt: skip
-
-        class Stop(Exception):
-            pass
-
-        def stop_after_five(i: int) -> None:
-            if i == 4:
-                raise Stop
-
-        with pytest.raises(Stop):
-            trainer.run_epoch(on_step=stop_after_five)
-        tensors, position = trainer.snapshot()
+        tensors, position = _stopped_after(_trainer(torch_ops, step, _START, 9), 5)
     finally:
         step.close()
     assert tensors["state"].shape == (8, 20) and position["step"] == 5
-    ops = numpy_backend.make_ops("float64")
-    resumed = Trainer(
-        ops, numpy_backend.make_train_step(ops), model.to_backend(ops, tensors), corpus, cfg,
-        np.random.default_rng(0),
-    )  # fmt: skip
-    resumed.restore(tensors, position)
-    resumed.run_epoch()
-    whole = Trainer(
-        ops, numpy_backend.make_train_step(ops), model.to_backend(ops, start), corpus, cfg,
-        np.random.default_rng(9),
-    )  # fmt: skip
-    whole.run_epoch()
-    for name, value in whole.params.items():
-        np.testing.assert_allclose(resumed.params[name], value, rtol=0, atol=1e-13)
+    resumed = _numpy_epoch(tensors, 0, (tensors, position))
+    for name, value in _numpy_epoch(_START, 9).items():
+        np.testing.assert_allclose(resumed[name], value, rtol=0, atol=1e-13)
 
 
 def test_a_one_device_snapshot_mid_epoch_continues_on_four_torch_replicas() -> None:
@@ -253,44 +262,21 @@ def test_a_one_device_snapshot_mid_epoch_continues_on_four_torch_replicas() -> N
     replicas (each takes its rows of it): the rest of the epoch ends where an uninterrupted
     NumPy epoch does."""
     torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
-    corpus = np.random.default_rng(7).integers(0, 11, 3000)
-    start = model.init_params(11, 20, np.random.default_rng(8), "float64")
-    cfg = TrainConfig(batch_size=8, num_steps=6, num_hiddens=20, clip=0.5)
     ops = numpy_backend.make_ops("float64")
-
-    def one_device() -> Trainer:
-        return Trainer(
-            ops, numpy_backend.make_train_step(ops), model.to_backend(ops, start), corpus, cfg,
-            np.random.default_rng(9),
-        )  # fmt: skip
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_three(i: int) -> None:
-        if i == 2:
-            raise Stop
-
-    first = one_device()
-    with pytest.raises(Stop):
-        first.run_epoch(on_step=stop_after_three)
-    tensors, position = first.snapshot()
+    tensors, position = _stopped_after(
+        _trainer(ops, numpy_backend.make_train_step(ops), _START, 9), 3
+    )
     assert tensors["state"].shape == (8, 20) and np.abs(tensors["state"]).max() > 0
     torch_ops = torch_backend.make_ops("float64")
     step = torch_backend.make_replicated_step(torch_ops, 4)
     try:
-        resumed = Trainer(
-            torch_ops, step, model.to_backend(torch_ops, tensors), corpus, cfg,
-            np.random.default_rng(0),
-        )  # fmt: skip
+        resumed = _trainer(torch_ops, step, tensors, 0)
         resumed.restore(tensors, position)
         resumed.run_epoch()
         got = model.to_numpy(torch_ops, resumed.params)
     finally:
         step.close()
-    whole = one_device()
-    whole.run_epoch()
-    for name, value in whole.params.items():
+    for name, value in _numpy_epoch(_START, 9).items():
         np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-13)
 
 
