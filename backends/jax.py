@@ -387,16 +387,27 @@ class JaxReplicas:
         self, params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
     ) -> tuple[Params, Any, Any, Any]:
         lr_t, theta_t = jnp.asarray(lr, dtype=self._dtype), jnp.asarray(theta, dtype=self._dtype)
-        out: tuple[Params, Any, Any, Any] = self._step(
-            *self._placed(params, inputs, labels, state), lr_t, theta_t
-        )
+        with self._device_failures():
+            out: tuple[Params, Any, Any, Any] = jax.block_until_ready(
+                self._step(*self._placed(params, inputs, labels, state), lr_t, theta_t)
+            )
         return out
 
     def value_and_grad(
         self, params: Params, inputs: Any, labels: Any, state: Any
     ) -> tuple[Any, Params, Any]:
-        out: tuple[Any, Params, Any] = self._vg(*self._placed(params, inputs, labels, state))
+        with self._device_failures():
+            out: tuple[Any, Params, Any] = jax.block_until_ready(
+                self._vg(*self._placed(params, inputs, labels, state))
+            )
         return out
+
+    def _device_failures(self) -> Any:
+        """Every replica is a device of this process, so no replica can be lost alone: what can
+        fail is the runtime running the step (a GPU out of memory or gone, XLA's collective),
+        as ``JaxRuntimeError``, which is one line; waited for here (the trainer reads the loss
+        next anyway), so that it surfaces inside the step and not later."""
+        return core_replicas.device_failures(self.engine, (jax.errors.JaxRuntimeError,))
 
     def close(self) -> None:
         """Nothing to release: the devices belong to the process."""

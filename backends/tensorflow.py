@@ -398,6 +398,16 @@ class _ReplicaOps(TensorFlowOps):
         yield
 
 
+DEVICE_FAILURES = (
+    tf.errors.ResourceExhaustedError,
+    tf.errors.InternalError,
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DataLossError,
+)
+"""The runtime's errors that say a device or its collective failed, not the program."""
+
+
 class TensorFlowReplicas:
     """A ``core.replicas.ReplicatedStep`` on ``tf.distribute.MirroredStrategy``: one process,
     one replica per logical CPU device (or GPU), core's replica step under ``strategy.run`` in
@@ -505,23 +515,32 @@ class TensorFlowReplicas:
     ) -> tuple[Params, Any, Any, Any]:
         lr_t = tf.convert_to_tensor(lr, dtype=self.ops.tf_dtype)
         theta_t = tf.convert_to_tensor(theta, dtype=self.ops.tf_dtype)
-        new, H_T, loss, norm = self._step(
-            params,
-            self._split(inputs, 1),
-            self._split(labels, 1),
-            self._split_state(state),
-            lr_t,
-            theta_t,
-        )
-        return self._first(new), self._joined(H_T), self._first(loss), self._first(norm)
+        with self._device_failures():
+            new, H_T, loss, norm = self._step(
+                params,
+                self._split(inputs, 1),
+                self._split(labels, 1),
+                self._split_state(state),
+                lr_t,
+                theta_t,
+            )
+            return self._first(new), self._joined(H_T), self._first(loss), self._first(norm)
 
     def value_and_grad(
         self, params: Params, inputs: Any, labels: Any, state: Any
     ) -> tuple[Any, Params, Any]:
-        loss, grads, H_T = self._vg(
-            params, self._split(inputs, 1), self._split(labels, 1), self._split_state(state)
-        )
-        return self._first(loss), self._first(grads), self._joined(H_T)
+        with self._device_failures():
+            loss, grads, H_T = self._vg(
+                params, self._split(inputs, 1), self._split(labels, 1), self._split_state(state)
+            )
+            return self._first(loss), self._first(grads), self._joined(H_T)
+
+    def _device_failures(self) -> Any:
+        """Every replica is a device of this process, so no replica can be lost alone: what can
+        fail is the runtime running the step, a device out of memory, gone or failing its
+        collective. Those ``OpError`` kinds are one line; an argument or shape error (a bug)
+        passes as it is."""
+        return core_replicas.device_failures(self.engine, DEVICE_FAILURES)
 
     def close(self) -> None:
         """Nothing to release: the logical devices belong to the process."""

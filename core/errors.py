@@ -17,3 +17,8 @@ class CheckpointError(UserError):
 
 class BackendUnavailable(UserError):
     """A backend's framework is not installed, or the asked-for device is not there."""
+
+
+class ReplicaLost(BackendUnavailable):
+    """A data-parallel run lost one of its replicas (a worker process died, a collective or a
+    device failed): the run stops, and the command says what it kept."""

@@ -24,10 +24,11 @@ replica count that divides the batch, or on one device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from .errors import UserError
+from .errors import ReplicaLost, UserError
 from .model import Params, ValueAndGrad, clip_by_global_norm, param_names, sgd
 from .ops import Ops, Tensor
 
@@ -133,6 +134,20 @@ class ReplicatedStep(Protocol):
 
     def close(self) -> None:
         """Release what the engine holds (worker processes, a process group); idempotent."""
+
+
+@contextlib.contextmanager
+def device_failures(engine: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """A failure of the framework's runtime inside a replicated step (``errors``: a device out
+    of memory or lost, a collective that broke) as one ``ReplicaLost`` line. Errors of other
+    kinds (a bug: a shape, a type) pass as they are."""
+    try:
+        yield
+    except errors as e:
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ReplicaLost(
+            f"the replicated step failed on {engine} ({line}); the run stops here"
+        ) from e
 
 
 def refuse(backend: str, replicas: Sequence[str]) -> UserError:

@@ -25,7 +25,7 @@ import numpy as np
 from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import cells, checkpoint, data, model, sampling
 from rosetta_rnn.core.contract import Backend, StepFn
-from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, UserError
+from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, ReplicaLost, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.core.replicas import ReplicatedStep, check_replicas
 from rosetta_rnn.core.training import (
@@ -565,6 +565,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             replicated.close()
 
 
+def _kept(out_path: str | None) -> str:
+    """What a run that stops on an error leaves, for the end of its line: the checkpoint last
+    saved whole (saves are atomic, so an error mid-step cannot damage it), or none."""
+    if out_path and Path(out_path).is_file():
+        return f"; the last good checkpoint {out_path} is kept"
+    return "; no checkpoint was written"
+
+
 def _train(
     args: argparse.Namespace,
     run: RunConfig,
@@ -657,14 +665,9 @@ def _train(
                 f"resume with: rosetta-rnn train --resume {path} --epochs {epochs}",
             )
             return 130
-        except TrainingDiverged as e:
+        except (TrainingDiverged, ReplicaLost) as e:
             progress.close()
-            kept = (
-                f"; the last good checkpoint is {out_path}"
-                if out_path and Path(out_path).is_file()
-                else "; no checkpoint was written"
-            )
-            raise TrainingDiverged(f"{e}{kept}") from None
+            raise type(e)(f"{e}{_kept(out_path)}") from None
     assert last is not None
     final = evaluable()
     samples = {
