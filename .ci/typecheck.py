@@ -1,6 +1,7 @@
 """mypy over the package as it is imported: ``rosetta_rnn.core`` is ``core/`` and so on.
 
-    python .ci/typecheck.py [PACKAGE ...]     (default: core backends conformance rosetta_rnn)
+    python .ci/typecheck.py [PACKAGE ...]     (default: every one: core backends conformance
+                                              benchmarks rosetta_rnn)
 
 mypy cannot follow setuptools' editable-install import hook, so this lays the package out in a
 temporary folder (links to the real folders, the installed layout of pyproject.toml's
@@ -16,7 +17,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("core", "backends", "conformance", "benchmarks")
-DEFAULT = ("core", "backends", "conformance", "rosetta_rnn")
+DEFAULT = ("core", "backends", "conformance", "benchmarks", "rosetta_rnn")
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ import array_api_compat
 import numpy as np
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
@@ -65,7 +66,7 @@ class ArrayApiBackend:
         """A resolved label -> the namespace's device object."""
         if label == "cpu":
             return self._devices_of("cpu")[0]
-        return self._devices_of("cuda")[_registry.gpu_index(label)]
+        return self._devices_of("cuda")[rules.gpu_index(label)]
 
     def version(self) -> str:
         module = importlib.import_module(self.library)
@@ -73,14 +74,14 @@ class ArrayApiBackend:
         return f"{getattr(module, '__version__', '?')} (array-api-compat {compat})"
 
     def devices(self) -> list[str]:
-        labels = _registry.device_labels(len(self._devices_of("cuda")))
+        labels = rules.device_labels(len(self._devices_of("cuda")))
         return labels if self._devices_of("cpu") else labels[1:]
 
     def supports_float64(self, device: str) -> bool:
         return "float64" in self._info.dtypes(device=self.device(device))
 
     def resolve_device(self, device: str) -> str:
-        label = _registry.resolve_device(
+        label = rules.resolve_device(
             device,
             lambda: len(self._devices_of("cuda")),
             self.NAME,
@@ -102,7 +103,7 @@ class ArrayApiBackend:
     def make_value_and_grad(
         self, ops: ArrayApiOps, grad: str | None = None, activation: str = "tanh"
     ) -> ValueAndGrad:
-        return _registry.gradient_engine(self.NAME, grad, ops, activation)
+        return rules.gradient_engine(self.NAME, grad, ops, activation)
 
     def make_train_step(
         self,
@@ -111,7 +112,7 @@ class ArrayApiBackend:
         mode: str | None = None,
         activation: str = "tanh",
     ) -> StepFn:
-        _registry.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
+        rules.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
         value_and_grad = self.make_value_and_grad(ops, grad, activation)
 
         def step(
@@ -124,7 +125,7 @@ class ArrayApiBackend:
     def make_forward(
         self, ops: ArrayApiOps, mode: str | None = None, activation: str = "tanh"
     ) -> ForwardFn:
-        _registry.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
+        rules.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
 
         def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
             return any_forward_loss(ops, params, inputs, labels, state, activation)

@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core import replicas as core_replicas
 from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
@@ -50,7 +51,7 @@ def _gpu_devices() -> list[Any]:
 
 
 def devices() -> list[str]:
-    return _registry.device_labels(len(_gpu_devices()))
+    return rules.device_labels(len(_gpu_devices()))
 
 
 def supports_float64(device: str) -> bool:
@@ -64,14 +65,14 @@ def compile_modes(device: str) -> tuple[str, ...]:
 def resolve_device(device: str) -> str:
     """auto -> gpu:0 when JAX sees a GPU, else cpu; gpu -> gpu:0; checks the index."""
     no_gpu = "JAX sees no GPU; install a GPU build with: pip install -U 'jax[cuda12]'"
-    return _registry.resolve_device(device, lambda: len(_gpu_devices()), "JAX", no_gpu)
+    return rules.resolve_device(device, lambda: len(_gpu_devices()), "JAX", no_gpu)
 
 
 def _jax_device(label: str) -> Any:
     """A resolved label ("cpu", "gpu:N") -> the ``jax.Device``."""
     if label == "cpu":
         return jax.devices("cpu")[0]
-    return _gpu_devices()[_registry.gpu_index(label)]
+    return _gpu_devices()[rules.gpu_index(label)]
 
 
 def _traced(tree: Any) -> bool:
@@ -196,7 +197,7 @@ def autograd_value_and_grad(ops: JaxOps, activation: str = "tanh") -> ValueAndGr
 
 
 def _jitted(mode: str | None) -> bool:
-    return _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES) == "jit"
+    return rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES) == "jit"
 
 
 def _step_ops(ops: JaxOps, jitted: bool) -> JaxOps:
@@ -205,7 +206,7 @@ def _step_ops(ops: JaxOps, jitted: bool) -> JaxOps:
 
 
 def _value_and_grad(ops: JaxOps, grad: str | None, activation: str) -> ValueAndGrad:
-    return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
+    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_value_and_grad(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.model import Params, ValueAndGrad, train_step
@@ -42,7 +43,7 @@ def _gpu_count() -> int:
 
 
 def devices() -> list[str]:
-    return _registry.device_labels(_gpu_count())
+    return rules.device_labels(_gpu_count())
 
 
 def supports_float64(device: str) -> bool:
@@ -61,7 +62,7 @@ def resolve_device(device: str) -> str:
         if _cupy() is None
         else ""
     )
-    return _registry.resolve_device(device, _gpu_count, "numpy/CuPy", no_gpu)
+    return rules.resolve_device(device, _gpu_count, "numpy/CuPy", no_gpu)
 
 
 class NumpyOps:
@@ -76,7 +77,7 @@ class NumpyOps:
             self.xp: Any = np
         else:
             self.xp = _cupy()
-            self._cuda_device = self.xp.cuda.Device(_registry.gpu_index(device))
+            self._cuda_device = self.xp.cuda.Device(rules.gpu_index(device))
             self._cuda_device.use()
         self._dtype = np.dtype(dtype)
 
@@ -159,14 +160,14 @@ def make_value_and_grad(
     ops: NumpyOps, grad: str | None = None, activation: str = "tanh"
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by core's BPTT (no autodiff)."""
-    return _registry.gradient_engine(NAME, grad, ops, activation)
+    return rules.gradient_engine(NAME, grad, ops, activation)
 
 
 def make_train_step(
     ops: NumpyOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
 ) -> StepFn:
     """core's train step with core's BPTT; NumPy has no autograd and nothing to compile."""
-    _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -180,7 +181,7 @@ def make_train_step(
 
 
 def make_forward(ops: NumpyOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
-    _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
         return any_forward_loss(ops, params, inputs, labels, state, activation)
@@ -191,7 +192,7 @@ def make_forward(ops: NumpyOps, mode: str | None = None, activation: str = "tanh
 def sync(ops: NumpyOps, out: Any) -> None:
     """NumPy returns finished arrays; CuPy queues kernels on the device's stream."""
     if ops.xp is not np:
-        ops.xp.cuda.Device(_registry.gpu_index(ops.device)).synchronize()
+        ops.xp.cuda.Device(rules.gpu_index(ops.device)).synchronize()
 
 
 def set_threads(threads: int) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core import replicas as core_replicas
 from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
@@ -39,7 +40,7 @@ COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 # first looks for its devices, whichever call that is (a thread setting, an op, a device query).
 # Looking here, under the filter, keeps them off the terminal. Listing the physical devices
 # initialises no runtime: thread counts and memory growth can still be set afterwards.
-with _registry.native_notices_dropped():
+with rules.native_notices_dropped():
     tf.config.list_physical_devices("GPU")
 
 
@@ -62,7 +63,7 @@ def compile_modes(device: str) -> tuple[str, ...]:
 
 
 def devices() -> list[str]:
-    return _registry.device_labels(_gpu_count())
+    return rules.device_labels(_gpu_count())
 
 
 def supports_float64(device: str) -> bool:
@@ -75,12 +76,12 @@ def resolve_device(device: str) -> str:
         "TensorFlow sees no GPU (a CUDA build of TensorFlow and a driver are needed: "
         "pip install 'tensorflow[and-cuda]'); use --device cpu"
     )
-    return _registry.resolve_device(device, _gpu_count, "TensorFlow", no_gpu)
+    return rules.resolve_device(device, _gpu_count, "TensorFlow", no_gpu)
 
 
 def _tf_device_name(device: str) -> str:
     """Our label -> TensorFlow's: cpu -> /CPU:0, gpu:N -> /GPU:N."""
-    return "/CPU:0" if device == "cpu" else f"/GPU:{_registry.gpu_index(device)}"
+    return "/CPU:0" if device == "cpu" else f"/GPU:{rules.gpu_index(device)}"
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -306,14 +307,14 @@ def make_value_and_grad(
     ops: TensorFlowOps, grad: str | None = None, activation: str = "tanh"
 ) -> ValueAndGrad:
     """The gradient engine named by ``--grad``: the tape (autograd) or core's BPTT."""
-    return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
+    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_train_step(
     ops: TensorFlowOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
 ) -> StepFn:
     """core's train step with tape or BPTT gradients, in one ``tf.function`` unless eager."""
-    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -343,7 +344,7 @@ def make_train_step(
 def make_forward(
     ops: TensorFlowOps, mode: str | None = None, activation: str = "tanh"
 ) -> ForwardFn:
-    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
         return any_forward_loss(ops, params, inputs, labels, state, activation)
@@ -554,7 +555,7 @@ def make_replicated_step(
     activation: str = "tanh",
 ) -> core_replicas.ReplicatedStep:
     """core's replica step under MirroredStrategy, in one ``tf.function``."""
-    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     if mode != "tf.function":
         raise BackendUnavailable("--replicas runs TensorFlow's step in a tf.function; no --eager")
     return TensorFlowReplicas(ops, replicas, grad, activation)

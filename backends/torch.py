@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rosetta_rnn import backends as _registry
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core.cells import any_forward_loss
 from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
@@ -44,7 +45,7 @@ def _gpu_count() -> int:
 
 
 def devices() -> list[str]:
-    return _registry.device_labels(_gpu_count())
+    return rules.device_labels(_gpu_count())
 
 
 def supports_float64(device: str) -> bool:
@@ -78,13 +79,11 @@ def resolve_device(device: str) -> str:
             f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: check the "
             "driver with nvidia-smi, and CUDA_VISIBLE_DEVICES; use --device cpu"
         )
-    return _registry.resolve_device(device, _gpu_count, "PyTorch", no_gpu)
+    return rules.resolve_device(device, _gpu_count, "PyTorch", no_gpu)
 
 
 def _torch_device(label: str) -> torch.device:
-    return (
-        torch.device("cpu") if label == "cpu" else torch.device("cuda", _registry.gpu_index(label))
-    )
+    return torch.device("cpu") if label == "cpu" else torch.device("cuda", rules.gpu_index(label))
 
 
 class TorchOps:
@@ -214,7 +213,7 @@ def make_value_and_grad(
     ops: TorchOps, grad: str | None = None, activation: str = "tanh"
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by autograd or core's BPTT."""
-    return _registry.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
+    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
 
 
 def make_train_step(
@@ -222,7 +221,7 @@ def make_train_step(
 ) -> StepFn:
     """core's train step, eager; ``"torch.compile"``: ``torch.compile`` (inductor);
     ``"reduce-overhead"``: the same with CUDA graphs (CUDA only)."""
-    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     value_and_grad = make_value_and_grad(ops, grad, activation)
 
     def step(
@@ -242,7 +241,7 @@ def make_train_step(
 
 
 def make_forward(ops: TorchOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
-    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
         with torch.no_grad():
@@ -288,7 +287,7 @@ def make_replicated_step(
     one), this one included while it runs a step (the caller's setting is left as it was)."""
     from rosetta_rnn.backends._torch_distributed import TorchReplicas
 
-    mode = _registry.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
+    mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     if mode != "eager":
         raise BackendUnavailable(
             f"--replicas runs torch eagerly; {mode} is not wired into the distributed step"

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rosetta_rnn.backends import gpu_index
+from rosetta_rnn.backends.rules import gpu_index
 from rosetta_rnn.conformance import native
 from rosetta_rnn.core import cells
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN

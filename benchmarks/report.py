@@ -21,8 +21,8 @@ from typing import Any
 
 from rosetta_rnn import backends
 from rosetta_rnn.core.cells import RNN
+from rosetta_rnn.core.display import format_table
 from rosetta_rnn.core.errors import UserError
-from rosetta_rnn.helpers import format_table
 
 from . import machine, roofline
 from .targets import cell_of, cells_of, main_rows

@@ -24,8 +24,8 @@ from typing import Any, TextIO
 from rosetta_rnn import backends
 from rosetta_rnn.core.cells import RNN
 from rosetta_rnn.core.data import cache_dir
+from rosetta_rnn.core.display import Progress
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
-from rosetta_rnn.progress import Progress
 
 from . import machine, report, roofline, targets, threads, timing
 from . import peers as peers_mod

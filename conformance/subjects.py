@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from rosetta_rnn import backends
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core import cells, checkpoint, convert, model, sampling
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
@@ -273,7 +274,7 @@ class TorchRNNOracle:
         self.tdevice = (
             torch.device("cpu")
             if device == "cpu"
-            else torch.device("cuda", backends.gpu_index(device))
+            else torch.device("cuda", rules.gpu_index(device))
         )
         self.second_bias = second_bias  # the mistake of loading b_h into both biases
 
@@ -365,7 +366,7 @@ class KerasRNNOracle:
         self.label = self.label_of(cell)
         self.dtype = dtype
         self.device = device  # "cpu" or a resolved "gpu:N"; after a run, where its outputs were
-        self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{backends.gpu_index(device)}"
+        self.tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{rules.gpu_index(device)}"
 
     @contextlib.contextmanager
     def _placed(self) -> Iterator[None]:

@@ -5,3 +5,4 @@ framework), ``rosetta_rnn.conformance`` (cross-backend checks), ``rosetta_rnn.be
 """
 
 __version__ = "0.1.0"
+"""The one place the version is written: pyproject.toml reads it, CHANGELOG.md names it."""

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from rosetta_rnn import backends
-from rosetta_rnn.helpers import format_table
+from rosetta_rnn.core.display import format_table
 
 
 def register(sub: Any) -> None:

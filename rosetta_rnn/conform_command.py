@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rosetta_rnn import backends
 from rosetta_rnn.conformance.problems import CELL_LABELS
-from rosetta_rnn.helpers import format_table
-from rosetta_rnn.progress import Progress
+from rosetta_rnn.core.display import Progress, format_table
 
 if TYPE_CHECKING:
     from rosetta_rnn.conformance.checks import Cell

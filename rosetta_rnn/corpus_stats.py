@@ -22,9 +22,10 @@ from typing import Any
 
 from rosetta_rnn import argtypes, plots
 from rosetta_rnn.core import data
+from rosetta_rnn.core.display import format_table
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.files import atomic_write_bytes
-from rosetta_rnn.helpers import CORPUS_HELP, format_table
+from rosetta_rnn.helpers import CORPUS_HELP
 
 HELP = "top unigrams, bigrams and trigrams of a corpus and its Zipf plot (d2l's language models)"
 ORDERS: tuple[tuple[int, str], ...] = ((1, "unigram"), (2, "bigram"), (3, "trigram"))

@@ -18,9 +18,9 @@ import numpy as np
 
 from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import data, model
+from rosetta_rnn.core.display import Progress
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingDiverged
 from rosetta_rnn.helpers import CORPUS_HELP, add_backend_args
-from rosetta_rnn.progress import Progress
 
 
 def register(sub: Any) -> None:

@@ -1,11 +1,10 @@
 """What the command modules share: the program's name, its one-line argument errors, the
-backend flags and plain-text tables. A leaf: it imports no command module."""
+backend flags. A leaf: it imports no command module."""
 
 from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from rosetta_rnn import backends
@@ -79,13 +78,4 @@ def add_backend_args(p: argparse.ArgumentParser, dtype_default: str | None) -> N
         default=dtype_default,
         help="float32 or float64"
         + ("" if dtype_default else " (default: the checkpoint's, else float32)"),
-    )
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces."""
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     )

@@ -23,8 +23,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from rosetta_rnn import argtypes, backends, plots
+from rosetta_rnn.backends import rules
 from rosetta_rnn.core import cells, checkpoint, data, model, sampling
 from rosetta_rnn.core.contract import Backend, StepFn
+from rosetta_rnn.core.display import Progress
 from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, ReplicaLost, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.core.replicas import ReplicatedStep, check_replicas
@@ -36,7 +38,6 @@ from rosetta_rnn.core.training import (
     TrainingInterrupted,
 )
 from rosetta_rnn.helpers import CORPUS_HELP, add_backend_args
-from rosetta_rnn.progress import Progress
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
@@ -809,4 +810,4 @@ def compile_mode(args: argparse.Namespace, backend: Backend, device: str) -> str
         if not compiling:
             raise UserError(f"the {backend.NAME} backend has nothing to compile; it runs eager")
         wanted = compiling[0]
-    return backends.pick_mode(backend.NAME, "compile mode", wanted, backend.COMPILE_MODES)
+    return rules.pick_mode(backend.NAME, "compile mode", wanted, backend.COMPILE_MODES)

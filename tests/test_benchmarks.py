@@ -846,7 +846,7 @@ def test_bench_help_says_what_where_how_long_and_the_quick_mode() -> None:
 
 
 class _Bar:
-    """Stands in for rosetta_rnn.progress.Progress and keeps what the run said."""
+    """Stands in for rosetta_rnn.core.display.Progress and keeps what the run said."""
 
     said: ClassVar[list[str]] = []
 

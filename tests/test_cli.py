@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rosetta_rnn import backends
+from rosetta_rnn.backends import rules
 from rosetta_rnn.cli import main
 from rosetta_rnn.core import checkpoint, data
 from rosetta_rnn.core.errors import BackendUnavailable
@@ -250,7 +251,7 @@ def test_tensorflow_start_up_notices_do_not_reach_the_terminal() -> None:
 def test_native_notices_are_dropped_and_the_rest_passed_on(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    with backends._native_notices_dropped():
+    with rules.native_notices_dropped():
         os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: (303)\n")
         os.write(2, b"a real problem\n")
     err = capfd.readouterr().err

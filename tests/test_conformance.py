@@ -16,6 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rosetta_rnn import backends
+from rosetta_rnn.backends import rules
 from rosetta_rnn.conformance import checks, runner
 from rosetta_rnn.conformance.problems import (
     CELL_LABELS,
@@ -307,7 +308,7 @@ class Pretend:
 
     def resolve_device(self, device: str) -> str:
         name = self._module.NAME
-        return backends.resolve_device(device, lambda: self._gpus, name, f"{name} sees no GPU")
+        return rules.resolve_device(device, lambda: self._gpus, name, f"{name} sees no GPU")
 
     def supports_float64(self, device: str) -> bool:
         return self._float64 or device == "cpu"

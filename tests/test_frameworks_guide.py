@@ -25,6 +25,7 @@ import pytest
 from rnn_problems import Problem, random_problem
 
 from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.backends import rules
 from rosetta_rnn.conformance.tolerances import tolerance
 from rosetta_rnn.core import cells, data, model, sampling
 from rosetta_rnn.core.errors import BackendUnavailable
@@ -562,9 +563,7 @@ def test_the_training_steps_shown_are_the_source(source: str) -> None:
 )
 def test_only_jax_and_tensorflow_compile_the_step_by_default(backend: str, default: str) -> None:
     module = pytest.importorskip(f"rosetta_rnn.backends.{backend}")
-    from rosetta_rnn import backends
-
-    assert backends.pick_mode(backend, "compile mode", None, module.COMPILE_MODES) == default
+    assert rules.pick_mode(backend, "compile mode", None, module.COMPILE_MODES) == default
     if backend == "jax":  # the default step is a jitted function
         ops = module.make_ops("float32", "cpu")
         assert hasattr(module.make_train_step(ops), "lower")

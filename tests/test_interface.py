@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rosetta_rnn import backends
+from rosetta_rnn.backends import rules
 from rosetta_rnn.conformance.interface import missing_operations
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.ops import OPERATIONS
@@ -40,7 +40,7 @@ def test_missing_operations_names_what_is_missing() -> None:
 )
 def test_device_resolution_is_shared(device: str, gpus: int, expected: str) -> None:
     try:
-        got = backends.resolve_device(device, lambda: gpus, "Framework")
+        got = rules.resolve_device(device, lambda: gpus, "Framework")
     except BackendUnavailable as e:
         assert expected in str(e) and "\n" not in str(e)
     else:
@@ -49,7 +49,7 @@ def test_device_resolution_is_shared(device: str, gpus: int, expected: str) -> N
 
 def test_device_resolution_says_how_to_get_a_gpu() -> None:
     with pytest.raises(BackendUnavailable, match="install a GPU build"):
-        backends.resolve_device("gpu", lambda: 0, "F", no_gpu="F sees no GPU; install a GPU build")
+        rules.resolve_device("gpu", lambda: 0, "F", no_gpu="F sees no GPU; install a GPU build")
 
 
 def test_numpy_has_no_autograd(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from rosetta_rnn import plots, progress, train_command
+from rosetta_rnn import plots, train_command
 from rosetta_rnn.cli import main
+from rosetta_rnn.core import display as progress
+from rosetta_rnn.core.display import Progress
 from rosetta_rnn.core.errors import UserError
-from rosetta_rnn.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--batch-size", "4", "--num-steps", "8", "--num-hiddens", "16"]

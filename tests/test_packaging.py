@@ -142,3 +142,54 @@ def test_every_command_module_registers_the_same_way() -> None:
         assert list(signature.parameters) == ["sub"], module.__name__
     helpers = _import_graph()["rosetta_rnn.helpers"]
     assert not {m.__name__ for m in cli.COMMANDS} & helpers  # the shared helpers import no command
+
+
+# Each folder may import the ones listed (besides itself); nothing below the CLI package imports
+# it, so the CLI can import any of them without a cycle.
+LAYERS = {
+    "core": set(),
+    "backends": {"core"},
+    "conformance": {"core", "backends"},
+    "benchmarks": {"core", "backends", "conformance"},
+}
+
+
+def _imported(path: Path) -> set[str]:
+    """The ``rosetta_rnn`` parts a file imports: ``core`` for ``rosetta_rnn.core.model``, and
+    the CLI package's own modules by their names (``helpers``, ``cli``)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        found |= {n.split(".")[1] for n in names if n.startswith("rosetta_rnn.")}
+    return found - {"__version__"}  # the package's own version, which imports nothing
+
+
+def test_no_folder_imports_the_cli_package_or_a_folder_above_it() -> None:
+    wrong = {
+        f"{path.relative_to(REPO)} imports rosetta_rnn.{name}"
+        for folder, allowed in LAYERS.items()
+        for path in sorted((REPO / folder).rglob("*.py"))
+        for name in _imported(path) - allowed - {folder}
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_the_version_is_written_once() -> None:
+    """pyproject.toml reads the version from ``rosetta_rnn.__version__`` (no second copy), the
+    installed metadata says the same, and CHANGELOG.md has its section."""
+    import importlib.metadata
+    import tomllib
+
+    import rosetta_rnn
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert importlib.metadata.version("rosetta-rnn") == rosetta_rnn.__version__
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    assert f"\n## {rosetta_rnn.__version__} " in changelog

@@ -1,5 +1,6 @@
-"""Progress for long commands (train, clipping, conform, bench), drawn by ``rich``: what is being
-done, how far, the time spent, the time left, and a short status such as the perplexity.
+"""What a command shows a person, used by the CLI and the benchmarks alike: plain-text tables,
+and progress for long commands (train, clipping, conform, bench), drawn by ``rich``: what is
+being done, how far, the time spent, the time left, and a short status such as the perplexity.
 
 The bar lives on stderr and only on a terminal: piped or captured output gets the plain lines
 alone, so logs and ``--json`` stay clean. Lines that must stay (``say``) go to the stream they
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -135,3 +137,12 @@ class Progress:
             self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             print(text, file=out, flush=True)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
