@@ -12,8 +12,8 @@ bptt/eager), the RNN's four peers, 3 timed repeats (``--repeats 3``), at most 30
 other processes (``--max-wait 30``) and ``--out bench-results-quick``. A flag given explicitly
 wins.
 torch.compile's inductor cache persists between runs (``runner.compile_cache``), so only the
-first quick run pays torch's cold build: on the dev machine, quiet, the first quick run took
-74 s (torch.compile 31 s) and the next 54 s (12 s from the cache).
+first quick run pays torch's cold build (on a quiet 2-core CPU, about half a minute of
+torch.compile the first time and a third of that from the cache).
 
 ``--cells`` picks the models: the chapter's RNN (d2l 8.5, H 512) with every workload and the
 sweeps, and d2l 9.1/9.2's GRU and LSTM (H 256) on the training step alone, against

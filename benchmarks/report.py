@@ -298,7 +298,8 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def main_markdown_table(doc: dict[str, Any], workload: str = "train", cell: str = RNN) -> str:
-    """The main-shape rows of one workload and cell, fastest first (the README's table)."""
+    """The main-shape rows of one workload and cell, fastest first (docs/benchmarks.md's
+    table)."""
     headers = ["name", "mode", "tokens/s", "ms/step", "spread", "compile s", "peak MB", "roofline"]
     dtypes = _dtypes(doc)
     rows = main_rows(doc, dtypes[0], workload, cell) if dtypes else []

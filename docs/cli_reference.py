@@ -1,10 +1,11 @@
-"""Write the README's CLI reference from the parser itself, so the two cannot disagree.
+"""Write the CLI reference page (docs/cli.md) from the parser itself, so the two cannot
+disagree.
 
-    python docs/cli_reference.py          # rewrite the section of README.md
-    python docs/cli_reference.py --check  # exit 1 if README.md differs (tests/test_help.py)
+    python docs/cli_reference.py          # rewrite the section of docs/cli.md
+    python docs/cli_reference.py --check  # exit 1 if docs/cli.md differs (tests/test_help.py)
 
 The section lies between the ``cli-reference`` markers: each subcommand's one-line help and its
-usage, as ``--help`` prints them at a width of 100 columns.
+usage, then each subcommand's whole ``--help``, as it prints them at a width of 100 columns.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent / "cli.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 WIDTH = 100
 
@@ -28,6 +29,7 @@ def section() -> str:
         parser = build_parser()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         usages = {name: p.format_usage() for name, p in sub.choices.items()}
+        helps_in_full = {name: p.format_help() for name, p in sub.choices.items()}
     finally:
         if columns is None:
             del os.environ["COLUMNS"]
@@ -41,6 +43,8 @@ def section() -> str:
         first, *rest = usage.removeprefix("usage: ").rstrip().splitlines()
         lines += [first] + [line.removeprefix(" " * len("usage: ")) for line in rest]
     block = "\n".join(table) + "\n\n```\n" + "\n".join(lines) + "\n```"
+    for name, text in helps_in_full.items():
+        block += f"\n\n## `rosetta-rnn {name}`\n\n```text\n{text.rstrip()}\n```"
     return f"{START}\n{block}\n{END}"
 
 
@@ -48,22 +52,22 @@ def rewritten(text: str) -> str:
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
     if not rest:
-        raise SystemExit(f"{README}: no {START} marker")
+        raise SystemExit(f"{PAGE}: no {START} marker")
     return head + section() + tail
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="the README's CLI reference, from --help")
+    p = argparse.ArgumentParser(description="the CLI reference page, from --help")
     p.add_argument("--check", action="store_true", help="compare instead of writing")
     args = p.parse_args()
-    text = README.read_text()
+    text = PAGE.read_text()
     new = rewritten(text)
     if args.check:
         if new != text:
-            print("README.md's CLI reference differs from --help: python docs/cli_reference.py")
+            print("docs/cli.md differs from --help: python docs/cli_reference.py")
             return 1
         return 0
-    README.write_text(new)
+    PAGE.write_text(new)
     return 0
 
 

@@ -1,5 +1,5 @@
 """Run d2l 9.1 (GRU) and 9.2 (LSTM) on every backend and write docs/gated.json and
-docs/gated-table.md (copied into docs/experiments.md and the README).
+docs/gated-table.md (copied into docs/experiments.md and docs/chapter.md).
 
     python docs/run_gated.py [--backends numpy torch jax tensorflow] [--corpus FILE]
 

@@ -539,8 +539,12 @@ def _guide_section(number: int) -> str:
 
 
 def _shown_code(section: str) -> list[tuple[str, str]]:
-    """(source file, code) for each ```python block, named by the `path` on the line above."""
-    return re.findall(r"^`([\w/]+\.py)`[^\n]*\n\n?```python\n(.*?)^```", section, re.M | re.S)
+    """(source file, code) for each ```python block, named by the `path` on the line above; a
+    block inside a framework's tab (``=== "JAX"``) is indented by the tab's four spaces."""
+    found = re.findall(
+        r"^( *)`([\w/]+\.py)`[^\n]*\n\n?\1```python\n(.*?)^\1```", section, re.M | re.S
+    )
+    return [(path, textwrap.dedent(code)) for _, path, code in found]
 
 
 @pytest.mark.parametrize("source", STEP_SOURCES)
@@ -1583,7 +1587,7 @@ def test_every_test_the_guide_names_exists() -> None:
 
 
 def test_gpu_figures_are_the_committed_h100_run() -> None:
-    """Point 12, the TF32 figures of point 5 and the README's GPU summary quote
+    """Point 12, the TF32 figures of point 5 and the benchmarks page's GPU summary quote
     benchmarks/results/h100/: each quoted figure is recomputed from those files here."""
     root = GUIDE.parent.parent
     results = root / "benchmarks" / "results" / "h100"
@@ -1592,7 +1596,7 @@ def test_gpu_figures_are_the_committed_h100_run() -> None:
     chapter = json.loads((results / "chapter.json").read_text())
     conform = json.loads((results / "conform.json").read_text())
     guide = GUIDE.read_text(encoding="utf-8")
-    readme = (root / "README.md").read_text(encoding="utf-8")
+    page = (root / "docs" / "benchmarks.md").read_text(encoding="utf-8")
 
     def train_ms(name: str) -> float:
         (row,) = [
@@ -1610,8 +1614,8 @@ def test_gpu_figures_are_the_committed_h100_run() -> None:
         " ".join(guide.split())
     )
     ratios = {t["target"]: t["value"] for t in bench["targets"]}
-    assert f"{ratios['torch ≥ 1.00× torch.nn.RNN']:.2f}× cuDNN" in readme  # 4.30×
-    assert f"{ratios['jax ≥ 1.00× jax.lax.scan']:.2f}× its `lax.scan` peer" in readme  # 1.22×
+    assert f"{ratios['torch ≥ 1.00× torch.nn.RNN']:.2f}× cuDNN" in page  # 4.30×
+    assert f"{ratios['jax ≥ 1.00× jax.lax.scan']:.2f}× its `lax.scan` peer" in page  # 1.22×
 
     tf32 = probes["tf32"]
     for key, text in (
@@ -1633,17 +1637,17 @@ def test_gpu_figures_are_the_committed_h100_run() -> None:
         assert runs["loss equal"] and all(runs["grads equal"].values())
 
     assert conform["passed"] and not conform["skipped"] and len(conform["cells"]) == 121
-    assert "121 cells" in readme
+    assert "121 cells" in page
     perplexities = [f"{chapter[k]['perplexity']:.3f}" for k in ("torch", "jax", "numpy")]
-    assert f"perplexity {' / '.join(perplexities)}" in " ".join(readme.split())
+    assert f"perplexity {' / '.join(perplexities)}" in " ".join(page.split())
 
 
 def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
-    """The README's GRU/LSTM GPU summary quotes benchmarks/results/h100/gated/: each figure is
-    recomputed from those files here."""
+    """The benchmarks page's GRU/LSTM GPU summary quotes benchmarks/results/h100/gated/: each
+    figure is recomputed from those files here."""
     root = GUIDE.parent.parent
     gated = root / "benchmarks" / "results" / "h100" / "gated"
-    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    page = " ".join((root / "docs" / "benchmarks.md").read_text(encoding="utf-8").split())
 
     cells = []
     for cell in ("gru-reset-before", "gru-reset-after", "lstm"):
@@ -1651,7 +1655,7 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
         assert conform["passed"] and not conform["skipped"], cell
         assert {c["cell"] for c in conform["cells"]} == {cell, None}
         cells += conform["cells"]
-    assert f"{len(cells)} cells, all passing" in readme  # 571
+    assert f"{len(cells)} cells, all passing" in page  # 571
     on_gpu = [c for c in cells if c["device"] == "gpu:0" and c["max_error"] is not None]
 
     def worst(dtype: str, oracle: bool) -> float:
@@ -1661,8 +1665,8 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
             if c["dtype"] == dtype and c["backend"].startswith("oracle:") == oracle
         )
 
-    assert f"float64 ≤ {worst('float64', False):.1e}".replace("e-0", "e-") in readme
-    assert f"float32 ≤ {worst('float32', False):.1e}".replace("e-0", "e-") in readme
+    assert f"float64 ≤ {worst('float64', False):.1e}".replace("e-0", "e-") in page
+    assert f"float32 ≤ {worst('float32', False):.1e}".replace("e-0", "e-") in page
     oracles = [
         max(
             c["max_error"]
@@ -1672,7 +1676,7 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
         for layer in ("GRU", "LSTM")
     ]
     for layer, err in zip(("GRU", "LSTM"), oracles, strict=True):
-        assert f"`nn.{layer}` {err:.1e}".replace("e-0", "e-") in readme
+        assert f"`nn.{layer}` {err:.1e}".replace("e-0", "e-") in page
 
     runs = [json.loads(line) for line in (gated / "chapter.jsonl").read_text().splitlines()]
     assert all(r["rc"] == 0 and r["device"] == "gpu:0" and r["epochs"] == 500 for r in runs)
@@ -1681,11 +1685,11 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
         ppl = sorted(r["perplexity"] for r in runs if r["key"].split("/")[0] == cell)
         return f"{ppl[0]:.3f}–{ppl[-1]:.3f}"
 
-    assert f"GRU {span('gru')}, LSTM {span('lstm')}" in readme
+    assert f"GRU {span('gru')}, LSTM {span('lstm')}" in page
 
     lstm = json.loads((gated / "results.json").read_text())
     (target,) = [t for t in lstm["targets"] if t["target"] == "torch ≥ 1.00× torch.nn.LSTM"]
-    assert f"**{target['value']:.2f}× cuDNN `nn.LSTM`**" in readme  # 1.74×
+    assert f"**{target['value']:.2f}× cuDNN `nn.LSTM`**" in page  # 1.74×
     log = (gated / "bench-gru-log.txt").read_text()
 
     def logged(name: str) -> float:
@@ -1693,9 +1697,9 @@ def test_gated_gpu_figures_are_the_committed_h100_run() -> None:
         return float(m.replace(",", ""))
 
     ratio = logged("torch bptt/reduce-overhead") / logged("torch.nn.GRU")
-    assert f"**{ratio:.2f}× cuDNN `nn.GRU`**" in readme  # 2.25×
+    assert f"**{ratio:.2f}× cuDNN `nn.GRU`**" in page  # 2.25×
     jax_lstm = next(r for r in lstm["rows"] if r["name"] == "jax bptt/jit")["tokens_per_sec"]
-    assert f"{logged('jax bptt/jit') / 1e3:.0f}k and {jax_lstm / 1e3:.0f}k tokens/s" in readme
+    assert f"{logged('jax bptt/jit') / 1e3:.0f}k and {jax_lstm / 1e3:.0f}k tokens/s" in page
 
     guide = " ".join(GUIDE.read_text(encoding="utf-8").split())  # point 12
     assert f"{ratio:.2f}× `nn.GRU` and {target['value']:.2f}× `nn.LSTM`" in guide

@@ -1,5 +1,5 @@
 """``--help`` is the CLI's reference: every subcommand describes itself, every option says what
-it does and its default, and the README's CLI section is the help's own text."""
+it does and its default, and the CLI reference page is the help's own text."""
 
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ def test_each_value_option_says_its_default(name: str) -> None:
     assert silent == [], f"{name}: options that hide their default: {silent}"
 
 
-def test_the_readme_cli_reference_is_the_help() -> None:
-    """README.md's CLI section is written by docs/cli_reference.py from the parser."""
+def test_the_cli_reference_page_is_the_help() -> None:
+    """docs/cli.md's reference is written by docs/cli_reference.py from the parser."""
     spec = importlib.util.spec_from_file_location("cli_reference", REPO / "docs/cli_reference.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "cli.md").read_text()
     assert module.START in text and module.END in text
     assert module.rewritten(text) == text, "out of date: run python docs/cli_reference.py"
     for name in SUBCOMMANDS:

@@ -34,14 +34,14 @@ def test_the_time_machine_is_not_tracked() -> None:
     assert not re.search(r"time_?machine[^/]*\.txt", tracked, re.I)
 
 
-def test_the_readme_cli_reference_names_every_flag() -> None:
-    """Each subcommand's every option appears on its lines of the README's CLI reference."""
+def test_the_cli_reference_names_every_flag() -> None:
+    """Each subcommand's every option appears on its usage lines of the CLI reference page."""
     import argparse
 
     from rosetta_rnn.cli import build_parser
 
-    text = (REPO / "README.md").read_text()
-    reference = text.split("## CLI reference", 1)[1].split("```")[1]
+    text = (REPO / "docs" / "cli.md").read_text()
+    reference = text.split("<!-- cli-reference:start -->", 1)[1].split("```")[1]
     blocks: dict[str, str] = {}
     command = ""
     for line in reference.splitlines():
@@ -184,12 +184,26 @@ def test_the_version_is_written_once() -> None:
     """pyproject.toml reads the version from ``rosetta_rnn.__version__`` (no second copy), the
     installed metadata says the same, and CHANGELOG.md has its section."""
     import importlib.metadata
-    import tomllib
 
     import rosetta_rnn
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert "version" not in project and "version" in project["dynamic"]
+    project = (REPO / "pyproject.toml").read_text().split("\n[", 2)[1]  # the [project] table
+    assert project.startswith("project]")
+    assert not re.search(r"^version\s*=", project, re.M)
+    assert re.search(r'^dynamic = \["version"\]', project, re.M)
     assert importlib.metadata.version("rosetta-rnn") == rosetta_rnn.__version__
     changelog = (REPO / "CHANGELOG.md").read_text()
     assert f"\n## {rosetta_rnn.__version__} " in changelog
+
+
+def test_contributing_names_files_that_exist() -> None:
+    """Every file CONTRIBUTING.md names (``backends/<name>.py`` stands for a new one) is there,
+    and its list of what a new backend touches names the registry, the rules and pyproject."""
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    named = set(re.findall(r"`((?:[\w.-]+/)+[\w.<>-]+\.(?:py|toml|md|txt|yml|yaml))`", text))
+    assert len(named) >= 15
+    missing = [p for p in named if "<name>" not in p and not (REPO / p).exists()]
+    assert not missing, missing
+    touched = text.split("## Adding a backend: the files it touches", 1)[1]
+    for path in ("backends/__init__.py", "backends/rules.py", "pyproject.toml"):
+        assert f"`{path}`" in touched, path

@@ -428,19 +428,19 @@ def test_bench_replicas_rows_time_each_engine_beside_one_device(tmp_path: Path) 
     assert f"| {names[0]} {default[names[0]]} ×2 | 2 |" in md
 
 
-def test_the_readme_quotes_the_committed_replica_figures() -> None:
-    """The README's data-parallel figures are recomputed from
+def test_the_docs_quote_the_committed_replica_figures() -> None:
+    """The data-parallel page's figures are recomputed from
     benchmarks/results/cpu-2core/replicas/: the 20-epoch differences and the bench ratios."""
     root = Path(__file__).resolve().parent.parent
     folder = root / "benchmarks" / "results" / "cpu-2core" / "replicas"
-    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    page = " ".join((root / "docs" / "replicas.md").read_text(encoding="utf-8").split())
     chapter = json.loads((folder / "chapter20.json").read_text())
     for name, run in chapter["runs"].items():
         got, ref = run["perplexities"], chapter["numpy_perplexities"]
         worst = max(abs(a - b) / b for a, b in zip(got, ref, strict=True))
         assert worst == run["max_relative_difference"] <= FLOAT64_EPOCHS
         label = {"torch": "torch", "jax": "JAX", "tensorflow": "TensorFlow"}[name]
-        assert f"{worst:.1e} ({label})" in readme
+        assert f"{worst:.1e} ({label})" in page
     for path in (folder / "results.json", folder / "runs" / "2" / "results.json"):
         rows = [r for r in json.loads(path.read_text())["rows"] if r["sweep"] == "replicas"]
         ratios = []
@@ -453,24 +453,24 @@ def test_the_readme_quotes_the_committed_replica_figures() -> None:
             ratios.append(f"{two['tokens_per_sec'] / one['tokens_per_sec']:.2f}×")
             if path.parent == folder and name == "torch":
                 assert f"{two['collective_ms']:.2f} ms of a {two['ms_per_step']:.2f} ms step" in (
-                    readme
+                    page
                 )
         if path.parent == folder:
             assert (
-                f"torch {ratios[0]}" in readme
-                and f"JAX {ratios[1]} and TensorFlow {ratios[2]}" in readme
+                f"torch {ratios[0]}" in page
+                and f"JAX {ratios[1]} and TensorFlow {ratios[2]}" in page
             )
         else:
-            assert f"gave {ratios[0]}, {ratios[1]} and {ratios[2]}" in readme
+            assert f"gave {ratios[0]}, {ratios[1]} and {ratios[2]}" in page
 
 
-def test_the_readme_quotes_the_committed_replica_matrix_and_the_twins() -> None:
-    """The README's data-parallel conformance figures: the committed ``conform --checks
+def test_the_docs_quote_the_committed_replica_matrix_and_the_twins() -> None:
+    """The data-parallel page's conformance figures: the committed ``conform --checks
     train/replicas grads/replicas --json`` (every cell passing, its worst errors), and each
     twin's gradient error on the RNN, recomputed here."""
     torch_backend = pytest.importorskip("rosetta_rnn.backends.torch")
     root = Path(__file__).resolve().parent.parent
-    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    page = " ".join((root / "docs" / "replicas.md").read_text(encoding="utf-8").split())
     folder = root / "benchmarks" / "results" / "cpu-2core" / "replicas"
     report = json.loads((folder / "conform.json").read_text())
     assert report["passed"] and len(report["cells"]) == 24
@@ -482,12 +482,12 @@ def test_the_readme_quotes_the_committed_replica_matrix_and_the_twins() -> None:
     }
     assert (
         f"24 cells, all passing; parameter trajectories within {worst['train/replicas']:.1e}"
-        in (readme)
+        in (page)
     )
-    assert f"each step's gradient within {worst['grads/replicas']:.1e}" in readme
+    assert f"each step's gradient within {worst['grads/replicas']:.1e}" in page
     problems = for_cell(DEFAULT_PROBLEMS, cells.RNN)
     quoted = []
     for twin, _ in TWINS:
         cell = checks.run_check("grads/replicas", twin(torch_backend, "float64"), problems)
         quoted.append(f"({cell.max_error:.2f})")
-    assert all(q in readme for q in quoted), quoted
+    assert all(q in page for q in quoted), quoted
