@@ -53,16 +53,7 @@ def init_arrays(
     """d2l-style initial parameters under core's names: weights normal·0.01, biases zero (the
     gated cells: ``core.cells.init_params``, d2l's forget bias 0)."""
     rng = np.random.default_rng(seed)
-    V, H = vocab_size, num_hiddens
-    if cell != RNN:
-        return cells.init_params(cell, V, H, rng, dtype)
-    return {
-        "W_xh": (rng.standard_normal((V, H)) * 0.01).astype(dtype),
-        "W_hh": (rng.standard_normal((H, H)) * 0.01).astype(dtype),
-        "b_h": np.zeros(H, dtype=dtype),
-        "W_hq": (rng.standard_normal((H, V)) * 0.01).astype(dtype),
-        "b_q": np.zeros(V, dtype=dtype),
-    }
+    return cells.init_params(cell, vocab_size, num_hiddens, rng, dtype)
 
 
 class Peer:

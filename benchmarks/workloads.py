@@ -123,8 +123,6 @@ def _params(ops: Any, shape: Shape, seed: int, cell: str = RNN) -> model.Params:
     """d2l's initial parameters of ``cell`` (core's draw from ``seed``) on the backend."""
     rng = np.random.default_rng(seed)
     V, H = shape.vocab_size, shape.num_hiddens
-    if cell == RNN:
-        return model.to_backend(ops, model.init_params(V, H, rng, ops.dtype))
     return model.to_backend(ops, cells.init_params(cell, V, H, rng, ops.dtype))
 
 

@@ -892,6 +892,105 @@ def train_epoch(
     return params, math.exp(metric[0] / metric[1]), history
 
 
+def epoch_draws(rng: np.random.Generator, sampling: str, num_steps: int, length: int) -> dict:
+    """One epoch's random draws as d2l makes them, from ``rng``: an offset in [0, num_steps] for
+    sequential partitioning; an offset in [0, num_steps - 1] and a shuffle of the subsequences
+    for random sampling (``train_epoch``'s ``offset`` and ``order``)."""
+    if sampling == "sequential":
+        return {"offset": int(rng.integers(0, num_steps + 1))}
+    offset = int(rng.integers(0, num_steps))
+    return {"offset": offset, "order": rng.permutation((length - offset - 1) // num_steps).tolist()}
+
+
+def text_perplexity(
+    params: dict[str, np.ndarray], ids: Sequence[int], cell: str = "rnn", activation: str = "tanh"
+) -> float:
+    """exp of the mean cross-entropy of predicting every next token of ``ids`` in one pass
+    from a zero state (a held-out text's perplexity)."""
+    tokens = np.asarray(ids)
+    zeros = init_state(cell, 1, int(params["W_hq"].shape[0]))
+    logits, _ = forward(tokens[:-1].reshape(-1, 1), zeros, params, cell, activation)
+    log_probs = _log_softmax(logits)
+    return math.exp(-float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].mean()))
+
+
+def plain_run(
+    path: Any,
+    epochs: int,
+    *,
+    token: str = "char",
+    max_tokens: int = 10000,
+    train_fraction: float | None = None,
+    seed: int = 0,
+    cell: str = "rnn",
+    forget_bias: float = 0.0,
+    embed_dim: int | None = None,
+    num_hiddens: int = 512,
+    batch_size: int = 32,
+    num_steps: int = 35,
+    lr: float = 1.0,
+    theta: float = 1.0,
+    sampling: str = "sequential",
+    reset_state: bool = False,
+    detach: bool = True,
+    last_step: bool = False,
+    activation: str = "tanh",
+) -> dict[str, Any]:
+    """A whole training run as the book's code makes it, from the text file ``path``: its
+    corpus (the first ``max_tokens`` tokens, all when <= 0; the last ``1 - train_fraction``
+    held out), the parameters drawn from a generator seeded ``seed`` and then every epoch's
+    draws from the same generator, ``epochs`` epochs of ``train_epoch``.
+
+    Returns the vocabulary, the initial parameters, each epoch's minibatches (time-major
+    inputs and labels), perplexity, parameters and held-out perplexity (None without a held-out
+    part), and the generator, which a continued run goes on drawing from."""
+    corpus, vocab = load_corpus_time_machine(path, token, max_tokens)
+    train, heldout = corpus, None
+    if train_fraction:
+        cut = int(len(corpus) * train_fraction)
+        train, heldout = corpus[:cut], corpus[cut:]
+    rng = np.random.default_rng(seed)
+    params = get_cell_params(
+        cell, len(vocab), num_hiddens, rng, forget_bias=forget_bias, embed_dim=embed_dim
+    )
+    run: dict[str, Any] = {"vocab": vocab.idx_to_token, "init": params, "epochs": []}
+    for _ in range(epochs):
+        draws = epoch_draws(rng, sampling, num_steps, len(train))
+        if sampling == "sequential":
+            batches = seq_data_iter_sequential(train, batch_size, num_steps, draws["offset"])
+        else:
+            batches = seq_data_iter_random(
+                train, batch_size, num_steps, draws["offset"], draws["order"]
+            )
+        params, perplexity, _ = train_epoch(
+            params,
+            train,
+            batch_size,
+            num_steps,
+            lr,
+            theta,
+            sampling=sampling,
+            reset_state=reset_state,
+            detach=detach,
+            last_step=last_step,
+            activation=activation,
+            cell=cell,
+            **draws,
+        )
+        run["epochs"].append(
+            {
+                "minibatches": [(X.T, (Y.T[-1:] if last_step else Y.T)) for X, Y in batches],
+                "perplexity": perplexity,
+                "params": params,
+                "heldout": None
+                if heldout is None
+                else text_perplexity(params, heldout, cell, activation),
+            }
+        )
+    run["rng"] = rng
+    return run
+
+
 # ---------------------------------------------------------------------------------------------
 # Prediction
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingInterrupted
 
 from . import reference as ref
+from . import run_checks
 from .checks import Cell, max_error
 from .tolerances import tolerance
 
@@ -247,11 +248,7 @@ def _config(overrides: dict[str, Any]) -> TrainConfig:
 
 def _reference_draws(rng: np.random.Generator, cfg: TrainConfig, length: int) -> dict[str, Any]:
     """d2l's draws for one epoch, from a generator seeded like core's."""
-    T = cfg.num_steps
-    if cfg.sampling == "sequential":
-        return {"offset": int(rng.integers(0, T + 1))}
-    offset = int(rng.integers(0, T))
-    return {"offset": offset, "order": rng.permutation((length - offset - 1) // T).tolist()}
+    return ref.epoch_draws(rng, cfg.sampling, cfg.num_steps, length)
 
 
 def _start_params(cell: str, cfg: TrainConfig) -> Arrays:
@@ -563,7 +560,8 @@ def tasks(
     """Every ``reference/*`` check as (its task's name, the check not yet run), in order, so a
     caller can count and show them. ``corpus_path``: The Time Machine (else core's lookup).
 
-    The data checks (vocabularies, iterators) involve no cell and always run; the model checks
+    The data checks (vocabularies, iterators) and the whole runs built as ``train`` builds them
+    (``run_checks``, each option's cell in its name) always run; the model checks
     run for each of ``cells`` (``conform``'s names or core's: ``gru-reset-after`` or
     ``gru/reset-after``), their tasks named like the runner's, ``reference/init [lstm]``."""
     labels = [c.replace("/", "-") for c in cells]
@@ -575,6 +573,7 @@ def tasks(
         ("reference/vocab-char", lambda: check_vocab(corpus_path, "char")),
         ("reference/vocab-word", lambda: check_vocab(corpus_path, "word")),
         ("reference/iterators", check_iterators),
+        *run_checks.tasks(),
     ]
     for cell in dict.fromkeys(labels):
         found += [(f"reference/{name} [{cell}]", run) for name, run in model_checks(cell)]

@@ -127,10 +127,13 @@ def init_params(
     embedding's E is drawn last, as core.model draws the RNN's.
 
     Drawn in float64 and then cast, as core.model.init_params: float32 is the rounding of the
-    float64 draw.
+    float64 draw. The one initialisation of every model: ``RNN`` is the chapter's, drawn by
+    core.model.init_params.
     """
     if forget_bias != 0.0 and cell != LSTM:
         raise UserError(f"forget_bias is the LSTM's forget-gate bias; cell {cell!r} has none")
+    if cell == RNN:
+        return model.init_params(vocab_size, num_hiddens, rng, dtype, sigma, embed_dim)
     params: dict[str, np.ndarray] = {}
     for name, shape in param_shapes(cell, vocab_size, num_hiddens, embed_dim).items():
         if name.startswith("b"):

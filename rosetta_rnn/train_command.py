@@ -9,31 +9,28 @@ without overwriting the last good checkpoint.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-import numpy as np
-
 from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.backends import rules
-from rosetta_rnn.core import cells, checkpoint, data, model, sampling
-from rosetta_rnn.core.contract import Backend, StepFn
+from rosetta_rnn.core import checkpoint, data, model, sampling
+from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core.contract import Backend
 from rosetta_rnn.core.display import Progress
-from rosetta_rnn.core.errors import BackendUnavailable, CheckpointError, ReplicaLost, UserError
+from rosetta_rnn.core.errors import BackendUnavailable, ReplicaLost, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.core.replicas import ReplicatedStep, check_replicas
 from rosetta_rnn.core.training import (
     EpochResult,
     TrainConfig,
-    Trainer,
     TrainingDiverged,
     TrainingInterrupted,
 )
@@ -41,74 +38,6 @@ from rosetta_rnn.helpers import CORPUS_HELP, add_backend_args
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a training run was asked for except its length: the trainer's hyperparameters
-    (``TrainConfig`` less ``epochs``) and the data, dtype and seed. The defaults are the
-    chapter's. A checkpoint keeps it whole under ``run``; with ``--resume`` it comes back whole,
-    and an explicit flag that disagrees with it is an error."""
-
-    batch_size: int = 32
-    num_steps: int = 35
-    num_hiddens: int = 512
-    lr: float = 1.0
-    clip: float = 1.0  # math.inf: --no-clip
-    sampling: str = "sequential"
-    activation: str = "tanh"
-    embed_dim: int | None = None  # None: one-hot inputs; N: a learned embedding
-    loss: str = "all-steps"
-    detach: bool = True
-    reset_state: bool = False
-    token: str = "char"
-    max_tokens: int = 10000
-    train_fraction: float | None = None
-    dtype: str = "float32"
-    seed: int = 0
-    cell: str = "rnn"  # rnn (the chapter), gru (d2l 9.1) or lstm (d2l 9.2)
-    gru: str | None = None  # the GRU's formulation: reset-before (d2l) or reset-after
-    forget_bias: float = 0.0  # the LSTM's initial b_f: 0 (d2l) or 1 (Keras' unit_forget_bias)
-
-    @property
-    def model_cell(self) -> str:
-        """The cell as core names it: ``rnn``, ``gru/reset-before`` ..., ``lstm``."""
-        return f"gru/{self.gru or GRU_FORMS[0]}" if self.cell == "gru" else self.cell
-
-    def train_config(self, epochs: int) -> TrainConfig:
-        trainer_fields = {f.name for f in fields(TrainConfig)} - {"epochs"}
-        return TrainConfig(epochs=epochs, **{k: getattr(self, k) for k in trainer_fields})
-
-    def to_meta(self) -> dict[str, Any]:
-        """JSON-safe: --no-clip's infinite θ is saved as None."""
-        d = asdict(self)
-        d["clip"] = None if math.isinf(self.clip) else self.clip
-        return d
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], source: str) -> RunConfig:
-        """The run a checkpoint was trained with; checkpoints written before ``run`` existed
-        keep the trainer's part under ``config`` and the rest at the top level."""
-        try:
-            if "run" in meta:
-                saved = dict(meta["run"])
-            else:
-                names = {f.name for f in fields(cls)}
-                saved = {k: v for k, v in meta["config"].items() if k in names}
-                saved.setdefault("reset_state", False)  # older checkpoints lack it
-                for k in ("token", "max_tokens", "dtype", "seed", "train_fraction"):
-                    saved[k] = meta[k]
-            saved["clip"] = math.inf if saved["clip"] is None else saved["clip"]
-            return cls(**saved)
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
-
-
-EPOCHS = 500
-LEARNED_EMBED_DIM = 32  # --embedding learned without --embed-dim
-CELL_KINDS = ("rnn", "gru", "lstm")
-GATED_NUM_HIDDENS = 256  # d2l 9.1 and 9.2 train their GRU and LSTM with 256 hidden units
-GRU_FORMS = ("reset-before", "reset-after")
 
 
 def _real(text: str) -> float:
@@ -128,7 +57,7 @@ def _say(out: TextIO, *parts: Any) -> None:
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings given on the command line (None: not given)."""
-    given = {f.name: getattr(args, f.name, None) for f in fields(RunConfig)}
+    given = {f.name: getattr(args, f.name, None) for f in fields(run_spec.RunSpec)}
     if args.no_clip:
         given["clip"] = math.inf
     given["detach"] = False if args.no_detach else None
@@ -143,80 +72,11 @@ def _embedding(args: argparse.Namespace) -> str | None:
     return args.embedding or ("learned" if args.embed_dim is not None else None)
 
 
-SWITCHES = {("clip", math.inf): "--no-clip", ("detach", False): "--no-detach"}
-"""Settings that come from a switch rather than from a flag with a value."""
-
-
-def _as_given(key: str, value: Any) -> str:
-    """How ``key = value`` was written on the command line: ``--lr 0.5``, ``--no-clip``."""
-    if (key, value) in SWITCHES:
-        return SWITCHES[key, value]
-    if value is True:
-        return f"--{key.replace('_', '-')}"
-    return f"--{key.replace('_', '-')} {value}"
-
-
-def _check_cell(cell: str, given: dict[str, Any]) -> None:
-    """The flags that belong to one cell, refused with another (one line each)."""
-    if "gru" in given and cell != "gru":
-        raise UserError(f"--gru {given['gru']} is the GRU's formulation; it needs --cell gru")
-    if "forget_bias" in given and cell != "lstm":
-        raise UserError("--forget-bias is the LSTM's forget-gate bias; it needs --cell lstm")
-    if cell != "rnn" and given.get("activation", "tanh") != "tanh":
-        raise UserError(f"--activation is the RNN's; the {cell} cell uses σ and tanh")
-
-
-def _run_config(args: argparse.Namespace, meta: dict[str, Any] | None) -> RunConfig:
+def _spec(args: argparse.Namespace, meta: dict[str, Any] | None) -> run_spec.RunSpec:
+    """The run's specification from the flags given, or the checkpoint's with ``--resume``."""
     given = {k: v for k, v in _given(args).items() if v is not None}
-    embedding = _embedding(args)
-    if meta is None:
-        _check_cell(given.get("cell", "rnn"), given)
-        if embedding == "learned":
-            given.setdefault("embed_dim", LEARNED_EMBED_DIM)
-        if given.get("cell") == "gru":
-            given.setdefault("gru", GRU_FORMS[0])
-        if given.get("cell", "rnn") != "rnn":
-            given.setdefault("num_hiddens", GATED_NUM_HIDDENS)
-        return RunConfig(**given)
-    saved = RunConfig.from_meta(meta, args.resume)
-    if given.get("cell", saved.cell) != saved.cell:
-        raise UserError(
-            f"--resume {args.resume}: --cell {given['cell']} differs from the checkpoint's cell "
-            f"{saved.cell}; drop it to continue, or start a new run"
-        )
-    _check_cell(saved.cell, given)
-    saved_embedding = "onehot" if saved.embed_dim is None else "learned"
-    if embedding is not None and embedding != saved_embedding:
-        raise UserError(
-            f"--resume {args.resume}: --embedding {embedding} differs from the checkpoint's "
-            f"embedding {saved_embedding}; drop it to continue, or start a new run"
-        )
-    for key, value in given.items():
-        if value != getattr(saved, key):
-            raise UserError(
-                f"--resume {args.resume}: {_as_given(key, value)} differs from the checkpoint's "
-                f"{key} {getattr(saved, key)}; drop it to continue, or start a new run"
-            )
-    return saved
-
-
-def _validate_corpus(corpus: data.Corpus, cfg: TrainConfig, source: str) -> None:
-    n = len(corpus.ids)
-    if n == 0:
-        raise UserError(f"corpus {source} has no letters after preprocessing")
-    if n < cfg.num_steps + 1:
-        raise UserError(
-            f"corpus {source} has {n} tokens, fewer than --num-steps + 1 = {cfg.num_steps + 1}"
-        )
-    if data.num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling) == 0:
-        raise UserError(
-            f"corpus {source} ({n} tokens) is too short for --batch-size {cfg.batch_size} × "
-            f"--num-steps {cfg.num_steps}; lower them or raise --max-tokens"
-        )
-
-
-def _corpus_fingerprint(corpus: data.Corpus) -> str:
-    return hashlib.sha1(corpus.ids.astype("<i8").tobytes()).hexdigest()
+    saved = run_spec.RunSpec.from_meta(meta, args.resume) if meta is not None else None
+    return run_spec.resolve(given, _embedding(args), saved, args.resume or "")
 
 
 def _largest_grad_norm(history: list[dict[str, Any]]) -> tuple[float, int, int] | None:
@@ -274,7 +134,7 @@ def register(sub: Any) -> None:
     )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
     # The run's settings default to None so that --resume can tell what was given explicitly;
-    # RunConfig holds the chapter's values.
+    # core.run's RunSpec holds the chapter's values.
     t.add_argument(
         "--seed",
         metavar="N",
@@ -330,12 +190,12 @@ def register(sub: Any) -> None:
     )
     t.add_argument(
         "--cell",
-        choices=CELL_KINDS,
+        choices=run_spec.CELL_KINDS,
         help="the recurrent cell: the chapter's RNN, d2l 9.1's GRU or 9.2's LSTM (default: rnn)",
     )
     t.add_argument(
         "--gru",
-        choices=GRU_FORMS,
+        choices=run_spec.GRU_FORMS,
         help="with --cell gru: the reset gate before the recurrent matmul (d2l, Keras "
         "reset_after=False) or after it (torch.nn.GRU, cuDNN) (default: reset-before)",
     )
@@ -360,7 +220,7 @@ def register(sub: Any) -> None:
         "--embed-dim",
         metavar="D",
         type=argtypes.positive_int,
-        help=f"size of a learned embedding (default: {LEARNED_EMBED_DIM})",
+        help=f"size of a learned embedding (default: {run_spec.LEARNED_EMBED_DIM})",
     )
     t.add_argument(
         "--loss",
@@ -445,92 +305,24 @@ def register(sub: Any) -> None:
     t.set_defaults(func=cmd_train)
 
 
-@dataclass
-class _Data:
-    """The text a run trains on: where it came from, its ids, and the held-out end."""
-
-    source: str
-    corpus: data.Corpus
-    fingerprint: str
-    train_ids: np.ndarray
-    heldout_ids: np.ndarray | None
-
-
-def _load_data(
-    args: argparse.Namespace, run: RunConfig, cfg: TrainConfig, meta: dict[str, Any] | None
-) -> _Data:
+def _load_text(
+    args: argparse.Namespace, spec: run_spec.RunSpec, meta: dict[str, Any] | None
+) -> run_spec.Text:
+    """--corpus, or the text a resumed checkpoint was trained on where it still is, or The Time
+    Machine."""
     corpus_arg = args.corpus
     if corpus_arg is None and meta and meta.get("corpus_path"):
         if Path(meta["corpus_path"]).is_file():  # the text it was trained on
             corpus_arg = meta["corpus_path"]
-    source = data.locate_time_machine(corpus_arg)
-    corpus = data.load_corpus(source, run.token, run.max_tokens)
-    train_ids, heldout_ids = corpus.ids, None
-    if run.train_fraction:  # hold out the end of the corpus
-        cut = int(len(corpus.ids) * run.train_fraction)
-        train_ids, heldout_ids = corpus.ids[:cut], corpus.ids[cut:]
-        if len(heldout_ids) < 2:
-            raise UserError("--train-fraction leaves fewer than 2 tokens to hold out")
-    _validate_corpus(data.Corpus(train_ids, corpus.vocab, corpus.token), cfg, str(source))
-    return _Data(str(source), corpus, _corpus_fingerprint(corpus), train_ids, heldout_ids)
-
-
-def _trainer(
-    args: argparse.Namespace,
-    run: RunConfig,
-    cfg: TrainConfig,
-    ops: Any,
-    step: StepFn,
-    text: _Data,
-    resumed: tuple[dict[str, np.ndarray], dict[str, Any]] | None,
-) -> tuple[Trainer, list[dict[str, Any]]]:
-    """A trainer from fresh parameters, or continued from a checkpoint; and the history."""
-    rng = np.random.default_rng(run.seed)
-    if resumed is None:
-        vocab_size = len(text.corpus.vocab)
-        if run.cell == "rnn":
-            init = model.init_params(
-                vocab_size, cfg.num_hiddens, rng, run.dtype, embed_dim=cfg.embed_dim
-            )
-        else:
-            init = cells.init_params(
-                run.model_cell,
-                vocab_size,
-                cfg.num_hiddens,
-                rng,
-                run.dtype,
-                forget_bias=run.forget_bias,
-                embed_dim=cfg.embed_dim,
-            )
-        return Trainer(ops, step, model.to_backend(ops, init), text.train_ids, cfg, rng), []
-    tensors, meta = resumed
-    if (
-        meta.get("corpus_sha1") != text.fingerprint
-        or meta["vocab"] != text.corpus.vocab.idx_to_token
-    ):
-        raise UserError(
-            f"--resume {args.resume}: the corpus differs from the one it was trained on; "
-            "pass the same --corpus"
-        )
-    trainer = Trainer(ops, step, model.to_backend(ops, tensors), text.train_ids, cfg, rng)
-    try:
-        trainer.restore(tensors, meta["position"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{args.resume}: its training position is damaged") from None
-    if trainer.epoch >= cfg.epochs:
-        raise UserError(
-            f"--resume {args.resume}: already trained {trainer.epoch} epochs; "
-            f"ask for more with --epochs N (the total, > {trainer.epoch})"
-        )
-    return trainer, list(meta.get("history", []))
+    return run_spec.load_text(spec, data.locate_time_machine(corpus_arg))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     resumed = checkpoint.load_model(args.resume) if args.resume else None
     resume_meta = resumed[1] if resumed else None
-    run = _run_config(args, resume_meta)
-    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or EPOCHS
-    cfg = run.train_config(epochs)
+    spec = _spec(args, resume_meta)
+    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or run_spec.EPOCHS
+    spec.train_config(epochs)  # its contradictions refused before any framework starts
     out_path = args.checkpoint or args.resume
     if args.save_every and not out_path:
         raise UserError("--save-every needs --checkpoint PATH to save to")
@@ -542,25 +334,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = backends.load(args.backend)
     replicas = args.replicas or 1
     if replicas > 1:  # told before the framework starts: JAX and TensorFlow make the devices
-        check_replicas(replicas, cfg.batch_size)
+        check_replicas(replicas, spec.batch_size)
         engine = backends.replica_backend(args.backend, backend, replicas)
-    ops = backend.make_ops(run.dtype, args.device)
-    if run.dtype == "float64" and not backend.supports_float64(ops.device):
+    ops = backend.make_ops(spec.dtype, args.device)
+    if spec.dtype == "float64" and not backend.supports_float64(ops.device):
         raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
     grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
     mode = compile_mode(args, backend, ops.device)
-    text = _load_data(args, run, cfg, resume_meta)
+    text = _load_text(args, spec, resume_meta)
     replicated: ReplicatedStep | None = None
     if replicas > 1:
-        replicated = engine.make_replicated_step(ops, replicas, grad, mode, cfg.activation)
+        replicated = engine.make_replicated_step(ops, replicas, grad, mode, spec.activation)
     step = replicated or backend.make_train_step(
-        ops, grad=grad, mode=mode, activation=cfg.activation
+        ops, grad=grad, mode=mode, activation=spec.activation
     )
-    engine_name = replicated.engine if replicated else None
     try:
-        return _train(
-            args, run, cfg, epochs, out_path, ops, grad, mode, engine_name, step, text, resumed
-        )
+        built = run_spec.build(spec, ops, step, text, epochs, resumed, args.resume or "")
+        return _train(args, built, out_path, ops, grad, mode, replicated)
     finally:
         if replicated is not None:
             replicated.close()
@@ -576,23 +366,26 @@ def _kept(out_path: str | None) -> str:
 
 def _train(
     args: argparse.Namespace,
-    run: RunConfig,
-    cfg: TrainConfig,
-    epochs: int,
+    built: run_spec.Run,
     out_path: str | None,
     ops: Any,
     grad: str,
     mode: str,
-    engine: str | None,
-    step: StepFn,
-    text: _Data,
-    resumed: tuple[dict[str, np.ndarray], dict[str, Any]] | None,
+    replicated: ReplicatedStep | None,
 ) -> int:
-    """The run itself, once its step is built (``engine``: the data-parallel engine, in
-    words; None on one device)."""
-    replicas = getattr(step, "replicas", 1)
+    """The run itself, once it is built: its epochs, reports, checkpoints and plot."""
+    run, text, trainer, history, epochs = (
+        built.spec,
+        built.text,
+        built.trainer,
+        built.history,
+        built.epochs,
+    )
+    cfg = trainer.config
+    replicas = replicated.replicas if replicated else 1
+    engine = replicated.engine if replicated else None
     human = sys.stderr if args.json else sys.stdout
-    trainer, history = _trainer(args, run, cfg, ops, step, text, resumed)
+    resumed = args.resume is not None
 
     def evaluable() -> model.Params:
         """The parameters where ``ops`` computes (a JAX mesh holds them on every device)."""
@@ -601,29 +394,7 @@ def _train(
         return model.to_backend(ops, model.to_numpy(ops, trainer.params))
 
     def save(path: str) -> None:
-        tensors, position = trainer.snapshot()
-        meta = {
-            "backend": args.backend,
-            "device": ops.device,
-            "dtype": run.dtype,
-            "epoch": trainer.epoch,
-            "target_epochs": epochs,
-            "seed": run.seed,
-            "token": run.token,
-            "max_tokens": run.max_tokens,
-            "train_fraction": run.train_fraction,
-            "grad": grad,
-            "replicas": replicas,
-            "config": cfg.to_dict(),
-            "run": run.to_meta(),
-            "vocab": text.corpus.vocab.idx_to_token,
-            "corpus_sha1": text.fingerprint,
-            "corpus_path": str(Path(text.source).resolve()),
-            "position": position,
-            "history": history,
-            "perplexity": history[-1]["perplexity"] if history else None,
-        }
-        checkpoint.save(path, tensors, meta)
+        checkpoint.save(path, *built.checkpoint(args.backend, ops.device, grad, replicas))
 
     start = f"from epoch {trainer.epoch} to {epochs}" if resumed else f"{epochs} epochs"
     on = f"; {replicas} replicas: {engine}" if engine else ""
@@ -723,7 +494,11 @@ def _train(
 
 
 def _epoch_entry(
-    last: EpochResult, ops: Any, params: Callable[[], model.Params], cfg: TrainConfig, text: _Data
+    last: EpochResult,
+    ops: Any,
+    params: Callable[[], model.Params],
+    cfg: TrainConfig,
+    text: run_spec.Text,
 ) -> dict[str, Any]:
     """What the history keeps of an epoch (and the held-out perplexity, when there is one)."""
     entry: dict[str, Any] = {
@@ -744,9 +519,9 @@ def _epoch_line(
     entry: dict[str, Any],
     ops: Any,
     params: model.Params,
-    run: RunConfig,
+    run: run_spec.RunSpec,
     cfg: TrainConfig,
-    text: _Data,
+    text: run_spec.Text,
 ) -> str:
     """Every tenth epoch: perplexity, held-out perplexity, speed and a greedy sample."""
     sample = _sample(ops, params, text.corpus.vocab, run.token, SAMPLE_PREFIXES[0], cfg.activation)
@@ -781,7 +556,7 @@ def _report(
     return largest
 
 
-def plot_title(backend: str, device: str, grad: str, mode: str, run: RunConfig) -> str:
+def plot_title(backend: str, device: str, grad: str, mode: str, run: run_spec.RunSpec) -> str:
     """What ran, then its configuration: the plot says which run it shows."""
     clip = "no clipping" if math.isinf(run.clip) else f"clip θ = {run.clip:g}"
     state = (

@@ -314,7 +314,7 @@ def test_an_old_checkpoint_loads_as_rnn(
 ) -> None:
     """Checkpoints written before the cells (no ``cell`` in ``run``, or no ``run`` at all) are
     the chapter's RNN: they generate, evaluate and resume as one."""
-    from rosetta_rnn.train_command import RunConfig
+    from rosetta_rnn.core.run import RunSpec
 
     path = tmp_path / "old.st"
     _train(capsys, corpus, path, "--epochs", "1")
@@ -325,7 +325,7 @@ def test_an_old_checkpoint_loads_as_rnn(
         for key in ("cell", "gru", "forget_bias"):
             del meta["run"][key]
     checkpoint.save(path, tensors, meta)
-    assert RunConfig.from_meta(checkpoint.load(path)[1], str(path)).cell == "rnn"
+    assert RunSpec.from_meta(checkpoint.load(path)[1], str(path)).cell == "rnn"
     assert checkpoint.model_cell(meta, str(path)) == "rnn"
     for command in (["generate"], ["eval", "--corpus", str(corpus)]):
         code, _, err = run_cli(capsys, *command, "--checkpoint", str(path))

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from rosetta_rnn import plots, train_command
+from rosetta_rnn import plots
 from rosetta_rnn.cli import main
 from rosetta_rnn.core import display as progress
 from rosetta_rnn.core.display import Progress
 from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core.training import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--batch-size", "4", "--num-steps", "8", "--num-hiddens", "16"]
@@ -69,7 +70,7 @@ def test_a_python_without_matplotlib_is_refused_before_any_work(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     ran: list[str] = []
-    monkeypatch.setattr(train_command.Trainer, "run_epoch", lambda *a, **k: ran.append("epoch"))
+    monkeypatch.setattr(Trainer, "run_epoch", lambda *a, **k: ran.append("epoch"))
     argv = [a.format(tmp=tmp_path) for a in args] + ["--corpus", str(corpus)]
     assert main(argv) == 2
     out, err = capsys.readouterr()

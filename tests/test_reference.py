@@ -20,7 +20,12 @@ from rosetta_rnn.core import training as training_mod
 from rosetta_rnn.core.errors import UserError
 
 CELLS = ("rnn", "gru-reset-before", "gru-reset-after", "lstm")
-DATA_CHECKS = ("vocab-char", "vocab-word", "iterators")
+DATA_CHECKS = (
+    "vocab-char",
+    "vocab-word",
+    "iterators",
+    *(f"run-{name}" for name in (*rc.run_checks.OPTIONS, "resume")),
+)
 
 
 def model_checks(cell: str) -> list[str]:

@@ -63,9 +63,9 @@ def test_ten_plus_ten_epochs_equal_twenty(
 def test_the_run_is_saved_whole_and_an_older_checkpoint_still_resumes(
     tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The checkpoint keeps the whole RunConfig under ``run``; one written before ``run``
+    """The checkpoint keeps the whole RunSpec under ``run``; one written before ``run``
     existed (trainer settings under ``config``, the rest at the top level) resumes the same."""
-    from rosetta_rnn.train_command import RunConfig
+    from rosetta_rnn.core.run import RunSpec
 
     common = ["--corpus", str(corpus), *SMALL, "--dtype", "float64", "--no-clip", "--seed", "3"]
     new, old = tmp_path / "new.st", tmp_path / "old.st"
@@ -74,7 +74,7 @@ def test_the_run_is_saved_whole_and_an_older_checkpoint_still_resumes(
     tensors, meta = checkpoint.load(old)
     run = meta.pop("run")
     assert run == {
-        **asdict(RunConfig()),
+        **asdict(RunSpec()),
         "batch_size": 4,
         "num_steps": 8,
         "num_hiddens": 16,

@@ -1,0 +1,250 @@
+"""The run a user launches, against the reference's: ``reference/run-*`` cells.
+
+The other reference cells drive core's functions directly. These build whole runs the way
+``rosetta-rnn train`` does, through ``core.run`` (a spec, ``load_text``, ``build``; NumPy
+float64), from a small text file with the Time Machine's kind of lines, and hold each to
+``reference.plain_run`` with the same settings and seed: the vocabulary, the initial
+parameters, every minibatch of every epoch, each epoch's perplexity and parameters, the
+held-out perplexity, and a run resumed from a checkpoint against one that never stopped. A
+setting that is parsed but never applied, a seed that draws the wrong thing, a split or a
+resume put together wrongly changes one of those, and so fails the cell of that setting
+(``tests/test_run_checks.py`` plants such mistakes).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.core import checkpoint, evaluation, model
+from rosetta_rnn.core import run as run_spec
+
+from . import reference as ref
+from .checks import Cell, max_error
+from .tolerances import tolerance
+
+SUBJECT = "core"
+DTYPE = "float64"
+EPOCHS = 2
+
+BASE = replace(
+    run_spec.RECIPES["d2l-0.17"],
+    batch_size=4,
+    num_steps=6,
+    num_hiddens=8,
+    max_tokens=700,
+    dtype=DTYPE,
+    seed=11,
+)
+"""The chapter's recipe at a size that trains in milliseconds (float64, the reference's)."""
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "chapter": {},
+    "seed": {"seed": 3},
+    "gru": {"cell": "gru", "gru": "reset-before"},
+    "gru-reset-after": {"cell": "gru", "gru": "reset-after"},
+    "lstm": {"cell": "lstm"},
+    "forget-bias": {"cell": "lstm", "forget_bias": 1.0},
+    "embedding": {"embed_dim": 5},
+    "last-step": {"loss": "last-step"},
+    "random": {"sampling": "random"},
+    "reset-state": {"reset_state": True},
+    "no-detach": {"detach": False, "max_tokens": 260},
+    "no-clip": {"clip": math.inf, "lr": 0.5},
+    "relu": {"activation": "relu", "lr": 0.5},
+    "train-fraction": {"train_fraction": 0.8},
+    "max-tokens": {"max_tokens": 400},
+    "whole-text": {"max_tokens": 0},
+    "word": {"token": "word", "max_tokens": 0, "num_steps": 3, "batch_size": 2},
+}
+"""Each setting of a run (``rosetta-rnn train``'s options), on top of ``BASE``."""
+
+_LINES = (
+    "The Time Traveller (for so it will be convenient to speak of him)",
+    "was expounding a recondite matter to us. His grey eyes shone and",
+    "twinkled, and his usually pale face was flushed and animated.",
+    "You must follow me carefully. I shall have to controvert one or two",
+    "ideas that are almost universally accepted. The geometry, for instance,",
+    "they taught you at school is founded on a misconception.",
+    "Is not that rather a large thing to expect us to begin upon? said Filby,",
+    "an argumentative person with red hair.",
+)
+
+
+def write_text(folder: str | Path) -> Path:
+    """A small text like the book's (punctuation, capitals, lines of different lengths),
+    about 1.5k characters and 270 words, in ``folder``."""
+    path = Path(folder) / "small-time-machine.txt"
+    path.write_text("\n".join(_LINES * 3) + "\n", encoding="utf-8")
+    return path
+
+
+def _cell(name: str, err: float, tol: float, message: str = "") -> Cell:
+    """A run's cell involves the cell its option picks, named in the check: no cell column."""
+    passed = err <= tol
+    return Cell(f"reference/run-{name}", SUBJECT, DTYPE, "cpu", err, tol, passed, message, None)
+
+
+def _reference_cell(spec: run_spec.RunSpec) -> str:
+    return spec.model_cell.replace("/", "-")
+
+
+def reference_run(spec: run_spec.RunSpec, path: Path, epochs: int) -> dict[str, Any]:
+    """``reference.plain_run`` with the settings of ``spec``."""
+    return ref.plain_run(
+        path,
+        epochs,
+        token=spec.token,
+        max_tokens=spec.max_tokens,
+        train_fraction=spec.train_fraction,
+        seed=spec.seed,
+        cell=_reference_cell(spec),
+        forget_bias=spec.forget_bias,
+        embed_dim=spec.embed_dim,
+        num_hiddens=spec.num_hiddens,
+        batch_size=spec.batch_size,
+        num_steps=spec.num_steps,
+        lr=spec.lr,
+        theta=spec.clip,
+        sampling=spec.sampling,
+        reset_state=spec.reset_state,
+        detach=spec.detach,
+        last_step=spec.loss == "last-step",
+        activation=spec.activation,
+    )
+
+
+def core_run(
+    spec: run_spec.RunSpec,
+    path: Path,
+    epochs: int,
+    resumed: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+) -> tuple[run_spec.Run, dict[str, Any]]:
+    """The run as ``train`` builds it (NumPy float64), ``epochs`` in all (a resumed one
+    continues to there): the built run, and what the reference returns of its own."""
+    ops = numpy_backend.make_ops(DTYPE, "cpu")
+    inner = numpy_backend.make_train_step(ops, activation=spec.activation)
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def step(p: Any, x: Any, y: Any, s: Any, lr: float, theta: float) -> Any:
+        # the minibatch's own inputs are its last num_steps rows (--no-detach hands the step
+        # the whole epoch so far)
+        batches.append((np.array(x)[-spec.num_steps :], np.array(y)))
+        return inner(p, x, y, s, lr, theta)
+
+    text = run_spec.load_text(spec, path)
+    built = run_spec.build(spec, ops, step, text, epochs, resumed, str(path))
+    out: dict[str, Any] = {
+        "vocab": text.corpus.vocab.idx_to_token,
+        "init": model.to_numpy(ops, built.trainer.params),
+        "epochs": [],
+    }
+    while built.trainer.epoch < epochs:
+        batches.clear()
+        result = built.trainer.run_epoch()
+        params = model.to_numpy(ops, built.trainer.params)
+        heldout = None
+        if text.heldout_ids is not None:
+            heldout, _ = evaluation.perplexity_on(
+                ops, built.trainer.params, text.heldout_ids, spec.num_steps, spec.activation
+            )
+        out["epochs"].append(
+            {
+                "minibatches": list(batches),
+                "perplexity": result.perplexity,
+                "params": params,
+                "heldout": heldout,
+            }
+        )
+        built.history.append({"epoch": result.epoch, "perplexity": result.perplexity})
+    return built, out
+
+
+def compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, str]:
+    """The largest relative error between two runs' floats, and the first integer mismatch
+    (vocabulary, minibatch count or content, parameter names) in words; inf with it."""
+    if got["vocab"] != want["vocab"]:
+        return math.inf, "the vocabularies differ"
+    if set(got["init"]) != set(want["init"]):
+        return math.inf, f"initial parameters {sorted(got['init'])} != {sorted(want['init'])}"
+    err = max_error(got["init"], want["init"])
+    if len(got["epochs"]) != len(want["epochs"]):
+        return math.inf, f"{len(got['epochs'])} epochs, not {len(want['epochs'])}"
+    for k, (mine, theirs) in enumerate(zip(got["epochs"], want["epochs"], strict=True), 1):
+        if len(mine["minibatches"]) != len(theirs["minibatches"]):
+            n, m = len(mine["minibatches"]), len(theirs["minibatches"])
+            return math.inf, f"epoch {k}: {n} minibatches, not {m}"
+        for b, ((x, y), (rx, ry)) in enumerate(
+            zip(mine["minibatches"], theirs["minibatches"], strict=True), 1
+        ):
+            if x.shape != rx.shape or y.shape != ry.shape or (x != rx).any() or (y != ry).any():
+                return math.inf, f"epoch {k}, minibatch {b}: other tokens"
+        if (mine["heldout"] is None) != (theirs["heldout"] is None):
+            return math.inf, f"epoch {k}: a held-out perplexity on one side only"
+        pairs = [(mine["perplexity"], theirs["perplexity"])]
+        if mine["heldout"] is not None:
+            pairs.append((mine["heldout"], theirs["heldout"]))
+        for a, b in pairs:
+            err = max(err, abs(a - b) / abs(b))
+        err = max(err, max_error(mine["params"], theirs["params"]))
+    return err, ""
+
+
+def check_option(name: str) -> Cell:
+    """The run of ``BASE`` with option ``name``, built as ``train`` builds it, against the
+    reference's."""
+    spec = replace(BASE, **OPTIONS[name])
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_text(folder)
+        _, got = core_run(spec, path, EPOCHS)
+        want = reference_run(spec, path, EPOCHS)
+    err, message = compare(got, want)
+    return _cell(name, err, tolerance(DTYPE, "values"), message)
+
+
+def check_resume() -> Cell:
+    """A run checkpointed after one epoch, written to a file, read back and continued for
+    another (``train --resume``), against the reference's two epochs without a stop: the
+    parameters, the generator's draws and the minibatches continue as if never stopped."""
+    spec = replace(BASE, sampling="random", train_fraction=0.9, seed=5)
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_text(folder)
+        first, _ = core_run(spec, path, 1)
+        saved = Path(folder) / "run.safetensors"
+        checkpoint.save(saved, *first.checkpoint("numpy", "cpu", "bptt"))
+        _, got = core_run(spec, path, 2, checkpoint.load_model(saved))
+        want = reference_run(spec, path, 2)
+    want["init"] = want["epochs"][0]["params"]  # the continued run starts from epoch 1's
+    want["epochs"] = want["epochs"][1:]
+    err, message = compare(got, want)
+    return _cell("resume", err, tolerance(DTYPE, "values"), message)
+
+
+def _guarded(name: str, run: Callable[[], Cell]) -> Cell:
+    """A check that raises fails with the error as its message: it never silently passes."""
+    try:
+        return run()
+    except Exception as e:  # any failure of core or of the check is the cell's result
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return _cell(name, math.inf, 0.0, f"{type(e).__name__}: {first}")
+
+
+def tasks() -> list[tuple[str, Callable[[], Cell]]]:
+    """Every ``reference/run-*`` check as (its name, the check not yet run)."""
+    found: list[tuple[str, Callable[[], Cell]]] = [
+        (
+            f"reference/run-{name}",
+            functools.partial(_guarded, name, functools.partial(check_option, name)),
+        )
+        for name in OPTIONS
+    ]
+    found.append(("reference/run-resume", functools.partial(_guarded, "resume", check_resume)))
+    return found

@@ -1,0 +1,179 @@
+"""The ``reference/run-*`` cells: whole runs built as ``train`` builds them (``core.run``) held
+to the reference's plain run. Each passes on core as it is, and each mistake planted in how a
+run is put together (a setting parsed but never applied, the seed, the split, the resume)
+fails the cell of that setting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rosetta_rnn.conformance import reference_checks, run_checks
+from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core.training import TrainConfig
+
+NAMES = [*run_checks.OPTIONS, "resume"]
+
+
+def _failing() -> dict[str, str]:
+    """The run cells that fail, with their messages."""
+    return {
+        name.removeprefix("reference/run-"): cell.message or f"{cell.max_error:.3g}"
+        for name, task in run_checks.tasks()
+        if not (cell := task()).passed
+    }
+
+
+def test_every_run_cell_passes() -> None:
+    cells = {name: task() for name, task in run_checks.tasks()}
+    assert [name.removeprefix("reference/run-") for name in cells] == NAMES
+    for name, cell in cells.items():
+        assert cell.passed, f"{name}: {cell.max_error} > {cell.tolerance}: {cell.message}"
+        assert cell.check == name and cell.backend == "core" and cell.cell is None
+        assert cell.max_error < cell.tolerance / 100  # float64 agreement, not a near miss
+
+
+def test_the_run_cells_are_reference_tasks() -> None:
+    """``conform`` runs them: they are among the reference tasks, whatever cells are asked."""
+    names = [name for name, _ in reference_checks.tasks(None, cells=["lstm"])]
+    assert [n for n in names if n.startswith("reference/run-")] == [
+        f"reference/run-{n}" for n in NAMES
+    ]
+
+
+def test_the_options_cover_every_setting_of_a_run() -> None:
+    """Every field of the spec but two is varied by some option: the dtype is the reference's
+    float64, and the hidden size only scales the matrices every cell compares."""
+    varied = {key for option in run_checks.OPTIONS.values() for key in option}
+    assert set(run_spec.RunSpec.__dataclass_fields__) - varied == {"dtype", "num_hiddens"}
+
+
+def _spec_changed(monkeypatch: pytest.MonkeyPatch, name: str, **wrong: Any) -> None:
+    """``core.run.<name>`` called with the spec changed as ``wrong`` says: a setting the run
+    was asked for that never reaches it."""
+    original = getattr(run_spec, name)
+
+    def planted(spec: run_spec.RunSpec, *args: Any, **kwargs: Any) -> Any:
+        return original(replace(spec, **wrong), *args, **kwargs)
+
+    monkeypatch.setattr(run_spec, name, planted)
+
+
+def _seed_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "build", seed=0)
+
+
+def _forget_bias_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "init_params", forget_bias=0.0)
+
+
+def _gru_form_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "init_params", gru="reset-before")
+
+
+def _embedding_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "init_params", embed_dim=None)
+
+
+def _max_tokens_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "load_text", max_tokens=run_checks.BASE.max_tokens)
+
+
+def _heldout_trained_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.load_text
+
+    def planted(spec: run_spec.RunSpec, source: Any) -> run_spec.Text:
+        text = original(spec, source)
+        return replace(text, train_ids=text.corpus.ids)
+
+    monkeypatch.setattr(run_spec, "load_text", planted)
+
+
+def _loss_window_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.RunSpec.train_config
+
+    def planted(self: run_spec.RunSpec, epochs: int) -> TrainConfig:
+        return replace(original(self, epochs), loss="all-steps")
+
+    monkeypatch.setattr(run_spec.RunSpec, "train_config", planted)
+
+
+def _resume_draws_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.build
+
+    def planted(spec: run_spec.RunSpec, *args: Any, **kwargs: Any) -> run_spec.Run:
+        run = original(spec, *args, **kwargs)
+        if run.trainer.epoch:  # restored: the generator starts over instead of continuing
+            run.trainer.rng = np.random.default_rng(spec.seed)
+        return run
+
+    monkeypatch.setattr(run_spec, "build", planted)
+
+
+def _split_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.load_text
+
+    def planted(spec: run_spec.RunSpec, source: Any) -> run_spec.Text:
+        text = original(spec, source)
+        if text.heldout_ids is None:
+            return text
+        cut = len(text.train_ids) + 1
+        return replace(text, train_ids=text.corpus.ids[:cut], heldout_ids=text.corpus.ids[cut:])
+
+    monkeypatch.setattr(run_spec, "load_text", planted)
+
+
+PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
+    "the seed is parsed but the generator is seeded 0": (_seed_unused, "seed"),
+    "--forget-bias never reaches the initialisation": (_forget_bias_unapplied, "forget-bias"),
+    "--gru reset-after initialises a reset-before GRU": (_gru_form_unapplied, "gru-reset-after"),
+    "--embedding learned initialises a one-hot model": (_embedding_unapplied, "embedding"),
+    "--max-tokens is ignored": (_max_tokens_unapplied, "max-tokens"),
+    "the held-out text is trained on as well": (_heldout_trained_on, "train-fraction"),
+    "--loss last-step never reaches the trainer": (_loss_window_unapplied, "last-step"),
+    "a resumed run draws from a fresh generator": (_resume_draws_afresh, "resume"),
+    "the held-out split is one token off": (_split_off_by_one, "train-fraction"),
+}
+
+
+@pytest.mark.parametrize("mistake", PLANTED)
+def test_a_planted_assembly_mistake_fails_its_cell(
+    mistake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant, cell = PLANTED[mistake]
+    plant(monkeypatch)
+    failing = _failing()
+    assert cell in failing, f"{mistake}: only {sorted(failing)} fail"
+
+
+def _flags(settings: dict[str, Any]) -> list[str]:
+    """``train``'s flags for spec settings, as a user writes them."""
+    flags: list[str] = []
+    for key, value in settings.items():
+        if (key, value) in run_spec.SWITCHES:
+            flags.append(run_spec.SWITCHES[key, value])
+        elif value is True:
+            flags.append(f"--{key.replace('_', '-')}")
+        else:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+@pytest.mark.parametrize("option", run_checks.OPTIONS)
+def test_trains_flags_give_the_spec_the_cell_checks(option: str) -> None:
+    """``rosetta-rnn train`` with the flags of an option (on top of the base's) builds the very
+    spec its cell holds to the reference: a flag parsed but dropped fails here."""
+    from rosetta_rnn.cli import build_parser
+    from rosetta_rnn.train_command import _spec
+
+    base = {
+        key: getattr(run_checks.BASE, key)
+        for key in ("batch_size", "num_steps", "num_hiddens", "max_tokens", "dtype", "seed")
+    }
+    settings = {**base, **run_checks.OPTIONS[option]}
+    args = build_parser().parse_args(["train", *_flags(settings)])
+    assert _spec(args, None) == replace(run_checks.BASE, **run_checks.OPTIONS[option])
