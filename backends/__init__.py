@@ -29,6 +29,7 @@ class Entry(NamedTuple):
     packages: tuple[str, ...]  # the distributions it needs; the first gives the version
     grad_modes: tuple[str, ...]  # --grad values, the default first
     compile_modes: tuple[str, ...]  # --eager / --compile values, the default first
+    replicas: str | None = None  # its data-parallel engine, in words (None: no --replicas)
 
 
 REGISTRY: dict[str, Entry] = {
@@ -39,10 +40,23 @@ REGISTRY: dict[str, Entry] = {
         ("torch",),
         ("autograd", "bptt"),
         ("eager", "torch.compile", "reduce-overhead"),
+        "N processes over torch.distributed",
     ),
-    "jax": Entry("JAX", "jax", ("jax", "jaxlib"), ("autograd", "bptt"), ("jit", "eager")),
+    "jax": Entry(
+        "JAX",
+        "jax",
+        ("jax", "jaxlib"),
+        ("autograd", "bptt"),
+        ("jit", "eager"),
+        "shard_map over N devices",
+    ),
     "tensorflow": Entry(
-        "TensorFlow", "tensorflow", ("tensorflow",), ("autograd", "bptt"), ("tf.function", "eager")
+        "TensorFlow",
+        "tensorflow",
+        ("tensorflow",),
+        ("autograd", "bptt"),
+        ("tf.function", "eager"),
+        "MirroredStrategy over N devices",
     ),
     "array-api": Entry(
         "the Array API standard (array-api-compat)",
@@ -53,9 +67,36 @@ REGISTRY: dict[str, Entry] = {
     ),
 }
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
-REPLICA_BACKENDS: tuple[str, ...] = ("torch", "jax", "tensorflow")
+REPLICA_BACKENDS: tuple[str, ...] = tuple(n for n, e in REGISTRY.items() if e.replicas)
 """The backends with a data-parallel engine (``--replicas``); NumPy stays the one-device
 reference and the Array API standard has no collectives."""
+
+
+def _names(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def summary(what: str) -> str:
+    """What the backends offer of ``grad``, ``compile`` or ``replicas``, in words, from the
+    registry: the help of ``train``'s flags, so that a new backend changes no help text."""
+    if what == "grad":
+        only = [n for n, e in REGISTRY.items() if "autograd" not in e.grad_modes]
+        return f"autograd where the backend has it; {_names(only)} have bptt only"
+    if what == "compile":
+        by_default = {
+            n: e.compile_modes[0] for n, e in REGISTRY.items() if e.compile_modes[0] != "eager"
+        }
+        nothing = [n for n, e in REGISTRY.items() if e.compile_modes == ("eager",)]
+        modes = ", ".join(by_default.values())
+        return (
+            f"{_names(list(by_default))} compile by default ({modes}); {_names(nothing)} have "
+            "nothing to compile and refuse it"
+        )
+    engines = [f"{n}: {e.replicas}" for n, e in REGISTRY.items() if e.replicas]
+    none = [n for n, e in REGISTRY.items() if not e.replicas]
+    return f"{'; '.join(engines)}; {_names(none)} have none"
+
+
 DEFAULT_ENV = "ROSETTA_RNN_BACKEND"
 
 

@@ -101,9 +101,13 @@ class ArrayApiBackend:
         return ArrayApiOps(self, dtype, self.resolve_device(device))
 
     def make_value_and_grad(
-        self, ops: ArrayApiOps, grad: str | None = None, activation: str = "tanh"
+        self,
+        ops: ArrayApiOps,
+        grad: str | None = None,
+        activation: str = "tanh",
+        cell: str | None = None,
     ) -> ValueAndGrad:
-        return rules.gradient_engine(self.NAME, grad, ops, activation)
+        return rules.gradient_engine(self.NAME, grad, ops, activation, cell=cell)
 
     def make_train_step(
         self,
@@ -111,9 +115,10 @@ class ArrayApiBackend:
         grad: str | None = None,
         mode: str | None = None,
         activation: str = "tanh",
+        cell: str | None = None,
     ) -> StepFn:
         rules.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
-        value_and_grad = self.make_value_and_grad(ops, grad, activation)
+        value_and_grad = self.make_value_and_grad(ops, grad, activation, cell)
 
         def step(
             params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
@@ -123,12 +128,16 @@ class ArrayApiBackend:
         return step
 
     def make_forward(
-        self, ops: ArrayApiOps, mode: str | None = None, activation: str = "tanh"
+        self,
+        ops: ArrayApiOps,
+        mode: str | None = None,
+        activation: str = "tanh",
+        cell: str | None = None,
     ) -> ForwardFn:
         rules.pick_mode(self.NAME, "compile mode", mode, COMPILE_MODES)
 
         def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-            return any_forward_loss(ops, params, inputs, labels, state, activation)
+            return any_forward_loss(ops, params, inputs, labels, state, activation, cell)
 
         return forward
 
@@ -280,19 +289,25 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> ArrayApiOps:
 
 
 def make_value_and_grad(
-    ops: ArrayApiOps, grad: str | None = None, activation: str = "tanh"
+    ops: ArrayApiOps, grad: str | None = None, activation: str = "tanh", cell: str | None = None
 ) -> ValueAndGrad:
-    return _DEFAULT.make_value_and_grad(ops, grad, activation)
+    return _DEFAULT.make_value_and_grad(ops, grad, activation, cell)
 
 
 def make_train_step(
-    ops: ArrayApiOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
+    ops: ArrayApiOps,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+    cell: str | None = None,
 ) -> StepFn:
-    return _DEFAULT.make_train_step(ops, grad, mode, activation)
+    return _DEFAULT.make_train_step(ops, grad, mode, activation, cell)
 
 
-def make_forward(ops: ArrayApiOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
-    return _DEFAULT.make_forward(ops, mode, activation)
+def make_forward(
+    ops: ArrayApiOps, mode: str | None = None, activation: str = "tanh", cell: str | None = None
+) -> ForwardFn:
+    return _DEFAULT.make_forward(ops, mode, activation, cell)
 
 
 def sync(ops: ArrayApiOps, out: Any) -> None:

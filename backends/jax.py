@@ -179,11 +179,13 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> JaxOps:
     return JaxOps(dtype, resolve_device(device))
 
 
-def autograd_value_and_grad(ops: JaxOps, activation: str = "tanh") -> ValueAndGrad:
+def autograd_value_and_grad(
+    ops: JaxOps, activation: str = "tanh", cell: str | None = None
+) -> ValueAndGrad:
     """∂loss/∂params of core's ``any_forward_loss`` by reverse-mode autodiff; H_T rides as aux."""
 
     def loss_fn(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return any_forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation, cell)
 
     vg = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
 
@@ -205,22 +207,33 @@ def _step_ops(ops: JaxOps, jitted: bool) -> JaxOps:
     return ops if jitted else JaxOps(ops.dtype, ops.device, eager_loops=True)
 
 
-def _value_and_grad(ops: JaxOps, grad: str | None, activation: str) -> ValueAndGrad:
-    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
+def _value_and_grad(
+    ops: JaxOps, grad: str | None, activation: str, cell: str | None = None
+) -> ValueAndGrad:
+    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad, cell)
 
 
 def make_value_and_grad(
-    ops: JaxOps, grad: str | None = None, activation: str = "tanh", *, mode: str | None = None
+    ops: JaxOps,
+    grad: str | None = None,
+    activation: str = "tanh",
+    cell: str | None = None,
+    *,
+    mode: str | None = None,
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) as the train step computes them
     (jitted unless ``mode`` is ``"eager"``)."""
     jitted = _jitted(mode)
-    value_and_grad = _value_and_grad(_step_ops(ops, jitted), grad, activation)
+    value_and_grad = _value_and_grad(_step_ops(ops, jitted), grad, activation, cell)
     return jax.jit(value_and_grad) if jitted else value_and_grad
 
 
 def make_train_step(
-    ops: JaxOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
+    ops: JaxOps,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+    cell: str | None = None,
 ) -> StepFn:
     """core's train step with JAX autodiff or core's BPTT; jitted unless ``mode`` is eager.
 
@@ -229,7 +242,7 @@ def make_train_step(
     """
     jitted = _jitted(mode)
     ops = _step_ops(ops, jitted)
-    value_and_grad = _value_and_grad(ops, grad, activation)
+    value_and_grad = _value_and_grad(ops, grad, activation, cell)
     dtype = np.dtype(ops.dtype)
 
     def step(
@@ -246,12 +259,14 @@ def make_train_step(
     return jax.jit(step) if jitted else step
 
 
-def make_forward(ops: JaxOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
+def make_forward(
+    ops: JaxOps, mode: str | None = None, activation: str = "tanh", cell: str | None = None
+) -> ForwardFn:
     jitted = _jitted(mode)
     ops = _step_ops(ops, jitted)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return any_forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation, cell)
 
     return jax.jit(forward) if jitted else forward
 
@@ -307,7 +322,14 @@ class JaxReplicas:
     and core's ``scan`` carries, which start replicated, are refused. Off, every value in the
     replica's program is its own and the one collective is the explicit ``pmean``."""
 
-    def __init__(self, ops: JaxOps, replicas: int, grad: str | None, activation: str) -> None:
+    def __init__(
+        self,
+        ops: JaxOps,
+        replicas: int,
+        grad: str | None,
+        activation: str,
+        cell: str | None = None,
+    ) -> None:
         kind = "cpu" if ops.device == "cpu" else "gpu"
         devices = jax.devices("cpu") if kind == "cpu" else _gpu_devices()
         if len(devices) < replicas:
@@ -331,7 +353,7 @@ class JaxReplicas:
         self.ops = ops
         mesh = Mesh(np.array(devices[:replicas]), (REPLICA_AXIS,))
         mesh_ops = _MeshOps(ops.dtype, ops.device)
-        value_and_grad = _value_and_grad(mesh_ops, grad, activation)
+        value_and_grad = _value_and_grad(mesh_ops, grad, activation, cell)
         dtype = np.dtype(ops.dtype)
 
         def all_mean(tensors: list[Any]) -> list[Any]:
@@ -420,11 +442,12 @@ def make_replicated_step(
     grad: str | None = None,
     mode: str | None = None,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> core_replicas.ReplicatedStep:
     """core's replica step under ``shard_map`` over ``replicas`` devices, jitted."""
     if not _jitted(mode):
         raise BackendUnavailable("--replicas runs JAX's step jitted; it has no --eager")
-    return JaxReplicas(ops, replicas, grad, activation)
+    return JaxReplicas(ops, replicas, grad, activation, cell)
 
 
 if TYPE_CHECKING:  # this module keeps the backend contract

@@ -157,18 +157,22 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> NumpyOps:
 
 
 def make_value_and_grad(
-    ops: NumpyOps, grad: str | None = None, activation: str = "tanh"
+    ops: NumpyOps, grad: str | None = None, activation: str = "tanh", cell: str | None = None
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by core's BPTT (no autodiff)."""
-    return rules.gradient_engine(NAME, grad, ops, activation)
+    return rules.gradient_engine(NAME, grad, ops, activation, cell=cell)
 
 
 def make_train_step(
-    ops: NumpyOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
+    ops: NumpyOps,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+    cell: str | None = None,
 ) -> StepFn:
     """core's train step with core's BPTT; NumPy has no autograd and nothing to compile."""
     rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
-    value_and_grad = make_value_and_grad(ops, grad, activation)
+    value_and_grad = make_value_and_grad(ops, grad, activation, cell)
 
     def step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
@@ -180,11 +184,13 @@ def make_train_step(
     return step
 
 
-def make_forward(ops: NumpyOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
+def make_forward(
+    ops: NumpyOps, mode: str | None = None, activation: str = "tanh", cell: str | None = None
+) -> ForwardFn:
     rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return any_forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation, cell)
 
     return forward
 

@@ -68,11 +68,12 @@ def gradient_engine(
     grad: str | None,
     ops: Any,
     activation: str = "tanh",
-    autograd: Callable[[Any, str], ValueAndGrad] | None = None,
+    autograd: Callable[[Any, str, str | None], ValueAndGrad] | None = None,
+    cell: str | None = None,
 ) -> ValueAndGrad:
     """The ``--grad`` engine of a backend: its own autodiff (the default where it has one) or
-    core's BPTT on its arrays."""
-    engines: dict[str, Callable[[Any, str], ValueAndGrad]] = {}
+    core's BPTT on its arrays, for the model ``cell`` (None: read from the parameters)."""
+    engines: dict[str, Callable[[Any, str, str | None], ValueAndGrad]] = {}
     if autograd is not None:
         engines["autograd"] = autograd
     engines["bptt"] = bptt_value_and_grad
@@ -82,7 +83,7 @@ def gradient_engine(
         raise BackendUnavailable(
             f"the {backend} backend has no --grad {grad!r}; it has {' or '.join(engines)}"
         )
-    return engines[grad](ops, activation)
+    return engines[grad](ops, activation, cell)
 
 
 # What TensorFlow's C++ side prints while it loads and looks for a GPU, whatever

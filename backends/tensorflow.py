@@ -286,7 +286,9 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> TensorFlowOps:
     return ops
 
 
-def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> ValueAndGrad:
+def autograd_value_and_grad(
+    ops: TensorFlowOps, activation: str = "tanh", cell: str | None = None
+) -> ValueAndGrad:
     """(loss, grads, H_T) by ``tf.GradientTape`` over core's forward and loss."""
 
     def value_and_grad(
@@ -294,7 +296,7 @@ def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> Val
     ) -> tuple[Any, Params, Any]:
         with tf.GradientTape() as tape:
             tape.watch(params)  # plain tensors, not Variables: the tape must be told
-            loss, H_T = any_forward_loss(ops, params, inputs, labels, state, activation)
+            loss, H_T = any_forward_loss(ops, params, inputs, labels, state, activation, cell)
         grads = tape.gradient(loss, params)
         # ∂loss/∂W_xh through the gather arrives as IndexedSlices: make every gradient dense
         dense = {name: tf.convert_to_tensor(grads[name]) for name in param_names(params)}
@@ -304,18 +306,22 @@ def autograd_value_and_grad(ops: TensorFlowOps, activation: str = "tanh") -> Val
 
 
 def make_value_and_grad(
-    ops: TensorFlowOps, grad: str | None = None, activation: str = "tanh"
+    ops: TensorFlowOps, grad: str | None = None, activation: str = "tanh", cell: str | None = None
 ) -> ValueAndGrad:
     """The gradient engine named by ``--grad``: the tape (autograd) or core's BPTT."""
-    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
+    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad, cell)
 
 
 def make_train_step(
-    ops: TensorFlowOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
+    ops: TensorFlowOps,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+    cell: str | None = None,
 ) -> StepFn:
     """core's train step with tape or BPTT gradients, in one ``tf.function`` unless eager."""
     mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
-    value_and_grad = make_value_and_grad(ops, grad, activation)
+    value_and_grad = make_value_and_grad(ops, grad, activation, cell)
 
     def step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: Any, theta: Any
@@ -342,12 +348,12 @@ def make_train_step(
 
 
 def make_forward(
-    ops: TensorFlowOps, mode: str | None = None, activation: str = "tanh"
+    ops: TensorFlowOps, mode: str | None = None, activation: str = "tanh", cell: str | None = None
 ) -> ForwardFn:
     mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        return any_forward_loss(ops, params, inputs, labels, state, activation)
+        return any_forward_loss(ops, params, inputs, labels, state, activation, cell)
 
     run = tf.function(forward, autograph=False) if mode == "tf.function" else forward
 
@@ -421,7 +427,12 @@ class TensorFlowReplicas:
     compiled step: ``collective_seconds`` is NaN."""
 
     def __init__(
-        self, ops: TensorFlowOps, replicas: int, grad: str | None, activation: str
+        self,
+        ops: TensorFlowOps,
+        replicas: int,
+        grad: str | None,
+        activation: str,
+        cell: str | None = None,
     ) -> None:
         kind = "CPU" if ops.device == "cpu" else "GPU"
         devices = tf.config.list_logical_devices(kind)
@@ -452,7 +463,7 @@ class TensorFlowReplicas:
         self.worker_pids: tuple[int, ...] = ()
         self.ops = ops
         replica_ops = _ReplicaOps(ops.dtype, ops.device)
-        value_and_grad = make_value_and_grad(replica_ops, grad, activation)
+        value_and_grad = make_value_and_grad(replica_ops, grad, activation, cell)
         strategy = self.strategy
 
         def all_mean(tensors: list[Any]) -> list[Any]:
@@ -553,12 +564,13 @@ def make_replicated_step(
     grad: str | None = None,
     mode: str | None = None,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> core_replicas.ReplicatedStep:
     """core's replica step under MirroredStrategy, in one ``tf.function``."""
     mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
     if mode != "tf.function":
         raise BackendUnavailable("--replicas runs TensorFlow's step in a tf.function; no --eager")
-    return TensorFlowReplicas(ops, replicas, grad, activation)
+    return TensorFlowReplicas(ops, replicas, grad, activation, cell)
 
 
 if TYPE_CHECKING:  # this module keeps the backend contract

@@ -193,7 +193,9 @@ def make_ops(dtype: str = "float32", device: str = "cpu") -> TorchOps:
     return ops
 
 
-def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAndGrad:
+def autograd_value_and_grad(
+    ops: TorchOps, activation: str = "tanh", cell: str | None = None
+) -> ValueAndGrad:
     """(loss, grads, H_T) with grads from ``torch.autograd.grad`` over core's forward."""
 
     def value_and_grad(
@@ -202,7 +204,7 @@ def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAnd
         names = param_names(params)
         leaves = {k: params[k].detach().requires_grad_(True) for k in names}
         with torch.enable_grad():
-            loss, H_T = any_forward_loss(ops, leaves, inputs, labels, state, activation)
+            loss, H_T = any_forward_loss(ops, leaves, inputs, labels, state, activation, cell)
             grads = torch.autograd.grad(loss, [leaves[k] for k in names])
         return loss.detach(), dict(zip(names, grads, strict=True)), detached(H_T)
 
@@ -210,19 +212,23 @@ def autograd_value_and_grad(ops: TorchOps, activation: str = "tanh") -> ValueAnd
 
 
 def make_value_and_grad(
-    ops: TorchOps, grad: str | None = None, activation: str = "tanh"
+    ops: TorchOps, grad: str | None = None, activation: str = "tanh", cell: str | None = None
 ) -> ValueAndGrad:
     """(params, inputs, labels, state) -> (loss, grads, H_T) by autograd or core's BPTT."""
-    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad)
+    return rules.gradient_engine(NAME, grad, ops, activation, autograd_value_and_grad, cell)
 
 
 def make_train_step(
-    ops: TorchOps, grad: str | None = None, mode: str | None = None, activation: str = "tanh"
+    ops: TorchOps,
+    grad: str | None = None,
+    mode: str | None = None,
+    activation: str = "tanh",
+    cell: str | None = None,
 ) -> StepFn:
     """core's train step, eager; ``"torch.compile"``: ``torch.compile`` (inductor);
     ``"reduce-overhead"``: the same with CUDA graphs (CUDA only)."""
     mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
-    value_and_grad = make_value_and_grad(ops, grad, activation)
+    value_and_grad = make_value_and_grad(ops, grad, activation, cell)
 
     def step(
         params: Params, inputs: Any, labels: Any, state: Any, lr: float, theta: float
@@ -240,12 +246,14 @@ def make_train_step(
     return step
 
 
-def make_forward(ops: TorchOps, mode: str | None = None, activation: str = "tanh") -> ForwardFn:
+def make_forward(
+    ops: TorchOps, mode: str | None = None, activation: str = "tanh", cell: str | None = None
+) -> ForwardFn:
     mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
         with torch.no_grad():
-            return any_forward_loss(ops, params, inputs, labels, state, activation)
+            return any_forward_loss(ops, params, inputs, labels, state, activation, cell)
 
     if mode == "eager":
         return forward
@@ -281,6 +289,7 @@ def make_replicated_step(
     grad: str | None = None,
     mode: str | None = None,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> ReplicatedStep:
     """core's replica step on ``replicas`` processes (``backends._torch_distributed``), eager.
     The machine's threads are shared out: each process gets ``threads // replicas`` (at least
@@ -293,8 +302,8 @@ def make_replicated_step(
             f"--replicas runs torch eagerly; {mode} is not wired into the distributed step"
         )
     threads = max(1, torch.get_num_threads() // replicas)
-    value_and_grad = make_value_and_grad(ops, grad, activation)
-    worker_args = [ops.dtype, ops.device, grad or "", activation, str(threads)]
+    value_and_grad = make_value_and_grad(ops, grad, activation, cell)
+    worker_args = [ops.dtype, ops.device, grad or "", activation, cell or "", str(threads)]
     return TorchReplicas(ops, value_and_grad, replicas, threads, _WORKER_MAIN, worker_args)
 
 
@@ -311,10 +320,10 @@ def serve_replica() -> None:
 
     from rosetta_rnn.backends import _torch_distributed
 
-    rank, replicas, init, dtype, device, grad, activation, threads = sys.argv[1:]
+    rank, replicas, init, dtype, device, grad, activation, cell, threads = sys.argv[1:]
     torch.set_num_threads(int(threads))
     ops = make_ops(dtype, _torch_distributed.replica_device(device, int(rank)))
-    value_and_grad = make_value_and_grad(ops, grad or None, activation)
+    value_and_grad = make_value_and_grad(ops, grad or None, activation, cell or None)
     _torch_distributed.serve(ops, value_and_grad, int(rank), int(replicas), init)
 
 

@@ -131,7 +131,7 @@ def core_run(
     """The run as ``train`` builds it (NumPy float64), ``epochs`` in all (a resumed one
     continues to there): the built run, and what the reference returns of its own."""
     ops = numpy_backend.make_ops(DTYPE, "cpu")
-    inner = numpy_backend.make_train_step(ops, activation=spec.activation)
+    inner = numpy_backend.make_train_step(ops, activation=spec.activation, cell=spec.model_cell)
     batches: list[tuple[np.ndarray, np.ndarray]] = []
 
     def step(p: Any, x: Any, y: Any, s: Any, lr: float, theta: float) -> Any:

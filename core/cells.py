@@ -445,9 +445,11 @@ def cell_of(params: Mapping[str, Any]) -> str:
     return RNN
 
 
-def _gated(params: Mapping[str, Tensor], activation: str) -> str | None:
-    """The gated cell ``params`` are, or None for the RNN; a gated cell's φ is fixed."""
-    cell = cell_of(params)
+def _gated(params: Mapping[str, Tensor], activation: str, cell: str | None = None) -> str | None:
+    """The gated cell the model is, or None for the RNN; a gated cell's φ is fixed. ``cell``:
+    the model as the run was built (``core.run``), told once; None reads it from the
+    parameters' names (a caller that holds parameters alone)."""
+    cell = cell or cell_of(params)
     if cell == RNN:
         return None
     if activation != "tanh":
@@ -455,20 +457,28 @@ def _gated(params: Mapping[str, Tensor], activation: str) -> str | None:
     return cell
 
 
-def initial_state(ops: Ops, params: Mapping[str, Tensor], batch_size: int) -> State:
-    """Zeros for the model ``params`` are: H (batch_size, num_hiddens), (H, C) for the LSTM."""
+def initial_state(
+    ops: Ops, params: Mapping[str, Tensor], batch_size: int, cell: str | None = None
+) -> State:
+    """Zeros for the model: H (batch_size, num_hiddens), (H, C) for the LSTM. ``cell`` as in
+    ``any_forward_loss``."""
     num_hiddens = int(params["W_hq"].shape[0])
-    cell = cell_of(params)
+    cell = cell or cell_of(params)
     if cell == RNN:
         return ops.zeros((batch_size, num_hiddens))
     return begin_state(ops, cell, batch_size, num_hiddens)
 
 
 def any_forward(
-    ops: Ops, params: Mapping[str, Tensor], inputs: Tensor, state: State, activation: str = "tanh"
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    inputs: Tensor,
+    state: State,
+    activation: str = "tanh",
+    cell: str | None = None,
 ) -> tuple[Tensor, State]:
     """(Hs, final state) of any model: core.model's ``rnn_forward`` or ``cell_forward``."""
-    cell = _gated(params, activation)
+    cell = _gated(params, activation, cell)
     if cell is None:
         return model.rnn_forward(ops, params, inputs, state, activation)
     return cell_forward(ops, cell, params, inputs, state)
@@ -481,10 +491,12 @@ def any_forward_loss(
     labels: Tensor,
     state: State,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> tuple[Tensor, State]:
     """(mean cross-entropy, final state) of any model: core.model's or a cell's
-    ``forward_loss``; what the frameworks' autodiff differentiates."""
-    cell = _gated(params, activation)
+    ``forward_loss``; what the frameworks' autodiff differentiates. ``cell``: the model, as
+    the run was built; None reads it from the parameters' names."""
+    cell = _gated(params, activation, cell)
     if cell is None:
         return model.forward_loss(ops, params, inputs, labels, state, activation)
     return forward_loss(ops, cell, params, inputs, labels, state)
@@ -497,22 +509,26 @@ def any_bptt(
     labels: Tensor,
     state: State,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> tuple[Tensor, Params, State, State]:
     """(loss, grads, final state, dstate) of any model by its hand-written BPTT."""
-    cell = _gated(params, activation)
+    cell = _gated(params, activation, cell)
     if cell is None:
         return model.bptt(ops, params, inputs, labels, state, activation)
     return bptt(ops, cell, params, inputs, labels, state)
 
 
-def bptt_value_and_grad(ops: Ops, activation: str = "tanh") -> ValueAndGrad:
+def bptt_value_and_grad(
+    ops: Ops, activation: str = "tanh", cell: str | None = None
+) -> ValueAndGrad:
     """Any model's hand-written BPTT as ``(params, inputs, labels, state) -> (loss, grads,
-    final state)``, the ``--grad bptt`` engine of every backend."""
+    final state)``, the ``--grad bptt`` engine of every backend; ``cell`` as in
+    ``any_forward_loss``."""
 
     def value_and_grad(
         params: Params, inputs: Tensor, labels: Tensor, state: State
     ) -> tuple[Tensor, Params, State]:
-        loss, grads, final, _ = any_bptt(ops, params, inputs, labels, state, activation)
+        loss, grads, final, _ = any_bptt(ops, params, inputs, labels, state, activation, cell)
         return loss, grads, final
 
     return value_and_grad

@@ -65,10 +65,16 @@ class Backend(Protocol[OpsT]):
         (float64 in JAX, TF32 off on GPUs) are applied here, when a run asks, never at import."""
 
     def make_value_and_grad(
-        self, ops: OpsT, grad: str | None = None, activation: str = "tanh"
+        self,
+        ops: OpsT,
+        grad: str | None = None,
+        activation: str = "tanh",
+        cell: str | None = None,
     ) -> ValueAndGrad:
         """(params, inputs, labels, state) -> (loss, grads, H_T) as the train step computes them
-        in the backend's default compile mode (jitted on JAX, eager elsewhere)."""
+        in the backend's default compile mode (jitted on JAX, eager elsewhere). ``cell``: the
+        model (``rnn``, ``gru/reset-before`` ..., as a built run says it); None reads it from
+        the parameters' names on every call."""
 
     def make_train_step(
         self,
@@ -76,11 +82,16 @@ class Backend(Protocol[OpsT]):
         grad: str | None = None,
         mode: str | None = None,
         activation: str = "tanh",
+        cell: str | None = None,
     ) -> StepFn:
         """core's train step with the ``grad`` engine, compiled as ``mode`` says."""
 
     def make_forward(
-        self, ops: OpsT, mode: str | None = None, activation: str = "tanh"
+        self,
+        ops: OpsT,
+        mode: str | None = None,
+        activation: str = "tanh",
+        cell: str | None = None,
     ) -> ForwardFn:
         """core's ``forward_loss`` as the framework runs it in ``mode``, without gradients."""
 
@@ -109,6 +120,7 @@ class ReplicaBackend(Backend[OpsT], Protocol[OpsT]):
         grad: str | None = None,
         mode: str | None = None,
         activation: str = "tanh",
+        cell: str | None = None,
     ) -> ReplicatedStep:
         """core's replica step on ``replicas`` devices of ``ops.device``'s kind; a one-line
         ``BackendUnavailable`` when there are fewer or ``mode`` cannot run replicated."""

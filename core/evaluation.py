@@ -19,12 +19,14 @@ def perplexity_on(
     ids: np.ndarray,
     num_steps: int = 35,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> tuple[float, int]:
-    """exp(mean cross-entropy) of predicting ids[1:] from ids[:-1]; returns (perplexity, n)."""
+    """exp(mean cross-entropy) of predicting ids[1:] from ids[:-1]; returns (perplexity, n).
+    ``cell``: the model, as a built run says it; None reads it from the parameters' names."""
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
         raise ValueError("a text of at least 2 tokens is needed for a perplexity")
-    state = initial_state(ops, params, 1)  # any cell's: (H, C) for the LSTM
+    state = initial_state(ops, params, 1, cell)  # any cell's: (H, C) for the LSTM
     total, n = 0.0, 0
     for start in range(0, len(ids) - 1, num_steps):
         y = ids[start + 1 : start + 1 + num_steps]
@@ -36,6 +38,7 @@ def perplexity_on(
             ops.asarray(y.reshape(-1, 1)),
             state,
             activation,
+            cell,
         )
         total += float(ops.to_numpy(loss)) * len(y)
         n += len(y)

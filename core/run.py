@@ -7,10 +7,12 @@ defaults are d2l 0.17's chapter 8.5. A checkpoint keeps the spec whole under ``r
 
 ``build`` turns a spec, a text and a backend's ops and step into the run: the initial
 parameters drawn from the spec's seed (one ``init_params`` for every cell), or a checkpoint's
-restored, and the trainer that continues from them. The command (``rosetta-rnn train``), the
-clipping experiment, the benchmarks' workloads, the conformance subjects and the reference
-cells that check all of them (``conformance/run_checks.py``) build their runs here, so a
-mistake in how a run is put together fails the same check everywhere.
+restored, and the trainer that continues from them. The model is decided here, once: the step
+a caller builds for the run is told it (``make_train_step(..., cell=spec.model_cell)``), and
+so is the trainer, so nothing reads the model from the parameters' names while it trains.
+``rosetta-rnn train``, the clipping experiment and the reference cells that check what they
+build (``conformance/run_checks.py``) put their runs together here, so a mistake in how a run
+is assembled fails the cell of its setting.
 """
 
 from __future__ import annotations
@@ -284,7 +286,9 @@ def build(
     rng = np.random.default_rng(spec.seed)
     if resumed is None:
         params = init_params(spec, len(text.corpus.vocab), rng)
-        trainer = Trainer(ops, step, model.to_backend(ops, params), text.train_ids, cfg, rng)
+        trainer = Trainer(
+            ops, step, model.to_backend(ops, params), text.train_ids, cfg, rng, cell=spec.model_cell
+        )
         return Run(spec, epochs, text, trainer, [])
     tensors, meta = resumed
     same_text = meta.get("corpus_sha1") == text.fingerprint
@@ -293,7 +297,9 @@ def build(
             f"--resume {source}: the corpus differs from the one it was trained on; "
             "pass the same --corpus"
         )
-    trainer = Trainer(ops, step, model.to_backend(ops, tensors), text.train_ids, cfg, rng)
+    trainer = Trainer(
+        ops, step, model.to_backend(ops, tensors), text.train_ids, cfg, rng, cell=spec.model_cell
+    )
     try:
         trainer.restore(tensors, meta["position"])
     except (KeyError, TypeError, ValueError):

@@ -75,20 +75,22 @@ def predict(
     temperature: float | None = None,
     rng: np.random.Generator | None = None,
     activation: str = "tanh",
+    cell: str | None = None,
 ) -> list[int]:
     """d2l's ``predict_ch8`` on token ids: warm up on the prefix, then predict ``num_preds``.
+    ``cell``: the model, as a built run says it; None reads it from the parameters' names.
 
     Returns the prefix ids followed by the predicted ids.
     """
     if not prefix:
         raise ValueError("the prefix needs at least one token")
-    state = initial_state(ops, params, 1)  # (H, C) for the LSTM
+    state = initial_state(ops, params, 1, cell)  # (H, C) for the LSTM
     outputs = list(prefix)
     if len(prefix) > 1:  # warm-up: feed prefix[:-1], keep only the state
         warm = ops.asarray(np.asarray(prefix[:-1], dtype=np.int64).reshape(-1, 1))
-        _, state = any_forward(ops, params, warm, state, activation)
+        _, state = any_forward(ops, params, warm, state, activation, cell)
     for _ in range(num_preds):
         x = ops.asarray(np.asarray([[outputs[-1]]], dtype=np.int64))
-        Hs, state = any_forward(ops, params, x, state, activation)
+        Hs, state = any_forward(ops, params, x, state, activation, cell)
         outputs.append(next_token(ops, output_layer(ops, params, Hs), temperature, rng))
     return outputs

@@ -106,8 +106,12 @@ class Trainer:
         config: TrainConfig,
         rng: np.random.Generator,
         epoch: int = 0,
+        cell: str | None = None,
     ) -> None:
+        """``cell``: the model the run trains (``core.run`` tells it once, when it builds the
+        run); None reads it from the parameters' names."""
         self.ops = ops
+        self.cell = cell
         self.step_fn = step
         self.params = params
         self.corpus_ids = corpus_ids
@@ -146,7 +150,7 @@ class Trainer:
             if i < self.step:
                 continue
             if self.hidden is None or self._fresh_state_every_minibatch:
-                self.hidden = initial_state(ops, self.params, X.shape[0])
+                self.hidden = initial_state(ops, self.params, X.shape[0], self.cell)
             # time-major inputs and labels: (num_steps, batch_size); the loss sees the
             # labelled last steps (all of them, or the last one)
             X_t = X.T if cfg.detach else np.concatenate(epoch_inputs)

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, theta: float, progress: Progress | None = None
         dtype=args.dtype,
     )
     text = run_spec.load_text(spec, data.locate_time_machine(args.corpus))
-    step = backend.make_train_step(ops, activation=spec.activation)
+    step = backend.make_train_step(ops, activation=spec.activation, cell=spec.model_cell)
     trainer = run_spec.build(spec, ops, step, text, args.epochs).trainer
     cfg = trainer.config
     norms: list[float] = []

@@ -89,10 +89,10 @@ def _largest_grad_norm(history: list[dict[str, Any]]) -> tuple[float, int, int] 
     return best
 
 
-def _sample(ops: Any, params: Any, vocab: data.Vocab, token: str, prefix: str, act: str) -> str:
-    ids = vocab.lookup(data.split_text(prefix, token))
-    out = sampling.predict(ops, params, ids, 50, activation=act)
-    return data.join_tokens(vocab.to_tokens(out), token)
+def _sample(ops: Any, params: Any, vocab: data.Vocab, run: run_spec.RunSpec, prefix: str) -> str:
+    ids = vocab.lookup(data.split_text(prefix, run.token))
+    out = sampling.predict(ops, params, ids, 50, activation=run.activation, cell=run.model_cell)
+    return data.join_tokens(vocab.to_tokens(out), run.token)
 
 
 class _StopFlag:
@@ -255,7 +255,7 @@ def register(sub: Any) -> None:
         "--grad",
         choices=("autograd", "bptt"),
         help="the framework's autodiff, or core's hand-written BPTT on its arrays (default: "
-        "autograd where the backend has it; numpy and array-api have bptt only)",
+        f"{backends.summary('grad')})",
     )
     mode = t.add_mutually_exclusive_group()
     mode.add_argument(
@@ -269,8 +269,7 @@ def register(sub: Any) -> None:
         const=True,
         metavar="MODE",
         help="compile the step: torch.compile on torch (MODE reduce-overhead: CUDA graphs, "
-        "GPU only); jax and tensorflow compile by default (jit, tf.function); numpy and "
-        "array-api have nothing to compile and refuse it (default: the backend's first mode, "
+        f"GPU only); {backends.summary('compile')} (default: the backend's first mode, "
         "which `rosetta-rnn backends` lists)",
     )
     t.add_argument(
@@ -296,10 +295,9 @@ def register(sub: Any) -> None:
         type=argtypes.positive_int,
         help="data-parallel on N devices of the framework's own engine: each replica takes "
         "an equal shard of every minibatch, the gradients are averaged by the framework's "
-        "all-reduce, then clipped and applied once (torch: N processes over torch.distributed; "
-        "jax: shard_map over N devices; tensorflow: MirroredStrategy over N devices; numpy and "
-        "array-api have none). --batch-size must divide by N (default: 1; a checkpoint resumes "
-        "under any N, on any backend)",
+        f"all-reduce, then clipped and applied once ({backends.summary('replicas')}). "
+        "--batch-size must divide by N (default: 1; a checkpoint resumes under any N, on any "
+        "backend)",
     )
     t.add_argument("--json", action="store_true", help="one JSON document on stdout")
     t.set_defaults(func=cmd_train)
@@ -344,9 +342,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     text = _load_text(args, spec, resume_meta)
     replicated: ReplicatedStep | None = None
     if replicas > 1:
-        replicated = engine.make_replicated_step(ops, replicas, grad, mode, spec.activation)
+        replicated = engine.make_replicated_step(
+            ops, replicas, grad, mode, spec.activation, spec.model_cell
+        )
     step = replicated or backend.make_train_step(
-        ops, grad=grad, mode=mode, activation=spec.activation
+        ops, grad=grad, mode=mode, activation=spec.activation, cell=spec.model_cell
     )
     try:
         built = run_spec.build(spec, ops, step, text, epochs, resumed, args.resume or "")
@@ -416,7 +416,7 @@ def _train(
         try:
             while trainer.epoch < epochs:
                 last = trainer.run_epoch(stop_requested=stop)
-                entry = _epoch_entry(last, ops, evaluable, cfg, text)
+                entry = _epoch_entry(last, ops, evaluable, run, text)
                 history.append(entry)
                 progress.advance(
                     info=f"perplexity {last.perplexity:.2f}, {last.tokens_per_sec:.0f} tokens/s"
@@ -442,10 +442,7 @@ def _train(
             raise type(e)(f"{e}{_kept(out_path)}") from None
     assert last is not None
     final = evaluable()
-    samples = {
-        p: _sample(ops, final, text.corpus.vocab, run.token, p, cfg.activation)
-        for p in SAMPLE_PREFIXES
-    }
+    samples = {p: _sample(ops, final, text.corpus.vocab, run, p) for p in SAMPLE_PREFIXES}
     largest = _report(human, last, ops, samples, history, cfg)
     # The checkpoint first: a plot that fails now (its folder gone, a full disk) loses no run.
     if out_path:
@@ -497,7 +494,7 @@ def _epoch_entry(
     last: EpochResult,
     ops: Any,
     params: Callable[[], model.Params],
-    cfg: TrainConfig,
+    run: run_spec.RunSpec,
     text: run_spec.Text,
 ) -> dict[str, Any]:
     """What the history keeps of an epoch (and the held-out perplexity, when there is one)."""
@@ -510,7 +507,7 @@ def _epoch_entry(
     }
     if text.heldout_ids is not None:
         entry["heldout_perplexity"], _ = perplexity_on(
-            ops, params(), text.heldout_ids, cfg.num_steps, cfg.activation
+            ops, params(), text.heldout_ids, run.num_steps, run.activation, run.model_cell
         )
     return entry
 
@@ -524,7 +521,7 @@ def _epoch_line(
     text: run_spec.Text,
 ) -> str:
     """Every tenth epoch: perplexity, held-out perplexity, speed and a greedy sample."""
-    sample = _sample(ops, params, text.corpus.vocab, run.token, SAMPLE_PREFIXES[0], cfg.activation)
+    sample = _sample(ops, params, text.corpus.vocab, run, SAMPLE_PREFIXES[0])
     held = f"  held-out {entry['heldout_perplexity']:8.3f}" if "heldout_perplexity" in entry else ""
     return (
         f"epoch {entry['epoch']:4d}  perplexity {entry['perplexity']:8.3f}{held}  "

@@ -6,6 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -207,3 +209,18 @@ def test_contributing_names_files_that_exist() -> None:
     touched = text.split("## Adding a backend: the files it touches", 1)[1]
     for path in ("backends/__init__.py", "backends/rules.py", "pyproject.toml"):
         assert f"`{path}`" in touched, path
+
+
+def test_trains_help_names_the_backends_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend added to the registry appears in the help of --grad, --compile and --replicas
+    with nothing else changed (CONTRIBUTING's list of files counts on it)."""
+    from rosetta_rnn import backends
+    from rosetta_rnn.cli import build_parser
+
+    extra = backends.Entry("Fake", "fake", ("fake",), ("bptt",), ("eager",), "fake collectives")
+    monkeypatch.setitem(backends.REGISTRY, "fakeback", extra)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    help_text = " ".join(train.format_help().split()).replace("- ", "-")  # argparse wraps at -
+    assert "numpy, array-api and fakeback have bptt only" in help_text
+    assert "array-api and fakeback have nothing to compile" in help_text
+    assert "fakeback: fake collectives" in help_text

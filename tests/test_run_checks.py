@@ -177,3 +177,37 @@ def test_trains_flags_give_the_spec_the_cell_checks(option: str) -> None:
     settings = {**base, **run_checks.OPTIONS[option]}
     args = build_parser().parse_args(["train", *_flags(settings)])
     assert _spec(args, None) == replace(run_checks.BASE, **run_checks.OPTIONS[option])
+
+
+@pytest.mark.parametrize(
+    ("backend", "grad"), [("numpy", "bptt"), ("torch", "autograd"), ("jax", "bptt")]
+)
+@pytest.mark.parametrize("cell", [["--cell", "rnn"], ["--cell", "gru", "--gru", "reset-after"]])
+def test_train_never_reads_the_model_from_the_parameter_names(
+    backend: str,
+    grad: str,
+    cell: list[str],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The cell is decided once, when the run is built: training, its held-out perplexity,
+    its samples and its checkpoint run with ``core.cells.cell_of`` made to fail."""
+    from cli_run import run_cli
+
+    from rosetta_rnn.core import cells
+
+    pytest.importorskip(f"rosetta_rnn.backends.{backend}")
+
+    def guessed(params: Any) -> str:
+        raise AssertionError("the model was read from the parameters' names")
+
+    monkeypatch.setattr(cells, "cell_of", guessed)
+    code, _, err = run_cli(
+        capsys, "train", "--corpus", str(run_checks.write_text(tmp_path)), "--backend", backend,
+        "--grad", grad, *cell, "--epochs", "10", "--num-hiddens", "8", "--batch-size", "4",
+        "--num-steps", "5", "--max-tokens", "400", "--train-fraction", "0.8", "--dtype",
+        "float64", "--checkpoint", str(tmp_path / "run.safetensors"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "run.safetensors").is_file()
