@@ -207,8 +207,8 @@ def _fault_init_order(mp: pytest.MonkeyPatch) -> None:
 def _fault_eval_resets_the_state(mp: pytest.MonkeyPatch) -> None:
     real = model.forward_loss
 
-    def forward_loss(ops, params, inputs, labels, state, activation="tanh"):  # type: ignore[no-untyped-def]
-        return real(ops, params, inputs, labels, state * 0, activation)
+    def forward_loss(ops, params, inputs, labels, state, activation="tanh", cell=None):  # type: ignore[no-untyped-def]
+        return real(ops, params, inputs, labels, state * 0, activation, cell)
 
     mp.setattr(evaluation, "forward_loss", forward_loss)
 
@@ -333,10 +333,10 @@ def _fault_eval_restarts_the_memory(mp: pytest.MonkeyPatch) -> None:
     """eval carries the LSTM's H from chunk to chunk but starts every chunk's C from zeros."""
     real = evaluation.forward_loss
 
-    def forward_loss(ops, params, inputs, labels, state, activation="tanh"):  # type: ignore[no-untyped-def]
+    def forward_loss(ops, params, inputs, labels, state, activation="tanh", cell=None):  # type: ignore[no-untyped-def]
         if isinstance(state, tuple):
             state = (state[0], state[1] * 0)
-        return real(ops, params, inputs, labels, state, activation)
+        return real(ops, params, inputs, labels, state, activation, cell)
 
     mp.setattr(evaluation, "forward_loss", forward_loss)
 
