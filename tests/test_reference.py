@@ -208,7 +208,7 @@ def _fault_eval_resets_the_state(mp: pytest.MonkeyPatch) -> None:
     real = model.forward_loss
 
     def forward_loss(ops, params, inputs, labels, state, activation="tanh", cell=None):  # type: ignore[no-untyped-def]
-        return real(ops, params, inputs, labels, state * 0, activation, cell)
+        return real(ops, params, inputs, labels, state * 0, activation)  # the RNN's: no cell
 
     mp.setattr(evaluation, "forward_loss", forward_loss)
 
