@@ -943,7 +943,7 @@ def plain_run(
 
     Returns the vocabulary, the initial parameters, each epoch's minibatches (time-major
     inputs and labels), perplexity, parameters and held-out perplexity (None without a held-out
-    part), and the generator, which a continued run goes on drawing from."""
+    part)."""
     corpus, vocab = load_corpus_time_machine(path, token, max_tokens)
     train, heldout = corpus, None
     if train_fraction:
@@ -987,7 +987,6 @@ def plain_run(
                 else text_perplexity(params, heldout, cell, activation),
             }
         )
-    run["rng"] = rng
     return run
 
 
