@@ -30,6 +30,7 @@ from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingInterrupted
 
 from . import reference as ref
+from . import run_checks
 from .checks import Cell, max_error
 from .tolerances import tolerance
 
@@ -567,8 +568,6 @@ def tasks(
     unknown = [c for c in labels if c not in CORE_CELL]
     if unknown:
         raise UserError(f"unknown cell {unknown[0]!r}; choose from {', '.join(CELL_NAMES)}")
-    from . import run_checks  # it builds its cells with this module's helpers
-
     _trained.clear()  # core may have changed since the last call (the tests patch it)
     found: list[tuple[str, Callable[[], Cell]]] = [
         ("reference/vocab-char", lambda: check_vocab(corpus_path, "char")),

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from rosetta_rnn.conformance import reference_checks as rc
-from rosetta_rnn.conformance import run_checks
 from rosetta_rnn.conformance.checks import Cell
 from rosetta_rnn.core import cells, checkpoint, data, evaluation, model, sampling
 from rosetta_rnn.core import training as training_mod
@@ -25,7 +24,7 @@ DATA_CHECKS = (
     "vocab-char",
     "vocab-word",
     "iterators",
-    *(f"run-{name}" for name in (*run_checks.OPTIONS, "resume")),
+    *(f"run-{name}" for name in (*rc.run_checks.OPTIONS, "resume")),
 )
 
 
