@@ -18,13 +18,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from rosetta_rnn import backends
 from rosetta_rnn.core import model
 from rosetta_rnn.core.ops import OPERATIONS
 
-from .workloads import D2L, LR, THETA, Shape, minibatch, syncer
+from .workloads import D2L, LR, THETA, Shape, initial_params, minibatch, spec, syncer
 
 
 class TimedOps:
@@ -67,9 +65,7 @@ def ops_breakdown(
     sync = syncer(backend, base)
     ops: Any = TimedOps(base, lambda out: None)  # numpy, torch and TF eager run synchronously
     value_and_grad = mod.make_value_and_grad(ops, grad)  # autodiff's backward: in the rest
-    rng = np.random.default_rng(0)
-    init = model.init_params(shape.vocab_size, shape.num_hiddens, rng, dtype)
-    params = model.to_backend(base, init)
+    params = initial_params(base, spec(shape, dtype), shape)
     X, Y = minibatch(shape)
     inputs, labels = base.asarray(X), base.asarray(Y)
     state = model.begin_state(base, shape.batch_size, shape.num_hiddens)

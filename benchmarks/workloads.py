@@ -9,21 +9,23 @@ shape.
   tokens = the predicted tokens, and ``ms_per_step`` is per token.
 
 The cell is the chapter's RNN (``rnn``) or one of core.cells' gated cells (``gru/reset-after``,
-``gru/reset-before``, ``lstm``); every backend trains any of them through the same
-``make_train_step``, which tells them apart by their parameters. The token ids are uniform draws
-from one seeded generator: the step's cost does not depend on the text, and no corpus is needed.
+``gru/reset-before``, ``lstm``). Each case is a run of ``core.run`` (the chapter's spec at the
+case's shape, cell and dtype), whose step and parameters are made as ``rosetta-rnn train``
+makes them. The token ids are uniform draws from one seeded generator: the step's cost does not
+depend on the text, and no corpus is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from rosetta_rnn import backends
 from rosetta_rnn.core import cells, model, sampling
+from rosetta_rnn.core import run as run_spec
 from rosetta_rnn.core.cells import RNN
 
 from . import machine
@@ -119,58 +121,62 @@ def syncer(backend: str, ops: Any) -> Sync:
     return lambda out: mod.sync(ops, out)
 
 
-def _params(ops: Any, shape: Shape, seed: int, cell: str = RNN) -> model.Params:
-    """d2l's initial parameters of ``cell`` (core's draw from ``seed``) on the backend."""
-    rng = np.random.default_rng(seed)
-    V, H = shape.vocab_size, shape.num_hiddens
-    return model.to_backend(ops, cells.init_params(cell, V, H, rng, ops.dtype))
+def spec(shape: Shape, dtype: str, cell: str = RNN) -> run_spec.RunSpec:
+    """The run a case times: the chapter's (lr 1, θ = 1, d2l's initialisation) at the shape's
+    minibatch and hidden size, with ``cell`` (core's name) in ``dtype``."""
+    return replace(
+        run_spec.RECIPES["d2l-0.17"],
+        batch_size=shape.batch_size,
+        num_steps=shape.num_steps,
+        num_hiddens=shape.num_hiddens,
+        lr=LR,
+        clip=THETA,
+        dtype=dtype,
+        **run_spec.cell_settings(cell),
+    )
+
+
+def initial_params(ops: Any, run: run_spec.RunSpec, shape: Shape, seed: int = 0) -> model.Params:
+    """The run's initial parameters (core's draw from ``seed``) on the backend."""
+    params = run_spec.init_params(run, shape.vocab_size, np.random.default_rng(seed))
+    return model.to_backend(ops, params)
 
 
 def _train_builder(
-    backend: str, grad: str, mode: str, device: str, dtype: str, shape: Shape, cell: str = RNN
+    backend: str,
+    grad: str,
+    mode: str,
+    device: str,
+    dtype: str,
+    shape: Shape,
+    cell: str = RNN,
+    replicas: int = 1,
+    box: dict[str, Any] | None = None,
 ) -> Builder:
-    def build() -> tuple[Call, Sync]:
-        mod = backends.load(backend)
-        ops = mod.make_ops(dtype, device)
-        step = mod.make_train_step(ops, grad=grad, mode=mode, activation="tanh")
-        X, Y = minibatch(shape)
-        inputs, labels = ops.asarray(X), ops.asarray(Y)
-        params = _params(ops, shape, 0, cell)
-        box = [params, cells.initial_state(ops, params, shape.batch_size)]  # (H, C): LSTM
-
-        def call() -> Any:
-            box[0], box[1], loss, _ = step(box[0], inputs, labels, box[1], LR, THETA)
-            return box[0], loss
-
-        return call, syncer(backend, ops)
-
-    return build
-
-
-def _replicated_builder(
-    backend: str, grad: str, mode: str, device: str, dtype: str, shape: Shape, n: int, box: dict
-) -> Builder:
-    """The training step on ``n`` replicas (the backend's ``make_replicated_step``); the step
-    and its count of calls go into ``box`` (the case's ``engine``)."""
+    """The training step as ``train`` makes it; on ``replicas`` > 1 the backend's
+    data-parallel engine, whose step and count of calls go into ``box`` (the case's
+    ``engine``)."""
 
     def build() -> tuple[Call, Sync]:
+        run = spec(shape, dtype, cell)
         mod = backends.load(backend)
-        engine = backends.replica_backend(backend, mod, n)
-        ops = mod.make_ops(dtype, device)
-        step = engine.make_replicated_step(ops, n, grad=grad, mode=mode, activation="tanh")
-        box.update(step=step, calls=0)
-        machine.OWN_PIDS.update(step.worker_pids)  # their CPU time is this run's
+        if replicas > 1:
+            mod = backends.replica_backend(backend, mod, replicas)
+        engine = run_spec.engine(run, mod, device, grad, mode, replicas)
+        ops, step, replicated = engine.ops, engine.step, engine.replicated
+        if replicated is not None and box is not None:
+            box.update(step=replicated, calls=0)
+            machine.OWN_PIDS.update(replicated.worker_pids)  # their CPU time is this run's
         X, Y = minibatch(shape)
         inputs, labels = ops.asarray(X), ops.asarray(Y)
-        state = [
-            _params(ops, shape, 0),
-            model.begin_state(ops, shape.batch_size, shape.num_hiddens),
-        ]
+        params = initial_params(ops, run, shape)
+        held = [params, cells.initial_state(ops, params, shape.batch_size, run.model_cell)]
 
         def call() -> Any:
-            state[0], state[1], loss, _ = step(state[0], inputs, labels, state[1], LR, THETA)
-            box["calls"] += 1
-            return state[0], loss
+            held[0], held[1], loss, _ = step(held[0], inputs, labels, held[1], LR, THETA)
+            if replicated is not None and box is not None:
+                box["calls"] += 1
+            return held[0], loss
 
         return call, syncer(backend, ops)
 
@@ -190,11 +196,7 @@ def replica_cases(
     cases = []
     for n in dict.fromkeys((1, *counts) if one else counts):
         box: dict[str, Any] = {}
-        build = (
-            _train_builder(backend, grad, mode, device, dtype, shape)
-            if n == 1
-            else _replicated_builder(backend, grad, mode, device, dtype, shape, n, box)
-        )
+        build = _train_builder(backend, grad, mode, device, dtype, shape, RNN, n, box)
         name = f"{backend} {label} ×{n}"
         case = Case(name, backend, backend, device, dtype, label, "train", shape, build)
         case.sweep, case.replicas, case.engine = "replicas", n, box
@@ -204,16 +206,14 @@ def replica_cases(
 
 def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
     def build() -> tuple[Call, Sync]:
+        run = spec(shape, dtype)
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
-        fn = mod.make_forward(ops, mode)
+        fn = mod.make_forward(ops, mode, run.activation, run.model_cell)
         X, Y = minibatch(shape)
-        args = (
-            _params(ops, shape, 0),
-            ops.asarray(X),
-            ops.asarray(Y),
-            model.begin_state(ops, shape.batch_size, shape.num_hiddens),
-        )
+        params = initial_params(ops, run, shape)
+        state = cells.initial_state(ops, params, shape.batch_size, run.model_cell)
+        args = (params, ops.asarray(X), ops.asarray(Y), state)
         return (lambda: fn(*args)), syncer(backend, ops)
 
     return build
@@ -221,10 +221,13 @@ def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Sh
 
 def _generate_builder(backend: str, device: str, dtype: str, shape: Shape) -> Builder:
     def build() -> tuple[Call, Sync]:
+        run = spec(shape, dtype)
         ops = backends.load(backend).make_ops(dtype, device)
-        params = _params(ops, shape, 0)
+        params = initial_params(ops, run, shape)
         return (
-            lambda: sampling.predict(ops, params, [1], GENERATE_TOKENS),
+            lambda: sampling.predict(
+                ops, params, [1], GENERATE_TOKENS, activation=run.activation, cell=run.model_cell
+            ),
             syncer(backend, ops),
         )
 

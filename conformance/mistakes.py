@@ -18,6 +18,7 @@ from rosetta_rnn.core import cells, data, model, sampling
 from rosetta_rnn.core import replicas as replicas_core
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
+from rosetta_rnn.core.run import RunSpec
 
 from .problems import State
 from .subjects import Arrays, BackendSubject, NotApplicable
@@ -39,8 +40,8 @@ class LabelsBatchMajor(BackendSubject):
     def value_and_grad(self, mode, params, inputs, labels, state):
         return super().value_and_grad(mode, params, inputs, _batch_major(labels), state)
 
-    def make_step(self, mode: str) -> StepFn:
-        step = super().make_step(mode)
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
+        step = super().make_step(mode, spec)
         return lambda p, x, y, s, lr, theta: step(p, x, _batch_major(y), s, lr, theta)
 
 
@@ -75,9 +76,9 @@ class ClipEpsilon(BackendSubject):
         clipped, norm = _clip_with_epsilon(self.ops, self.put(grads), theta)
         return {k: self.get(v) for k, v in clipped.items()}, self.get(norm)
 
-    def make_step(self, mode: str) -> StepFn:
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
         ops = self.ops
-        vg = self.module.make_value_and_grad(ops, mode)
+        vg = self.module.make_value_and_grad(ops, mode, spec.activation, spec.model_cell)
 
         def step(p, x, y, s, lr, theta):
             loss, grads, H_T = vg(p, x, y, s)
@@ -225,7 +226,7 @@ class _Rewired(BackendSubject):
         )
         return loss, self.pull_back(grads), final
 
-    def make_step(self, mode: str) -> StepFn:
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
         ops = self.ops
         vg = self.module.make_value_and_grad(ops, mode)
 

@@ -26,16 +26,19 @@ import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import cells, checkpoint, data, evaluation, model, sampling
+from rosetta_rnn.core import run as run_spec
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.training import TrainConfig, Trainer, TrainingInterrupted
 
 from . import reference as ref
 from . import run_checks
 from .checks import Cell, max_error
+from .reference_cells import DTYPE
+from .reference_cells import cell as _cell
+from .reference_cells import exact as _exact
+from .reference_cells import guarded as _guarded
 from .tolerances import tolerance
 
-SUBJECT = "core"
-DTYPE = "float64"
 TRAIN_EPOCHS = 3
 SEED = 7
 
@@ -49,25 +52,6 @@ CORE_CELL: dict[str, str] = {
 }
 """The cells as the reference and ``conform`` name them -> core's names."""
 CELL_NAMES: tuple[str, ...] = tuple(CORE_CELL)
-
-
-def _cell(name: str, err: float, tol: float, message: str = "", cell: str | None = "rnn") -> Cell:
-    passed = err <= tol
-    return Cell(f"reference/{name}", SUBJECT, DTYPE, "cpu", err, tol, passed, message, cell)
-
-
-def _exact(name: str, mismatches: list[str], cell: str | None = "rnn") -> Cell:
-    """An integer check: every mismatch is named (the first few) and the error is their count."""
-    return _cell(name, float(len(mismatches)), 0.0, "; ".join(mismatches[:3]), cell)
-
-
-def _guarded(name: str, run: Callable[[], Cell], cell: str | None = "rnn") -> Cell:
-    """A check that raises fails with the error as its message: it never silently passes."""
-    try:
-        return run()
-    except Exception as e:  # any failure of core or of the check is the cell's result
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return _cell(name, math.inf, 0.0, f"{type(e).__name__}: {first}", cell)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -171,11 +155,15 @@ def _start(stream: np.ndarray, offset: int, row: list[int]) -> int:
 def _core_init(
     cell: str, V: int, H: int, rng: np.random.Generator, embed_dim: int | None, forget_bias: float
 ) -> Arrays:
-    if cell == "rnn":
-        return model.init_params(V, H, rng, DTYPE, embed_dim=embed_dim)
-    return cells.init_params(
-        CORE_CELL[cell], V, H, rng, DTYPE, forget_bias=forget_bias, embed_dim=embed_dim
+    """The initial parameters ``train`` draws for a run of ``cell`` (``core.run``'s)."""
+    spec = run_spec.RunSpec(
+        num_hiddens=H,
+        embed_dim=embed_dim,
+        dtype=DTYPE,
+        forget_bias=forget_bias,
+        **run_spec.cell_settings(CORE_CELL[cell]),
     )
+    return run_spec.init_params(spec, V, rng)
 
 
 def check_init(cell: str = "rnn") -> Cell:
@@ -199,7 +187,7 @@ def check_init(cell: str = "rnn") -> Cell:
                     message = f"names {sorted(got)} vs {sorted(want)}"
                     return _cell("init", math.inf, 0.0, message, cell)
                 err = max(err, max_error(got, want))
-        return _cell("init", err, tolerance(DTYPE, "values"), cell=cell)
+        return _cell("init", err, tolerance(DTYPE, "values"), model=cell)
 
     return _guarded("init", run, cell)
 
@@ -261,17 +249,13 @@ def _start_params(cell: str, cfg: TrainConfig) -> Arrays:
     return {k: v * 10 for k, v in params.items()}
 
 
-def _trainer(params: Arrays, cfg: TrainConfig) -> Trainer:
-    """core's training loop on NumPy float64 (BPTT), its generator seeded SEED + 3."""
-    ops = numpy_backend.make_ops(DTYPE, "cpu")
-    return Trainer(
-        ops,
-        numpy_backend.make_train_step(ops, activation=cfg.activation),
-        model.to_backend(ops, params),
-        _train_corpus(),
-        cfg,
-        np.random.default_rng(SEED + 3),
-    )
+def _trainer(params: Arrays, cfg: TrainConfig, cell: str) -> Trainer:
+    """core's training loop on NumPy float64 (BPTT), built as ``train`` builds a run's
+    (``core.run``: the step told the cell and activation), its generator seeded SEED + 3."""
+    spec = run_spec.spec_of(cfg, CORE_CELL[cell], dtype=DTYPE, seed=SEED + 3)
+    engine = run_spec.engine(spec, numpy_backend)
+    rng = np.random.default_rng(spec.seed)
+    return run_spec.trainer(spec, engine.ops, engine.step, params, _train_corpus(), cfg.epochs, rng)
 
 
 _trained: dict[str, dict[str, Any]] = {}
@@ -293,7 +277,7 @@ def _train_both(overrides: dict[str, Any], epochs: int, cell: str) -> dict[str, 
     cfg = _config(overrides)
     corpus = _train_corpus()
     mine = _start_params(cell, cfg)
-    trainer = _trainer(mine, cfg)
+    trainer = _trainer(mine, cfg, cell)
     draws = np.random.default_rng(SEED + 3)
     out: dict[str, Any] = {"core": [], "reference": [], "config": cfg, "trainer": trainer}
     for _ in range(epochs):
@@ -346,7 +330,7 @@ def check_train(mode: str, cell: str = "rnn") -> Cell:
         for got, want in zip(both["core"], both["reference"], strict=True):
             err = max(err, max_error(got["params"], want["params"]))
             err = max(err, max_error({"n": np.array(got["norms"])}, {"n": np.array(want["norms"])}))
-        return _cell(name, err, tolerance(DTYPE, "values"), cell=cell)
+        return _cell(name, err, tolerance(DTYPE, "values"), model=cell)
 
     return _guarded(name, run, cell)
 
@@ -361,7 +345,7 @@ def check_perplexity(cell: str = "rnn") -> Cell:
             got = np.array([e["perplexity"] for e in both["core"]])
             want = np.array([e["perplexity"] for e in both["reference"]])
             err = max(err, max_error({"ppl": got}, {"ppl": want}))
-        return _cell("perplexity", err, tolerance(DTYPE, "values"), cell=cell)
+        return _cell("perplexity", err, tolerance(DTYPE, "values"), model=cell)
 
     return _guarded("perplexity", run, cell)
 
@@ -444,7 +428,7 @@ def check_eval(cell: str = "rnn") -> Cell:
                     message = f"{n} tokens predicted, not {len(ids) - 1}"
                     return _cell("eval", math.inf, 0.0, message, cell)
                 err = max(err, abs(got - want) / want)
-        return _cell("eval", err, tolerance(DTYPE, "values"), cell=cell)
+        return _cell("eval", err, tolerance(DTYPE, "values"), model=cell)
 
     return _guarded("eval", run, cell)
 
@@ -514,7 +498,7 @@ def check_checkpoint(cell: str = "rnn") -> Cell:
         read = _read_back(*both["trainer"].snapshot())
         want = both["reference"][-1]["params"]
         cfg = _config({})
-        stopped = _trainer(_start_params(cell, cfg), cfg)
+        stopped = _trainer(_start_params(cell, cfg), cfg, cell)
         try:
             stopped.run_epoch(stop_requested=lambda: True)
         except TrainingInterrupted:
@@ -534,7 +518,7 @@ def check_checkpoint(cell: str = "rnn") -> Cell:
             if wrong:
                 return _cell("checkpoint", math.inf, 0.0, "; ".join(wrong), cell)
             err = max(err, max_error(got, expected))
-        return _cell("checkpoint", err, tolerance(DTYPE, "values"), cell=cell)
+        return _cell("checkpoint", err, tolerance(DTYPE, "values"), model=cell)
 
     return _guarded("checkpoint", run, cell)
 

@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import checkpoint, evaluation, model
+from rosetta_rnn.core import checkpoint, model
 from rosetta_rnn.core import run as run_spec
 
 from . import reference as ref
+from . import reference_cells
 from .checks import Cell, max_error
+from .reference_cells import DTYPE
 from .tolerances import tolerance
 
-SUBJECT = "core"
-DTYPE = "float64"
 EPOCHS = 2
 
 BASE = replace(
@@ -89,8 +89,7 @@ def write_text(folder: str | Path) -> Path:
 
 def _cell(name: str, err: float, tol: float, message: str = "") -> Cell:
     """A run's cell involves the cell its option picks, named in the check: no cell column."""
-    passed = err <= tol
-    return Cell(f"reference/run-{name}", SUBJECT, DTYPE, "cpu", err, tol, passed, message, None)
+    return reference_cells.cell(f"run-{name}", err, tol, message, model=None)
 
 
 def _reference_cell(spec: run_spec.RunSpec) -> str:
@@ -130,18 +129,18 @@ def core_run(
 ) -> tuple[run_spec.Run, dict[str, Any]]:
     """The run as ``train`` builds it (NumPy float64), ``epochs`` in all (a resumed one
     continues to there): the built run, and what the reference returns of its own."""
-    ops = numpy_backend.make_ops(DTYPE, "cpu")
-    inner = numpy_backend.make_train_step(ops, activation=spec.activation, cell=spec.model_cell)
+    engine = run_spec.engine(spec, numpy_backend)
     batches: list[tuple[np.ndarray, np.ndarray]] = []
 
     def step(p: Any, x: Any, y: Any, s: Any, lr: float, theta: float) -> Any:
         # the minibatch's own inputs are its last num_steps rows (--no-detach hands the step
         # the whole epoch so far)
         batches.append((np.array(x)[-spec.num_steps :], np.array(y)))
-        return inner(p, x, y, s, lr, theta)
+        return engine.step(p, x, y, s, lr, theta)
 
     text = run_spec.load_text(spec, path)
-    built = run_spec.build(spec, ops, step, text, epochs, resumed, str(path))
+    built = run_spec.build(spec, replace(engine, step=step), text, epochs, resumed, str(path))
+    ops = engine.ops
     out: dict[str, Any] = {
         "vocab": text.corpus.vocab.idx_to_token,
         "init": model.to_numpy(ops, built.trainer.params),
@@ -149,22 +148,15 @@ def core_run(
     }
     while built.trainer.epoch < epochs:
         batches.clear()
-        result = built.trainer.run_epoch()
-        params = model.to_numpy(ops, built.trainer.params)
-        heldout = None
-        if text.heldout_ids is not None:
-            heldout, _ = evaluation.perplexity_on(
-                ops, built.trainer.params, text.heldout_ids, spec.num_steps, spec.activation
-            )
+        result, entry = built.next_epoch()
         out["epochs"].append(
             {
                 "minibatches": list(batches),
                 "perplexity": result.perplexity,
-                "params": params,
-                "heldout": heldout,
+                "params": model.to_numpy(ops, built.trainer.params),
+                "heldout": entry.get("heldout_perplexity"),
             }
         )
-        built.history.append({"epoch": result.epoch, "perplexity": result.perplexity})
     return built, out
 
 
@@ -219,7 +211,7 @@ def check_resume() -> Cell:
         path = write_text(folder)
         first, _ = core_run(spec, path, 1)
         saved = Path(folder) / "run.safetensors"
-        checkpoint.save(saved, *first.checkpoint("numpy", "cpu", "bptt"))
+        checkpoint.save(saved, *first.checkpoint())
         _, got = core_run(spec, path, 2, checkpoint.load_model(saved))
         want = reference_run(spec, path, 2)
     want["init"] = want["epochs"][0]["params"]  # the continued run starts from epoch 1's
@@ -230,11 +222,7 @@ def check_resume() -> Cell:
 
 def _guarded(name: str, run: Callable[[], Cell]) -> Cell:
     """A check that raises fails with the error as its message: it never silently passes."""
-    try:
-        return run()
-    except Exception as e:  # any failure of core or of the check is the cell's result
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return _cell(name, math.inf, 0.0, f"{type(e).__name__}: {first}")
+    return reference_cells.guarded(f"run-{name}", run, model=None)
 
 
 def tasks() -> list[tuple[str, Callable[[], Cell]]]:

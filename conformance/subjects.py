@@ -9,15 +9,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
 from rosetta_rnn import backends
 from rosetta_rnn.backends import rules
 from rosetta_rnn.core import cells, checkpoint, convert, model, sampling
+from rosetta_rnn.core import run as run_spec
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
+from rosetta_rnn.core.replicas import ReplicatedStep
 from rosetta_rnn.core.training import TrainConfig, Trainer
 
 from . import native
@@ -150,21 +152,28 @@ class BackendSubject:
         clipped, norm = model.clip_by_global_norm(self.ops, self.put(grads), theta)
         return {k: self.get(v) for k, v in clipped.items()}, self.get(norm)
 
-    def make_step(self, mode: str) -> StepFn:
-        return self.module.make_train_step(self.ops, grad=mode)
+    def spec(self, params: Arrays, cfg: TrainConfig, seed: int) -> run_spec.RunSpec:
+        """The run that trains ``params`` as ``cfg`` says, from ``seed``: the model is the one
+        the parameters are, decided here, once, as ``train`` decides it from its flags."""
+        return run_spec.spec_of(cfg, cells.cell_of(params), dtype=self.dtype, seed=seed)
+
+    def make_step(self, mode: str, spec: run_spec.RunSpec) -> StepFn:
+        """The training step of ``spec``'s run with the ``mode`` grad engine, made as
+        ``train`` makes it."""
+        return run_spec.train_step(spec, self.module, self.ops, grad=mode)
+
+    def _trainer(
+        self, spec: run_spec.RunSpec, step: StepFn, params: Arrays, corpus: np.ndarray, cfg: Any
+    ) -> Trainer:
+        rng = np.random.default_rng(spec.seed)
+        return run_spec.trainer(spec, self.ops, step, self.put(params), corpus, cfg.epochs, rng)
 
     def train(
         self, mode: str, params: Arrays, corpus: np.ndarray, cfg: TrainConfig, seed: int, steps: int
     ) -> list[Arrays]:
         """Parameters after each of ``steps`` SGD steps of the real training loop."""
-        trainer = Trainer(
-            self.ops,
-            self.make_step(mode),
-            self.put(params),
-            corpus,
-            cfg,
-            np.random.default_rng(seed),
-        )
+        spec = self.spec(params, cfg, seed)
+        trainer = self._trainer(spec, self.make_step(mode, spec), params, corpus, cfg)
         return _first_steps(trainer, steps, lambda: model.to_numpy(self.ops, trainer.params))
 
     def train_replicated(
@@ -180,15 +189,18 @@ class BackendSubject:
         ``steps`` SGD steps of the real training loop on ``replicas`` replicas of the backend's
         data-parallel engine. A backend without one (NumPy, the reference) runs on one device:
         that is what the replicas must reproduce."""
+        spec = self.spec(params, cfg, seed)
         replicated = None
         step: StepFn
         if hasattr(self.module, "REPLICA_ENGINE"):
             engine = backends.replica_backend(self.backend, self.module, replicas)
-            replicated = engine.make_replicated_step(self.ops, replicas)
+            replicated = cast(
+                ReplicatedStep, run_spec.train_step(spec, engine, self.ops, replicas=replicas)
+            )
             value_and_grad, step = replicated.value_and_grad, replicated
         else:
-            value_and_grad = self.module.make_value_and_grad(self.ops)
-            step = self.make_step(self.grad_modes[0])
+            value_and_grad = self.module.make_value_and_grad(self.ops, cell=spec.model_cell)
+            step = self.make_step(self.grad_modes[0], spec)
         pending: list[tuple[Arrays, np.ndarray]] = []
 
         def recorded(p: Any, x: Any, y: Any, s: Any, lr: float, theta: float) -> Any:
@@ -198,9 +210,7 @@ class BackendSubject:
             )
             return step(p, x, y, s, lr, theta)
 
-        trainer = Trainer(
-            self.ops, recorded, self.put(params), corpus, cfg, np.random.default_rng(seed)
-        )
+        trainer = self._trainer(spec, recorded, params, corpus, cfg)
 
         def after_step() -> tuple[Arrays, Arrays, np.ndarray]:
             grads, loss = pending.pop()

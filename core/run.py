@@ -5,31 +5,36 @@
 text, the held-out part), the dtype and the seed. A *recipe* is a named ``RunSpec``: today's
 defaults are d2l 0.17's chapter 8.5. A checkpoint keeps the spec whole under ``run``.
 
-``build`` turns a spec, a text and a backend's ops and step into the run: the initial
+``engine`` makes what computes a spec's run on a backend: its ops at the spec's dtype on a
+device, and the training step (one device's, or a data-parallel engine's) told the spec's
+model and activation. ``build`` turns a spec, a text and an engine into the run: the initial
 parameters drawn from the spec's seed (one ``init_params`` for every cell), or a checkpoint's
 restored, and the trainer that continues from them. The model is decided here, once: the step
-a caller builds for the run is told it (``make_train_step(..., cell=spec.model_cell)``), and
-so is the trainer, so nothing reads the model from the parameters' names while it trains.
-``rosetta-rnn train``, the clipping experiment and the reference cells that check what they
-build (``conformance/run_checks.py``) put their runs together here, so a mistake in how a run
-is assembled fails the cell of its setting.
+is told it and so is the trainer, so nothing reads the model from the parameters' names while
+it trains. ``rosetta-rnn train``, the clipping experiment, the benchmark workloads, the
+conformance subjects and the reference cells that check what they build
+(``conformance/run_checks.py``) put their runs together here, so a mistake in how a run is
+assembled fails the cell of its setting.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from . import cells, data, model
-from .contract import StepFn
-from .errors import CheckpointError, UserError
+from . import cells, data, model, sampling
+from .contract import Backend, ReplicaBackend, StepFn
+from .errors import BackendUnavailable, CheckpointError, UserError
+from .evaluation import perplexity_on
 from .ops import Ops
-from .training import TrainConfig, Trainer
+from .replicas import ReplicatedStep
+from .training import EpochResult, TrainConfig, Trainer
 
 CELL_KINDS = ("rnn", "gru", "lstm")
 GRU_FORMS = ("reset-before", "reset-after")
@@ -95,6 +100,20 @@ class RunSpec:
             return cls(**saved)
         except (KeyError, TypeError):
             raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
+
+
+def cell_settings(model_cell: str) -> dict[str, Any]:
+    """The spec's ``cell`` and ``gru`` of a model as core names its cell (``rnn``,
+    ``gru/reset-after`` ...): the inverse of ``RunSpec.model_cell``."""
+    cell, _, gru = model_cell.partition("/")
+    return {"cell": cell, "gru": gru or None}
+
+
+def spec_of(config: TrainConfig, model_cell: str = cells.RNN, **settings: Any) -> RunSpec:
+    """The spec of a trainer's ``config`` and a model as core names its cell; ``settings``:
+    the rest (dtype, seed ...)."""
+    trainer = {k: v for k, v in asdict(config).items() if k != "epochs"}
+    return RunSpec(**trainer, **cell_settings(model_cell), **settings)
 
 
 RECIPES: dict[str, RunSpec] = {"d2l-0.17": RunSpec()}
@@ -227,27 +246,152 @@ def _check_length(n: int, spec: RunSpec, source: str) -> None:
 
 
 @dataclass
+class Engine:
+    """What computes a run: the backend (``name`` as the user gave it), its ops at the spec's
+    dtype on a device, and the training step in the ``grad`` engine compiled as ``mode``;
+    ``replicated`` is the step when it is a data-parallel engine's."""
+
+    name: str
+    ops: Ops
+    step: StepFn
+    grad: str
+    mode: str
+    replicated: ReplicatedStep | None = None
+
+    @property
+    def replicas(self) -> int:
+        return self.replicated.replicas if self.replicated else 1
+
+    def close(self) -> None:
+        """Release a data-parallel engine's processes; nothing to do for one device."""
+        if self.replicated is not None:
+            self.replicated.close()
+
+
+def train_step(
+    spec: RunSpec,
+    backend: Backend[Any],
+    ops: Ops,
+    grad: str | None = None,
+    mode: str | None = None,
+    replicas: int = 1,
+) -> StepFn:
+    """The backend's training step for the spec's model (its cell and activation): one
+    device's ``make_train_step``, or with ``replicas`` > 1 the data-parallel engine's
+    ``make_replicated_step`` (``backend`` then a ``ReplicaBackend`` told the count before it
+    made ``ops``)."""
+    if replicas > 1:
+        engine = cast(ReplicaBackend[Any], backend)
+        return engine.make_replicated_step(
+            ops, replicas, grad, mode, spec.activation, spec.model_cell
+        )
+    return backend.make_train_step(
+        ops, grad=grad, mode=mode, activation=spec.activation, cell=spec.model_cell
+    )
+
+
+def engine(
+    spec: RunSpec,
+    backend: Backend[Any],
+    device: str = "cpu",
+    grad: str | None = None,
+    mode: str | None = None,
+    replicas: int = 1,
+    name: str | None = None,
+) -> Engine:
+    """The spec's run on ``backend``: its ops at the spec's dtype on ``device``, refused where
+    the device has no float64, and ``train_step``'s step; ``grad`` and ``mode`` default to the
+    backend's first. ``name``: the backend as the user asked for it (for messages and a
+    checkpoint), its ``NAME`` by default."""
+    name = name or backend.NAME
+    ops = backend.make_ops(spec.dtype, device)
+    if spec.dtype == "float64" and not backend.supports_float64(ops.device):
+        raise BackendUnavailable(f"{name} on {ops.device} has no float64; use float32")
+    grad = grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
+    mode = mode or backend.compile_modes(ops.device)[0]
+    step = train_step(spec, backend, ops, grad, mode, replicas)
+    replicated = cast(ReplicatedStep, step) if replicas > 1 else None
+    return Engine(name, ops, step, grad, mode, replicated)
+
+
+@dataclass
 class Run:
-    """A built run: its spec, its trainer (parameters, position, generator) and the history of
-    the epochs a resumed checkpoint had done."""
+    """A built run: its spec, the engine that computes it, its trainer (parameters, position,
+    generator) and the history of the epochs a resumed checkpoint had done."""
 
     spec: RunSpec
     epochs: int
     text: Text
+    engine: Engine
     trainer: Trainer
     history: list[dict[str, Any]]
 
-    def checkpoint(
-        self, backend: str, device: str, grad: str, replicas: int = 1
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def params(self) -> model.Params:
+        """The parameters where the engine's ops compute (a JAX mesh holds the replicas' on
+        every device; evaluation and sampling want them on one)."""
+        ops, params = self.engine.ops, self.trainer.params
+        if self.engine.replicas == 1:
+            return params
+        return model.to_backend(ops, model.to_numpy(ops, params))
+
+    def next_epoch(
+        self, stop_requested: Callable[[], bool] | None = None
+    ) -> tuple[EpochResult, dict[str, Any]]:
+        """Train one epoch and add what the history keeps of it: perplexity, speed, the
+        gradient norms and, where the spec holds some text out, the held-out perplexity."""
+        last = self.trainer.run_epoch(stop_requested=stop_requested)
+        entry: dict[str, Any] = {
+            "epoch": last.epoch,
+            "perplexity": last.perplexity,
+            "tokens_per_sec": last.tokens_per_sec,
+            "max_grad_norm": last.max_grad_norm,
+            "grad_norms": last.grad_norms,
+        }
+        if self.text.heldout_ids is not None:
+            spec = self.spec
+            entry["heldout_perplexity"], _ = perplexity_on(
+                self.engine.ops,
+                self.params(),
+                self.text.heldout_ids,
+                spec.num_steps,
+                spec.activation,
+                spec.model_cell,
+            )
+        self.history.append(entry)
+        return last, entry
+
+    def sample(self, prefix: str, num_preds: int = 50, params: model.Params | None = None) -> str:
+        """``prefix`` and the ``num_preds`` tokens the model greedily predicts after it."""
+        spec, vocab = self.spec, self.text.corpus.vocab
+        ids = vocab.lookup(data.split_text(prefix, spec.token))
+        out = sampling.predict(
+            self.engine.ops,
+            self.params() if params is None else params,
+            ids,
+            num_preds,
+            activation=spec.activation,
+            cell=spec.model_cell,
+        )
+        return data.join_tokens(vocab.to_tokens(out), spec.token)
+
+    def largest_grad_norm(self) -> tuple[float, int, int] | None:
+        """(norm, epoch, step) of the largest gradient norm the history saw (before clipping)."""
+        best: tuple[float, int, int] | None = None
+        for h in self.history:
+            for i, g in enumerate(h.get("grad_norms", [])):
+                if best is None or g > best[0]:
+                    best = (g, h["epoch"], i + 1)
+        return best
+
+    def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """What a checkpoint of the run keeps now: the tensors (parameters, the carried state)
         and the metadata (the spec under ``run``, where it ran, the text's vocabulary and
         fingerprint, the trainer's position and the history), which ``build`` continues from."""
         tensors, position = self.trainer.snapshot()
-        spec, history = self.spec, self.history
+        spec, history, engine = self.spec, self.history, self.engine
         meta = {
-            "backend": backend,
-            "device": device,
+            "backend": engine.name,
+            "device": engine.ops.device,
             "dtype": spec.dtype,
             "epoch": self.trainer.epoch,
             "target_epochs": self.epochs,
@@ -255,8 +399,8 @@ class Run:
             "token": spec.token,
             "max_tokens": spec.max_tokens,
             "train_fraction": spec.train_fraction,
-            "grad": grad,
-            "replicas": replicas,
+            "grad": engine.grad,
+            "replicas": engine.replicas,
             "config": self.trainer.config.to_dict(),
             "run": spec.to_meta(),
             "vocab": self.text.corpus.vocab.idx_to_token,
@@ -269,27 +413,39 @@ class Run:
         return tensors, meta
 
 
-def build(
+def trainer(
     spec: RunSpec,
     ops: Ops,
     step: StepFn,
+    params: model.Params,
+    ids: np.ndarray,
+    epochs: int,
+    rng: np.random.Generator,
+) -> Trainer:
+    """The training loop of ``spec`` over ``ids`` from ``params`` (NumPy arrays or the
+    backend's), drawing its epochs' offsets and shuffles from ``rng``; told the spec's model."""
+    cfg = spec.train_config(epochs)
+    return Trainer(ops, step, model.to_backend(ops, params), ids, cfg, rng, cell=spec.model_cell)
+
+
+def build(
+    spec: RunSpec,
+    engine: Engine,
     text: Text,
     epochs: int,
     resumed: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
     source: str = "",
 ) -> Run:
-    """The run of ``spec`` on ``text`` with a backend's ``ops`` and ``step``: from fresh
-    parameters (the spec's seed draws them, then the epochs' offsets and shuffles from the same
-    generator), or continued from a checkpoint (``resumed``, read from ``source``), which must
-    have been trained on the same text and have fewer than ``epochs`` epochs done."""
-    cfg = spec.train_config(epochs)
+    """The run of ``spec`` on ``text`` computed by ``engine``: from fresh parameters (the spec's
+    seed draws them, then the epochs' offsets and shuffles from the same generator), or
+    continued from a checkpoint (``resumed``, read from ``source``), which must have been
+    trained on the same text and have fewer than ``epochs`` epochs done."""
+    ops, step = engine.ops, engine.step
     rng = np.random.default_rng(spec.seed)
     if resumed is None:
         params = init_params(spec, len(text.corpus.vocab), rng)
-        trainer = Trainer(
-            ops, step, model.to_backend(ops, params), text.train_ids, cfg, rng, cell=spec.model_cell
-        )
-        return Run(spec, epochs, text, trainer, [])
+        fresh = trainer(spec, ops, step, params, text.train_ids, epochs, rng)
+        return Run(spec, epochs, text, engine, fresh, [])
     tensors, meta = resumed
     same_text = meta.get("corpus_sha1") == text.fingerprint
     if not same_text or meta["vocab"] != text.corpus.vocab.idx_to_token:
@@ -297,16 +453,14 @@ def build(
             f"--resume {source}: the corpus differs from the one it was trained on; "
             "pass the same --corpus"
         )
-    trainer = Trainer(
-        ops, step, model.to_backend(ops, tensors), text.train_ids, cfg, rng, cell=spec.model_cell
-    )
+    going = trainer(spec, ops, step, tensors, text.train_ids, epochs, rng)
     try:
-        trainer.restore(tensors, meta["position"])
+        going.restore(tensors, meta["position"])
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{source}: its training position is damaged") from None
-    if trainer.epoch >= epochs:
+    if going.epoch >= epochs:
         raise UserError(
-            f"--resume {source}: already trained {trainer.epoch} epochs; "
-            f"ask for more with --epochs N (the total, > {trainer.epoch})"
+            f"--resume {source}: already trained {going.epoch} epochs; "
+            f"ask for more with --epochs N (the total, > {going.epoch})"
         )
-    return Run(spec, epochs, text, trainer, list(meta.get("history", [])))
+    return Run(spec, epochs, text, engine, going, list(meta.get("history", [])))

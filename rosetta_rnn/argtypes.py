@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 def positive_int(text: str) -> int:
@@ -23,14 +24,19 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, expected: str, ok: Callable[[float], bool]) -> float:
+    """``text`` as a float for which ``ok`` holds; otherwise "expected ``expected``"."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+        value = math.nan
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, "a positive finite number", lambda v: math.isfinite(v) and v > 0)
 
 
 def alphas(text: str) -> list[float]:
@@ -44,10 +50,9 @@ def alphas(text: str) -> list[float]:
 
 
 def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
+    return _number(text, "a number in (0, 1)", lambda v: 0 < v < 1)
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (a negative one too)."""
+    return _number(text, "a finite number", math.isfinite)

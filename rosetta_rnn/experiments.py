@@ -62,8 +62,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, theta: float, progress: Progress | None = None) -> dict[str, Any]:
-    backend = backends.load(args.backend)
-    ops = backend.make_ops(args.dtype, args.device)
     # the chapter's run (seed 0, its 10000 characters, 32 × 35 minibatches) with the asked θ
     spec = replace(
         run_spec.RECIPES["d2l-0.17"],
@@ -74,8 +72,8 @@ def run(args: argparse.Namespace, theta: float, progress: Progress | None = None
         dtype=args.dtype,
     )
     text = run_spec.load_text(spec, data.locate_time_machine(args.corpus))
-    step = backend.make_train_step(ops, activation=spec.activation, cell=spec.model_cell)
-    trainer = run_spec.build(spec, ops, step, text, args.epochs).trainer
+    engine = run_spec.engine(spec, backends.load(args.backend), args.device, name=args.backend)
+    trainer = run_spec.build(spec, engine, text, args.epochs).trainer
     cfg = trainer.config
     norms: list[float] = []
     perplexity, diverged = math.nan, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.files import atomic_file
+from rosetta_rnn.core.run import RunSpec
 
 
 def require_matplotlib() -> None:
@@ -149,3 +151,21 @@ def distributions(
     ax.set_title(title)
     ax.legend()
     save(fig, path)
+
+
+def run_title(backend: str, device: str, grad: str, mode: str, spec: RunSpec) -> str:
+    """What ran, then its configuration: the plot says which run it shows."""
+    clip = "no clipping" if math.isinf(spec.clip) else f"clip θ = {spec.clip:g}"
+    state = (
+        ", no detach"
+        if not spec.detach
+        else ", state reset per minibatch"
+        if spec.reset_state
+        else ""
+    )
+    return (
+        f"{backend} {spec.dtype} on {device}, grad {grad}, {mode}: perplexity per epoch\n"
+        f"{spec.token}s, batch {spec.batch_size} × {spec.num_steps} steps, {spec.num_hiddens} "
+        f"hidden {spec.activation if spec.cell == 'rnn' else spec.model_cell}, lr {spec.lr:g}, "
+        f"{clip}, {spec.sampling}{state}, seed {spec.seed}"
+    )

@@ -13,86 +13,26 @@ import json
 import math
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from rosetta_rnn import argtypes, backends, plots
+from rosetta_rnn import argtypes, backends, plots, run_args
 from rosetta_rnn.backends import rules
-from rosetta_rnn.core import checkpoint, data, model, sampling
-from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core import checkpoint, data, run
 from rosetta_rnn.core.contract import Backend
 from rosetta_rnn.core.display import Progress
-from rosetta_rnn.core.errors import BackendUnavailable, ReplicaLost, UserError
-from rosetta_rnn.core.evaluation import perplexity_on
-from rosetta_rnn.core.replicas import ReplicatedStep, check_replicas
-from rosetta_rnn.core.training import (
-    EpochResult,
-    TrainConfig,
-    TrainingDiverged,
-    TrainingInterrupted,
-)
+from rosetta_rnn.core.errors import ReplicaLost, UserError
+from rosetta_rnn.core.replicas import check_replicas
+from rosetta_rnn.core.training import EpochResult, TrainingDiverged, TrainingInterrupted
 from rosetta_rnn.helpers import CORPUS_HELP, add_backend_args
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
 
 
-def _real(text: str) -> float:
-    """A finite number (argparse type), as a one-line error otherwise."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
 def _say(out: TextIO, *parts: Any) -> None:
     print(*parts, file=out, flush=True)
-
-
-def _given(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings given on the command line (None: not given)."""
-    given = {f.name: getattr(args, f.name, None) for f in fields(run_spec.RunSpec)}
-    if args.no_clip:
-        given["clip"] = math.inf
-    given["detach"] = False if args.no_detach else None
-    given["reset_state"] = True if args.reset_state else None
-    return given
-
-
-def _embedding(args: argparse.Namespace) -> str | None:
-    """--embedding as asked (an --embed-dim alone asks for a learned one); None: not given."""
-    if args.embedding == "onehot" and args.embed_dim is not None:
-        raise UserError("--embed-dim goes with --embedding learned")
-    return args.embedding or ("learned" if args.embed_dim is not None else None)
-
-
-def _spec(args: argparse.Namespace, meta: dict[str, Any] | None) -> run_spec.RunSpec:
-    """The run's specification from the flags given, or the checkpoint's with ``--resume``."""
-    given = {k: v for k, v in _given(args).items() if v is not None}
-    saved = run_spec.RunSpec.from_meta(meta, args.resume) if meta is not None else None
-    return run_spec.resolve(given, _embedding(args), saved, args.resume or "")
-
-
-def _largest_grad_norm(history: list[dict[str, Any]]) -> tuple[float, int, int] | None:
-    """(norm, epoch, step) of the largest gradient norm seen (before clipping)."""
-    best: tuple[float, int, int] | None = None
-    for h in history:
-        for i, g in enumerate(h.get("grad_norms", [])):
-            if best is None or g > best[0]:
-                best = (g, h["epoch"], i + 1)
-    return best
-
-
-def _sample(ops: Any, params: Any, vocab: data.Vocab, run: run_spec.RunSpec, prefix: str) -> str:
-    ids = vocab.lookup(data.split_text(prefix, run.token))
-    out = sampling.predict(ops, params, ids, 50, activation=run.activation, cell=run.model_cell)
-    return data.join_tokens(vocab.to_tokens(out), run.token)
 
 
 class _StopFlag:
@@ -133,118 +73,13 @@ def register(sub: Any) -> None:
         "keeps the model for generate, eval and --resume; Ctrl-C saves and says how to resume.",
     )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
-    # The run's settings default to None so that --resume can tell what was given explicitly;
-    # core.run's RunSpec holds the chapter's values.
-    t.add_argument(
-        "--seed",
-        metavar="N",
-        type=argtypes.integer,
-        help="seed of the one core generator (default 0)",
-    )
     t.add_argument("--corpus", metavar="FILE", help=CORPUS_HELP)
-    t.add_argument("--token", choices=data.TOKEN_KINDS, help="char or word (default: char)")
-    t.add_argument(
-        "--max-tokens",
-        type=argtypes.integer,
-        metavar="N",
-        help="train on the first N tokens; <= 0 keeps the whole text (default: 10000)",
-    )
-    t.add_argument(
-        "--batch-size",
-        metavar="B",
-        type=argtypes.positive_int,
-        help="sequences per minibatch (default: 32)",
-    )
-    t.add_argument(
-        "--num-steps",
-        metavar="T",
-        type=argtypes.positive_int,
-        help="tokens per sequence (default: 35)",
-    )
-    t.add_argument(
-        "--num-hiddens",
-        metavar="H",
-        type=argtypes.positive_int,
-        help="hidden units (default: 512; 256 with --cell gru or lstm, as in d2l 9.1 and 9.2)",
-    )
-    t.add_argument("--lr", type=argtypes.positive_float, help="SGD learning rate (default: 1)")
+    run_args.add_run_args(t)
     t.add_argument(
         "--epochs",
         metavar="N",
         type=argtypes.positive_int,
         help="total epochs, counting those a --resume'd checkpoint has done (default: 500)",
-    )
-    clip = t.add_mutually_exclusive_group()
-    clip.add_argument(
-        "--clip",
-        type=argtypes.positive_float,
-        metavar="THETA",
-        help="clip the gradient to global norm θ: g·min(1, θ/‖g‖) (default: 1)",
-    )
-    clip.add_argument("--no-clip", action="store_true", help="no gradient clipping")
-    t.add_argument(
-        "--sampling",
-        choices=data.SAMPLING_KINDS,
-        help="minibatches of consecutive text carrying the state, or random offsets with a "
-        "fresh state (default: sequential)",
-    )
-    t.add_argument(
-        "--cell",
-        choices=run_spec.CELL_KINDS,
-        help="the recurrent cell: the chapter's RNN, d2l 9.1's GRU or 9.2's LSTM (default: rnn)",
-    )
-    t.add_argument(
-        "--gru",
-        choices=run_spec.GRU_FORMS,
-        help="with --cell gru: the reset gate before the recurrent matmul (d2l, Keras "
-        "reset_after=False) or after it (torch.nn.GRU, cuDNN) (default: reset-before)",
-    )
-    t.add_argument(
-        "--forget-bias",
-        metavar="F",
-        type=_real,
-        help="with --cell lstm: the forget gate's initial bias (default: 0, as d2l; Keras' "
-        "unit_forget_bias is 1)",
-    )
-    t.add_argument(
-        "--activation",
-        choices=("tanh", "relu"),
-        help="the RNN's hidden layer's (default: tanh; the gated cells' are fixed)",
-    )
-    t.add_argument(
-        "--embedding",
-        choices=("onehot", "learned"),
-        help="one-hot inputs, or a learned embedding table (default: onehot)",
-    )
-    t.add_argument(
-        "--embed-dim",
-        metavar="D",
-        type=argtypes.positive_int,
-        help=f"size of a learned embedding (default: {run_spec.LEARNED_EMBED_DIM})",
-    )
-    t.add_argument(
-        "--loss",
-        choices=("all-steps", "last-step"),
-        help="predict every next token, or only each sequence's last (default: all-steps)",
-    )
-    state = t.add_mutually_exclusive_group()
-    state.add_argument(
-        "--no-detach",
-        action="store_true",
-        help="keep the state in the graph across minibatches (sequential only)",
-    )
-    state.add_argument(
-        "--reset-state",
-        action="store_true",
-        help="start every minibatch from a zero state, as d2l's use_random_iter=True run does "
-        "on its sequential iterator (random sampling always does)",
-    )
-    t.add_argument(
-        "--train-fraction",
-        metavar="F",
-        type=argtypes.fraction,
-        help="train on this first part of the corpus, report perplexity on the rest "
-        "(default: train on all of it)",
     )
     t.add_argument(
         "--plot",
@@ -304,22 +139,22 @@ def register(sub: Any) -> None:
 
 
 def _load_text(
-    args: argparse.Namespace, spec: run_spec.RunSpec, meta: dict[str, Any] | None
-) -> run_spec.Text:
+    args: argparse.Namespace, spec: run.RunSpec, meta: dict[str, Any] | None
+) -> run.Text:
     """--corpus, or the text a resumed checkpoint was trained on where it still is, or The Time
     Machine."""
     corpus_arg = args.corpus
     if corpus_arg is None and meta and meta.get("corpus_path"):
         if Path(meta["corpus_path"]).is_file():  # the text it was trained on
             corpus_arg = meta["corpus_path"]
-    return run_spec.load_text(spec, data.locate_time_machine(corpus_arg))
+    return run.load_text(spec, data.locate_time_machine(corpus_arg))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     resumed = checkpoint.load_model(args.resume) if args.resume else None
     resume_meta = resumed[1] if resumed else None
-    spec = _spec(args, resume_meta)
-    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or run_spec.EPOCHS
+    spec = run_args.spec_from_args(args, resume_meta)
+    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or run.EPOCHS
     spec.train_config(epochs)  # its contradictions refused before any framework starts
     out_path = args.checkpoint or args.resume
     if args.save_every and not out_path:
@@ -333,27 +168,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     replicas = args.replicas or 1
     if replicas > 1:  # told before the framework starts: JAX and TensorFlow make the devices
         check_replicas(replicas, spec.batch_size)
-        engine = backends.replica_backend(args.backend, backend, replicas)
-    ops = backend.make_ops(spec.dtype, args.device)
-    if spec.dtype == "float64" and not backend.supports_float64(ops.device):
-        raise BackendUnavailable(f"{args.backend} on {ops.device} has no float64; use float32")
-    grad = args.grad or backend.GRAD_MODES[0]  # make_train_step refuses one it lacks
-    mode = compile_mode(args, backend, ops.device)
-    text = _load_text(args, spec, resume_meta)
-    replicated: ReplicatedStep | None = None
-    if replicas > 1:
-        replicated = engine.make_replicated_step(
-            ops, replicas, grad, mode, spec.activation, spec.model_cell
-        )
-    step = replicated or backend.make_train_step(
-        ops, grad=grad, mode=mode, activation=spec.activation, cell=spec.model_cell
-    )
+        backend = backends.replica_backend(args.backend, backend, replicas)
+    device = backend.resolve_device(args.device)
+    mode = compile_mode(args, backend, device)
+    engine = run.engine(spec, backend, device, args.grad, mode, replicas, args.backend)
     try:
-        built = run_spec.build(spec, ops, step, text, epochs, resumed, args.resume or "")
-        return _train(args, built, out_path, ops, grad, mode, replicated)
+        text = _load_text(args, spec, resume_meta)
+        return _train(args, run.build(spec, engine, text, epochs, resumed, args.resume or ""))
     finally:
-        if replicated is not None:
-            replicated.close()
+        engine.close()
 
 
 def _kept(out_path: str | None) -> str:
@@ -364,44 +187,24 @@ def _kept(out_path: str | None) -> str:
     return "; no checkpoint was written"
 
 
-def _train(
-    args: argparse.Namespace,
-    built: run_spec.Run,
-    out_path: str | None,
-    ops: Any,
-    grad: str,
-    mode: str,
-    replicated: ReplicatedStep | None,
-) -> int:
+def _train(args: argparse.Namespace, built: run.Run) -> int:
     """The run itself, once it is built: its epochs, reports, checkpoints and plot."""
-    run, text, trainer, history, epochs = (
-        built.spec,
-        built.text,
-        built.trainer,
-        built.history,
-        built.epochs,
-    )
-    cfg = trainer.config
-    replicas = replicated.replicas if replicated else 1
-    engine = replicated.engine if replicated else None
+    spec, text, trainer, engine = built.spec, built.text, built.trainer, built.engine
+    epochs, history, device = built.epochs, built.history, engine.ops.device
+    out_path = args.checkpoint or args.resume
     human = sys.stderr if args.json else sys.stdout
     resumed = args.resume is not None
-
-    def evaluable() -> model.Params:
-        """The parameters where ``ops`` computes (a JAX mesh holds them on every device)."""
-        if replicas == 1:
-            return trainer.params
-        return model.to_backend(ops, model.to_numpy(ops, trainer.params))
+    engine_name = engine.replicated.engine if engine.replicated else None
 
     def save(path: str) -> None:
-        checkpoint.save(path, *built.checkpoint(args.backend, ops.device, grad, replicas))
+        checkpoint.save(path, *built.checkpoint())
 
     start = f"from epoch {trainer.epoch} to {epochs}" if resumed else f"{epochs} epochs"
-    on = f"; {replicas} replicas: {engine}" if engine else ""
+    on = f"; {engine.replicas} replicas: {engine_name}" if engine_name else ""
     _say(
         human,
         f"{'resuming' if resumed else 'training'} on {backends.framework(args.backend)} "
-        f"({args.backend}, {ops.device}, {run.dtype}, grad {grad}, {mode}{on}): "
+        f"({args.backend}, {device}, {spec.dtype}, grad {engine.grad}, {engine.mode}{on}): "
         f"{len(text.corpus.ids)} tokens, vocab {len(text.corpus.vocab)}, {start}",
     )
     last: EpochResult | None = None
@@ -415,14 +218,12 @@ def _train(
     ):
         try:
             while trainer.epoch < epochs:
-                last = trainer.run_epoch(stop_requested=stop)
-                entry = _epoch_entry(last, ops, evaluable, run, text)
-                history.append(entry)
+                last, entry = built.next_epoch(stop_requested=stop)
                 progress.advance(
                     info=f"perplexity {last.perplexity:.2f}, {last.tokens_per_sec:.0f} tokens/s"
                 )
                 if last.epoch % 10 == 0:
-                    progress.say(_epoch_line(entry, ops, evaluable(), run, cfg, text), human)
+                    progress.say(_epoch_line(entry, built.sample(SAMPLE_PREFIXES[0])), human)
                 if out_path and args.save_every and last.epoch % args.save_every == 0:
                     save(out_path)
                 if stop():
@@ -441,9 +242,10 @@ def _train(
             progress.close()
             raise type(e)(f"{e}{_kept(out_path)}") from None
     assert last is not None
-    final = evaluable()
-    samples = {p: _sample(ops, final, text.corpus.vocab, run, p) for p in SAMPLE_PREFIXES}
-    largest = _report(human, last, ops, samples, history, cfg)
+    final = built.params()
+    samples = {p: built.sample(p, params=final) for p in SAMPLE_PREFIXES}
+    largest = built.largest_grad_norm()
+    _report(human, last, device, samples, largest, history, spec)
     # The checkpoint first: a plot that fails now (its folder gone, a full disk) loses no run.
     if out_path:
         save(out_path)
@@ -451,9 +253,8 @@ def _train(
     plot_error: UserError | None = None
     if args.plot:
         try:
-            plots.perplexity(
-                history, args.plot, plot_title(args.backend, ops.device, grad, mode, run)
-            )
+            title = plots.run_title(args.backend, device, engine.grad, engine.mode, spec)
+            plots.perplexity(history, args.plot, title)
             _say(human, f"plot written to {args.plot}")
         except UserError as e:
             kept = f"; the checkpoint {out_path} is written" if out_path else ""
@@ -461,16 +262,16 @@ def _train(
     if args.json:
         doc = {
             "backend": args.backend,
-            "device": ops.device,
-            "dtype": run.dtype,
-            "grad": grad,
-            "compile": mode,
-            "replicas": replicas,
-            "engine": engine,
-            "cell": run.model_cell,
-            "seed": run.seed,
-            "token": run.token,
-            "max_tokens": run.max_tokens,
+            "device": device,
+            "dtype": spec.dtype,
+            "grad": engine.grad,
+            "compile": engine.mode,
+            "replicas": engine.replicas,
+            "engine": engine_name,
+            "cell": spec.model_cell,
+            "seed": spec.seed,
+            "token": spec.token,
+            "max_tokens": spec.max_tokens,
             "corpus": text.source,
             "corpus_sha1": text.fingerprint,
             "epochs": trainer.epoch,
@@ -478,7 +279,7 @@ def _train(
             "heldout_perplexity": history[-1].get("heldout_perplexity"),
             "max_grad_norm": largest[0] if largest else None,
             "tokens_per_sec": last.tokens_per_sec,
-            "config": cfg.to_dict(),
+            "config": trainer.config.to_dict(),
             "history": history,
             "samples": samples,
             "checkpoint": out_path,
@@ -490,38 +291,8 @@ def _train(
     return 0
 
 
-def _epoch_entry(
-    last: EpochResult,
-    ops: Any,
-    params: Callable[[], model.Params],
-    run: run_spec.RunSpec,
-    text: run_spec.Text,
-) -> dict[str, Any]:
-    """What the history keeps of an epoch (and the held-out perplexity, when there is one)."""
-    entry: dict[str, Any] = {
-        "epoch": last.epoch,
-        "perplexity": last.perplexity,
-        "tokens_per_sec": last.tokens_per_sec,
-        "max_grad_norm": last.max_grad_norm,
-        "grad_norms": last.grad_norms,
-    }
-    if text.heldout_ids is not None:
-        entry["heldout_perplexity"], _ = perplexity_on(
-            ops, params(), text.heldout_ids, run.num_steps, run.activation, run.model_cell
-        )
-    return entry
-
-
-def _epoch_line(
-    entry: dict[str, Any],
-    ops: Any,
-    params: model.Params,
-    run: run_spec.RunSpec,
-    cfg: TrainConfig,
-    text: run_spec.Text,
-) -> str:
+def _epoch_line(entry: dict[str, Any], sample: str) -> str:
     """Every tenth epoch: perplexity, held-out perplexity, speed and a greedy sample."""
-    sample = _sample(ops, params, text.corpus.vocab, run, SAMPLE_PREFIXES[0])
     held = f"  held-out {entry['heldout_perplexity']:8.3f}" if "heldout_perplexity" in entry else ""
     return (
         f"epoch {entry['epoch']:4d}  perplexity {entry['perplexity']:8.3f}{held}  "
@@ -532,43 +303,21 @@ def _epoch_line(
 def _report(
     human: TextIO,
     last: EpochResult,
-    ops: Any,
+    device: str,
     samples: dict[str, str],
+    largest: tuple[float, int, int] | None,
     history: list[dict[str, Any]],
-    cfg: TrainConfig,
-) -> tuple[float, int, int] | None:
-    """The end of a run for a person: speed, samples, the largest norm, held-out perplexity.
-    Returns the largest gradient norm seen (and where)."""
-    _say(
-        human,
-        f"perplexity {last.perplexity:.1f}, {last.tokens_per_sec:.1f} tokens/sec on {ops.device}",
-    )
+    spec: run.RunSpec,
+) -> None:
+    """The end of a run for a person: speed, samples, the largest norm, held-out perplexity."""
+    speed = f"{last.tokens_per_sec:.1f} tokens/sec on {device}"
+    _say(human, f"perplexity {last.perplexity:.1f}, {speed}")
     for text in samples.values():
         _say(human, text)
-    largest = _largest_grad_norm(history)
-    if largest is not None and math.isinf(cfg.clip):
+    if largest is not None and math.isinf(spec.clip):
         _say(human, "largest gradient norm {:.4g} (epoch {}, step {})".format(*largest))
     if history and history[-1].get("heldout_perplexity") is not None:
         _say(human, f"held-out perplexity {history[-1]['heldout_perplexity']:.2f}")
-    return largest
-
-
-def plot_title(backend: str, device: str, grad: str, mode: str, run: run_spec.RunSpec) -> str:
-    """What ran, then its configuration: the plot says which run it shows."""
-    clip = "no clipping" if math.isinf(run.clip) else f"clip θ = {run.clip:g}"
-    state = (
-        ", no detach"
-        if not run.detach
-        else ", state reset per minibatch"
-        if run.reset_state
-        else ""
-    )
-    return (
-        f"{backend} {run.dtype} on {device}, grad {grad}, {mode}: perplexity per epoch\n"
-        f"{run.token}s, batch {run.batch_size} × {run.num_steps} steps, {run.num_hiddens} hidden "
-        f"{run.activation if run.cell == 'rnn' else run.model_cell}, lr {run.lr:g}, {clip}, "
-        f"{run.sampling}{state}, seed {run.seed}"
-    )
 
 
 def compile_mode(args: argparse.Namespace, backend: Backend, device: str) -> str:

@@ -67,6 +67,10 @@ def _seed_unused(monkeypatch: pytest.MonkeyPatch) -> None:
     _spec_changed(monkeypatch, "build", seed=0)
 
 
+def _activation_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "engine", activation="tanh")
+
+
 def _forget_bias_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
     _spec_changed(monkeypatch, "init_params", forget_bias=0.0)
 
@@ -129,6 +133,7 @@ def _split_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
 
 PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "the seed is parsed but the generator is seeded 0": (_seed_unused, "seed"),
+    "--activation relu never reaches the step": (_activation_unapplied, "relu"),
     "--forget-bias never reaches the initialisation": (_forget_bias_unapplied, "forget-bias"),
     "--gru reset-after initialises a reset-before GRU": (_gru_form_unapplied, "gru-reset-after"),
     "--embedding learned initialises a one-hot model": (_embedding_unapplied, "embedding"),
@@ -168,7 +173,7 @@ def test_trains_flags_give_the_spec_the_cell_checks(option: str) -> None:
     """``rosetta-rnn train`` with the flags of an option (on top of the base's) builds the very
     spec its cell holds to the reference: a flag parsed but dropped fails here."""
     from rosetta_rnn.cli import build_parser
-    from rosetta_rnn.train_command import _spec
+    from rosetta_rnn.run_args import spec_from_args as _spec
 
     base = {
         key: getattr(run_checks.BASE, key)
