@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from rosetta_rnn.core import replicas as core_replicas
-from rosetta_rnn.core.errors import BackendUnavailable, ReplicaLost
+from rosetta_rnn.core.errors import BackendUnavailable, ReplicaLost, first_line
 from rosetta_rnn.core.model import Params, param_names
 
 STOP, STEP, VALUE_AND_GRAD = 0, 1, 2
@@ -380,7 +380,7 @@ def wait_polling(work: Any, watch: Any, what: str) -> None:
 
 def _first_line(error: BaseException) -> str:
     """The first line of a collective library's error, without gloo's source location."""
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    line = first_line(error)
     if line.startswith("[") and "] " in line:
         line = line.split("] ", 1)[1]
     return line.split(". This is typically", 1)[0].rstrip(".")

@@ -25,7 +25,7 @@ from rosetta_rnn import backends
 from rosetta_rnn.core.cells import RNN
 from rosetta_rnn.core.data import cache_dir
 from rosetta_rnn.core.display import Progress
-from rosetta_rnn.core.errors import BackendUnavailable, UserError
+from rosetta_rnn.core.errors import BackendUnavailable, UserError, first_line
 
 from . import machine, report, roofline, targets, threads, timing
 from . import peers as peers_mod
@@ -407,7 +407,7 @@ def _run_group(
         try:
             timed = timing.prepare(case, case.build, cfg.min_time, cfg.min_time)
         except Exception as e:  # a mode that fails here is reported, not fatal
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             where = f"{case.workload}, {case.cell}, {_shape_label(case.shape)}"
             notes.append(f"{case.name} ({where}) failed: {first}")
             log(f"   {case.name}: FAILED: {first}")

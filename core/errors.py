@@ -22,3 +22,9 @@ class BackendUnavailable(UserError):
 class ReplicaLost(BackendUnavailable):
     """A data-parallel run lost one of its replicas (a worker process died, a collective or a
     device failed): the run stops, and the command says what it kept."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name where it has none: what a
+    one-line report of an error a framework raised (often pages long) keeps."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

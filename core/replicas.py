@@ -28,7 +28,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from .errors import ReplicaLost, UserError
+from .errors import ReplicaLost, UserError, first_line
 from .model import Params, ValueAndGrad, clip_by_global_norm, param_names, sgd
 from .ops import Ops, Tensor
 
@@ -144,7 +144,7 @@ def device_failures(engine: str, errors: tuple[type[BaseException], ...]) -> Ite
     try:
         yield
     except errors as e:
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        line = first_line(e)
         raise ReplicaLost(
             f"the replicated step failed on {engine} ({line}); the run stops here"
         ) from e
