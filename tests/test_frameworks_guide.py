@@ -1438,7 +1438,7 @@ _X = [[1.0, 2.0], [2.0, 3.0], [0.5, 1.0], [4.0, 1.0]]
 _ONE_DEVICE = [1.875, 1.75]
 
 _DDP = """
-    import json, sys, torch, torch.distributed as dist
+    import json, os, sys, torch, torch.distributed as dist
     rank, init = int(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     x = torch.tensor(EXAMPLES, dtype=torch.float64)[2 * rank : 2 * rank + 2]
@@ -1455,7 +1455,12 @@ _DDP = """
     summed = plain.weight.grad.clone()
     dist.all_reduce(summed)  # the default op is SUM
     print(json.dumps({"ddp": ddp.module.weight.grad[0].tolist(), "all_reduce": summed[0].tolist()}))
-    dist.destroy_process_group()
+    sys.stdout.flush()
+    # Both ranks done before either leaves, then no teardown: gloo's pair threads torn down
+    # while the peer is still closing can abort the process ("terminate called without an
+    # active exception") after the figures are out.
+    dist.barrier()
+    os._exit(0)
 """.replace("EXAMPLES", repr(_X))
 
 
