@@ -108,14 +108,80 @@ class Vocab:
         return self._token_freqs
 
 
+def read_time_machine_whole(path: Any) -> str:
+    """The current edition's text (d2l 1.0, 9.2 ``_preprocess``): the whole file read at once,
+    every run of non-letters one space, lower-cased, nothing stripped (a line break is a space)."""
+    with open(path, encoding="utf-8") as f:
+        raw_text = f.read()
+    return re.sub("[^A-Za-z]+", " ", raw_text).lower()
+
+
+def tokenize_whole(text: str, token: str = "char") -> list[str]:
+    """The current edition's tokens of the whole text: characters ``list(text)``, or words
+    ``text.split()``."""
+    if token == "word":
+        return text.split()
+    if token == "char":
+        return list(text)
+    raise ValueError(f"unknown token type: {token!r}")
+
+
+class SortedVocab(Vocab):
+    """The current edition's vocabulary (d2l 1.0, 9.2): ``<unk>``, the reserved tokens and every
+    token of at least ``min_freq`` occurrences, in sorted order; ``unk`` is ``<unk>``'s index."""
+
+    def __init__(
+        self,
+        tokens: Sequence[Any] | None = None,
+        min_freq: int = 0,
+        reserved_tokens: Sequence[str] | None = None,
+    ) -> None:
+        if tokens is None:
+            tokens = []
+        if reserved_tokens is None:
+            reserved_tokens = []
+        counter = count_corpus(tokens)
+        self._token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
+        kept = [token for token, freq in self._token_freqs if freq >= min_freq]
+        self.idx_to_token = sorted(set(["<unk>", *reserved_tokens, *kept]))
+        self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
+
+    @property
+    def unk(self) -> int:
+        """The index of the unknown token."""
+        return self.token_to_idx["<unk>"]
+
+
 def load_corpus_time_machine(
-    path: Any, token: str = "char", max_tokens: int = -1
+    path: Any,
+    token: str = "char",
+    max_tokens: int = -1,
+    *,
+    text: str = "lines",
+    vocab_order: str = "frequency",
 ) -> tuple[list[int], Vocab]:
-    """The corpus as token ids (all lines concatenated, no separators) and its vocabulary."""
-    lines = read_time_machine(path)
-    tokens = tokenize(lines, token)
-    vocab = Vocab(tokens)
-    corpus = [vocab[tok] for line in tokens for tok in line]
+    """The corpus as token ids and its vocabulary.
+
+    ``text="lines"`` (d2l 0.17): the preprocessed lines concatenated, no separators;
+    ``text="whole"`` (d2l 1.0): the whole file preprocessed at once. ``vocab_order="frequency"``
+    is ``Vocab`` (d2l 0.17), ``"sorted"`` ``SortedVocab`` (d2l 1.0). The ids are truncated to the
+    first ``max_tokens`` when > 0, after the vocabulary is built.
+    """
+    tokens: list[Any]
+    if text == "lines":
+        tokens = tokenize(read_time_machine(path), token)  # a list of lines
+        flat = [tok for line in tokens for tok in line]
+    elif text == "whole":
+        tokens = flat = tokenize_whole(read_time_machine_whole(path), token)
+    else:
+        raise ValueError(f"text must be 'lines' or 'whole', got {text!r}")
+    if vocab_order == "frequency":
+        vocab = Vocab(tokens)
+    elif vocab_order == "sorted":
+        vocab = SortedVocab(tokens)
+    else:
+        raise ValueError(f"vocab_order must be 'frequency' or 'sorted', got {vocab_order!r}")
+    corpus = [vocab[tok] for tok in flat]
     if max_tokens > 0:
         corpus = corpus[:max_tokens]
     return corpus, vocab
@@ -188,6 +254,38 @@ def seq_data_iter_sequential(
         X = Xs[:, i : i + num_steps]
         Y = Ys[:, i : i + num_steps]
         batches.append((X.copy(), Y.copy()))
+    return batches
+
+
+def window_batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``order`` cut into minibatches of ``batch_size``, in order, the last partial one kept."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = [int(k) for k in order]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def seq_data_iter_windows(
+    corpus: Sequence[int], batch_size: int, num_steps: int, starts: Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The current edition's dataset (d2l 1.0, 9.3 ``TimeMachine``): window i is the
+    ``num_steps + 1`` ids from position i, X its first ``num_steps``, Y its last ``num_steps``;
+    one window starts at each i in ``0 .. len(corpus) - num_steps - 1``.
+
+    Minibatches of the windows starting at ``starts``, in that order (``window_batches``, the
+    last partial minibatch kept). X and Y are int64 ``(B, num_steps)``.
+    """
+    _check_sizes(batch_size, num_steps)
+    corpus = list(corpus)
+    num_windows = max(len(corpus) - num_steps, 0)
+    batches = []
+    for starts_per_batch in window_batches(starts, batch_size):
+        if any(not 0 <= i < num_windows for i in starts_per_batch):
+            raise ValueError(f"window starts must lie in [0, {num_windows})")
+        windows = [corpus[i : i + num_steps + 1] for i in starts_per_batch]
+        X = [window[:-1] for window in windows]
+        Y = [window[1:] for window in windows]
+        batches.append((np.array(X, dtype=np.int64), np.array(Y, dtype=np.int64)))
     return batches
 
 
@@ -847,7 +945,9 @@ def train_epoch(
 
     Returns the parameters after the epoch, the epoch's perplexity and ``(loss, norm)`` per
     minibatch (``norm`` is the global gradient norm before clipping). ``cell``'s state (the
-    LSTM's (H, C)) is carried, reset and detached alike.
+    LSTM's (H, C)) is carried, reset and detached alike. ``sampling="windows"`` is the current
+    edition's epoch (d2l 1.0): ``order`` holds the training windows' starts in their shuffled
+    order (``seq_data_iter_windows``), and every minibatch starts from a zero state.
     """
     if sampling == "sequential":
         if order is not None:
@@ -857,8 +957,12 @@ def train_epoch(
         if order is None:
             raise ValueError("sampling='random' needs order (the shuffled subsequence order)")
         batches = seq_data_iter_random(corpus, batch_size, num_steps, offset, order)
+    elif sampling == "windows":
+        if order is None:
+            raise ValueError("sampling='windows' needs order (the training windows' starts)")
+        batches = seq_data_iter_windows(corpus, batch_size, num_steps, order)
     else:
-        raise ValueError(f"sampling must be 'sequential' or 'random', got {sampling!r}")
+        raise ValueError(f"sampling must be 'sequential', 'random' or 'windows', got {sampling!r}")
     if not detach and (sampling != "sequential" or reset_state):
         raise ValueError("detach=False needs sampling='sequential' and reset_state=False")
     if not batches:
@@ -871,7 +975,7 @@ def train_epoch(
     inputs_so_far: list[np.ndarray] = []
     metric = [0.0, 0.0]  # sum of loss * n_labels, sum of n_labels
     for X, Y in batches:
-        if state is None or sampling == "random" or reset_state:
+        if state is None or sampling != "sequential" or reset_state:
             state = init_state(cell, X.shape[0], num_hiddens)
         inputs = X.T  # time-major (num_steps, B)
         labels = Y.T[-1:] if last_step else Y.T
@@ -914,6 +1018,43 @@ def text_perplexity(
     return math.exp(-float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].mean()))
 
 
+def perplexities(losses: Sequence[float], n_labels: Sequence[int]) -> tuple[float, float]:
+    """Two figures of minibatches with mean losses ``losses`` over ``n_labels`` labels each:
+    exp of the label-weighted mean loss, exp(Σ_b loss_b·n_b / Σ_b n_b), and the plain mean of
+    the minibatches' exp(loss_b) (the figure d2l 1.0's plot draws)."""
+    if len(losses) == 0 or len(losses) != len(n_labels):
+        raise ValueError("give one label count per minibatch loss, at least one")
+    weighted = sum(loss * n for loss, n in zip(losses, n_labels, strict=True)) / sum(n_labels)
+    return math.exp(weighted), sum(math.exp(loss) for loss in losses) / len(losses)
+
+
+def window_perplexities(
+    params: dict[str, np.ndarray],
+    corpus: Sequence[int],
+    starts: Sequence[int],
+    batch_size: int,
+    num_steps: int,
+    *,
+    last_step: bool = False,
+    cell: str = "rnn",
+    activation: str = "tanh",
+) -> tuple[float, float]:
+    """The current edition's validation: the windows starting at ``starts``, in that order,
+    ``batch_size`` at a time (the last partial minibatch kept), each minibatch from a zero state;
+    ``perplexities`` of their losses (every step's labels, or the last step's)."""
+    num_hiddens = int(params["W_hq"].shape[0])
+    losses, n_labels = [], []
+    for X, Y in seq_data_iter_windows(corpus, batch_size, num_steps, starts):
+        inputs = X.T  # time-major (num_steps, B)
+        labels = Y.T[-1:] if last_step else Y.T
+        zeros = init_state(cell, X.shape[0], num_hiddens)
+        outputs, _ = forward(inputs, zeros, params, cell, activation)
+        loss, _ = _labelled_loss(outputs, labels, *inputs.shape)
+        losses.append(loss)
+        n_labels.append(labels.size)
+    return perplexities(losses, n_labels)
+
+
 def plain_run(
     path: Any,
     epochs: int,
@@ -935,18 +1076,46 @@ def plain_run(
     detach: bool = True,
     last_step: bool = False,
     activation: str = "tanh",
+    text: str = "lines",
+    vocab_order: str = "frequency",
+    num_train: int = 10000,
+    num_val: int = 5000,
 ) -> dict[str, Any]:
     """A whole training run as the book's code makes it, from the text file ``path``: its
-    corpus (the first ``max_tokens`` tokens, all when <= 0; the last ``1 - train_fraction``
-    held out), the parameters drawn from a generator seeded ``seed`` and then every epoch's
-    draws from the same generator, ``epochs`` epochs of ``train_epoch``.
+    corpus (``text`` and ``vocab_order`` as ``load_corpus_time_machine``'s; the first
+    ``max_tokens`` tokens, all when <= 0; the last ``1 - train_fraction`` held out), the
+    parameters drawn from a generator seeded ``seed`` and then every epoch's draws from the same
+    generator, ``epochs`` epochs of ``train_epoch``.
 
     Returns the vocabulary, the initial parameters, each epoch's minibatches (time-major
     inputs and labels), perplexity, parameters and held-out perplexity (None without a held-out
-    part)."""
-    corpus, vocab = load_corpus_time_machine(path, token, max_tokens)
+    part).
+
+    ``sampling="windows"`` is the current edition's run (d2l 1.0, 9.3 and 9.5): the training
+    windows start at ``0 .. num_train - 1``, the validation windows at ``num_train ..
+    num_train + num_val - 1`` (``seq_data_iter_windows``); each epoch draws one
+    ``rng.permutation(num_train)``, the training windows' order, then validates in order with the
+    epoch's final parameters. Its epochs add ``book_perplexity`` (training) and ``validation``
+    (``perplexity`` and ``book_perplexity``, as ``perplexities``; None with ``num_val`` 0);
+    ``heldout`` is None.
+    """
+    corpus, vocab = load_corpus_time_machine(
+        path, token, max_tokens, text=text, vocab_order=vocab_order
+    )
     train, heldout = corpus, None
-    if train_fraction:
+    if sampling == "windows":
+        if train_fraction is not None:
+            raise ValueError("sampling='windows' holds out num_val windows; no train_fraction")
+        if num_train < 1 or num_val < 0:
+            raise ValueError(f"num_train must be >= 1, num_val >= 0, got {num_train}, {num_val}")
+        num_windows = max(len(corpus) - num_steps, 0)
+        if num_windows < num_train + num_val:
+            raise ValueError(
+                f"the corpus has {num_windows} windows of {num_steps + 1} ids, fewer than "
+                f"num_train + num_val = {num_train + num_val}"
+            )
+        validation_starts = list(range(num_train, num_train + num_val))
+    elif train_fraction:
         cut = int(len(corpus) * train_fraction)
         train, heldout = corpus[:cut], corpus[cut:]
     rng = np.random.default_rng(seed)
@@ -955,14 +1124,18 @@ def plain_run(
     )
     run: dict[str, Any] = {"vocab": vocab.idx_to_token, "init": params, "epochs": []}
     for _ in range(epochs):
-        draws = epoch_draws(rng, sampling, num_steps, len(train))
-        if sampling == "sequential":
-            batches = seq_data_iter_sequential(train, batch_size, num_steps, draws["offset"])
+        if sampling == "windows":
+            draws: dict[str, Any] = {"order": rng.permutation(num_train).tolist()}
+            batches = seq_data_iter_windows(train, batch_size, num_steps, draws["order"])
         else:
-            batches = seq_data_iter_random(
-                train, batch_size, num_steps, draws["offset"], draws["order"]
-            )
-        params, perplexity, _ = train_epoch(
+            draws = epoch_draws(rng, sampling, num_steps, len(train))
+            if sampling == "sequential":
+                batches = seq_data_iter_sequential(train, batch_size, num_steps, draws["offset"])
+            else:
+                batches = seq_data_iter_random(
+                    train, batch_size, num_steps, draws["offset"], draws["order"]
+                )
+        params, perplexity, history = train_epoch(
             params,
             train,
             batch_size,
@@ -977,14 +1150,43 @@ def plain_run(
             cell=cell,
             **draws,
         )
+        minibatches = [(X.T, (Y.T[-1:] if last_step else Y.T)) for X, Y in batches]
+        if sampling != "windows":
+            run["epochs"].append(
+                {
+                    "minibatches": minibatches,
+                    "perplexity": perplexity,
+                    "params": params,
+                    "heldout": None
+                    if heldout is None
+                    else text_perplexity(params, heldout, cell, activation),
+                }
+            )
+            continue
+        _, book_perplexity = perplexities(
+            [loss for loss, _ in history], [labels.size for _, labels in minibatches]
+        )
+        validation = None  # num_val 0: no validation windows
+        if validation_starts:
+            val_perplexity, val_book_perplexity = window_perplexities(
+                params,
+                train,
+                validation_starts,
+                batch_size,
+                num_steps,
+                last_step=last_step,
+                cell=cell,
+                activation=activation,
+            )
+            validation = {"perplexity": val_perplexity, "book_perplexity": val_book_perplexity}
         run["epochs"].append(
             {
-                "minibatches": [(X.T, (Y.T[-1:] if last_step else Y.T)) for X, Y in batches],
+                "minibatches": minibatches,
                 "perplexity": perplexity,
+                "book_perplexity": book_perplexity,
                 "params": params,
-                "heldout": None
-                if heldout is None
-                else text_perplexity(params, heldout, cell, activation),
+                "heldout": None,
+                "validation": validation,
             }
         )
     return run

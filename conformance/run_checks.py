@@ -46,6 +46,22 @@ BASE = replace(
 )
 """The chapter's recipe at a size that trains in milliseconds (float64, the reference's)."""
 
+WINDOWS_1_0: dict[str, Any] = {
+    "preprocess": "whole",
+    "vocab_order": "sorted",
+    "sampling": "windows",
+    "num_train": 150,
+    "num_val": 70,
+    "batch_size": 16,
+    "prefixes": ("it has",),
+    "num_preds": 20,
+}
+"""d2l 1.0's data (``--recipe d2l-1.0``) at ``BASE``'s size: 150 training windows in 9 × 16 + 6,
+70 validation windows in 4 × 16 + 6, so that both last minibatches are partial."""
+
+GATED_1_0: dict[str, Any] = {"recipe": "d2l-1.0", "lr": 4.0}
+"""d2l 1.0's 10.1 LSTM and 10.2 GRU train at lr 4."""
+
 OPTIONS: dict[str, dict[str, Any]] = {
     "chapter": {},
     "seed": {"seed": 3},
@@ -64,6 +80,19 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "max-tokens": {"max_tokens": 400},
     "whole-text": {"max_tokens": 0},
     "word": {"token": "word", "max_tokens": 0, "num_steps": 3, "batch_size": 2},
+    "preprocess-whole": {"preprocess": "whole"},
+    "vocab-sorted": {"vocab_order": "sorted"},
+    "windows": {"sampling": "windows", "num_train": 150, "num_val": 70, "batch_size": 16},
+    "windows-last-step": {
+        "sampling": "windows",
+        "num_train": 150,
+        "num_val": 0,
+        "batch_size": 16,
+        "loss": "last-step",
+    },
+    "recipe-1.0": {**WINDOWS_1_0, "recipe": "d2l-1.0"},
+    "recipe-1.0-gru": {**WINDOWS_1_0, **GATED_1_0, "cell": "gru", "gru": "reset-before"},
+    "recipe-1.0-lstm": {**WINDOWS_1_0, **GATED_1_0, "cell": "lstm"},
 }
 """Each setting of a run (``rosetta-rnn train``'s options), on top of ``BASE``."""
 
@@ -97,8 +126,9 @@ def _reference_cell(spec: run_spec.RunSpec) -> str:
 
 
 def reference_run(spec: run_spec.RunSpec, path: Path, epochs: int) -> dict[str, Any]:
-    """``reference.plain_run`` with the settings of ``spec``."""
-    return ref.plain_run(
+    """``reference.plain_run`` with the settings of ``spec``, and its greedy samples from the
+    spec's prefixes after the last epoch."""
+    run = ref.plain_run(
         path,
         epochs,
         token=spec.token,
@@ -118,7 +148,26 @@ def reference_run(spec: run_spec.RunSpec, path: Path, epochs: int) -> dict[str, 
         detach=spec.detach,
         last_step=spec.loss == "last-step",
         activation=spec.activation,
+        text=spec.preprocess,
+        vocab_order=spec.vocab_order,
+        num_train=spec.num_train,
+        num_val=spec.num_val,
     )
+    run["samples"] = [_reference_sample(spec, run, prefix) for prefix in spec.prefixes]
+    return run
+
+
+def _reference_sample(spec: run_spec.RunSpec, run: dict[str, Any], prefix: str) -> str:
+    """The reference's greedy ``predict`` from ``prefix`` after the run's last epoch, as text
+    (a ``<unk>`` as the replacement character, as ``train`` prints it)."""
+    vocab = run["vocab"]
+    unk = vocab.index("<unk>")
+    tokens = list(prefix) if spec.token == "char" else prefix.split()
+    ids = [vocab.index(t) if t in vocab else unk for t in tokens]
+    params = run["epochs"][-1]["params"] if run["epochs"] else run["init"]
+    out = ref.predict(ids, spec.num_preds, params, spec.activation, cell=_reference_cell(spec))
+    words = ["\ufffd" if vocab[i] == "<unk>" and spec.token == "char" else vocab[i] for i in out]
+    return ("" if spec.token == "char" else " ").join(words)
 
 
 def core_run(
@@ -155,14 +204,24 @@ def core_run(
                 "perplexity": result.perplexity,
                 "params": model.to_numpy(ops, built.trainer.params),
                 "heldout": entry.get("heldout_perplexity"),
+                "book_perplexity": entry.get("book_perplexity"),
+                "validation": {
+                    "perplexity": entry["val_perplexity"],
+                    "book_perplexity": entry["val_book_perplexity"],
+                }
+                if "val_perplexity" in entry
+                else None,
             }
         )
+    out["samples"] = [built.sample(prefix) for prefix in spec.prefixes]
     return built, out
 
 
 def compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, str]:
-    """The largest relative error between two runs' floats, and the first integer mismatch
-    (vocabulary, minibatch count or content, parameter names) in words; inf with it."""
+    """The largest relative error between two runs' floats (initial parameters; each epoch's
+    perplexities, the book's and the validation figures where the run has them, parameters),
+    and the first integer mismatch (vocabulary, minibatch count or content, parameter names,
+    greedy samples) in words; inf with it."""
     if got["vocab"] != want["vocab"]:
         return math.inf, "the vocabularies differ"
     if set(got["init"]) != set(want["init"]):
@@ -181,12 +240,23 @@ def compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, str]:
                 return math.inf, f"epoch {k}, minibatch {b}: other tokens"
         if (mine["heldout"] is None) != (theirs["heldout"] is None):
             return math.inf, f"epoch {k}: a held-out perplexity on one side only"
+        valid, their_valid = mine["validation"], theirs.get("validation")
+        if (valid is None) != (their_valid is None):
+            return math.inf, f"epoch {k}: a validation perplexity on one side only"
+        if (mine["book_perplexity"] is None) != ("book_perplexity" not in theirs):
+            return math.inf, f"epoch {k}: the book's training figure on one side only"
         pairs = [(mine["perplexity"], theirs["perplexity"])]
         if mine["heldout"] is not None:
             pairs.append((mine["heldout"], theirs["heldout"]))
+        if mine["book_perplexity"] is not None:
+            pairs.append((mine["book_perplexity"], theirs["book_perplexity"]))
+        if valid is not None:
+            pairs += [(valid[key], their_valid[key]) for key in ("perplexity", "book_perplexity")]
         for a, b in pairs:
             err = max(err, abs(a - b) / abs(b))
         err = max(err, max_error(mine["params"], theirs["params"]))
+    if got["samples"] != want["samples"]:
+        return math.inf, f"greedy samples {got['samples']} != {want['samples']}"
     return err, ""
 
 
@@ -202,11 +272,19 @@ def check_option(name: str) -> Cell:
     return _cell(name, err, tolerance(DTYPE, "values"), message)
 
 
-def check_resume() -> Cell:
+RESUMED: dict[str, dict[str, Any]] = {
+    "resume": {"sampling": "random", "train_fraction": 0.9, "seed": 5},
+    "resume-1.0": {**WINDOWS_1_0, "recipe": "d2l-1.0", "seed": 5},
+}
+"""The runs stopped after one epoch and resumed: 0.17's random sampling with a held-out part,
+and 1.0's shuffled windows with validation."""
+
+
+def check_resume(name: str = "resume") -> Cell:
     """A run checkpointed after one epoch, written to a file, read back and continued for
     another (``train --resume``), against the reference's two epochs without a stop: the
     parameters, the generator's draws and the minibatches continue as if never stopped."""
-    spec = replace(BASE, sampling="random", train_fraction=0.9, seed=5)
+    spec = replace(BASE, **RESUMED[name])
     with tempfile.TemporaryDirectory() as folder:
         path = write_text(folder)
         first, _ = core_run(spec, path, 1)
@@ -217,7 +295,7 @@ def check_resume() -> Cell:
     want["init"] = want["epochs"][0]["params"]  # the continued run starts from epoch 1's
     want["epochs"] = want["epochs"][1:]
     err, message = compare(got, want)
-    return _cell("resume", err, tolerance(DTYPE, "values"), message)
+    return _cell(name, err, tolerance(DTYPE, "values"), message)
 
 
 def _guarded(name: str, run: Callable[[], Cell]) -> Cell:
@@ -234,5 +312,7 @@ def tasks() -> list[tuple[str, Callable[[], Cell]]]:
         )
         for name in OPTIONS
     ]
-    found.append(("reference/run-resume", functools.partial(_guarded, "resume", check_resume)))
+    for name in RESUMED:
+        check = functools.partial(_guarded, name, functools.partial(check_resume, name))
+        found.append((f"reference/run-{name}", check))
     return found

@@ -26,7 +26,13 @@ DATA_FILENAME = "timemachine.txt"
 DATA_DIR_ENV = "ROSETTA_RNN_DATA"
 CACHE_DIR_ENV = "ROSETTA_RNN_CACHE"
 TOKEN_KINDS = ("char", "word")
-SAMPLING_KINDS = ("sequential", "random")
+SAMPLING_KINDS = ("sequential", "random", "windows")
+PREPROCESS_KINDS = ("lines", "whole")
+"""How the text is read: d2l 0.17's, line by line, each line stripped and the lines joined
+with nothing between them; or d2l 1.0's, the whole file at once, so a line break is a space."""
+VOCAB_ORDERS = ("frequency", "sorted")
+"""d2l 0.17's vocabulary: ``<unk>`` first, then by frequency; d2l 1.0's: the sorted set of the
+tokens and ``<unk>`` (at character level ``' '`` is 0, ``<unk>`` 1, ``a``..``z`` 2..27)."""
 
 
 # --- where the text comes from -------------------------------------------------------------
@@ -107,6 +113,16 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
         raise DataError(f"cannot read corpus {path}: {e.strerror or e}") from None
 
 
+def read_whole(path: str | os.PathLike[str]) -> str:
+    """The whole file, every run of non-letters one space, lower case (d2l 1.0's
+    ``_preprocess``): not stripped, so a line break is a space."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return re.sub("[^A-Za-z]+", " ", f.read()).lower()
+    except OSError as e:
+        raise DataError(f"cannot read corpus {path}: {e.strerror or e}") from None
+
+
 def tokenize(lines: Iterable[str], token: str = "char") -> list[list[str]]:
     """Each line as a list of characters or of words."""
     if token == "char":
@@ -136,21 +152,25 @@ class Vocab:
             if tok not in self.idx_to_token:
                 self.idx_to_token.append(tok)
         self.token_to_idx = {tok: i for i, tok in enumerate(self.idx_to_token)}
+        self.unk = 0
 
     @classmethod
     def from_tokens(cls, idx_to_token: Sequence[str]) -> Vocab:
-        """Rebuild a vocabulary from its index order (as stored in a checkpoint)."""
+        """Rebuild a vocabulary from its index order (as stored in a checkpoint); ``<unk>`` is
+        wherever the order has it."""
         vocab = cls()
         vocab.idx_to_token = list(idx_to_token)
         vocab.token_to_idx = {tok: i for i, tok in enumerate(vocab.idx_to_token)}
+        vocab.unk = vocab.token_to_idx.get("<unk>", 0)
         return vocab
+
+    @classmethod
+    def sorted(cls, tokens: Iterable[str]) -> Vocab:
+        """d2l 1.0's vocabulary: the sorted set of ``tokens`` and ``<unk>``."""
+        return cls.from_tokens(sorted(set(tokens) | {"<unk>"}))
 
     def __len__(self) -> int:
         return len(self.idx_to_token)
-
-    @property
-    def unk(self) -> int:
-        return 0
 
     def __getitem__(self, token: str) -> int:
         return self.token_to_idx.get(token, self.unk)
@@ -200,11 +220,40 @@ def read_prefix(text: str, token: str) -> tuple[str, list[str]]:
     return read, split_text(read, token)
 
 
-def load_corpus(path: str | os.PathLike[str], token: str = "char", max_tokens: int = -1) -> Corpus:
-    """d2l's ``load_corpus_time_machine``: ids of every token, truncated to ``max_tokens`` > 0."""
-    tokens = tokenize(read_lines(path), token)
-    vocab = Vocab(tokens)
-    ids = np.fromiter((vocab[t] for line in tokens for t in line), dtype=np.int64)
+def read_tokens(
+    path: str | os.PathLike[str], token: str = "char", preprocess: str = "lines"
+) -> list[str]:
+    """Every token of the text, read as ``preprocess`` says (``PREPROCESS_KINDS``)."""
+    if preprocess == "lines":
+        return [t for line in tokenize(read_lines(path), token) for t in line]
+    if preprocess == "whole":
+        return tokenize([read_whole(path)], token)[0]
+    kinds = ", ".join(PREPROCESS_KINDS)
+    raise ValueError(f"unknown preprocess {preprocess!r}; choose from {kinds}")
+
+
+def make_vocab(tokens: Sequence[str], order: str = "frequency") -> Vocab:
+    """The vocabulary of ``tokens`` in ``order`` (``VOCAB_ORDERS``)."""
+    if order == "frequency":
+        return Vocab(tokens)
+    if order == "sorted":
+        return Vocab.sorted(tokens)
+    raise ValueError(f"unknown vocabulary order {order!r}; choose from {', '.join(VOCAB_ORDERS)}")
+
+
+def load_corpus(
+    path: str | os.PathLike[str],
+    token: str = "char",
+    max_tokens: int = -1,
+    preprocess: str = "lines",
+    vocab_order: str = "frequency",
+) -> Corpus:
+    """d2l's ``load_corpus_time_machine``: ids of every token, truncated to ``max_tokens`` > 0
+    (the vocabulary is the whole text's); the text read and the vocabulary ordered as 0.17
+    (the defaults) or 1.0 does."""
+    tokens = read_tokens(path, token, preprocess)
+    vocab = make_vocab(tokens, vocab_order)
+    ids = np.fromiter((vocab[t] for t in tokens), dtype=np.int64, count=len(tokens))
     if max_tokens > 0:
         ids = ids[:max_tokens]
     return Corpus(ids=ids, vocab=vocab, token=token)
@@ -245,23 +294,67 @@ def seq_data_iter_sequential(
         yield Xs[:, i : i + num_steps], Ys[:, i : i + num_steps]
 
 
+def num_windows(num_tokens: int, num_steps: int) -> int:
+    """How many windows of ``num_steps + 1`` consecutive tokens a text has: one starting at
+    each position (d2l 1.0's dataset)."""
+    return max(0, num_tokens - num_steps)
+
+
+def window_batches(
+    corpus: Sequence[int] | np.ndarray, starts: np.ndarray, batch_size: int, num_steps: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The windows starting at ``starts``, ``batch_size`` at a time in that order, the last
+    minibatch partial where they run out (d2l 1.0's loader keeps it). X is a window without its
+    last token, Y without its first; (batch, steps)."""
+    corpus = np.asarray(corpus)
+    steps = np.arange(num_steps + 1)
+    for i in range(0, len(starts), batch_size):
+        windows = corpus[np.asarray(starts[i : i + batch_size])[:, None] + steps]
+        yield windows[:, :-1], windows[:, 1:]
+
+
+def seq_data_iter_windows(
+    corpus: Sequence[int] | np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    rng: np.random.Generator,
+    num_train: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """d2l 1.0's training loader: the windows starting at 0 .. ``num_train`` - 1, in an order
+    drawn afresh each epoch (one ``permutation``), the last partial minibatch kept. Each
+    minibatch is independent of the last."""
+    if num_windows(len(corpus), num_steps) < num_train:
+        raise ValueError(f"the text has fewer than {num_train} windows of {num_steps + 1} tokens")
+    return window_batches(corpus, rng.permutation(num_train), batch_size, num_steps)
+
+
 def data_iter(
     corpus: Sequence[int] | np.ndarray,
     batch_size: int,
     num_steps: int,
     rng: np.random.Generator,
     sampling: str = "sequential",
+    num_train: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of minibatches of the chosen kind."""
+    """One epoch of minibatches of the chosen kind (``num_train``: the training windows of
+    ``windows``)."""
     if sampling == "sequential":
         return seq_data_iter_sequential(corpus, batch_size, num_steps, rng)
     if sampling == "random":
         return seq_data_iter_random(corpus, batch_size, num_steps, rng)
+    if sampling == "windows":
+        return seq_data_iter_windows(corpus, batch_size, num_steps, rng, num_train)
     raise ValueError(f"unknown sampling {sampling!r}; choose from {', '.join(SAMPLING_KINDS)}")
 
 
-def num_batches(num_tokens: int, batch_size: int, num_steps: int, sampling: str) -> int:
+def num_batches(
+    num_tokens: int, batch_size: int, num_steps: int, sampling: str, num_train: int = 0
+) -> int:
     """How many minibatches an epoch has at the worst offset (0 means the corpus is too short)."""
+    if sampling == "windows":
+        if num_windows(num_tokens, num_steps) < num_train:
+            return 0
+        return -(-num_train // batch_size)
     if sampling == "random":
         return max(0, (num_tokens - num_steps) // num_steps // batch_size)
     return max(0, ((num_tokens - num_steps - 1) // batch_size) // num_steps)

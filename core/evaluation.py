@@ -10,6 +10,7 @@ import numpy as np
 
 from .cells import any_forward_loss as forward_loss  # any cell's: the RNN's or a gated one's
 from .cells import initial_state
+from .data import window_batches
 from .ops import Ops, Tensor
 
 
@@ -43,3 +44,40 @@ def perplexity_on(
         total += float(ops.to_numpy(loss)) * len(y)
         n += len(y)
     return math.exp(total / n), n
+
+
+def window_perplexity(
+    ops: Ops,
+    params: Mapping[str, Tensor],
+    ids: np.ndarray,
+    starts: np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    activation: str = "tanh",
+    cell: str | None = None,
+    last_step: bool = False,
+) -> tuple[float, float]:
+    """d2l 1.0's validation: the windows starting at ``starts``, in order, ``batch_size`` at a
+    time (the last partial), each minibatch from a zero state. Returns (exp of the
+    token-weighted mean loss, the plain mean of exp(each minibatch's mean loss): the book's
+    plotted figure). ``last_step``: only each window's last label, as the loss trained."""
+    total, n, exps, batches = 0.0, 0, 0.0, 0
+    for X, Y in window_batches(ids, starts, batch_size, num_steps):
+        labels = Y.T[-1:] if last_step else Y.T  # time-major, as training
+        loss, _ = forward_loss(
+            ops,
+            params,
+            ops.asarray(X.T),
+            ops.asarray(labels),
+            initial_state(ops, params, X.shape[0], cell),
+            activation,
+            cell,
+        )
+        mean = float(ops.to_numpy(loss))
+        total += mean * labels.size
+        n += labels.size
+        exps += math.exp(mean) if mean < 700 else math.inf
+        batches += 1
+    if batches == 0:
+        raise ValueError("no windows to evaluate")
+    return math.exp(total / n), exps / batches

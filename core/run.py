@@ -31,22 +31,21 @@ import numpy as np
 from . import cells, data, model, sampling
 from .contract import Backend, ReplicaBackend, StepFn
 from .errors import BackendUnavailable, CheckpointError, UserError
-from .evaluation import perplexity_on
+from .evaluation import perplexity_on, window_perplexity
 from .ops import Ops
 from .replicas import ReplicatedStep
 from .training import EpochResult, TrainConfig, Trainer
 
 CELL_KINDS = ("rnn", "gru", "lstm")
 GRU_FORMS = ("reset-before", "reset-after")
-GATED_NUM_HIDDENS = 256  # d2l 9.1 and 9.2 train their GRU and LSTM with 256 hidden units
 LEARNED_EMBED_DIM = 32  # a learned embedding asked for without its size
-EPOCHS = 500  # the chapter's
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a training run is asked for except its length. The defaults are d2l 0.17's
-    chapter 8.5 (``RECIPES["d2l-0.17"]``)."""
+    chapter 8.5 (``RECIPES["d2l-0.17"]``); ``RECIPES["d2l-1.0"]`` is the current edition's
+    chapter 9.5."""
 
     batch_size: int = 32
     num_steps: int = 35
@@ -67,6 +66,13 @@ class RunSpec:
     cell: str = "rnn"  # rnn (the chapter), gru (d2l 9.1) or lstm (d2l 9.2)
     gru: str | None = None  # the GRU's formulation: reset-before (d2l) or reset-after
     forget_bias: float = 0.0  # the LSTM's initial b_f: 0 (d2l) or 1 (Keras' unit_forget_bias)
+    preprocess: str = "lines"  # the text read line by line (0.17) or whole (1.0)
+    vocab_order: str = "frequency"  # the vocabulary by frequency (0.17) or sorted (1.0)
+    num_train: int = 10000  # sampling "windows": the training windows, starting 0 .. N-1
+    num_val: int = 5000  # ... and the validation windows after them (0: no validation)
+    prefixes: tuple[str, ...] = ("time traveller", "traveller")  # what the samples start from
+    num_preds: int = 50  # how many tokens a sample predicts
+    recipe: str = "d2l-0.17"  # the preset the spec started from
 
     @property
     def model_cell(self) -> str:
@@ -97,6 +103,8 @@ class RunSpec:
                 for k in ("token", "max_tokens", "dtype", "seed", "train_fraction"):
                     saved[k] = meta[k]
             saved["clip"] = math.inf if saved["clip"] is None else saved["clip"]
+            if "prefixes" in saved:  # JSON keeps a tuple as a list
+                saved["prefixes"] = tuple(saved["prefixes"])
             return cls(**saved)
         except (KeyError, TypeError):
             raise CheckpointError(f"{source}: cannot resume, it lacks training metadata") from None
@@ -116,9 +124,45 @@ def spec_of(config: TrainConfig, model_cell: str = cells.RNN, **settings: Any) -
     return RunSpec(**trainer, **cell_settings(model_cell), **settings)
 
 
-RECIPES: dict[str, RunSpec] = {"d2l-0.17": RunSpec()}
-"""Named presets of the specification: d2l 0.17's chapter 8.5 (partitioned iterators, 32 × 35
-minibatches, 512 hidden units, 500 epochs)."""
+RECIPES: dict[str, RunSpec] = {
+    "d2l-0.17": RunSpec(),
+    "d2l-1.0": RunSpec(
+        batch_size=1024,
+        num_steps=32,
+        num_hiddens=32,
+        lr=1.0,
+        clip=1.0,
+        sampling="windows",
+        max_tokens=0,
+        preprocess="whole",
+        vocab_order="sorted",
+        num_train=10000,
+        num_val=5000,
+        prefixes=("it has",),
+        num_preds=20,
+        recipe="d2l-1.0",
+    ),
+}
+"""Named presets of the specification. ``d2l-0.17``: the 0.17 edition's chapter 8.5 (the text
+line by line, the first 10,000 characters, partitioned iterators of 32 × 35 minibatches, 512
+hidden units, 500 epochs). ``d2l-1.0``: the current edition's chapter 9.5 (the whole text,
+sorted vocabulary, every window of 33 characters, the first 10,000 shuffled into minibatches
+of 1,024 and the next 5,000 for validation, 32 hidden units, 100 epochs)."""
+
+RECIPE_GATED: dict[str, dict[str, Any]] = {
+    "d2l-0.17": {"num_hiddens": 256},  # d2l 0.17's 9.1 and 9.2
+    "d2l-1.0": {"lr": 4.0},  # d2l 1.0's 10.1 and 10.2: 32 hidden units, lr 4
+}
+"""What the GRU and the LSTM change in a recipe (a flag given still wins)."""
+
+RECIPE_EPOCHS: dict[str, tuple[int, int]] = {"d2l-0.17": (500, 500), "d2l-1.0": (100, 50)}
+"""Each recipe's epochs: the RNN's, then the gated cells'."""
+
+
+def epochs_of(spec: RunSpec) -> int:
+    """How long the spec's recipe trains its cell."""
+    rnn, gated = RECIPE_EPOCHS[spec.recipe]
+    return rnn if spec.cell == "rnn" else gated
 
 
 SWITCHES = {("clip", math.inf): "--no-clip", ("detach", False): "--no-detach"}
@@ -157,14 +201,20 @@ def resolve(
     ``onehot`` or ``learned`` where asked."""
     if saved is None:
         given = dict(given)
+        recipe = given.get("recipe", base.recipe if base else "d2l-0.17")
+        if recipe not in RECIPES:
+            raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
         _check_cell(given.get("cell", "rnn"), given)
         if embedding == "learned":
             given.setdefault("embed_dim", LEARNED_EMBED_DIM)
         if given.get("cell") == "gru":
             given.setdefault("gru", GRU_FORMS[0])
         if given.get("cell", "rnn") != "rnn":
-            given.setdefault("num_hiddens", GATED_NUM_HIDDENS)
-        return replace(base or RECIPES["d2l-0.17"], **given)
+            for key, value in RECIPE_GATED[recipe].items():
+                given.setdefault(key, value)
+        spec = replace(base or RECIPES[recipe], **given)
+        _check_data(spec)
+        return spec
     if given.get("cell", saved.cell) != saved.cell:
         raise UserError(
             f"--resume {source}: --cell {given['cell']} differs from the checkpoint's cell "
@@ -184,6 +234,17 @@ def resolve(
                 f"{key} {getattr(saved, key)}; drop it to continue, or start a new run"
             )
     return saved
+
+
+def _check_data(spec: RunSpec) -> None:
+    """The data settings that contradict each other, refused before any text is read."""
+    if spec.sampling == "windows" and spec.train_fraction:
+        raise UserError(
+            "--train-fraction holds out the end of the text; with --sampling windows the "
+            "validation windows are --num-val, after the --num-train training ones"
+        )
+    if spec.num_train <= 0 or spec.num_val < 0:
+        raise UserError("--num-train must be positive and --num-val not negative")
 
 
 def init_params(spec: RunSpec, vocab_size: int, rng: np.random.Generator) -> model.Params:
@@ -210,6 +271,7 @@ class Text:
     fingerprint: str
     train_ids: np.ndarray
     heldout_ids: np.ndarray | None
+    val_starts: np.ndarray | None = None  # sampling "windows": where the validation windows start
 
 
 def fingerprint(corpus: data.Corpus) -> str:
@@ -220,15 +282,33 @@ def fingerprint(corpus: data.Corpus) -> str:
 def load_text(spec: RunSpec, source: str | Path) -> Text:
     """The spec's text from ``source``: its first ``max_tokens`` tokens (all when <= 0), the
     last ``1 - train_fraction`` of them held out, and checked long enough for one minibatch."""
-    corpus = data.load_corpus(source, spec.token, spec.max_tokens)
-    train_ids, heldout_ids = corpus.ids, None
+    corpus = data.load_corpus(
+        source, spec.token, spec.max_tokens, spec.preprocess, spec.vocab_order
+    )
+    train_ids, heldout_ids, val_starts = corpus.ids, None, None
     if spec.train_fraction:  # hold out the end of the corpus
         cut = int(len(corpus.ids) * spec.train_fraction)
         train_ids, heldout_ids = corpus.ids[:cut], corpus.ids[cut:]
         if len(heldout_ids) < 2:
             raise UserError("--train-fraction leaves fewer than 2 tokens to hold out")
-    _check_length(len(train_ids), spec, str(source))
-    return Text(str(source), corpus, fingerprint(corpus), train_ids, heldout_ids)
+    if spec.sampling == "windows":
+        _check_windows(len(corpus.ids), spec, str(source))
+        if spec.num_val:
+            val_starts = np.arange(spec.num_train, spec.num_train + spec.num_val)
+    else:
+        _check_length(len(train_ids), spec, str(source))
+    return Text(str(source), corpus, fingerprint(corpus), train_ids, heldout_ids, val_starts)
+
+
+def _check_windows(n: int, spec: RunSpec, source: str) -> None:
+    """A text long enough for the training and the validation windows."""
+    have, need = data.num_windows(n, spec.num_steps), spec.num_train + spec.num_val
+    if have < need:
+        raise UserError(
+            f"corpus {source} ({n} tokens) has {have} windows of --num-steps + 1 = "
+            f"{spec.num_steps + 1} tokens, fewer than --num-train {spec.num_train} + --num-val "
+            f"{spec.num_val}; lower them, or raise --max-tokens (0: the whole text)"
+        )
 
 
 def _check_length(n: int, spec: RunSpec, source: str) -> None:
@@ -347,28 +427,45 @@ class Run:
             "max_grad_norm": last.max_grad_norm,
             "grad_norms": last.grad_norms,
         }
-        if self.text.heldout_ids is not None:
-            spec = self.spec
+        spec, text = self.spec, self.text
+        if spec.sampling == "windows":
+            entry["book_perplexity"] = last.book_perplexity
+        if text.heldout_ids is not None:
             entry["heldout_perplexity"], _ = perplexity_on(
                 self.engine.ops,
                 self.params(),
-                self.text.heldout_ids,
+                text.heldout_ids,
                 spec.num_steps,
                 spec.activation,
                 spec.model_cell,
             )
+        if text.val_starts is not None:
+            entry["val_perplexity"], entry["val_book_perplexity"] = window_perplexity(
+                self.engine.ops,
+                self.params(),
+                text.corpus.ids,
+                text.val_starts,
+                spec.batch_size,
+                spec.num_steps,
+                spec.activation,
+                spec.model_cell,
+                spec.loss == "last-step",
+            )
         self.history.append(entry)
         return last, entry
 
-    def sample(self, prefix: str, num_preds: int = 50, params: model.Params | None = None) -> str:
-        """``prefix`` and the ``num_preds`` tokens the model greedily predicts after it."""
+    def sample(
+        self, prefix: str, num_preds: int | None = None, params: model.Params | None = None
+    ) -> str:
+        """``prefix`` and the ``num_preds`` (the spec's) tokens the model greedily predicts
+        after it."""
         spec, vocab = self.spec, self.text.corpus.vocab
         ids = vocab.lookup(data.split_text(prefix, spec.token))
         out = sampling.predict(
             self.engine.ops,
             self.params() if params is None else params,
             ids,
-            num_preds,
+            spec.num_preds if num_preds is None else num_preds,
             activation=spec.activation,
             cell=spec.model_cell,
         )

@@ -46,6 +46,7 @@ class TrainConfig:
     loss: str = "all-steps"  # or "last-step": only the last character of each subsequence
     detach: bool = True  # False: gradients flow through the whole epoch (sequential only)
     reset_state: bool = False  # True: every minibatch starts from zeros (random always does)
+    num_train: int = 10000  # sampling "windows": the training windows, those starting 0 .. N-1
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -56,7 +57,7 @@ class TrainConfig:
             )
         if not self.detach and self.sampling != "sequential":
             raise UserError(
-                "--no-detach needs --sampling sequential (random sampling resets "
+                f"--no-detach needs --sampling sequential ({self.sampling} sampling resets "
                 "the state every minibatch)"
             )
         if not self.detach and self.reset_state:
@@ -77,6 +78,9 @@ class EpochResult:
     max_grad_norm: float
     seconds: float
     grad_norms: list[float] = field(default_factory=list)
+    book_perplexity: float = math.nan
+    """The plain mean over the epoch's minibatches of exp(the minibatch's mean loss): what
+    d2l 1.0's plot draws. ``perplexity`` is exp of the token-weighted mean loss."""
 
 
 class TrainingDiverged(UserError):
@@ -141,7 +145,7 @@ class Trainer:
         totals = self._totals
         start = time.perf_counter() - totals.seconds
         batches = data.data_iter(
-            self.corpus_ids, cfg.batch_size, cfg.num_steps, self.rng, cfg.sampling
+            self.corpus_ids, cfg.batch_size, cfg.num_steps, self.rng, cfg.sampling, cfg.num_train
         )
         epoch_inputs: list[np.ndarray] = []  # --no-detach: the epoch so far, time-major
         for i, (X, Y) in enumerate(batches):
@@ -169,7 +173,7 @@ class Trainer:
                 )
             self.params, self.hidden = params, hidden
             self.last_finite_norm = norm_f
-            totals.add(loss_f * Y_t.size, Y_t.size, norm_f)
+            totals.add(loss_f, Y_t.size, norm_f)
             self.step = i + 1
             totals.seconds = time.perf_counter() - start
             if on_step is not None:
@@ -188,6 +192,7 @@ class Trainer:
         return EpochResult(
             epoch=self.epoch,
             perplexity=math.exp(totals.loss_sum / totals.tokens),
+            book_perplexity=totals.exp_sum / len(totals.norms),
             tokens_per_sec=totals.tokens / totals.seconds if totals.seconds > 0 else math.inf,
             tokens=totals.tokens,
             max_grad_norm=totals.max_norm,
@@ -198,7 +203,7 @@ class Trainer:
     @property
     def _fresh_state_every_minibatch(self) -> bool:
         cfg = self.config
-        return cfg.sampling == "random" or cfg.reset_state or not cfg.detach
+        return cfg.sampling != "sequential" or cfg.reset_state or not cfg.detach
 
     # -- exact continuation ---------------------------------------------------------------
 
@@ -245,9 +250,11 @@ class _Totals:
     max_norm: float = 0.0
     seconds: float = 0.0
     norms: list[float] = field(default_factory=list)
+    exp_sum: float = 0.0  # Σ exp(a minibatch's mean loss), for the book's figure
 
-    def add(self, loss_sum: float, tokens: int, norm: float) -> None:
-        self.loss_sum += loss_sum
+    def add(self, loss_mean: float, tokens: int, norm: float) -> None:
+        self.loss_sum += loss_mean * tokens
+        self.exp_sum += math.exp(loss_mean) if loss_mean < 700 else math.inf  # no overflow
         self.tokens += tokens
         self.max_norm = max(self.max_norm, norm)
         self.norms.append(norm)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from rosetta_rnn import argtypes, backends, plots
-from rosetta_rnn.core import cells, checkpoint, data, model, sampling
-from rosetta_rnn.core.errors import UserError
+from rosetta_rnn.core import cells, checkpoint, data, model, run, sampling
+from rosetta_rnn.core.errors import CheckpointError, UserError
 from rosetta_rnn.core.evaluation import perplexity_on
 from rosetta_rnn.helpers import CORPUS_HELP, PROG, add_backend_args
 
@@ -33,14 +33,17 @@ def register(sub: Any) -> None:
     )
     add_backend_args(g, None)
     g.add_argument(
-        "--prefix", metavar="TEXT", default="time traveller", help="the text to continue"
+        "--prefix",
+        metavar="TEXT",
+        help="the text to continue (default: the run's recipe's, 'time traveller'; d2l-1.0: "
+        "'it has')",
     )
     g.add_argument(
         "--num-chars",
         type=argtypes.integer,
-        default=50,
         metavar="N",
-        help="how many tokens to predict (characters, or words for a word model)",
+        help="how many tokens to predict (characters, or words for a word model) (default: "
+        "the recipe's, 50; d2l-1.0: 20)",
     )
     how = g.add_mutually_exclusive_group()
     how.add_argument(
@@ -84,8 +87,9 @@ def register(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
         help="perplexity of a checkpoint on a text",
-        description="Score a checkpoint on a text it may not have seen: the text gets the "
-        "corpus' preprocessing and the checkpoint's tokenisation and vocabulary (tokens "
+        description="Score a checkpoint on a text it may not have seen: the text is read as "
+        "its run read its own (line by line, or whole with --recipe d2l-1.0) with the "
+        "checkpoint's tokenisation and vocabulary (tokens "
         "outside it count as <unk>), and is read in one pass with the state carried across "
         "chunks of the checkpoint's --num-steps.",
     )
@@ -112,7 +116,12 @@ class _Model:
         self.params = model.to_backend(
             self.ops, {k: v.astype(self.dtype) for k, v in tensors.items()}
         )
-        self.cell = cells.cell_of(self.params)  # rnn, gru/reset-before, gru/reset-after, lstm
+        try:  # the run it was trained with: how its text was read, its prefix
+            self.spec = run.RunSpec.from_meta(self.meta, args.checkpoint)
+            self.cell = self.spec.model_cell
+        except CheckpointError:  # a model alone (convert writes one): the chapter's reading
+            self.spec = run.RunSpec(token=self.token)
+            self.cell = cells.cell_of(self.params)  # rnn, gru/reset-before ..., lstm
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -125,6 +134,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         m.dtype,
         m.activation,
     )
+    if args.prefix is None:
+        args.prefix = m.spec.prefixes[0]
+    if args.num_chars is None:
+        args.num_chars = m.spec.num_preds
     if args.num_chars < 0:
         raise UserError(f"--num-chars must be >= 0, got {args.num_chars}")
     prefix, tokens = data.read_prefix(args.prefix, token)
@@ -201,13 +214,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity on a text the model may not have seen; unknown tokens count as <unk>."""
     m = _Model(args)
     source = data.locate_time_machine(args.corpus)
-    tokens = [t for line in data.tokenize(data.read_lines(source), m.token) for t in line]
+    tokens = data.read_tokens(source, m.token, m.spec.preprocess)  # as the run read its text
     if len(tokens) < 2:
         raise UserError(f"corpus {source} has fewer than 2 tokens after preprocessing")
     ids = np.asarray(m.vocab.lookup(tokens), dtype=np.int64)
     unknown = int(sum(1 for t in tokens if t not in m.vocab.token_to_idx))
     num_steps = int(m.config.get("num_steps", 35))
-    ppl, n = perplexity_on(m.ops, m.params, ids, num_steps, m.activation)
+    ppl, n = perplexity_on(m.ops, m.params, ids, num_steps, m.activation, m.cell)
     if args.json:
         print(
             json.dumps(

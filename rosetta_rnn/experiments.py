@@ -40,7 +40,15 @@ def register(sub: Any) -> None:
     x.add_argument(
         "--epochs", metavar="N", type=argtypes.positive_int, default=50, help="epochs of each run"
     )
-    x.add_argument("--lr", type=argtypes.positive_float, default=1.0, help="SGD learning rate")
+    x.add_argument(
+        "--recipe",
+        choices=tuple(run_spec.RECIPES),
+        default="d2l-0.17",
+        help="the edition whose run is trained twice (default: d2l-0.17)",
+    )
+    x.add_argument(
+        "--lr", type=argtypes.positive_float, help="SGD learning rate (default: the recipe's, 1)"
+    )
     x.add_argument(
         "--clip",
         type=argtypes.positive_float,
@@ -52,7 +60,10 @@ def register(sub: Any) -> None:
         "--activation", choices=("tanh", "relu"), default="tanh", help="the hidden layer's"
     )
     x.add_argument(
-        "--num-hiddens", metavar="H", type=argtypes.positive_int, default=512, help="hidden units"
+        "--num-hiddens",
+        metavar="H",
+        type=argtypes.positive_int,
+        help="hidden units (default: the recipe's, 512; d2l-1.0: 32)",
     )
     x.add_argument("--plot", metavar="PNG", required=True, help="write the plot here (required)")
     x.add_argument(
@@ -62,11 +73,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, theta: float, progress: Progress | None = None) -> dict[str, Any]:
-    # the chapter's run (seed 0, its 10000 characters, 32 × 35 minibatches) with the asked θ
+    # the recipe's run (seed 0; 0.17: its 10000 characters, 32 × 35 minibatches) with the asked θ
+    recipe = run_spec.RECIPES[args.recipe]
     spec = replace(
-        run_spec.RECIPES["d2l-0.17"],
-        num_hiddens=args.num_hiddens,
-        lr=args.lr,
+        recipe,
+        num_hiddens=args.num_hiddens or recipe.num_hiddens,
+        lr=args.lr or recipe.lr,
         clip=theta,
         activation=args.activation,
         dtype=args.dtype,
@@ -112,7 +124,9 @@ def cmd_clipping(args: argparse.Namespace) -> int:
             f"‖g‖ never passed θ = {args.clip:g} in {args.epochs} epochs: clipping never acted, "
             "so the two runs are the same, step for step (the dashed curve lies on the solid one)"
         )
-    title = f"{args.backend} {args.dtype} {args.activation}, lr {args.lr:g}: gradient norm per step"
+    lr = args.lr or run_spec.RECIPES[args.recipe].lr
+    what = f"{args.backend} {args.dtype} {args.activation} ({args.recipe}), lr {lr:g}"
+    title = f"{what}: gradient norm per step"
     # The results first: a plot that fails now (its folder gone, a full disk) loses no run.
     for label, r in runs.items():
         end = f"diverged: {r['diverged']}" if r["diverged"] else f"perplexity {r['perplexity']:.3f}"

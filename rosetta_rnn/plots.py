@@ -64,17 +64,24 @@ def save(fig: Any, path: str | os.PathLike[str]) -> None:
 
 
 def perplexity(history: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
-    """Perplexity per epoch: training, and held-out when there is one. ``title`` may be two
-    lines (what ran; its configuration)."""
+    """Perplexity per epoch: training, and held-out or validation when there is one (with
+    d2l 1.0's plotted means, dotted, where the run has them). ``title`` may be two lines (what
+    ran; its configuration)."""
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure()
     epochs = [h["epoch"] for h in history]
     marker = "o" if len(epochs) <= 30 else None  # a short run's epochs are visible as points
     ax.plot(epochs, [h["perplexity"] for h in history], label="train", marker=marker, ms=3)
-    held = [h.get("heldout_perplexity") for h in history]
-    if any(v is not None for v in held):
-        ax.plot(epochs, held, label="held-out", marker=marker, ms=3)
+    for key, label, style in (
+        ("book_perplexity", "train, the book's mean of exp(minibatch loss)", ":"),
+        ("heldout_perplexity", "held-out", "-"),
+        ("val_perplexity", "validation", "-"),
+        ("val_book_perplexity", "validation, the book's mean", ":"),
+    ):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, style, label=label, marker=marker, ms=3)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.set_ylabel("perplexity (log scale)")
@@ -165,7 +172,8 @@ def run_title(backend: str, device: str, grad: str, mode: str, spec: RunSpec) ->
     )
     return (
         f"{backend} {spec.dtype} on {device}, grad {grad}, {mode}: perplexity per epoch\n"
-        f"{spec.token}s, batch {spec.batch_size} × {spec.num_steps} steps, {spec.num_hiddens} "
-        f"hidden {spec.activation if spec.cell == 'rnn' else spec.model_cell}, lr {spec.lr:g}, "
+        f"{spec.recipe}: {spec.token}s, batch {spec.batch_size} × {spec.num_steps} steps, "
+        f"{spec.num_hiddens} hidden "
+        f"{spec.activation if spec.cell == 'rnn' else spec.model_cell}, lr {spec.lr:g}, "
         f"{clip}, {spec.sampling}{state}, seed {spec.seed}"
     )

@@ -17,7 +17,17 @@ from rosetta_rnn.core.errors import UserError
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """The spec's flags: the seed, the text, the minibatches, the model and the trainer."""
+    """The spec's flags: the recipe, the seed, the text, the minibatches, the model and the
+    trainer. A default that differs between the recipes says both."""
+    parser.add_argument(
+        "--recipe",
+        choices=tuple(run.RECIPES),
+        help="the edition whose chapter the run reproduces: d2l 0.17's 8.5 (partitioned "
+        "minibatches of the first 10,000 characters, 512 hidden, 500 epochs) or d2l 1.0's 9.5 "
+        "(every 33-character window of the whole text, 10,000 shuffled in minibatches of "
+        "1,024 and 5,000 for validation, 32 hidden, 100 epochs; GRU/LSTM lr 4, 50 epochs as "
+        "10.1, 10.2); every flag below changes one setting of it (default: d2l-0.17)",
+    )
     parser.add_argument(
         "--seed",
         metavar="N",
@@ -29,25 +39,26 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         "--max-tokens",
         type=argtypes.integer,
         metavar="N",
-        help="train on the first N tokens; <= 0 keeps the whole text (default: 10000)",
+        help="train on the first N tokens; <= 0 keeps the whole text (default: 10000; d2l-1.0: 0)",
     )
     parser.add_argument(
         "--batch-size",
         metavar="B",
         type=argtypes.positive_int,
-        help="sequences per minibatch (default: 32)",
+        help="sequences per minibatch (default: 32; d2l-1.0: 1024)",
     )
     parser.add_argument(
         "--num-steps",
         metavar="T",
         type=argtypes.positive_int,
-        help="tokens per sequence (default: 35)",
+        help="tokens per sequence (default: 35; d2l-1.0: 32)",
     )
     parser.add_argument(
         "--num-hiddens",
         metavar="H",
         type=argtypes.positive_int,
-        help="hidden units (default: 512; 256 with --cell gru or lstm, as in d2l 9.1 and 9.2)",
+        help="hidden units (default: 512, 256 with --cell gru or lstm, as in d2l 9.1 and "
+        "9.2; d2l-1.0: 32)",
     )
     parser.add_argument("--lr", type=argtypes.positive_float, help="SGD learning rate (default: 1)")
     clip = parser.add_mutually_exclusive_group()
@@ -61,8 +72,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampling",
         choices=data.SAMPLING_KINDS,
-        help="minibatches of consecutive text carrying the state, or random offsets with a "
-        "fresh state (default: sequential)",
+        help="minibatches of consecutive text carrying the state, random offsets with a "
+        "fresh state, or d2l 1.0's shuffled windows, one starting at each token, with a fresh "
+        "state (default: sequential; d2l-1.0: windows)",
     )
     parser.add_argument(
         "--cell",
@@ -114,6 +126,33 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start every minibatch from a zero state, as d2l's use_random_iter=True run does "
         "on its sequential iterator (random sampling always does)",
+    )
+    parser.add_argument(
+        "--preprocess",
+        choices=data.PREPROCESS_KINDS,
+        help="read the text line by line, each stripped and joined with nothing between "
+        "(d2l 0.17), or whole, a line break one space (d2l 1.0) (default: lines; d2l-1.0: "
+        "whole)",
+    )
+    parser.add_argument(
+        "--vocab-order",
+        choices=data.VOCAB_ORDERS,
+        help="the vocabulary: <unk> then by frequency (d2l 0.17), or the sorted tokens and "
+        "<unk> (d2l 1.0) (default: frequency; d2l-1.0: sorted)",
+    )
+    parser.add_argument(
+        "--num-train",
+        metavar="N",
+        type=argtypes.positive_int,
+        help="with --sampling windows: train on the windows starting at tokens 0 .. N-1 "
+        "(default: 10000)",
+    )
+    parser.add_argument(
+        "--num-val",
+        metavar="N",
+        type=argtypes.integer,
+        help="with --sampling windows: validate on the next N windows, in order, after each "
+        "epoch; 0: none (default: 5000)",
     )
     parser.add_argument(
         "--train-fraction",

@@ -27,7 +27,9 @@ from rosetta_rnn.core.replicas import check_replicas
 from rosetta_rnn.core.training import EpochResult, TrainingDiverged, TrainingInterrupted
 from rosetta_rnn.helpers import CORPUS_HELP, add_backend_args
 
-SAMPLE_PREFIXES = ("time traveller", "traveller")
+BOOK_FIGURES = ("book_perplexity", "val_perplexity", "val_book_perplexity")
+"""d2l 1.0's figures an epoch of a windows run adds: the plain mean of exp(each minibatch's
+mean loss) in training, and the validation perplexity, token-weighted and the book's mean."""
 INTERRUPTED_PATH = "rosetta-rnn-interrupted.safetensors"
 
 
@@ -69,8 +71,10 @@ def register(sub: Any) -> None:
         "print every 10 epochs the perplexity, the speed and a greedy sample. The defaults "
         "are d2l's: 500 epochs of 32 × 35-token minibatches, 512 hidden units, lr 1, θ = 1, "
         "about 3 minutes with NumPy on two cores. --cell gru or lstm trains d2l 9.1's GRU or "
-        "9.2's LSTM instead (256 hidden units, as there), on every backend. --checkpoint "
-        "keeps the model for generate, eval and --resume; Ctrl-C saves and says how to resume.",
+        "9.2's LSTM instead (256 hidden units, as there), on every backend. --recipe d2l-1.0 "
+        "trains the current edition's chapter 9.5 instead (and its 10.1 LSTM and 10.2 GRU), "
+        "with a validation perplexity every epoch. --checkpoint keeps the model for generate, "
+        "eval and --resume; Ctrl-C saves and says how to resume.",
     )
     add_backend_args(t, None)  # dtype default float32, or the checkpoint's with --resume
     t.add_argument("--corpus", metavar="FILE", help=CORPUS_HELP)
@@ -79,12 +83,14 @@ def register(sub: Any) -> None:
         "--epochs",
         metavar="N",
         type=argtypes.positive_int,
-        help="total epochs, counting those a --resume'd checkpoint has done (default: 500)",
+        help="total epochs, counting those a --resume'd checkpoint has done (default: 500; "
+        "d2l-1.0: 100, 50 with --cell gru or lstm)",
     )
     t.add_argument(
         "--plot",
         metavar="PNG",
-        help="write the perplexity per epoch (and the held-out one) here (default: no plot)",
+        help="write the perplexity per epoch (and the held-out or validation one) here "
+        "(default: no plot)",
     )
     t.add_argument(
         "--grad",
@@ -154,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resumed = checkpoint.load_model(args.resume) if args.resume else None
     resume_meta = resumed[1] if resumed else None
     spec = run_args.spec_from_args(args, resume_meta)
-    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or run.EPOCHS
+    epochs = args.epochs or (resume_meta or {}).get("target_epochs") or run.epochs_of(spec)
     spec.train_config(epochs)  # its contradictions refused before any framework starts
     out_path = args.checkpoint or args.resume
     if args.save_every and not out_path:
@@ -223,7 +229,7 @@ def _train(args: argparse.Namespace, built: run.Run) -> int:
                     info=f"perplexity {last.perplexity:.2f}, {last.tokens_per_sec:.0f} tokens/s"
                 )
                 if last.epoch % 10 == 0:
-                    progress.say(_epoch_line(entry, built.sample(SAMPLE_PREFIXES[0])), human)
+                    progress.say(_epoch_line(entry, built.sample(spec.prefixes[0])), human)
                 if out_path and args.save_every and last.epoch % args.save_every == 0:
                     save(out_path)
                 if stop():
@@ -243,7 +249,7 @@ def _train(args: argparse.Namespace, built: run.Run) -> int:
             raise type(e)(f"{e}{_kept(out_path)}") from None
     assert last is not None
     final = built.params()
-    samples = {p: built.sample(p, params=final) for p in SAMPLE_PREFIXES}
+    samples = {p: built.sample(p, params=final) for p in spec.prefixes}
     largest = built.largest_grad_norm()
     _report(human, last, device, samples, largest, history, spec)
     # The checkpoint first: a plot that fails now (its folder gone, a full disk) loses no run.
@@ -277,6 +283,7 @@ def _train(args: argparse.Namespace, built: run.Run) -> int:
             "epochs": trainer.epoch,
             "perplexity": last.perplexity,
             "heldout_perplexity": history[-1].get("heldout_perplexity"),
+            **{k: history[-1][k] for k in BOOK_FIGURES if k in history[-1]},
             "max_grad_norm": largest[0] if largest else None,
             "tokens_per_sec": last.tokens_per_sec,
             "config": trainer.config.to_dict(),
@@ -294,6 +301,8 @@ def _train(args: argparse.Namespace, built: run.Run) -> int:
 def _epoch_line(entry: dict[str, Any], sample: str) -> str:
     """Every tenth epoch: perplexity, held-out perplexity, speed and a greedy sample."""
     held = f"  held-out {entry['heldout_perplexity']:8.3f}" if "heldout_perplexity" in entry else ""
+    if "val_perplexity" in entry:
+        held += f"  validation {entry['val_perplexity']:8.3f}"
     return (
         f"epoch {entry['epoch']:4d}  perplexity {entry['perplexity']:8.3f}{held}  "
         f"{entry['tokens_per_sec']:9.1f} tokens/sec  {sample!r}"
@@ -316,8 +325,16 @@ def _report(
         _say(human, text)
     if largest is not None and math.isinf(spec.clip):
         _say(human, "largest gradient norm {:.4g} (epoch {}, step {})".format(*largest))
-    if history and history[-1].get("heldout_perplexity") is not None:
-        _say(human, f"held-out perplexity {history[-1]['heldout_perplexity']:.2f}")
+    end = history[-1] if history else {}
+    if end.get("heldout_perplexity") is not None:
+        _say(human, f"held-out perplexity {end['heldout_perplexity']:.2f}")
+    if "val_perplexity" in end:
+        _say(
+            human,
+            f"validation perplexity {end['val_perplexity']:.2f} (the book's plotted mean "
+            f"{end['val_book_perplexity']:.2f}); training {last.perplexity:.2f} (the book's "
+            f"{end['book_perplexity']:.2f})",
+        )
 
 
 def compile_mode(args: argparse.Namespace, backend: Backend, device: str) -> str:

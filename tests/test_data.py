@@ -246,7 +246,7 @@ class _AtOffset:
         return np.asarray(x)
 
 
-@pytest.mark.parametrize("sampling", data.SAMPLING_KINDS)
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
 @pytest.mark.parametrize(("n", "batch_size", "num_steps"), [(40, 2, 3), (41, 3, 4), (9, 2, 3)])
 def test_num_batches_is_the_count_at_the_worst_offset(
     n: int, batch_size: int, num_steps: int, sampling: str
@@ -321,3 +321,56 @@ def test_a_download_whose_sha1_sorts_low_is_not_kept(
     with pytest.raises(data.DataError):
         data.download(_file_url(other), dest, data.DATA_SHA1)
     assert not dest.exists()
+
+
+# --- d2l 1.0's reading, vocabulary and windows ---------------------------------------------
+
+
+def test_the_current_editions_text_and_vocabulary(tmp_path: Path) -> None:
+    """The whole file at once, a line break one space, not stripped; the sorted vocabulary with
+    ``<unk>`` where sorting puts it, and unknown tokens mapped there (not to 0)."""
+    path = tmp_path / "t.txt"
+    path.write_text("Hello, World!\nby  H.G.\n", encoding="utf-8")
+    assert data.read_whole(path) == "hello world by h g "
+    assert "".join(data.read_tokens(path, "char", "lines")) == "hello worldby h g"
+    corpus = data.load_corpus(path, "char", 0, "whole", "sorted")
+    vocab = corpus.vocab
+    assert vocab.idx_to_token == [" ", "<unk>", "b", "d", "e", "g", "h", "l", "o", "r", "w", "y"]
+    assert vocab.unk == 1 and vocab["z"] == 1 and vocab[" "] == 0
+    assert corpus.decode(corpus.ids) == "hello world by h g "
+    again = data.Vocab.from_tokens(vocab.idx_to_token)
+    assert again.unk == 1 and again["q"] == 1
+    words = data.load_corpus(path, "word", 0, "whole", "sorted")
+    assert words.vocab.idx_to_token == ["<unk>", "by", "g", "h", "hello", "world"]
+
+
+def test_the_time_machine_as_the_current_edition_reads_it() -> None:
+    """173,428 characters read whole (170,580 line by line), ' ' 0, <unk> 1, a..z 2..27, and
+    173,396 windows of 33."""
+    path = data.locate_time_machine()
+    whole = data.load_corpus(path, "char", 0, "whole", "sorted")
+    lines = data.load_corpus(path, "char", 0, "lines", "frequency")
+    assert (len(whole.ids), len(lines.ids)) == (173428, 170580)
+    assert whole.vocab.idx_to_token == [" ", "<unk>", *"abcdefghijklmnopqrstuvwxyz"]
+    assert data.num_windows(len(whole.ids), 32) == 173396
+
+
+def test_window_batches_keep_the_last_partial_minibatch() -> None:
+    ids = np.arange(100) * 10
+    batches = list(data.window_batches(ids, np.array([5, 0, 7, 3, 9]), 2, 3))
+    assert [len(X) for X, _ in batches] == [2, 2, 1]
+    X, Y = batches[0]
+    assert X.tolist() == [[50, 60, 70], [0, 10, 20]]
+    assert Y.tolist() == [[60, 70, 80], [10, 20, 30]]
+
+
+def test_windows_are_shuffled_by_one_permutation_of_the_training_windows() -> None:
+    ids = np.arange(50)
+    got = list(data.data_iter(ids, 4, 3, np.random.default_rng(2), "windows", num_train=10))
+    order = np.random.default_rng(2).permutation(10)
+    assert [len(X) for X, _ in got] == [4, 4, 2]
+    assert np.concatenate([X[:, 0] for X, _ in got]).tolist() == order.tolist()
+    assert data.num_batches(50, 4, 3, "windows", num_train=10) == 3
+    assert data.num_batches(12, 4, 3, "windows", num_train=10) == 0  # 9 windows only
+    with pytest.raises(ValueError, match="fewer than 10 windows"):
+        list(data.data_iter(np.arange(12), 4, 3, np.random.default_rng(0), "windows", 10))

@@ -718,3 +718,151 @@ def test_forget_bias_one_is_keras_unit_forget_bias(keras) -> None:
     params = ref.get_lstm_params(5, 3, np.random.default_rng(0), forget_bias=1.0)
     ours = np.concatenate([params[f"b_{g}"] for g in "ifco"])
     np.testing.assert_array_equal(keras_bias, ours)
+
+
+# ---------------------------------------------------------------------------------------------
+# The current edition (d2l 1.0, 9.5): the whole text, the sorted vocabulary, every window
+# ---------------------------------------------------------------------------------------------
+
+
+def test_current_editions_text_vocab_and_windows(timemachine: Path) -> None:
+    assert len(ref.read_time_machine_whole(timemachine)) == 173428
+    assert len("".join(ref.read_time_machine(timemachine))) == 170580
+
+    corpus, vocab = ref.load_corpus_time_machine(timemachine, text="whole", vocab_order="sorted")
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    assert vocab.idx_to_token == [" ", "<unk>", *letters]
+    assert (vocab[" "], vocab.unk, vocab["a"], vocab["z"], vocab["#"]) == (0, 1, 2, 27, 1)
+    assert len(corpus) == 173428
+
+    num_steps = 32
+    assert len(corpus) - num_steps == 173396  # the windows, one at each start
+    ref.seq_data_iter_windows(corpus, 1, num_steps, [173395])
+    with pytest.raises(ValueError):
+        ref.seq_data_iter_windows(corpus, 1, num_steps, [173396])
+
+    run = ref.plain_run(
+        timemachine, 1, max_tokens=-1, text="whole", vocab_order="sorted", sampling="windows",
+        num_hiddens=4, batch_size=1024, num_steps=num_steps,
+    )  # fmt: skip
+    epoch = run["epochs"][0]
+    assert [x.shape for x, _ in epoch["minibatches"]] == [(32, 1024)] * 9 + [(32, 784)]
+    validation = ref.window_batches(range(10000, 15000), 1024)
+    assert [len(b) for b in validation] == [1024] * 4 + [904]
+    assert validation[0][0] == 10000 and validation[-1][-1] == 14999
+
+
+def test_window_batches_keep_the_last_partial_minibatch() -> None:
+    assert [len(b) for b in ref.window_batches(range(10000), 1024)] == [1024] * 9 + [784]
+    assert ref.window_batches([4, 0, 3, 1, 2], 2) == [[4, 0], [3, 1], [2]]
+    X, Y = ref.seq_data_iter_windows(CORPUS, 2, 5, [7, 94])[0]
+    np.testing.assert_array_equal(X, [np.arange(7, 12), np.arange(94, 99)])
+    np.testing.assert_array_equal(Y, X + 1)
+
+
+SMALL_TEXT = "The Time-Machine, by H. G. Wells!\nA tale of time;\n\nand of a machine.\n" * 3
+
+
+def _small_run(tmp_path: Path, epochs: int, **kwargs) -> tuple[Path, dict]:
+    path = tmp_path / "small.txt"
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    settings = dict(
+        max_tokens=-1, text="whole", vocab_order="sorted", sampling="windows", num_train=7,
+        num_val=5, num_hiddens=4, batch_size=3, num_steps=3, lr=2.0, theta=0.5, seed=3,
+    )  # fmt: skip
+    settings.update(kwargs)
+    return path, ref.plain_run(path, epochs, **settings)
+
+
+def test_windows_run_by_hand(tmp_path: Path) -> None:
+    """Two epochs written out here: the draws, the minibatches, the steps and both figures."""
+    path, run = _small_run(tmp_path, 2)
+    text = ref.read_time_machine_whole(path)
+    assert "\n" not in text and text.startswith("the time machine by h g wells a tale")
+    corpus, vocab = ref.load_corpus_time_machine(path, text="whole", vocab_order="sorted")
+    assert run["vocab"] == vocab.idx_to_token == sorted(set(text) | {"<unk>"})
+
+    rng = np.random.default_rng(3)
+    params = ref.get_params(len(vocab), 4, rng)
+    for name, value in params.items():
+        np.testing.assert_array_equal(run["init"][name], value)
+
+    def window(i: int) -> tuple[list[int], list[int]]:
+        return corpus[i : i + 3], corpus[i + 1 : i + 4]
+
+    for epoch in run["epochs"]:
+        order = rng.permutation(7)  # one draw per epoch, right after the parameters
+        assert [x.shape[1] for x, _ in epoch["minibatches"]] == [3, 3, 1]
+        losses, counts = [], []
+        for k, (inputs, labels) in enumerate(epoch["minibatches"]):
+            starts = order[3 * k : 3 * k + 3]
+            np.testing.assert_array_equal(inputs.T, [window(i)[0] for i in starts])
+            np.testing.assert_array_equal(labels.T, [window(i)[1] for i in starts])
+            zeros = ref.init_rnn_state(len(starts), 4)
+            loss, grads, _ = ref.loss_and_grads(params, inputs, labels, zeros)
+            params = ref.sgd(params, ref.grad_clipping(grads, 0.5)[0], 2.0)
+            losses.append(loss)
+            counts.append(labels.size)
+        for name, value in params.items():
+            np.testing.assert_array_equal(epoch["params"][name], value)
+        weighted = sum(loss * n for loss, n in zip(losses, counts, strict=True)) / sum(counts)
+        assert epoch["perplexity"] == pytest.approx(math.exp(weighted), rel=1e-13)
+        book = sum(math.exp(loss) for loss in losses) / len(losses)
+        assert epoch["book_perplexity"] == pytest.approx(book, rel=1e-13)
+
+        val_losses = []  # windows 7..11 in order, 3 then 2, from zeros, the epoch's parameters
+        for starts in ([7, 8, 9], [10, 11]):
+            X = np.array([window(i)[0] for i in starts]).T
+            Y = np.array([window(i)[1] for i in starts]).T
+            val_losses.append(
+                ref.loss_and_grads(params, X, Y, ref.init_rnn_state(len(starts), 4))[0]
+            )
+        validation = epoch["validation"]
+        weighted = (val_losses[0] * 9 + val_losses[1] * 6) / 15
+        assert validation["perplexity"] == pytest.approx(math.exp(weighted), rel=1e-13)
+        book = (math.exp(val_losses[0]) + math.exp(val_losses[1])) / 2
+        assert validation["book_perplexity"] == pytest.approx(book, rel=1e-13)
+        assert validation["perplexity"] != validation["book_perplexity"]
+        assert epoch["heldout"] is None
+        assert list(epoch) == [
+            *("minibatches", "perplexity", "book_perplexity", "params", "heldout", "validation")
+        ]
+    assert ref.perplexities([0.0, math.log(3.0)], [1, 3]) == pytest.approx(
+        (3.0**0.75, 2.0), rel=1e-15
+    )
+
+
+def test_windows_last_step_labels(tmp_path: Path) -> None:
+    _, run = _small_run(tmp_path, 1, last_step=True)
+    _, full = _small_run(tmp_path, 1)
+    for (inputs, labels), (same, all_labels) in zip(
+        run["epochs"][0]["minibatches"], full["epochs"][0]["minibatches"], strict=True
+    ):
+        np.testing.assert_array_equal(inputs, same)
+        np.testing.assert_array_equal(labels, all_labels[-1:])
+    assert run["epochs"][0]["perplexity"] != full["epochs"][0]["perplexity"]
+
+
+@pytest.mark.parametrize("cell", ["rnn", *GATED])
+def test_windows_run_with_every_cell_and_no_clipping(tmp_path: Path, cell: str) -> None:
+    _, run = _small_run(tmp_path, 2, cell=cell, theta=math.inf, lr=1.0)
+    for epoch in run["epochs"]:
+        figures = [epoch["perplexity"], epoch["book_perplexity"], *epoch["validation"].values()]
+        assert all(math.isfinite(f) and f > 1.0 for f in figures)
+    assert set(run["epochs"][0]["params"]) == set(run["init"])
+
+
+def test_windows_run_refusals_and_the_other_samplings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):  # too few windows: 186 ids, 183 windows of 4
+        _small_run(tmp_path, 1, num_train=179, num_val=5)
+    with pytest.raises(ValueError):
+        _small_run(tmp_path, 1, train_fraction=0.9)
+    with pytest.raises(ValueError):
+        _small_run(tmp_path, 1, text="pages")
+    _, run = _small_run(tmp_path, 1, num_train=178, num_val=5)
+    assert [x.shape[1] for x, _ in run["epochs"][0]["minibatches"]][-2:] == [3, 1]
+
+    for sampling in ("sequential", "random"):
+        _, run = _small_run(tmp_path, 1, sampling=sampling, batch_size=2)
+        assert run["vocab"][:2] == [" ", "<unk>"]
+        assert list(run["epochs"][0]) == ["minibatches", "perplexity", "params", "heldout"]

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from rosetta_rnn.conformance import reference_checks, run_checks
+from rosetta_rnn.core import data, evaluation
 from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core import training as training_mod
 from rosetta_rnn.core.training import TrainConfig
 
-NAMES = [*run_checks.OPTIONS, "resume"]
+NAMES = [*run_checks.OPTIONS, *run_checks.RESUMED]
 
 
 def _failing() -> dict[str, str]:
@@ -131,6 +133,116 @@ def _split_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run_spec, "load_text", planted)
 
 
+# --- d2l 1.0's pieces: the vocabulary, the windows, the split, the loader, the validation ----
+
+
+def _vocab_by_frequency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "make_vocab", lambda tokens, order="frequency": data.Vocab(tokens))
+
+
+def _window_one_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = data.window_batches
+    monkeypatch.setattr(
+        data, "window_batches", lambda ids, starts, *a: original(ids, np.asarray(starts) + 1, *a)
+    )
+
+
+def _split_one_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.load_text
+
+    def planted(spec: run_spec.RunSpec, source: Any) -> run_spec.Text:
+        text = original(spec, source)
+        if text.val_starts is None:
+            return text
+        return replace(text, val_starts=text.val_starts - 1)
+
+    monkeypatch.setattr(run_spec, "load_text", planted)
+
+
+def _no_shuffle(monkeypatch: pytest.MonkeyPatch) -> None:
+    def planted(corpus: Any, batch_size: int, num_steps: int, rng: Any, num_train: int) -> Any:
+        rng.permutation(num_train)  # drawn as it should be, then not used
+        return data.window_batches(corpus, np.arange(num_train), batch_size, num_steps)
+
+    monkeypatch.setattr(data, "seq_data_iter_windows", planted)
+
+
+def _partial_minibatch_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = data.window_batches
+
+    def planted(ids: Any, starts: Any, batch_size: int, num_steps: int) -> Any:
+        whole = len(starts) // batch_size * batch_size
+        return original(ids, np.asarray(starts)[:whole], batch_size, num_steps)
+
+    monkeypatch.setattr(data, "window_batches", planted)
+
+
+def _validation_state_carried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation minibatches that continue the last one's state, as 0.17's sequential
+    iterator does, instead of each from zeros."""
+
+    def planted(
+        ops: Any,
+        params: Any,
+        ids: Any,
+        starts: Any,
+        batch_size: int,
+        num_steps: int,
+        activation: str = "tanh",
+        cell: str | None = None,
+        last_step: bool = False,
+    ) -> Any:
+        total, n, exps, batches, state = 0.0, 0, 0.0, 0, None
+        for X, Y in data.window_batches(ids, starts, batch_size, num_steps):
+            labels = Y.T[-1:] if last_step else Y.T
+            fresh = evaluation.initial_state(ops, params, X.shape[0], cell)
+            if state is None or np.shape(ops.to_numpy(state)) != np.shape(ops.to_numpy(fresh)):
+                state = fresh
+            loss, state = evaluation.forward_loss(
+                ops, params, ops.asarray(X.T), ops.asarray(labels), state, activation, cell
+            )
+            mean = float(ops.to_numpy(loss))
+            total, n = total + mean * labels.size, n + labels.size
+            exps, batches = exps + np.exp(mean), batches + 1
+        return float(np.exp(total / n)), exps / batches
+
+    monkeypatch.setattr(run_spec, "window_perplexity", planted)
+
+
+def _validation_metric_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.window_perplexity
+
+    def planted(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        weighted, book = original(*args, **kwargs)
+        return book, weighted
+
+    monkeypatch.setattr(run_spec, "window_perplexity", planted)
+
+
+def _book_figure_of_the_mean_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The book's training figure as exp(mean of the minibatch losses), not the mean of their
+    exps."""
+
+    def planted(self: Any, loss_mean: float, tokens: int, norm: float) -> None:
+        self.loss_sum += loss_mean * tokens
+        self.tokens += tokens
+        self.max_norm = max(self.max_norm, norm)
+        self.norms.append(norm)
+        self.logs = [*getattr(self, "logs", []), loss_mean]
+        self.exp_sum = float(np.exp(np.mean(self.logs))) * len(self.logs)
+
+    monkeypatch.setattr(training_mod._Totals, "add", planted)
+
+
+def _recipe_prefix_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = run_spec.Run.sample
+
+    def planted(self: run_spec.Run, prefix: str, num_preds: int | None = None, **kw: Any) -> str:
+        return original(self, prefix, 50 if num_preds is None else num_preds, **kw)
+
+    monkeypatch.setattr(run_spec.Run, "sample", planted)
+
+
 PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "the seed is parsed but the generator is seeded 0": (_seed_unused, "seed"),
     "--activation relu never reaches the step": (_activation_unapplied, "relu"),
@@ -142,6 +254,21 @@ PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "--loss last-step never reaches the trainer": (_loss_window_unapplied, "last-step"),
     "a resumed run draws from a fresh generator": (_resume_draws_afresh, "resume"),
     "the held-out split is one token off": (_split_off_by_one, "train-fraction"),
+    "--vocab-order sorted builds 0.17's vocabulary": (_vocab_by_frequency, "vocab-sorted"),
+    "every window starts one token late": (_window_one_late, "windows"),
+    "the validation windows start one early": (_split_one_early, "windows"),
+    "the training windows are never shuffled": (_no_shuffle, "windows"),
+    "the last partial minibatch is dropped": (_partial_minibatch_dropped, "windows"),
+    "validation carries the state across minibatches": (_validation_state_carried, "windows"),
+    "the two validation figures are swapped": (_validation_metric_swapped, "windows"),
+    "the book's training figure is exp of the mean loss": (
+        _book_figure_of_the_mean_loss,
+        "windows",
+    ),
+    "the recipe's prediction length never reaches the samples": (
+        _recipe_prefix_dropped,
+        "recipe-1.0",
+    ),
 }
 
 
@@ -159,6 +286,8 @@ def _flags(settings: dict[str, Any]) -> list[str]:
     """``train``'s flags for spec settings, as a user writes them."""
     flags: list[str] = []
     for key, value in settings.items():
+        if key in ("prefixes", "num_preds"):  # no flags: the recipe's (--recipe gives them)
+            continue
         if (key, value) in run_spec.SWITCHES:
             flags.append(run_spec.SWITCHES[key, value])
         elif value is True:
