@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.core import run as run_spec
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.core.replicas import check_replicas
@@ -229,13 +230,26 @@ def register(sub: Any) -> None:
         "tensorflow: each framework's own engine) beside the same step on one device; on the "
         "CPU the replicas share --threads (default: none)",
     )
-    p.add_argument("--batch-size", default="32", metavar="B", help="batch_size of the main shape")
-    p.add_argument("--num-steps", default="35", metavar="T", help="num_steps of the main shape")
+    p.add_argument(
+        "--recipe",
+        choices=tuple(run_spec.RECIPES),
+        default="d2l-0.17",
+        help="the edition whose shape is the main one: d2l 0.17's 8.5 (B 32, T 35, H 512; "
+        "GRU/LSTM 256) or d2l 1.0's 9.5 (B 1024, T 32, H 32 for every cell), a different "
+        "regime (default: d2l-0.17)",
+    )
+    p.add_argument(
+        "--batch-size", metavar="B", help="batch_size of the main shape (default: the recipe's)"
+    )
+    p.add_argument(
+        "--num-steps", metavar="T", help="num_steps of the main shape (default: the recipe's)"
+    )
     p.add_argument(
         "--num-hiddens",
         metavar="H",
-        help=f"num_hiddens of the main shape, for every cell (default: {RNN_HIDDENS} for rnn as "
-        f"in d2l 8.5, {GATED_HIDDENS} for gru and lstm as in d2l 9.1/9.2)",
+        help=f"num_hiddens of the main shape, for every cell (default: the recipe's: "
+        f"{RNN_HIDDENS} for rnn as in d2l 8.5, {GATED_HIDDENS} for gru and lstm as in d2l "
+        "9.1/9.2; d2l-1.0: 32 for every cell)",
     )
     p.add_argument(
         "--sweep-steps",
@@ -334,8 +348,10 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
     workload = _chosen(args, "workload")
     workloads = list(roofline.WORKLOADS) if workload == "all" else [workload]
     cells = _cells(args.cells, _chosen(args, "cells"), workloads)
+    recipe = run_spec.RECIPES[args.recipe]
+    gated = run_spec.RECIPE_GATED[args.recipe].get("num_hiddens", recipe.num_hiddens)
     hiddens = None if args.num_hiddens is None else _positive(args.num_hiddens, "--num-hiddens")
-    batch_size = _positive(args.batch_size, "--batch-size")
+    batch_size = _positive(args.batch_size or str(recipe.batch_size), "--batch-size")
     replicas = _replicas(args.replicas, names, workloads, cells, batch_size)
     return runner.BenchConfig(
         backends=list(dict.fromkeys(names)),
@@ -346,10 +362,10 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
         cells=cells,
         shape=Shape(
             batch_size,
-            _positive(args.num_steps, "--num-steps"),
-            hiddens or RNN_HIDDENS,
+            _positive(args.num_steps or str(recipe.num_steps), "--num-steps"),
+            hiddens or recipe.num_hiddens,
         ),
-        gated_hiddens=hiddens or GATED_HIDDENS,
+        gated_hiddens=hiddens or gated,
         sweep=not (args.no_sweep or args.quick),
         sweep_steps=_int_list(args.sweep_steps, "--sweep-steps"),
         sweep_hiddens=_int_list(args.sweep_hiddens, "--sweep-hiddens"),

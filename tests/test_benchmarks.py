@@ -480,6 +480,9 @@ def test_cells_select_rows_shapes_and_peers() -> None:
     named = _config(["--cells", *names, "--num-hiddens", "64"])
     assert named.cells == [GRU_RESET_AFTER, GRU_RESET_BEFORE]
     assert named.shape_of(RNN).num_hiddens == named.shape_of(GRU_RESET_BEFORE).num_hiddens == 64
+    current = _config(["--recipe", "d2l-1.0"])  # d2l 1.0's 9.5, 10.1, 10.2: one shape for all
+    assert current.shape_of(RNN).astuple() == current.shape_of(LSTM).astuple() == (1024, 32, 32, 28)
+    assert _config(["--recipe", "d2l-1.0", "--batch-size", "64"]).shape.batch_size == 64
 
     pytest.importorskip("torch")
     pytest.importorskip("keras")
