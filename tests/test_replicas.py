@@ -491,3 +491,23 @@ def test_the_docs_quote_the_committed_replica_matrix_and_the_twins() -> None:
         cell = checks.run_check("grads/replicas", twin(torch_backend, "float64"), problems)
         quoted.append(f"({cell.max_error:.2f})")
     assert all(q in page for q in quoted), quoted
+
+
+CURRENT = ("--recipe", "d2l-1.0", "--num-train", "200", "--num-val", "60", "--batch-size", "64")
+"""d2l 1.0's windows at a small size: 3 × 64 + 8 training windows (the last minibatch partial,
+and still split in equal shards), 60 validation windows."""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow"])
+def test_the_current_edition_on_two_replicas_is_its_run_on_one_device(
+    backend: str, timemachine: Path
+) -> None:
+    """The windows loader's minibatches, the partial last one too, split over 2 replicas give
+    the one-device run's training and validation figures."""
+    common = ("--corpus", str(timemachine), "--epochs", "2", "--dtype", "float64", "--json")
+    one = _history(_cli("train", "--backend", "numpy", *CURRENT, *common))["history"]
+    two = _history(_cli("train", "--backend", backend, "--replicas", "2", *CURRENT, *common))
+    keys = ("perplexity", "book_perplexity", "val_perplexity", "val_book_perplexity")
+    pairs = zip(two["history"], one, strict=True)
+    worst = max(abs(a[k] - b[k]) / b[k] for a, b in pairs for k in keys)
+    assert worst <= FLOAT64_EPOCHS, f"{backend} --replicas 2: {worst:.3g}"
