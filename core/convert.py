@@ -16,6 +16,14 @@ with the gates stacked in torch's order: ``nn.RNN`` one block, ``nn.GRU`` (r, z,
 
 with Keras' order: ``SimpleRNN`` one block, ``GRU`` (z, r, h), ``LSTM`` (i, f, c, o).
 
+The book's current edition (d2l 1.0, PyTorch) keeps two more state dicts. Its concise models
+(``RNNLM`` with ``d2l.RNN``/``d2l.GRU``/``d2l.LSTM``) hold the torch layer one module deeper,
+so they are the torch format with ``rnn.`` renamed ``rnn.rnn.`` (``d2l-concise``, read and
+written by the torch functions with ``module="rnn.rnn"``). Its scratch models
+(``RNNLMScratch`` around ``RNNScratch``/``GRUScratch``/``LSTMScratch``) hold core's own
+parameters, the output layer's ``W_hq``, ``b_q`` at the top and the cell's under ``rnn.``
+(``rnn.W_xh`` ...) (``d2l-scratch``); ``GRUScratch`` is the reset-before GRU.
+
 Every conversion goes through ``Layer``: per gate, the input and recurrent weights and the pair
 of biases. torch keeps both biases of every gate; Keras keeps both only in GRU(reset_after=True);
 core keeps both only for the reset-after candidate (``b_xh``, ``b_hh``), because everywhere else
@@ -60,6 +68,11 @@ from .errors import UserError
 Arrays = dict[str, np.ndarray]
 
 FRAMEWORKS = ("torch", "keras")
+BOOK = ("d2l-scratch", "d2l-concise")
+"""The state dicts of the book's current edition (d2l 1.0, PyTorch): its scratch models, and its
+concise ones (torch's layer inside d2l's wrapper)."""
+NATIVE = (*FRAMEWORKS, *BOOK)
+"""Every format but ours: what a converted-weights file (``NATIVE_FORMAT``) records."""
 
 OUR_GATES: dict[str, tuple[str, ...]] = {
     RNN: ("h",),
@@ -84,17 +97,27 @@ KERAS_GATES: dict[str, tuple[str, ...]] = {
 }
 """The order Keras stacks the gates in, under core's names."""
 
-TORCH_NAMES = (
-    "rnn.weight_ih_l0",
-    "rnn.weight_hh_l0",
-    "rnn.bias_ih_l0",
-    "rnn.bias_hh_l0",
-    "linear.weight",
-    "linear.bias",
-)
+
+def torch_names(module: str = "rnn") -> tuple[str, ...]:
+    """A torch state dict's names, the recurrent layer being the submodule ``module``: ``rnn``
+    in d2l 0.17's concise model, ``rnn.rnn`` in d2l 1.0's (``RNNLM`` holds ``d2l.GRU`` ... as
+    ``rnn``, which holds ``nn.GRU`` as ``rnn``)."""
+    layer = tuple(f"{module}.{w}_l0" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    return (*layer, "linear.weight", "linear.bias")
+
+
+TORCH_MODULE = {"torch": "rnn", "d2l-concise": "rnn.rnn"}
+"""Where each torch format keeps the recurrent layer."""
+TORCH_NAMES = torch_names(TORCH_MODULE["torch"])
+D2L_CONCISE_NAMES = torch_names(TORCH_MODULE["d2l-concise"])
 KERAS_NAMES = ("rnn.kernel", "rnn.recurrent_kernel", "rnn.bias", "dense.kernel", "dense.bias")
 
 TORCH_LAYER = {RNN: "nn.RNN", GRU_RESET_AFTER: "nn.GRU", LSTM: "nn.LSTM"}
+D2L_CONCISE_LAYER = {RNN: "d2l.RNN", GRU_RESET_AFTER: "d2l.GRU", LSTM: "d2l.LSTM"}
+D2L_SCRATCH_LAYER = {RNN: "RNNScratch", GRU_RESET_BEFORE: "GRUScratch", LSTM: "LSTMScratch"}
+D2L_SCRATCH_OUTPUT = ("W_hq", "b_q")
+"""The scratch model's own parameters (``RNNLMScratch``): the rest are the cell's, under
+``rnn.``."""
 KERAS_LAYER = {
     RNN: "SimpleRNN",
     GRU_RESET_BEFORE: "GRU(reset_after=False)",
@@ -104,9 +127,16 @@ KERAS_LAYER = {
 
 
 NO_TORCH_RESET_BEFORE = (
-    "torch.nn.GRU computes the reset-after GRU (r applied after the recurrent matmul); in "
-    "general no weights make it the reset-before GRU of d2l 9.1. Convert to keras "
-    "(GRU(reset_after=False)), or train with --gru reset-after"
+    "torch.nn.GRU (so d2l 1.0's d2l.GRU) computes the reset-after GRU (r applied after the "
+    "recurrent matmul); in general no weights make it the reset-before GRU of d2l 9.1. "
+    "Convert to keras (GRU(reset_after=False)) or d2l-scratch (d2l 1.0's GRUScratch), or "
+    "train with --gru reset-after"
+)
+NO_SCRATCH_RESET_AFTER = (
+    "d2l 1.0's GRUScratch computes the reset-before GRU (R * H before the recurrent matmul), "
+    "the book's only scratch GRU; in general no weights make it the reset-after GRU. Convert to "
+    "d2l-concise (d2l.GRU is nn.GRU, reset-after), torch or keras (GRU(reset_after=True)), or "
+    "train with --gru reset-before"
 )
 
 
@@ -214,22 +244,29 @@ def grads_to_params(layer: Layer) -> Arrays:
 # --- torch ---------------------------------------------------------------------------------
 
 
-def to_torch(layer: Layer) -> Arrays:
-    """The state dict of d2l's concise model (``TORCH_NAMES``) holding ``layer``."""
+def to_torch(layer: Layer, module: str = "rnn") -> Arrays:
+    """The state dict of d2l's concise model (``TORCH_NAMES``; ``module="rnn.rnn"``: d2l 1.0's,
+    ``D2L_CONCISE_NAMES``) holding ``layer``."""
     if layer.cell not in TORCH_GATES:
         raise ConversionError(NO_TORCH_RESET_BEFORE)
     gates = TORCH_GATES[layer.cell]
-    return {
-        "rnn.weight_ih_l0": _stack(gates, layer.W_x, axis=1).T.copy(),
-        "rnn.weight_hh_l0": _stack(gates, layer.W_h, axis=1).T.copy(),
-        "rnn.bias_ih_l0": _stack(gates, layer.b_x, axis=0),
-        "rnn.bias_hh_l0": _stack(gates, layer.b_h, axis=0),
-        "linear.weight": np.ascontiguousarray(layer.W_hq.T),
-        "linear.bias": np.ascontiguousarray(layer.b_q),
-    }
+    arrays = (
+        _stack(gates, layer.W_x, axis=1).T.copy(),
+        _stack(gates, layer.W_h, axis=1).T.copy(),
+        _stack(gates, layer.b_x, axis=0),
+        _stack(gates, layer.b_h, axis=0),
+        np.ascontiguousarray(layer.W_hq.T),
+        np.ascontiguousarray(layer.b_q),
+    )
+    return dict(zip(torch_names(module), arrays, strict=True))
 
 
-def _require(names: tuple[str, ...], arrays: Mapping[str, np.ndarray], what: str) -> None:
+def _require(
+    names: tuple[str, ...],
+    arrays: Mapping[str, np.ndarray],
+    what: str,
+    supported: str = "d2l's rnn + linear names",
+) -> None:
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
     if missing:
@@ -238,52 +275,133 @@ def _require(names: tuple[str, ...], arrays: Mapping[str, np.ndarray], what: str
         raise ConversionError(
             f"{what} has tensors this conversion does not know: {', '.join(extra[:4])}"
             + (" ..." if len(extra) > 4 else "")
-            + " (one layer, one direction, and d2l's rnn + linear names are supported)"
+            + f" (one layer, one direction, and {supported} are supported)"
         )
 
 
-def torch_cell(state: Mapping[str, np.ndarray], what: str = "the torch state dict") -> str:
-    """The cell a torch state dict holds, from its shapes: 1, 3 or 4 stacked gates."""
-    _require(TORCH_NAMES, state, what)
-    rows, H = (int(n) for n in np.shape(state["rnn.weight_hh_l0"]))
+def _matrix_shape(what: str, name: str, a: Any) -> tuple[int, int]:
+    shape = tuple(int(n) for n in np.shape(a))
+    if len(shape) != 2:
+        raise ConversionError(f"{what}: {name} has shape {list(shape)}, not a matrix")
+    return shape[0], shape[1]
+
+
+def torch_cell(
+    state: Mapping[str, np.ndarray], what: str = "the torch state dict", module: str = "rnn"
+) -> str:
+    """The cell a torch state dict holds (the layer under ``module``, see ``torch_names``), from
+    its shapes: 1, 3 or 4 stacked gates."""
+    names = torch_names(module)
+    supported = "d2l's rnn + linear names" if module == "rnn" else "d2l 1.0's RNNLM names"
+    _require(names, state, what, supported)
+    rows, H = _matrix_shape(what, names[1], state[names[1]])
     cells = {1: RNN, 3: GRU_RESET_AFTER, 4: LSTM}
     if H == 0 or rows % H or rows // H not in cells:
         raise ConversionError(
-            f"{what}: rnn.weight_hh_l0 has shape {[rows, H]}, not (G·H, H) for G = 1, 3 or 4 "
+            f"{what}: {names[1]} has shape {[rows, H]}, not (G·H, H) for G = 1, 3 or 4 "
             "(nn.RNN, nn.GRU, nn.LSTM)"
         )
     return cells[rows // H]
 
 
-def from_torch(state: Mapping[str, np.ndarray], what: str = "the torch state dict") -> Layer:
-    """``Layer`` of a torch state dict (``TORCH_NAMES``), checked for consistent shapes."""
-    cell = torch_cell(state, what)
+def from_torch(
+    state: Mapping[str, np.ndarray], what: str = "the torch state dict", module: str = "rnn"
+) -> Layer:
+    """``Layer`` of a torch state dict (``TORCH_NAMES``; ``module="rnn.rnn"``: d2l 1.0's,
+    ``D2L_CONCISE_NAMES``), checked for consistent shapes."""
+    cell = torch_cell(state, what, module)
     gates = TORCH_GATES[cell]
+    ih, hh, b_ih, b_hh, weight, bias = torch_names(module)
     s = {k: np.asarray(v) for k, v in state.items()}
-    H = int(s["rnn.weight_hh_l0"].shape[1])
-    V = int(s["linear.weight"].shape[0])
+    H = int(s[hh].shape[1])
+    V = _matrix_shape(what, weight, s[weight])[0]
     G = len(gates)
     _shapes(
         what,
         {
-            "rnn.weight_ih_l0": (G * H, V),
-            "rnn.weight_hh_l0": (G * H, H),
-            "rnn.bias_ih_l0": (G * H,),
-            "rnn.bias_hh_l0": (G * H,),
-            "linear.weight": (V, H),
-            "linear.bias": (V,),
+            ih: (G * H, V),
+            hh: (G * H, H),
+            b_ih: (G * H,),
+            b_hh: (G * H,),
+            weight: (V, H),
+            bias: (V,),
         },
         s,
     )
     return Layer(
         cell,
-        _split(gates, s["rnn.weight_ih_l0"].T, axis=1),
-        _split(gates, s["rnn.weight_hh_l0"].T, axis=1),
-        _split(gates, s["rnn.bias_ih_l0"], axis=0),
-        _split(gates, s["rnn.bias_hh_l0"], axis=0),
-        np.ascontiguousarray(s["linear.weight"].T),
-        np.ascontiguousarray(s["linear.bias"]),
+        _split(gates, s[ih].T, axis=1),
+        _split(gates, s[hh].T, axis=1),
+        _split(gates, s[b_ih], axis=0),
+        _split(gates, s[b_hh], axis=0),
+        np.ascontiguousarray(s[weight].T),
+        np.ascontiguousarray(s[bias]),
     )
+
+
+# --- d2l 1.0's scratch models ----------------------------------------------------------------
+
+
+def _core_names(cell: str) -> tuple[str, ...]:
+    """core's parameters of a one-hot model of ``cell``, in the order core draws them."""
+    if cell == RNN:
+        return tuple(model.param_shapes(1, 1))
+    from . import cells
+
+    return cells.param_names(cell)
+
+
+def d2l_scratch_name(name: str) -> str:
+    """The name d2l 1.0's ``RNNLMScratch`` gives core's parameter ``name``: the output layer's
+    as they are, the cell's under its ``rnn``."""
+    return name if name in D2L_SCRATCH_OUTPUT else f"rnn.{name}"
+
+
+def d2l_scratch_names(cell: str) -> tuple[str, ...]:
+    """A scratch model's state dict, in torch's order: the model's own, then its ``rnn``'s."""
+    names = [d2l_scratch_name(n) for n in _core_names(cell)]
+    return (*D2L_SCRATCH_OUTPUT, *(n for n in names if n not in D2L_SCRATCH_OUTPUT))
+
+
+def to_d2l_scratch(layer: Layer) -> Arrays:
+    """The state dict of d2l 1.0's ``RNNLMScratch`` around ``D2L_SCRATCH_LAYER[layer.cell]``
+    holding ``layer``: core's parameters (``to_params``), renamed."""
+    if layer.cell not in D2L_SCRATCH_LAYER:
+        raise ConversionError(NO_SCRATCH_RESET_AFTER)
+    params = to_params(layer)
+    return {d2l_scratch_name(n): params[n] for n in (*D2L_SCRATCH_OUTPUT, *_core_names(layer.cell))}
+
+
+def d2l_scratch_cell(
+    state: Mapping[str, np.ndarray], what: str = "the d2l scratch state dict"
+) -> str:
+    """The cell a scratch model's state dict holds, from its names: ``rnn.W_hz`` a GRU,
+    ``rnn.W_hi`` an LSTM, ``rnn.W_hh`` alone the RNN."""
+    if "rnn.W_hz" in state:
+        if "rnn.b_xh" in state or "rnn.b_hh" in state:
+            raise ConversionError(f"{what}: {NO_SCRATCH_RESET_AFTER}")
+        cell = GRU_RESET_BEFORE
+    elif "rnn.W_hi" in state:
+        cell = LSTM
+    else:
+        cell = RNN
+    _require(d2l_scratch_names(cell), state, what, "d2l 1.0's RNNLMScratch names")
+    return cell
+
+
+def from_d2l_scratch(
+    state: Mapping[str, np.ndarray], what: str = "the d2l scratch state dict"
+) -> Layer:
+    """``Layer`` of a state dict of d2l 1.0's ``RNNLMScratch`` (``d2l_scratch_names``), checked
+    for consistent shapes."""
+    from . import cells
+
+    cell = d2l_scratch_cell(state, what)
+    s = {k: np.asarray(v) for k, v in state.items()}
+    H, V = _matrix_shape(what, "W_hq", s["W_hq"])
+    shapes = model.param_shapes(V, H) if cell == RNN else cells.param_shapes(cell, V, H)
+    _shapes(what, {d2l_scratch_name(n): shape for n, shape in shapes.items()}, s)
+    return from_params({n: s[d2l_scratch_name(n)] for n in _core_names(cell)})
 
 
 # --- Keras ---------------------------------------------------------------------------------
@@ -381,8 +499,8 @@ def same_model(source: str, target: str) -> None:
     forms = {GRU_RESET_BEFORE, GRU_RESET_AFTER}
     if source != target and {source, target} <= forms:
         holders = {
-            GRU_RESET_AFTER: "torch nn.GRU and Keras GRU(reset_after=True)",
-            GRU_RESET_BEFORE: "Keras GRU(reset_after=False)",
+            GRU_RESET_AFTER: "torch nn.GRU (d2l 1.0's d2l.GRU) and Keras GRU(reset_after=True)",
+            GRU_RESET_BEFORE: "Keras GRU(reset_after=False) and d2l 1.0's GRUScratch",
         }
         raise ConversionError(
             f"the {source} GRU and the {target} GRU are different models (the reset gate "
@@ -394,14 +512,15 @@ def same_model(source: str, target: str) -> None:
 
 
 # --- files -----------------------------------------------------------------------------------
-# A rosetta file is a checkpoint (core.checkpoint). A torch or Keras file is a safetensors file
-# holding exactly TORCH_NAMES or KERAS_NAMES, readable with no metadata at all (as
-# ``safetensors.torch.save_file(model.state_dict())`` writes it); what we write adds, under the
+# A rosetta file is a checkpoint (core.checkpoint). A torch, Keras or book file is a safetensors
+# file holding exactly TORCH_NAMES, KERAS_NAMES, D2L_CONCISE_NAMES or d2l_scratch_names(cell),
+# readable with no metadata at all (as ``safetensors.torch.save_file(model.state_dict())``
+# writes it); what we write adds, under the
 # key ``rosetta_rnn``, one JSON document (NATIVE_FORMAT) with what the weights cannot say, so a
 # converted file converts back: the cell, the activations, the vocabulary and the checkpoint's
 # own metadata.
 
-FORMATS = ("rosetta", *FRAMEWORKS)
+FORMATS = ("rosetta", *NATIVE)
 NATIVE_FORMAT = "rosetta-rnn-native-weights"
 NATIVE_FORMAT_VERSION = 1
 
@@ -413,7 +532,7 @@ _TOKENS = ("char", "word")
 class Weights:
     """A model read from a file of any format, with what a conversion carries along."""
 
-    fmt: str  # rosetta, torch or keras
+    fmt: str  # one of FORMATS
     source: str  # the file, for messages
     layer: Layer
     activation: str  # the RNN's φ (tanh or relu); tanh for the gated cells
@@ -444,17 +563,22 @@ class Converted:
 
 
 def layer_name(fmt: str, cell: str, activation: str = "tanh") -> str:
-    """How ``fmt`` names the layer of ``cell``: ``nn.GRU``, ``GRU(reset_after=True)`` ...;
-    an RNN with relu says so (``nn.RNN(nonlinearity='relu')``)."""
-    if fmt == "torch":
+    """How ``fmt`` names the layer of ``cell``: ``nn.GRU``, ``GRU(reset_after=True)``,
+    ``GRUScratch``, ``d2l.GRU`` ...; an RNN with relu says so (``nn.RNN(nonlinearity='relu')``)."""
+    relu = cell == RNN and activation == "relu"
+    if fmt in TORCH_MODULE:
         if cell not in TORCH_LAYER:
             raise ConversionError(NO_TORCH_RESET_BEFORE)
-        relu = cell == RNN and activation == "relu"
+        if fmt == "d2l-concise":
+            return D2L_CONCISE_LAYER[cell] + (" (relu)" if relu else "")
         return TORCH_LAYER[cell] + ("(nonlinearity='relu')" if relu else "")
+    if fmt == "d2l-scratch":
+        if cell not in D2L_SCRATCH_LAYER:
+            raise ConversionError(NO_SCRATCH_RESET_AFTER)
+        return D2L_SCRATCH_LAYER[cell] + (" (relu)" if relu else "")
     if fmt == "keras":
-        relu = cell == RNN and activation == "relu"
         return KERAS_LAYER[cell] + ("(activation='relu')" if relu else "")
-    return f"rosetta-rnn {cell}" + (" (relu)" if cell == RNN and activation == "relu" else "")
+    return f"rosetta-rnn {cell}" + (" (relu)" if relu else "")
 
 
 def _our_metadata(raw: Mapping[str, str], source: str) -> dict[str, Any] | None:
@@ -474,13 +598,17 @@ def detect_format(tensors: Mapping[str, Any], meta: Mapping[str, Any] | None) ->
     """The format a file's tensor names (or our metadata) say it is; None when neither does."""
     if meta and meta.get("format") == checkpoint.FORMAT:
         return "rosetta"
-    if meta and meta.get("format") == NATIVE_FORMAT and meta.get("framework") in FRAMEWORKS:
+    if meta and meta.get("format") == NATIVE_FORMAT and meta.get("framework") in NATIVE:
         return str(meta["framework"])
     names = set(tensors)
+    if "rnn.rnn.weight_hh_l0" in names:
+        return "d2l-concise"
     if "rnn.weight_hh_l0" in names:
         return "torch"
     if "rnn.recurrent_kernel" in names:
         return "keras"
+    if "W_hq" in names and names & {"rnn.W_hh", "rnn.W_hz", "rnn.W_hi"}:
+        return "d2l-scratch"
     if any(n.startswith("W_") for n in names):
         return "rosetta"
     return None
@@ -604,7 +732,12 @@ def _read_native(
 ) -> Weights:
     meta = _our_metadata(raw, path) or {}
     what = f"{path} (--from {fmt})"
-    layer = from_torch(tensors, what) if fmt == "torch" else from_keras(tensors, what)
+    if fmt in TORCH_MODULE:
+        layer = from_torch(tensors, what, TORCH_MODULE[fmt])
+    elif fmt == "d2l-scratch":
+        layer = from_d2l_scratch(tensors, what)
+    else:
+        layer = from_keras(tensors, what)
     version = meta.get("format_version", NATIVE_FORMAT_VERSION)
     if meta and (not isinstance(version, int) or version > NATIVE_FORMAT_VERSION):
         raise ConversionError(
@@ -665,7 +798,8 @@ def read(
         raise ConversionError(
             f"{source} holds none of the layouts convert reads (a rosetta-rnn checkpoint, "
             f"torch's {', '.join(TORCH_NAMES[:2])} ..., Keras' {', '.join(KERAS_NAMES[:2])} "
-            "...); say which with --from"
+            f"..., d2l 1.0's W_hq, rnn.W_xh ... or {D2L_CONCISE_NAMES[0]} ...); say which "
+            "with --from"
         )
     if found is not None and found != fmt:
         hint = "a rosetta-rnn checkpoint" if found == "rosetta" else f"a {found} file"
@@ -714,19 +848,22 @@ def check(
 
 def _summed(layer: Layer, fmt: str) -> list[str]:
     """The gates whose nonzero pair of biases ``fmt`` keeps as one (their sum)."""
+    ours = tuple(
+        g for g in OUR_GATES[layer.cell] if not (layer.cell == GRU_RESET_AFTER and g == "h")
+    )
     pairs = {
         "torch": (),
+        "d2l-concise": (),
         "keras": () if layer.cell == GRU_RESET_AFTER else OUR_GATES[layer.cell],
-        "rosetta": tuple(
-            g for g in OUR_GATES[layer.cell] if not (layer.cell == GRU_RESET_AFTER and g == "h")
-        ),
+        "rosetta": ours,
+        "d2l-scratch": ours,  # core's parameters
     }[fmt]
     return [g for g in pairs if np.any(layer.b_h[g] != 0)]
 
 
 def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
-    """The raw metadata of a torch or Keras file we write: ours under ``rosetta_rnn``, and
-    torch's own ``format: pt``."""
+    """The raw metadata of a native file we write (torch, Keras, the book's): ours under
+    ``rosetta_rnn``, and torch's own ``format: pt`` for a torch state dict."""
     cell = w.layer.cell
     doc: dict[str, Any] = {
         "format": NATIVE_FORMAT,
@@ -739,7 +876,7 @@ def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
         "num_hiddens": w.layer.num_hiddens,
         "activation": w.activation,
     }
-    if fmt == "torch" and cell == RNN:
+    if fmt in TORCH_MODULE and cell == RNN:
         doc["nonlinearity"] = w.activation
     if fmt == "keras" and cell != RNN:
         doc["recurrent_activation"] = "sigmoid"
@@ -749,7 +886,7 @@ def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
     doc["checkpoint"] = w.checkpoint
     doc["carried"] = {name: _pack(a) for name, a in w.carried.items()}
     raw = {checkpoint.METADATA_KEY: json.dumps(doc)}
-    return {"format": "pt", **raw} if fmt == "torch" else raw
+    return raw if fmt == "keras" else {"format": "pt", **raw}
 
 
 def _rosetta_metadata(w: Weights) -> dict[str, Any]:
@@ -804,7 +941,7 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
     summed = _summed(layer, fmt)
     notes = []
     if summed:
-        pair = "bias_ih + bias_hh" if weights.fmt == "torch" else "the two rows of rnn.bias"
+        pair = "bias_ih + bias_hh" if weights.fmt in TORCH_MODULE else "the two rows of rnn.bias"
         target = f"rosetta-rnn's {layer.cell}" if fmt == "rosetta" else layer_name(fmt, layer.cell)
         notes.append(
             f"summed the pairs of biases ({pair}) of the gates {', '.join(summed)} (core's "
@@ -823,9 +960,30 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
         tensors = {name: params[name] for name in model.param_names(params)}
         checkpoint.save(path, {**tensors, **weights.carried}, _rosetta_metadata(weights))
         return notes
-    arrays = to_torch(layer) if fmt == "torch" else to_keras(layer)
+    if fmt in TORCH_MODULE:
+        arrays = to_torch(layer, TORCH_MODULE[fmt])
+    elif fmt == "d2l-scratch":
+        arrays = to_d2l_scratch(layer)
+    else:
+        arrays = to_keras(layer)
+    notes += _book_notes(fmt, weights)
     checkpoint.atomic_write(path, checkpoint.encode_raw(arrays, _native_metadata(fmt, weights)))
     return notes
+
+
+def _book_notes(fmt: str, weights: Weights) -> list[str]:
+    """What a reader must change in the book's code to run what was written: an RNN with relu
+    (d2l 1.0's classes compute tanh)."""
+    if fmt not in BOOK or weights.layer.cell != RNN or weights.activation == "tanh":
+        return []
+    change = {
+        "d2l-scratch": "RNNScratch.forward needs torch.relu in place of torch.tanh",
+        "d2l-concise": "d2l.RNN needs nn.RNN(num_inputs, num_hiddens, nonlinearity='relu')",
+    }[fmt]
+    return [
+        f"the RNN's activation is {weights.activation} (recorded in the file's metadata), but "
+        f"the book's classes compute tanh: {change}"
+    ]
 
 
 def describe(fmt: str, weights: Weights) -> str:
@@ -841,12 +999,17 @@ def describe(fmt: str, weights: Weights) -> str:
         return f"torch {layer_name(fmt, cell, act)} + nn.Linear state dict {size}"
     if fmt == "keras":
         return f"keras {layer_name(fmt, cell, act)} + Dense weights {size}"
+    if fmt == "d2l-concise":
+        return f"d2l 1.0 RNNLM + {layer_name(fmt, cell, act)} state dict {size}"
+    if fmt == "d2l-scratch":
+        return f"d2l 1.0 RNNLMScratch + {layer_name(fmt, cell, act)} state dict {size}"
     relu = " (relu)" if cell == RNN and act == "relu" else ""
     return f"rosetta-rnn {cell}{relu} checkpoint {size}"
 
 
 def _others(fmt: str) -> str:
-    return " or ".join(f"--to {f}" for f in FORMATS if f != fmt) + " converts it"
+    others = [f"--to {f}" for f in FORMATS if f != fmt]
+    return f"{', '.join(others[:-1])} or {others[-1]} converts it"
 
 
 def convert_file(
@@ -894,8 +1057,10 @@ def convert_file(
         weights.vocab, weights.token = _check_vocab(
             vocab, token, weights.vocab_size, str(vocab_from)
         )
-    if target_format == "torch" and weights.layer.cell not in TORCH_GATES:
+    if target_format in TORCH_MODULE and weights.layer.cell not in TORCH_GATES:
         raise ConversionError(NO_TORCH_RESET_BEFORE)
+    if target_format == "d2l-scratch" and weights.layer.cell not in D2L_SCRATCH_LAYER:
+        raise ConversionError(NO_SCRATCH_RESET_AFTER)
     notes = write(dst_path, target_format, weights)
     summary = f"wrote {describe(target_format, weights)} to {dst_path}"
     return Converted(

@@ -1,5 +1,6 @@
-"""``rosetta-rnn convert``: a checkpoint to the frameworks' own layers and back, exactly (the
-mapping is core.convert's; this module only reads the flags and prints what was written)."""
+"""``rosetta-rnn convert``: a checkpoint to the frameworks' own layers and the book's models
+and back, exactly (the mapping is core.convert's; this module only reads the flags and prints
+what was written)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ DESCRIPTION = """\
 Convert weights between a rosetta-rnn checkpoint and the frameworks' own layers, exactly: \
 torch's nn.RNN/nn.GRU/nn.LSTM + nn.Linear (a state dict with d2l's names rnn.weight_ih_l0 ... \
 linear.bias) and Keras' SimpleRNN/GRU/LSTM + Dense (rnn.kernel, rnn.recurrent_kernel, \
-rnn.bias, dense.kernel, dense.bias, as get_weights() shapes them). Every file is safetensors \
-(no pickle); a native file needs no metadata of ours, and what convert writes records the cell, \
-activations, vocabulary and the checkpoint's metadata, so it converts back.
+rnn.bias, dense.kernel, dense.bias, as get_weights() shapes them), and the state dicts of the \
+book's current edition (d2l 1.0, PyTorch): d2l-scratch, RNNLMScratch around \
+RNNScratch/GRUScratch/LSTMScratch (W_hq, b_q and the cell's rnn.W_xh, rnn.W_hh, rnn.b_h ...), \
+and d2l-concise, RNNLM around d2l.RNN/d2l.GRU/d2l.LSTM (rnn.rnn.weight_ih_l0 ... linear.bias). \
+Every file is safetensors (no pickle); a native file needs no metadata of ours, and what \
+convert writes records the cell, activations, vocabulary and the checkpoint's metadata, so it \
+converts back.
 
 Exact: the weights are regrouped, reordered and transposed, never recomputed, except a pair of \
 biases that the target keeps as one (torch's bias_ih + bias_hh of an LSTM gate, say), which is \
-summed, once. Refused, with the reason: a reset-before GRU to torch (nn.GRU is reset-after), \
-one GRU formulation asked as the other, a learned embedding, activations other than \
+summed, once. Refused, with the reason: a reset-before GRU to torch or d2l-concise (nn.GRU \
+is reset-after), a reset-after GRU to d2l-scratch (GRUScratch is reset-before), one GRU \
+formulation asked as the other, a learned embedding, activations other than \
 tanh/relu/sigmoid."""
 
 
@@ -30,7 +36,7 @@ def register(sub: Any) -> None:
     """Add ``convert`` to ``sub`` (an ``argparse._SubParsersAction``)."""
     p = sub.add_parser(
         "convert",
-        help="convert weights between checkpoints and torch or Keras layers",
+        help="convert weights between checkpoints, torch or Keras layers and the book's models",
         description=DESCRIPTION,
     )
     p.add_argument("input", metavar="IN", help="the safetensors file to convert")
@@ -43,15 +49,18 @@ def register(sub: Any) -> None:
         "--from",
         dest="source_format",
         choices=convert.FORMATS,
-        help="IN's format: a rosetta checkpoint, a torch state dict or Keras weights "
-        "(default: what IN's tensor names say)",
+        help="IN's format: a rosetta checkpoint, a torch state dict, Keras weights, or a state "
+        "dict of d2l 1.0's scratch (W_hq, rnn.W_hh ...) or concise (rnn.rnn.weight_hh_l0 ...) "
+        "model (default: what IN's tensor names say)",
     )
     p.add_argument(
         "--to",
         dest="target_format",
         choices=convert.FORMATS,
         required=True,
-        help="OUT's format: rosetta, torch or keras",
+        help="OUT's format: rosetta, torch, keras, d2l-scratch (d2l 1.0's RNNLMScratch: "
+        "RNNScratch, GRUScratch reset-before, LSTMScratch) or d2l-concise (d2l 1.0's RNNLM: "
+        "d2l.RNN, d2l.GRU reset-after, d2l.LSTM)",
     )
     p.add_argument(
         "--cell",
@@ -61,15 +70,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gru",
         choices=("reset-before", "reset-after"),
-        help="the GRU formulation IN holds, checked against it (torch's nn.GRU is always "
-        "reset-after; a Keras GRU's bias shape says which); the other one is refused, as no "
-        "weights convert one into the other (default: what IN says)",
+        help="the GRU formulation IN holds, checked against it (torch's nn.GRU and d2l.GRU are "
+        "always reset-after, d2l's GRUScratch reset-before; a Keras GRU's bias shape says "
+        "which); the other one is refused, as no weights convert one into the other (default: "
+        "what IN says)",
     )
     p.add_argument(
         "--activation",
         choices=("tanh", "relu"),
         help="the RNN's activation, for a native file that does not record it (torch's "
-        "nonlinearity, Keras' activation) (default: what IN records, else tanh)",
+        "nonlinearity, Keras' activation; the book's classes compute tanh) (default: what IN "
+        "records, else tanh)",
     )
     p.add_argument(
         "--vocab-from",

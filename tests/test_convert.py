@@ -1,5 +1,7 @@
 """``rosetta-rnn convert``: checkpoints to the frameworks' own layers and back, run through the
-native layers themselves (torch nn.RNN/GRU/LSTM, Keras 3 SimpleRNN/GRU/LSTM on TensorFlow).
+native layers themselves (torch nn.RNN/GRU/LSTM, Keras 3 SimpleRNN/GRU/LSTM on TensorFlow), and
+to the book's current edition (d2l 1.0) and back, run through torch modules built as its
+scratch and concise models are.
 
 Native files are written the way a user would write them (``safetensors.torch.save_file`` of a
 state dict, ``safetensors.numpy.save_file`` of ``get_weights()``, no metadata of ours); the
@@ -247,6 +249,246 @@ def test_a_summed_bias_pair_is_noted(tmp_path: Path, capsys: Any, rng: Any) -> N
     )
 
 
+# --- the book's current edition (d2l 1.0, PyTorch) ----------------------------------------
+# torch modules built as d2l 1.0 builds its models (8.5 RNNScratch and RNNLMScratch, 8.6
+# d2l.RNN and RNNLM, 10.1 LSTMScratch and d2l.LSTM, 10.2 GRUScratch and d2l.GRU), in float64:
+# their state_dict() names are the book's, their forward passes the book's arithmetic.
+
+
+def _weight(*shape: int) -> Any:
+    return torch.nn.Parameter(torch.zeros(*shape, dtype=torch.float64))
+
+
+class RNNScratch(torch.nn.Module):
+    def __init__(self, num_inputs: int, num_hiddens: int) -> None:
+        super().__init__()
+        self.num_hiddens = num_hiddens
+        self.W_xh = _weight(num_inputs, num_hiddens)
+        self.W_hh = _weight(num_hiddens, num_hiddens)
+        self.b_h = _weight(num_hiddens)
+
+    def forward(self, inputs: Any, state: Any) -> Any:
+        outputs = []
+        for X in inputs:
+            state = torch.tanh(X @ self.W_xh + state @ self.W_hh + self.b_h)
+            outputs.append(state)
+        return outputs, state
+
+
+def _triple(m: Any, gate: str, num_inputs: int, num_hiddens: int) -> None:
+    setattr(m, f"W_x{gate}", _weight(num_inputs, num_hiddens))
+    setattr(m, f"W_h{gate}", _weight(num_hiddens, num_hiddens))
+    setattr(m, f"b_{gate}", _weight(num_hiddens))
+
+
+class GRUScratch(torch.nn.Module):
+    def __init__(self, num_inputs: int, num_hiddens: int) -> None:
+        super().__init__()
+        self.num_hiddens = num_hiddens
+        for gate in "zrh":  # update gate, reset gate, candidate hidden state
+            _triple(self, gate, num_inputs, num_hiddens)
+
+    def forward(self, inputs: Any, H: Any) -> Any:
+        outputs = []
+        for X in inputs:
+            Z = torch.sigmoid(X @ self.W_xz + H @ self.W_hz + self.b_z)
+            R = torch.sigmoid(X @ self.W_xr + H @ self.W_hr + self.b_r)
+            H_tilde = torch.tanh(X @ self.W_xh + (R * H) @ self.W_hh + self.b_h)
+            H = Z * H + (1 - Z) * H_tilde
+            outputs.append(H)
+        return outputs, H
+
+
+class LSTMScratch(torch.nn.Module):
+    def __init__(self, num_inputs: int, num_hiddens: int) -> None:
+        super().__init__()
+        self.num_hiddens = num_hiddens
+        for gate in "ifoc":  # input gate, forget gate, output gate, input node
+            _triple(self, gate, num_inputs, num_hiddens)
+
+    def forward(self, inputs: Any, H_C: Any) -> Any:
+        H, C = H_C
+        outputs = []
+        for X in inputs:
+            I = torch.sigmoid(X @ self.W_xi + H @ self.W_hi + self.b_i)
+            F = torch.sigmoid(X @ self.W_xf + H @ self.W_hf + self.b_f)
+            O = torch.sigmoid(X @ self.W_xo + H @ self.W_ho + self.b_o)
+            C_tilde = torch.tanh(X @ self.W_xc + H @ self.W_hc + self.b_c)
+            C = F * C + I * C_tilde
+            H = O * torch.tanh(C)
+            outputs.append(H)
+        return outputs, (H, C)
+
+
+class RNNLMScratch(torch.nn.Module):
+    """The language model around a scratch cell: W_hq, b_q of its own, the cell as ``rnn``."""
+
+    def __init__(self, rnn: Any, vocab_size: int) -> None:
+        super().__init__()
+        self.rnn, self.vocab_size = rnn, vocab_size
+        self.W_hq = _weight(rnn.num_hiddens, vocab_size)
+        self.b_q = _weight(vocab_size)
+
+    def forward(self, X: Any, state: Any) -> Any:
+        embs = torch.nn.functional.one_hot(X.T, self.vocab_size).to(torch.float64)
+        rnn_outputs, _ = self.rnn(embs, state)
+        return torch.stack([H @ self.W_hq + self.b_q for H in rnn_outputs], 1)
+
+
+class Concise(torch.nn.Module):
+    """d2l.RNN, d2l.GRU, d2l.LSTM: torch's layer as ``rnn``."""
+
+    def __init__(self, layer: Any, num_inputs: int, num_hiddens: int, **options: Any) -> None:
+        super().__init__()
+        self.num_hiddens = num_hiddens
+        self.rnn = layer(num_inputs, num_hiddens, dtype=torch.float64, **options)
+
+    def forward(self, inputs: Any, H: Any) -> Any:
+        return self.rnn(inputs, H)
+
+
+class RNNLM(RNNLMScratch):
+    """The concise language model: the book's nn.LazyLinear(vocab_size), once materialized, is
+    this nn.Linear, under the same names."""
+
+    def __init__(self, rnn: Any, vocab_size: int) -> None:
+        torch.nn.Module.__init__(self)
+        self.rnn, self.vocab_size = rnn, vocab_size
+        self.linear = torch.nn.Linear(rnn.num_hiddens, vocab_size, dtype=torch.float64)
+
+    def forward(self, X: Any, state: Any) -> Any:
+        embs = torch.nn.functional.one_hot(X.T, self.vocab_size).to(torch.float64)
+        hiddens, _ = self.rnn(embs, state)
+        return self.linear(hiddens).swapaxes(0, 1)
+
+
+# (format, cell): every model the book has, each one test id
+BOOK = {
+    "RNNScratch": ("d2l-scratch", RNN),
+    "GRUScratch": ("d2l-scratch", GRU_RESET_BEFORE),
+    "LSTMScratch": ("d2l-scratch", LSTM),
+    "d2l.RNN": ("d2l-concise", RNN),
+    "d2l.GRU": ("d2l-concise", GRU_RESET_AFTER),
+    "d2l.LSTM": ("d2l-concise", LSTM),
+}
+
+
+def book_model(fmt: str, cell: str, **options: Any) -> Any:
+    if fmt == "d2l-scratch":
+        kinds = {RNN: RNNScratch, GRU_RESET_BEFORE: GRUScratch, LSTM: LSTMScratch}
+        return RNNLMScratch(kinds[cell](V, H), V)
+    layers = {RNN: torch.nn.RNN, GRU_RESET_AFTER: torch.nn.GRU, LSTM: torch.nn.LSTM}
+    return RNNLM(Concise(layers[cell], V, H, **options), V)
+
+
+def write_book(path: Path, fmt: str, cell: str, rng: Any, **options: Any) -> Any:
+    """A book model with random weights (every bias nonzero, both of a pair), its state_dict()
+    saved as a reader of the book would save it; -> the model."""
+    m = book_model(fmt, cell, **options)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)) * 0.5))
+    safetensors_torch.save_file(m.state_dict(), str(path))  # metadata {"format": "pt"}
+    return m
+
+
+def run_book(fmt: str, m: Any, inputs: Any, state: Any) -> dict[str, np.ndarray]:
+    """The book model's logits (T·B, V), time-major as core's, from ``inputs`` (T, B)."""
+    parts = state if isinstance(state, tuple) else (state,)
+    h0 = tuple(torch.from_numpy(p) for p in parts)
+    if fmt == "d2l-concise":
+        h0 = tuple(p[None] for p in h0)  # (num_layers, B, H)
+    with torch.no_grad():
+        Y = m(torch.from_numpy(inputs.T.copy()), h0 if len(h0) == 2 else h0[0])
+    return {"logits": Y.swapaxes(0, 1).reshape(-1, V).numpy()}
+
+
+def load_book(fmt: str, cell: str, path: Path) -> Any:
+    m = book_model(fmt, cell)
+    m.load_state_dict(safetensors_torch.load_file(str(path)))  # strict: every name, no other
+    return m
+
+
+@pytest.mark.parametrize("name", list(BOOK))
+def test_a_book_model_converts_to_ours_and_back(
+    name: str, tmp_path: Path, capsys: Any, rng: Any
+) -> None:
+    fmt, cell = BOOK[name]
+    src = tmp_path / "book.safetensors"
+    m = write_book(src, fmt, cell, rng)
+    ours = tmp_path / "ours.safetensors"
+    vocab = vocab_file(tmp_path / "v")
+    code, out, err = run_cli(capsys, "convert", str(src), str(ours), "--to", "rosetta", "--json")
+    assert code == 2 and "records no vocabulary" in err and not ours.exists()
+    code, out, err = run_cli(
+        capsys, "convert", str(src), str(ours), "--to", "rosetta", "--vocab-from", str(vocab)
+    )
+    assert code == 0 and out.startswith(f"wrote rosetta-rnn {cell} checkpoint (vocab {V}, "), err
+    _, meta = checkpoint.load_model(ours)
+    assert meta["converted_from"]["format"] == fmt  # found from the names alone
+
+    # the book's model and core's forward on the converted parameters compute the same model
+    params = load_params(ours)
+    assert cells.cell_of(params) == cell
+    inputs, state = problem(cell, rng)
+    err_ = rel_error(run_core(params, "tanh", inputs, state), run_book(fmt, m, inputs, state))
+    assert err_ <= TOL, f"{name}: {err_:.3g} > {TOL:g}"
+
+    # ours -> the book's -> ours is bit-identical
+    back = tmp_path / "back.safetensors"
+    again = tmp_path / "again.safetensors"
+    convert_ok(capsys, ours, back, "--to", fmt)
+    convert_ok(capsys, back, again, "--to", "rosetta")
+    assert again.read_bytes() == ours.read_bytes()
+
+    # the file written back loads into the book's model (strictly) and computes the same
+    returned = load_book(fmt, cell, back)
+    err_ = rel_error(run_book(fmt, returned, inputs, state), run_book(fmt, m, inputs, state))
+    assert err_ <= TOL, f"{name} after a round trip: {err_:.3g}"
+    if fmt == "d2l-scratch":  # core's own parameters: nothing summed, the same state dict
+        assert same_arrays(read_raw(back)[0], read_raw(src)[0])
+
+
+@pytest.mark.parametrize("cell_name", list(BOTH))
+def test_the_concise_format_is_the_torch_format_one_module_deeper(
+    cell_name: str, tmp_path: Path, capsys: Any, rng: Any
+) -> None:
+    """d2l 1.0's RNNLM to d2l 0.17's (torch) and back: the same tensors under rnn. for
+    rnn.rnn., bit for bit, pairs of biases included."""
+    cell = BOTH[cell_name]
+    src = tmp_path / "concise.safetensors"
+    write_book(src, "d2l-concise", cell, rng)
+    convert_ok(capsys, src, tmp_path / "torch", "--to", "torch")
+    book, torch_ = read_raw(src)[0], read_raw(tmp_path / "torch")[0]
+    assert same_arrays({k.replace("rnn.rnn.", "rnn."): v for k, v in book.items()}, torch_)
+    convert_ok(capsys, tmp_path / "torch", tmp_path / "back", "--to", "d2l-concise")
+    assert same_arrays(read_raw(tmp_path / "back")[0], book)
+
+
+def test_the_format_is_found_from_the_tensor_names(rng: Any) -> None:
+    found = {}
+    for name, (fmt, cell) in BOOK.items():
+        names = book_model(fmt, cell).state_dict()
+        found[name] = convert.detect_format(names, None)
+        assert found[name] == fmt, (name, sorted(names))
+    layer = convert.from_params(model.init_params(V, H, rng, "float64"))
+    assert convert.detect_format(convert.to_torch(layer), None) == "torch"
+    assert convert.detect_format(convert.to_params(layer), None) == "rosetta"
+    assert convert.detect_format(convert.to_keras(layer), None) == "keras"
+
+
+def test_an_rnn_with_relu_converts_to_the_book_with_a_note(
+    trained: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    for fmt in convert.BOOK:
+        code, out, err = run_cli(
+            capsys, "convert", str(trained["rnn-relu"]), str(tmp_path / fmt), "--to", fmt
+        )
+        assert code == 0 and "(relu)" in out and "the book's classes compute tanh" in err
+        meta = json.loads(read_raw(tmp_path / fmt)[1]["rosetta_rnn"])
+        assert (meta["framework"], meta["activation"]) == (fmt, "relu")
+
+
 # --- trained checkpoints -------------------------------------------------------------------
 
 TRAINED = {
@@ -276,8 +518,10 @@ def _generate(capsys: Any, path: Path) -> str:
     return out
 
 
-# every trained cell to both frameworks, but the reset-before GRU to torch (test_refusals)
-ROUND_TRIPS = [(n, fw) for n in TRAINED for fw in ("torch", "keras") if (n, fw) != ("gru", "torch")]
+# every trained cell to every native format that holds it: not the reset-before GRU to torch or
+# d2l-concise, nor the reset-after one to d2l-scratch (test_refusals)
+REFUSED = {("gru", "torch"), ("gru", "d2l-concise"), ("gru-reset-after", "d2l-scratch")}
+ROUND_TRIPS = [(n, fw) for n in TRAINED for fw in convert.NATIVE if (n, fw) not in REFUSED]
 
 
 @pytest.mark.parametrize("name, fw", ROUND_TRIPS)
@@ -308,9 +552,15 @@ def test_the_carried_state_of_a_checkpoint_round_trips(
     state["state"][0, 0] = -0.0
     ckpt = tmp_path / "mid.safetensors"
     checkpoint.save(ckpt, {**tensors, **state}, meta)
-    for fw in ("torch", "keras"):
+    names = {
+        "torch": convert.TORCH_NAMES,
+        "keras": convert.KERAS_NAMES,
+        "d2l-concise": convert.D2L_CONCISE_NAMES,
+        "d2l-scratch": convert.d2l_scratch_names(LSTM),
+    }
+    for fw in convert.NATIVE:
         convert_ok(capsys, ckpt, tmp_path / fw, "--to", fw)
-        assert set(read_raw(tmp_path / fw)[0]) == set(getattr(convert, f"{fw.upper()}_NAMES"))
+        assert set(read_raw(tmp_path / fw)[0]) == set(names[fw])
         convert_ok(capsys, tmp_path / fw, tmp_path / f"{fw}.back", "--to", "rosetta")
         assert (tmp_path / f"{fw}.back").read_bytes() == ckpt.read_bytes()
 
@@ -375,6 +625,25 @@ def files(trained: dict[str, Path], tmp_path_factory: Any) -> dict[str, Path]:
     }.items():
         made[key] = folder / f"{key}.safetensors"
         write_native(made[key], fw, cell, "tanh", rng)
+    for key, (fmt, cell, options) in {
+        "scratch_gru": ("d2l-scratch", GRU_RESET_BEFORE, {}),
+        "scratch_lstm": ("d2l-scratch", LSTM, {}),
+        "concise_gru": ("d2l-concise", GRU_RESET_AFTER, {}),
+        "concise_gru_2_layers": ("d2l-concise", GRU_RESET_AFTER, {"num_layers": 2}),
+    }.items():
+        made[key] = folder / f"{key}.safetensors"
+        write_book(made[key], fmt, cell, rng, **options)
+    # a scratch model the book does not have: the reset-after GRU's b_xh, b_hh under rnn.
+    after = cells.init_params(GRU_RESET_AFTER, V, H, rng, "float64")
+    made["scratch_gru_after"] = folder / "scratch_gru_after.safetensors"
+    safetensors_numpy.save_file(
+        {convert.d2l_scratch_name(n): a for n, a in after.items()}, str(made["scratch_gru_after"])
+    )
+    # a scratch model whose rnn.W_xh is transposed
+    state = read_raw(made["scratch_gru"])[0]
+    state["rnn.W_xh"] = state["rnn.W_xh"].T.copy()
+    made["scratch_transposed"] = folder / "scratch_transposed.safetensors"
+    safetensors_numpy.save_file(state, str(made["scratch_transposed"]))
     made["vocab"] = vocab_file(folder / "vocab.safetensors")
     made["vocab_9"] = vocab_file(folder / "vocab9.safetensors", 9)
     return made
@@ -386,6 +655,34 @@ REFUSALS = {
     "reset-before to torch": (
         convert.NO_TORCH_RESET_BEFORE,
         "{ckpt_gru} {out} --to torch",
+    ),
+    "reset-before to d2l-concise": (
+        convert.NO_TORCH_RESET_BEFORE,
+        "{ckpt_gru} {out} --to d2l-concise",
+    ),
+    "GRUScratch to d2l-concise": (
+        convert.NO_TORCH_RESET_BEFORE,
+        "{scratch_gru} {out} --to d2l-concise",
+    ),
+    "reset-after to d2l-scratch": (
+        convert.NO_SCRATCH_RESET_AFTER,
+        "{ckpt_gru_reset_after} {out} --to d2l-scratch",
+    ),
+    "torch GRU to d2l-scratch": (
+        convert.NO_SCRATCH_RESET_AFTER,
+        "{torch_gru} {out} --to d2l-scratch",
+    ),
+    "a reset-after scratch GRU": (
+        convert.NO_SCRATCH_RESET_AFTER,
+        "{scratch_gru_after} {out} --to keras",
+    ),
+    "d2l.GRU as reset-before": (
+        "are different models",
+        "{concise_gru} {out} --to keras --gru reset-before",
+    ),
+    "GRUScratch as reset-after": (
+        "are different models",
+        "{scratch_gru} {out} --to keras --gru reset-after",
     ),
     "torch GRU to keras reset-before": (
         "are different models",
@@ -417,11 +714,33 @@ REFUSALS = {
         "is a torch file, not a keras file: use --from torch",
         "{torch_rnn} {out} --from keras --to rosetta",
     ),
+    "--from torch of d2l-concise": (
+        "is a d2l-concise file, not a torch file: use --from d2l-concise",
+        "{concise_gru} {out} --from torch --to keras",
+    ),
+    "--from d2l-concise of d2l-scratch": (
+        "is a d2l-scratch file, not a d2l-concise file: use --from d2l-scratch",
+        "{scratch_lstm} {out} --from d2l-concise --to keras",
+    ),
+    # the book's files that are not one layer of the book's names and shapes
+    "a two-layer d2l.GRU": (
+        "has tensors this conversion does not know: rnn.rnn.bias_hh_l1, rnn.rnn.bias_ih_l1",
+        "{concise_gru_2_layers} {out} --to keras",
+    ),
+    "a transposed scratch weight": (
+        f"rnn.W_xh has shape [{H}, {V}], expected [{V}, {H}]",
+        "{scratch_transposed} {out} --to keras",
+    ),
     # vocabularies
     "no vocabulary": (
         f"records no vocabulary, which a rosetta-rnn checkpoint needs (generate and eval read "
         f"it): pass --vocab-from CKPT, a checkpoint of {V} tokens",
         "{torch_gru} {out} --to rosetta",
+    ),
+    "no vocabulary in a scratch model": (
+        f"records no vocabulary, which a rosetta-rnn checkpoint needs (generate and eval read "
+        f"it): pass --vocab-from CKPT, a checkpoint of {V} tokens",
+        "{scratch_lstm} {out} --to rosetta",
     ),
     "a vocabulary of another size": (
         f"has a vocabulary of 9 tokens, but the weights are for {V}",
@@ -436,12 +755,17 @@ REFUSALS = {
     "OUT a folder": ("it is a folder", "{torch_rnn} {folder} --to keras"),
     "IN missing": ("file not found", "{folder}/missing {out} --to keras"),
     "--from X --to X": (
-        "--from and --to are both torch: nothing to convert; --to rosetta or --to keras",
+        "--from and --to are both torch: nothing to convert; --to rosetta, --to keras, "
+        "--to d2l-scratch or --to d2l-concise converts it",
         "{torch_rnn} {out} --from torch --to torch",
     ),
     "already the format": (
         "is already a keras file: nothing to convert",
         "{keras_lstm} {out} --to keras",
+    ),
+    "already the book's format": (
+        "is already a d2l-scratch file: nothing to convert",
+        "{scratch_gru} {out} --to d2l-scratch",
     ),
 }
 
@@ -468,7 +792,7 @@ def test_a_learned_embedding_is_refused(tmp_path: Path, capsys: Any) -> None:
     params = model.init_params(5, 4, np.random.default_rng(0), "float32", embed_dim=3)
     meta = {"dtype": "float32", "config": {"num_hiddens": 4, "embed_dim": 3}, "vocab": vocab}
     checkpoint.save(ckpt, params, meta)
-    for fw in ("torch", "keras"):
+    for fw in convert.NATIVE:
         _refused(
             capsys,
             tmp_path / "out",
