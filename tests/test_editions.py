@@ -1,0 +1,165 @@
+"""The book's current edition (``--recipe d2l-1.0``) against what it is not built from: the
+frameworks' own layers, as the concise chapters (9.6, 10.1, 10.2) train them, and the figures
+docs/editions.md shows, held to the runs that made them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.conformance.subjects import KerasRNNOracle, TorchRNNOracle
+from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.core import checkpoint, model
+from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _recorded_steps(spec: run_spec.RunSpec, corpus: Path) -> list[tuple[Any, ...]]:
+    """One epoch of the run ``train`` builds for ``spec`` (NumPy float64), step by step:
+    (parameters before, inputs, labels, parameters after)."""
+    engine = run_spec.engine(spec, numpy_backend)
+    ops, seen = engine.ops, []
+
+    def step(p: Any, x: Any, y: Any, s: Any, lr: float, theta: float) -> Any:
+        out = engine.step(p, x, y, s, lr, theta)
+        seen.append((model.to_numpy(ops, p), np.array(x), np.array(y), model.to_numpy(ops, out[0])))
+        return out
+
+    text = run_spec.load_text(spec, corpus)
+    run_spec.build(spec, replace(engine, step=step), text, 1).trainer.run_epoch()
+    return seen
+
+
+def _sgd_clip(params: dict, grads: dict, lr: float, theta: float) -> dict:
+    norm = np.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    scale = min(1.0, theta / norm)
+    return {k: params[k] - lr * grads[k] * scale for k in params}
+
+
+CONCISE = [
+    ("torch", RNN),
+    ("torch", GRU_RESET_AFTER),  # 10.2's concise nn.GRU is the reset-after GRU
+    ("torch", LSTM),
+    ("keras", RNN),
+    ("keras", GRU_RESET_BEFORE),
+    ("keras", LSTM),
+]
+
+
+@pytest.mark.parametrize(("framework", "cell"), CONCISE)
+def test_the_concise_models_train_as_the_recipe_does(
+    framework: str, cell: str, timemachine: Path
+) -> None:
+    """9.6, 10.1, 10.2: the framework's own layer and a dense output, loaded with the
+    parameters before each step of ``train --recipe d2l-1.0`` (float64), give the gradient
+    whose clipped SGD step is the recipe's next parameters: one minibatch of 128 windows and
+    the last, partial one of 44."""
+    pytest.importorskip("torch" if framework == "torch" else "tensorflow")
+    gated = cell != RNN
+    spec = replace(
+        run_spec.RECIPES["d2l-1.0"],
+        num_train=300,
+        num_val=10,
+        batch_size=128,
+        dtype="float64",
+        lr=4.0 if gated else 1.0,
+        **run_spec.cell_settings(cell),
+    )
+    steps = _recorded_steps(spec, timemachine)
+    assert [x.shape[1] for _, x, _, _ in steps] == [128, 128, 44]  # time-major (T, B)
+    oracle = (TorchRNNOracle if framework == "torch" else KerasRNNOracle)("float64", cell=cell)
+    worst = 0.0
+    for before, inputs, labels, after in (steps[0], steps[-1]):
+        H = before["W_hq"].shape[0]
+        zeros = np.zeros((inputs.shape[1], H))
+        state = (zeros, zeros) if cell == LSTM else zeros
+        _, grads, _ = oracle.value_and_grad("autograd", before, inputs, labels, state)
+        want = _sgd_clip(before, grads, spec.lr, spec.clip)
+        for k in after:
+            worst = max(worst, float(np.abs(after[k] - want[k]).max() / np.abs(want[k]).max()))
+    assert worst <= tolerance("float64", "values"), f"{framework} {cell}: {worst:.3g}"
+
+
+# --- docs/editions.md's figures ----------------------------------------------------------------
+
+
+def _editions() -> Any:
+    spec = importlib.util.spec_from_file_location("run_editions", DOCS / "run_editions.py")
+    assert spec is not None and spec.loader is not None
+    sys.path.insert(0, str(DOCS))
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(DOCS))
+    return module
+
+
+def test_the_editions_table_is_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/editions-table.md is what docs/run_editions.py renders from docs/editions.json."""
+    editions = _editions()
+    monkeypatch.setattr(editions, "HERE", tmp_path)
+    results = json.loads((DOCS / "editions.json").read_text())
+    editions.render(results)
+    assert (tmp_path / "editions-table.md").read_text() == (DOCS / "editions-table.md").read_text()
+
+
+def test_the_recipe_ends_in_the_books_regime_on_every_backend() -> None:
+    """Every backend's RNN, 100 epochs of d2l 1.0's recipe: validation perplexity 7.1-7.6 (the
+    book prints about 7.2), and the prediction continues 'it has'."""
+    editions = _editions()
+    results = json.loads((DOCS / "editions.json").read_text())
+    rnn = {k: v for k, v in results.items() if k.startswith("rnn/")}
+    assert {k.split("/")[1] for k in rnn} == set(editions.BACKENDS)
+    for key, r in rnn.items():
+        assert r["epochs"] == 100, key
+        assert 7.1 <= r["val_perplexity"] <= 7.6, f"{key}: {r['val_perplexity']}"
+        assert r["samples"]["it has"].startswith("it has ") and len(r["samples"]["it has"]) == 26
+    assert (DOCS / "img" / "edition-1.0.png").is_file()
+
+
+# --- the exercises of 9.5, as docs/editions.md gives them ---------------------------------------
+
+SMALL = ["--num-train", "256", "--num-val", "64", "--epochs", "1", "--batch-size", "64"]
+EXERCISES = {
+    "a learned embedding": ["--embedding", "learned"],
+    "ReLU": ["--activation", "relu"],
+    "no clipping": ["--no-clip"],
+    "no clipping at T = 256": ["--no-clip", "--num-steps", "256"],
+    "the last step's loss": ["--loss", "last-step"],
+}
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_the_exercises_run_on_the_current_edition(
+    exercise: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each exercise's command trains the recipe with its change and validates every epoch;
+    the checkpoint samples with a temperature and an α, and scores another text."""
+    from rosetta_rnn.cli import main
+
+    ckpt = tmp_path / "run.safetensors"
+    argv = ["train", "--recipe", "d2l-1.0", *SMALL, *EXERCISES[exercise], "--json"]
+    assert main([*argv, "--checkpoint", str(ckpt)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert math.isfinite(doc["val_perplexity"]) and math.isfinite(doc["val_book_perplexity"])
+    spec = run_spec.RunSpec.from_meta(checkpoint.load_model(ckpt)[1], str(ckpt))
+    assert spec.recipe == "d2l-1.0" and spec.sampling == "windows"
+    for how in (["--temperature", "1"], ["--alpha", "2"]):
+        assert main(["generate", "--checkpoint", str(ckpt), *how, "--seed", "1"]) == 0
+        assert capsys.readouterr().out.startswith("it has")
+    other = tmp_path / "other.txt"
+    other.write_text("It has been said, that the time traveller came back.\n")
+    assert main(["eval", "--checkpoint", str(ckpt), "--corpus", str(other)]) == 0
+    assert "counted as <unk>" in capsys.readouterr().out
