@@ -253,8 +253,10 @@ def q_ties(subject: Any, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
 
 def _clipped_training(problem: Problem, sampling: str, detach: bool = True) -> TrainConfig:
     """The training runs' configuration: ``problem``'s shapes, lr 1, and θ = 0.1, small
-    enough that clipping acts on most steps."""
+    enough that clipping acts on most steps. d2l 1.0's windows: 3 × B - 1 training windows,
+    so every third minibatch is the partial one, and an epoch (a new shuffle) every 3 steps."""
     return TrainConfig(
+        num_train=3 * problem.batch_size - 1,
         batch_size=problem.batch_size,
         num_steps=problem.num_steps,
         num_hiddens=problem.num_hiddens,
@@ -480,6 +482,7 @@ CHECKS: dict[str, tuple[Quantity, str, bool]] = {
     "train/sequential": (q_train("sequential"), "train", False),
     "train/random": (q_train("random"), "train", False),
     "train/no-detach": (q_train("no-detach"), "train", False),
+    "train/windows": (q_train("windows"), "train", False),
     "train/replicas": (q_replicas("params"), "train", False),
     "grads/replicas": (q_replicas("grads"), "grads", False),
 }

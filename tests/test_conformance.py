@@ -198,6 +198,8 @@ CI_TRAINING = [
     *[(cells.RNN, name, s) for name in TRAINING for s in ("sequential", "random")],
     (cells.RNN, "d2l", "no-detach"),
     (cells.RNN, "last-step", "no-detach"),
+    (cells.RNN, "d2l", "windows"),  # d2l 1.0's loader: a shuffle per epoch, a partial minibatch
+    (cells.GRU_RESET_AFTER, "moderate", "windows"),
     (cells.GRU_RESET_BEFORE, "moderate", "sequential"),
     (cells.GRU_RESET_AFTER, "embedding", "random"),
     (cells.LSTM, "last-step", "sequential"),
