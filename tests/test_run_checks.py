@@ -136,6 +136,10 @@ def _split_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- d2l 1.0's pieces: the vocabulary, the windows, the split, the loader, the validation ----
 
 
+def _preprocess_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    _spec_changed(monkeypatch, "load_text", preprocess="lines")
+
+
 def _vocab_by_frequency(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "make_vocab", lambda tokens, order="frequency": data.Vocab(tokens))
 
@@ -254,6 +258,7 @@ PLANTED: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "--loss last-step never reaches the trainer": (_loss_window_unapplied, "last-step"),
     "a resumed run draws from a fresh generator": (_resume_draws_afresh, "resume"),
     "the held-out split is one token off": (_split_off_by_one, "train-fraction"),
+    "--preprocess whole reads the text line by line": (_preprocess_unapplied, "preprocess-whole"),
     "--vocab-order sorted builds 0.17's vocabulary": (_vocab_by_frequency, "vocab-sorted"),
     "every window starts one token late": (_window_one_late, "windows"),
     "the validation windows start one early": (_split_one_early, "windows"),
