@@ -74,21 +74,21 @@ def main() -> None:
     render(results)
 
 
-def _cell(values: list[float], digits: int = 2) -> str:
-    """A figure over seeds: the mean and the range."""
+def _cell(values: list[float], digits: int = 2, spread: bool = True) -> str:
+    """A figure over seeds: the mean, and [the range]."""
     if not values:
         return "—"
     mean = sum(values) / len(values)
-    if len(values) == 1:
+    if len(values) == 1 or not spread:
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return f"{mean:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
 def render(results: dict) -> None:
     runs = {k: v for k, v in results.items() if not k.startswith("switch/")}
     lines = [
-        "| cell | backend | seeds | validation perplexity (the book's plotted mean) | "
-        "training (the book's) | seconds a run |",
+        "| cell | backend | seeds | validation perplexity [range]; the book's plotted mean | "
+        "training; the book's | seconds a run [range] |",
         "|---|---|---|---|---|---|",
     ]
     for cell in CELLS:
@@ -97,10 +97,11 @@ def render(results: dict) -> None:
             if not mine:
                 continue
             train, book, val, val_book = (
-                _cell([r[f] for r in mine if r.get(f) is not None]) for f in FIGURES
+                _cell([r[f] for r in mine if r.get(f) is not None], spread=f == "val_perplexity")
+                for f in FIGURES
             )
             seconds = _cell([r["seconds"] for r in mine], 0)
-            row = [cell, backend, str(len(mine)), f"{val} ({val_book})", f"{train} ({book})"]
+            row = [cell, backend, str(len(mine)), f"{val}; {val_book}", f"{train}; {book}"]
             lines.append("| " + " | ".join([*row, seconds]) + " |")
     lines += ["", "| cell | backend | seed | `predict('it has', 20)` |", "|---|---|---|---|"]
     for key, r in runs.items():

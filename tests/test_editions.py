@@ -163,3 +163,22 @@ def test_the_exercises_run_on_the_current_edition(
     other.write_text("It has been said, that the time traveller came back.\n")
     assert main(["eval", "--checkpoint", str(ckpt), "--corpus", str(other)]) == 0
     assert "counted as <unk>" in capsys.readouterr().out
+
+
+def test_the_benchmarks_page_quotes_the_current_editions_bench_run() -> None:
+    """docs/benchmarks.md's table and sentence on d2l 1.0's shape are the committed run's
+    targets (benchmarks/results/cpu-2core/d2l-1.0/)."""
+    root = DOCS.parent
+    bench = json.loads((root / "benchmarks/results/cpu-2core/d2l-1.0/results.json").read_text())
+    page = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    assert bench["shape"]["batch_size"] == 1024 and bench["shape"]["num_hiddens"] == 32
+    ratios = {}
+    for t in bench["targets"]:
+        if "×" in t["target"] and "roofline" not in t["target"]:
+            met = "met" if t["met"] else "missed"
+            assert f"| {t['cell']} | {t['target']} | {t['value']:.2f}× | {met} |" in page
+            ratios[t["target"]] = f"{t['value']:.2f}×"
+    prose = " ".join(page.split())
+    assert f"{ratios['torch ≥ 1.00× torch.nn.RNN']} its `nn.RNN`" in prose
+    assert f"{ratios['torch ≥ 1.00× torch.nn.LSTM']} its `nn.LSTM`" in prose
+    assert f"TensorFlow's {ratios['tensorflow ≥ 1.00× keras.LSTM']} Keras' `LSTM`" in prose
