@@ -84,9 +84,10 @@ class RunSpec:
         return TrainConfig(epochs=epochs, **{k: getattr(self, k) for k in trainer_fields})
 
     def to_meta(self) -> dict[str, Any]:
-        """JSON-safe: no clipping's infinite θ is saved as None."""
+        """As JSON keeps it: no clipping's infinite θ is None, the prefixes a list."""
         d = asdict(self)
         d["clip"] = None if math.isinf(self.clip) else self.clip
+        d["prefixes"] = list(self.prefixes)
         return d
 
     @classmethod

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +73,7 @@ def test_the_run_is_saved_whole_and_an_older_checkpoint_still_resumes(
     tensors, meta = checkpoint.load(old)
     run = meta.pop("run")
     assert run == {
-        **asdict(RunSpec()),
+        **RunSpec().to_meta(),
         "batch_size": 4,
         "num_steps": 8,
         "num_hiddens": 16,
