@@ -700,7 +700,7 @@ def test_conform_help_says_what_it_proves_how_long_and_what_the_exit_codes_mean(
         "torch.nn.RNN, GRU and LSTM, Keras SimpleRNN, GRU (both reset_after) and LSTM",
         "--cells CELL [CELL ...]",
         "conformance/reference.py",
-        "takes about 37 minutes on a 2-core CPU; --cells rnn about 6 minutes",
+        "takes about 40 minutes on a 2-core CPU; --cells rnn about 6 minutes",
         "train/replicas and grads/replicas run data-parallel training",
         "Exit status: 0 every cell passed",
         "1 a cell failed",

@@ -24,7 +24,7 @@ DATA_CHECKS = (
     "vocab-char",
     "vocab-word",
     "iterators",
-    *(f"run-{name}" for name in (*rc.run_checks.OPTIONS, "resume")),
+    *(f"run-{name}" for name in (*rc.run_checks.OPTIONS, *rc.run_checks.RESUMED)),
 )
 
 
