@@ -180,5 +180,17 @@ def test_the_benchmarks_page_quotes_the_current_editions_bench_run() -> None:
             ratios[t["target"]] = f"{t['value']:.2f}×"
     prose = " ".join(page.split())
     assert f"{ratios['torch ≥ 1.00× torch.nn.RNN']} its `nn.RNN`" in prose
+    assert f"{ratios['torch ≥ 1.00× torch.nn.GRU']} its `nn.GRU`" in prose
     assert f"{ratios['torch ≥ 1.00× torch.nn.LSTM']} its `nn.LSTM`" in prose
-    assert f"TensorFlow's {ratios['tensorflow ≥ 1.00× keras.LSTM']} Keras' `LSTM`" in prose
+    assert f"`bptt/jit` is {ratios['jax ≥ 1.00× jax.lax.scan']} its `lax.scan`" in prose
+    assert f"best LSTM step is {ratios['tensorflow ≥ 1.00× keras.LSTM']} Keras' `LSTM`" in prose
+
+    def speed(cell: str, name: str) -> float:
+        (row,) = [r for r in bench["rows"] if r["cell"] == cell and r["name"] == name]
+        return float(row["tokens_per_sec"])
+
+    layers = {"rnn": "torch.nn.RNN", "gru/reset-after": "torch.nn.GRU", "lstm": "torch.nn.LSTM"}
+    level = [
+        speed(c, "torch autograd/torch.compile") / speed(c, peer) for c, peer in layers.items()
+    ]
+    assert "level with them ({:.2f}×, {:.2f}×, {:.2f}×)".format(*level) in prose
