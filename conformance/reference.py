@@ -136,14 +136,8 @@ class SortedVocab(Vocab):
         min_freq: int = 0,
         reserved_tokens: Sequence[str] | None = None,
     ) -> None:
-        if tokens is None:
-            tokens = []
-        if reserved_tokens is None:
-            reserved_tokens = []
-        counter = count_corpus(tokens)
-        self._token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
-        kept = [token for token, freq in self._token_freqs if freq >= min_freq]
-        self.idx_to_token = sorted(set(["<unk>", *reserved_tokens, *kept]))
+        super().__init__(tokens, min_freq, reserved_tokens)  # the same tokens, then sorted
+        self.idx_to_token = sorted(self.idx_to_token)
         self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
 
     @property
