@@ -37,8 +37,10 @@ AllMean = Callable[[list[Tensor]], list[Tensor]]
 each tensor in the list, the same result on every replica."""
 
 
-def check_replicas(replicas: int, batch_size: int) -> None:
-    """A replica count the batch can be split for: equal shards, at least one sequence each."""
+def check_replicas(replicas: int, batch_size: int, partial: int = 0) -> None:
+    """A replica count the batch can be split for: equal shards, at least one sequence each.
+    ``partial``: the size of an epoch's last, smaller minibatch (d2l 1.0's windows loader
+    keeps one; 0: none), which is split too."""
     if replicas < 1:
         raise UserError(f"--replicas must be at least 1 (got {replicas})")
     if batch_size % replicas:
@@ -46,6 +48,11 @@ def check_replicas(replicas: int, batch_size: int) -> None:
             f"--batch-size {batch_size} does not split into {replicas} equal shards; "
             f"use a batch size divisible by {replicas} (each replica's loss is the mean over "
             "its shard, and only equal shards make the mean of those the minibatch's mean)"
+        )
+    if partial % replicas:
+        raise UserError(
+            f"the last, partial minibatch has {partial} sequences, which do not split into "
+            f"{replicas} equal shards; choose --num-train so that it does"
         )
 
 

@@ -79,6 +79,12 @@ class RunSpec:
         """The cell as core names it: ``rnn``, ``gru/reset-before`` ..., ``lstm``."""
         return f"gru/{self.gru or GRU_FORMS[0]}" if self.cell == "gru" else self.cell
 
+    @property
+    def partial_batch(self) -> int:
+        """The size of an epoch's last, smaller minibatch: d2l 1.0's windows loader keeps the
+        rest of ``num_train``; 0 where every minibatch is whole."""
+        return self.num_train % self.batch_size if self.sampling == "windows" else 0
+
     def train_config(self, epochs: int) -> TrainConfig:
         trainer_fields = {f.name for f in fields(TrainConfig)} - {"epochs"}
         return TrainConfig(epochs=epochs, **{k: getattr(self, k) for k in trainer_fields})

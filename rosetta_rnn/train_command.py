@@ -173,14 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = backends.load(args.backend)
     replicas = args.replicas or 1
     if replicas > 1:  # told before the framework starts: JAX and TensorFlow make the devices
-        check_replicas(replicas, spec.batch_size)
-        last = spec.num_train % spec.batch_size if spec.sampling == "windows" else 0
-        if last % replicas:  # the windows' last, partial minibatch is split too
-            raise UserError(
-                f"the last minibatch of --num-train {spec.num_train} windows has {last} "
-                f"sequences, which do not split into {replicas} equal shards; choose "
-                f"--num-train so that it does"
-            )
+        check_replicas(replicas, spec.batch_size, spec.partial_batch)
         backend = backends.replica_backend(args.backend, backend, replicas)
     device = backend.resolve_device(args.device)
     mode = compile_mode(args, backend, device)

@@ -511,3 +511,19 @@ def test_the_current_edition_on_two_replicas_is_its_run_on_one_device(
     pairs = zip(two["history"], one, strict=True)
     worst = max(abs(a[k] - b[k]) / b[k] for a, b in pairs for k in keys)
     assert worst <= FLOAT64_EPOCHS, f"{backend} --replicas 2: {worst:.3g}"
+
+
+def test_the_windows_partial_minibatch_must_split_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--replicas N with a --num-train whose last minibatch is not a multiple of N is one line
+    before any framework starts; one that is runs (the numpy refusal comes after the check)."""
+    from cli_run import one_line_error, run_cli
+
+    base = ("train", "--recipe", "d2l-1.0", "--replicas", "3", "--batch-size", "999")
+    code, _, err = run_cli(capsys, *base)
+    assert code == 2
+    one_line_error(err, "the last, partial minibatch has 10 sequences")
+    code, _, err = run_cli(capsys, *base, "--num-train", "9990", "--backend", "numpy")
+    assert code == 2
+    one_line_error(err, "the numpy backend is the single-device reference")
