@@ -12,7 +12,7 @@ import numpy as np
 from rosetta_rnn import argtypes, backends, plots
 from rosetta_rnn.core import cells, checkpoint, data, model, run, sampling
 from rosetta_rnn.core.errors import CheckpointError, UserError
-from rosetta_rnn.core.evaluation import perplexity_on
+from rosetta_rnn.core.evaluation import perplexity_on, window_perplexity
 from rosetta_rnn.helpers import CORPUS_HELP, PROG, add_backend_args
 
 
@@ -90,8 +90,10 @@ def register(sub: Any) -> None:
         description="Score a checkpoint on a text it may not have seen: the text is read as "
         "its run read its own (line by line, or whole with --recipe d2l-1.0) with the "
         "checkpoint's tokenisation and vocabulary (tokens "
-        "outside it count as <unk>), and is read in one pass with the state carried across "
-        "chunks of the checkpoint's --num-steps.",
+        "outside it count as <unk>), and scored as the run scored its held-out text: d2l "
+        "0.17's in one pass with the state carried across chunks of the run's --num-steps; "
+        "d2l 1.0's windows (--sampling windows) every window of --num-steps + 1 tokens, in "
+        "order, each minibatch from a zero state, with the book's plotted mean beside it.",
     )
     e.add_argument(
         "--checkpoint", metavar="PATH", required=True, help="a checkpoint written by train"
@@ -219,25 +221,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"corpus {source} has fewer than 2 tokens after preprocessing")
     ids = np.asarray(m.vocab.lookup(tokens), dtype=np.int64)
     unknown = int(sum(1 for t in tokens if t not in m.vocab.token_to_idx))
-    num_steps = int(m.config.get("num_steps", 35))
-    ppl, n = perplexity_on(m.ops, m.params, ids, num_steps, m.activation, m.cell)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "perplexity": ppl,
-                    "tokens": n,
-                    "unknown_tokens": unknown,
-                    "cell": m.cell,
-                    "corpus": str(source),
-                    "backend": args.backend,
-                    "dtype": m.dtype,
-                }
+    num_steps = int(m.config.get("num_steps", m.spec.num_steps))
+    book = None
+    if m.spec.sampling == "windows":  # as the run validated: every window, each from zero
+        count = data.num_windows(len(ids), num_steps)
+        if count == 0:
+            raise UserError(
+                f"corpus {source} has {len(ids)} tokens, too few for one window of "
+                f"{num_steps + 1} (the run's --num-steps + 1)"
             )
+        last_step = m.spec.loss == "last-step"
+        ppl, book = window_perplexity(
+            m.ops,
+            m.params,
+            ids,
+            np.arange(count),
+            m.spec.batch_size,
+            num_steps,
+            m.activation,
+            m.cell,
+            last_step,
         )
+        n = count * (1 if last_step else num_steps)
+        how = f"{count} windows of {num_steps + 1}, {m.spec.batch_size} a minibatch"
+    else:  # as the run's held-out text: one pass, the state carried across chunks
+        ppl, n = perplexity_on(m.ops, m.params, ids, num_steps, m.activation, m.cell)
+        how = f"one pass, the state carried across chunks of {num_steps}"
+    if args.json:
+        doc = {
+            "perplexity": ppl,
+            "tokens": n,
+            "unknown_tokens": unknown,
+            "reading": "windows" if book is not None else "carried",
+            "cell": m.cell,
+            "corpus": str(source),
+            "backend": args.backend,
+            "dtype": m.dtype,
+        }
+        if book is not None:
+            doc["book_perplexity"] = book
+        print(json.dumps(doc))
     else:
+        book_part = "" if book is None else f" (the book's plotted mean {book:.3f})"
         print(
-            f"perplexity {ppl:.3f} on {n} predicted tokens of {source} "
+            f"perplexity {ppl:.3f}{book_part} on {n} predicted tokens of {source}, {how} "
             f"({unknown} outside the vocabulary, counted as <unk>)"
         )
     return 0

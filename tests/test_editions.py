@@ -160,9 +160,50 @@ def test_the_exercises_run_on_the_current_edition(
         assert main(["generate", "--checkpoint", str(ckpt), *how, "--seed", "1"]) == 0
         assert capsys.readouterr().out.startswith("it has")
     other = tmp_path / "other.txt"
-    other.write_text("It has been said, that the time traveller came back.\n")
+    other.write_text("It has been said, that the time traveller came back.\n" * 6)
     assert main(["eval", "--checkpoint", str(ckpt), "--corpus", str(other)]) == 0
     assert "counted as <unk>" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("loss", ["all-steps", "last-step"])
+def test_eval_scores_a_current_edition_checkpoint_as_its_run_validated(
+    loss: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eval`` on a d2l 1.0 checkpoint reads another text whole, with the run's sorted
+    vocabulary, and scores every window of it as the run validated (its minibatch, the last one
+    partial, each from a zero state; the last step's labels where it trained on those): the
+    plain reference's figures from the same weights, in float64."""
+    from rosetta_rnn.cli import main
+    from rosetta_rnn.conformance import reference
+    from rosetta_rnn.core import data
+
+    ckpt, batch = tmp_path / "run.safetensors", 48
+    argv = ["train", "--recipe", "d2l-1.0", *SMALL, "--batch-size", str(batch), "--loss", loss]
+    assert main([*argv, "--num-steps", "7", "--checkpoint", str(ckpt), "--json"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other.txt"
+    other.write_text("It has been said,\nthat the Time Traveller came back!\n" * 4)
+    assert main(["eval", "--checkpoint", str(ckpt), "--corpus", str(other), "--dtype",
+                 "float64", "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+
+    book_text = data.locate_time_machine(None)
+    vocab = reference.SortedVocab(reference.tokenize_whole(reference.read_time_machine_whole(book_text)))
+    ids = [vocab[t] for t in reference.tokenize_whole(reference.read_time_machine_whole(other))]
+    tensors, _ = checkpoint.load_model(ckpt)
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+    count = len(ids) - 7
+    assert count % batch != 0  # the last minibatch is partial
+    want, want_book = reference.window_perplexities(
+        params, ids, range(count), batch, 7, last_step=loss == "last-step"
+    )
+    assert doc["reading"] == "windows"
+    assert doc["tokens"] == count * (1 if loss == "last-step" else 7)
+    assert doc["unknown_tokens"] == 0
+    tol = tolerance("float64", "values")
+    assert abs(doc["perplexity"] - want) <= tol * want
+    assert abs(doc["book_perplexity"] - want_book) <= tol * want_book
+    assert abs(want - want_book) > 1e3 * tol * want  # the two figures differ: both are checked
 
 
 def test_the_benchmarks_page_quotes_the_current_editions_bench_run() -> None:
