@@ -25,6 +25,7 @@ import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import checkpoint, model
+from rosetta_rnn.core.errors import first_line
 from rosetta_rnn.core import run as run_spec
 
 from . import reference as ref
@@ -296,6 +297,50 @@ def check_resume(name: str = "resume") -> Cell:
     want["epochs"] = want["epochs"][1:]
     err, message = compare(got, want)
     return _cell(name, err, tolerance(DTYPE, "values"), message)
+
+
+CONCISE = "train/recipe-1.0"
+"""The oracles' check: the frameworks' own layers trained as d2l 1.0's concise chapters do."""
+
+
+def check_concise(oracle: Any) -> Cell:
+    """9.6, 10.1 and 10.2: the framework's own layer and dense output (``oracle``, in its dtype
+    and on its device) trained by the recipe's trainer on the recipe's data: for each
+    minibatch of one epoch of the reference's ``--recipe d2l-1.0`` run (``WINDOWS_1_0``, the
+    last minibatch partial; lr 4 for the gated cells), the oracle's gradient from a zero state,
+    clipped at θ as one norm, then SGD, against the reference's step from the same parameters;
+    the worst error over the steps. Nothing of core runs."""
+    cell = _reference_cell(replace(BASE, **run_spec.cell_settings(oracle.cell)))
+    gated = GATED_1_0 if oracle.cell != "rnn" else {"recipe": "d2l-1.0"}
+    spec = replace(BASE, **WINDOWS_1_0, **gated, **run_spec.cell_settings(oracle.cell))
+    worst, at, where = 0.0, "", oracle.device
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            run = reference_run(spec, write_text(folder), 1)
+        params = run["init"]
+        minibatches = run["epochs"][0]["minibatches"]
+        if minibatches[-1][0].shape[1] == minibatches[0][0].shape[1]:
+            raise AssertionError("the recipe's last minibatch is not the partial one")
+        for i, (inputs, labels) in enumerate(minibatches):
+            zeros = ref.init_state(cell, inputs.shape[1], spec.num_hiddens)
+            _, grads, _ = ref.loss_and_grads(params, inputs, labels, zeros, cell=cell)
+            want = ref.sgd(params, ref.grad_clipping(grads, spec.clip)[0], spec.lr)
+            mine = {k: v.astype(oracle.dtype) for k, v in params.items()}
+            _, theirs, _ = oracle.value_and_grad("autograd", mine, inputs, labels, zeros)
+            theirs = {k: np.asarray(g, dtype=np.float64) for k, g in theirs.items()}
+            got = ref.sgd(params, ref.grad_clipping(theirs, spec.clip)[0], spec.lr)
+            err = max_error(got, want)
+            if err > worst:
+                worst, at = err, f"step {i + 1} of {len(minibatches)}"
+            where, params = oracle.device, want
+        if max_error(params, run["epochs"][0]["params"]) != 0.0:
+            raise AssertionError("the steps do not retrace the reference's epoch")
+        tol = tolerance(oracle.dtype, "values")
+        message = "" if worst <= tol else f"the clipped SGD step differs most at {at}"
+    except Exception as e:  # a layer that cannot run the recipe fails, never passes
+        worst, tol, message = math.inf, 0.0, f"{type(e).__name__}: {first_line(e)}"
+    passed = worst <= tol
+    return Cell(CONCISE, oracle.label, oracle.dtype, where, worst, tol, passed, message, cell)
 
 
 def _guarded(name: str, run: Callable[[], Cell]) -> Cell:

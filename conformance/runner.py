@@ -21,7 +21,7 @@ from typing import Any
 from rosetta_rnn import backends
 from rosetta_rnn.core.errors import BackendUnavailable
 
-from . import reference_checks
+from . import reference_checks, run_checks
 from .checks import (
     CELL_FREE,
     CHECKS,
@@ -259,6 +259,8 @@ def plan(
         for name in ORACLE_CHECKS:
             run = functools.partial(run_check, name, oracle, plain)
             tasks.append(Task(f"{name} {at}", run, oracle.device))
+        concise = functools.partial(run_checks.check_concise, oracle)
+        tasks.append(Task(f"{run_checks.CONCISE} {at}", concise, oracle.device))
     if only is not None:
         kept = [t for t in tasks if t.label.split()[0] in only]
         unknown = set(only) - {t.label.split()[0] for t in kept} - left_out

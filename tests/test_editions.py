@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.conformance import run_checks
 from rosetta_rnn.conformance.subjects import KerasRNNOracle, TorchRNNOracle
 from rosetta_rnn.conformance.tolerances import tolerance
 from rosetta_rnn.core import checkpoint, model
@@ -89,6 +90,25 @@ def test_the_concise_models_train_as_the_recipe_does(
         for k in after:
             worst = max(worst, float(np.abs(after[k] - want[k]).max() / np.abs(want[k]).max()))
     assert worst <= tolerance("float64", "values"), f"{framework} {cell}: {worst:.3g}"
+
+
+@pytest.mark.parametrize(("framework", "cell"), CONCISE)
+def test_conforms_concise_cell_passes_each_layer_and_fails_a_wrong_one(
+    framework: str, cell: str
+) -> None:
+    """``conform``'s ``train/recipe-1.0`` oracle cell: each framework layer steps as the
+    reference's recipe does in float64 and float32; torch's RNN with b_h loaded into both of
+    its biases (zero at the start, so only the later steps can tell) fails it."""
+    pytest.importorskip("torch" if framework == "torch" else "tensorflow")
+    oracle = TorchRNNOracle if framework == "torch" else KerasRNNOracle
+    for dtype in ("float64", "float32"):
+        got = run_checks.check_concise(oracle(dtype, cell=cell))
+        assert got.passed and got.check == "train/recipe-1.0", got
+        assert 0 < got.max_error <= tolerance(dtype, "values") and got.dtype == dtype
+    if (framework, cell) == ("torch", RNN):
+        wrong = run_checks.check_concise(TorchRNNOracle("float64", second_bias=True))
+        assert not wrong.passed and "step" in wrong.message, wrong
+        assert "step 1 of" not in wrong.message  # step 1's biases are zero: it agrees
 
 
 # --- docs/editions.md's figures ----------------------------------------------------------------
