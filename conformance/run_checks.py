@@ -25,8 +25,8 @@ import numpy as np
 
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.core import checkpoint, model
-from rosetta_rnn.core.errors import first_line
 from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core.errors import first_line
 
 from . import reference as ref
 from . import reference_cells

@@ -208,7 +208,9 @@ def test_eval_scores_a_current_edition_checkpoint_as_its_run_validated(
     doc = json.loads(capsys.readouterr().out)
 
     book_text = data.locate_time_machine(None)
-    vocab = reference.SortedVocab(reference.tokenize_whole(reference.read_time_machine_whole(book_text)))
+    vocab = reference.SortedVocab(
+        reference.tokenize_whole(reference.read_time_machine_whole(book_text))
+    )
     ids = [vocab[t] for t in reference.tokenize_whole(reference.read_time_machine_whole(other))]
     tensors, _ = checkpoint.load_model(ckpt)
     params = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
