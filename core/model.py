@@ -185,10 +185,11 @@ def output_backward(
     w = int(labels.shape[0])  # the loss sees the last w steps
     M = w * B
     Hs_seen = loss_window(Hs, labels)
-    logits = output_layer(ops, params, Hs_seen)
-    loss = cross_entropy(ops, logits, labels)
+    log_probs = log_softmax(ops, output_layer(ops, params, Hs_seen))
+    targets = ops.one_hot(ops.reshape(labels, (M,)), V)
+    loss = -ops.sum(targets * log_probs) / M  # cross_entropy's, its softmax kept for dlogits
     # ∂loss/∂logits of the mean cross-entropy: (softmax - one_hot) / M
-    dlogits = (softmax(ops, logits) - ops.one_hot(ops.reshape(labels, (M,)), V)) / M
+    dlogits = (ops.exp(log_probs) - targets) / M
     grads = {
         "W_hq": ops.matmul(ops.transpose(ops.reshape(Hs_seen, (M, H))), dlogits),
         "b_q": ops.sum(dlogits, axis=0),
@@ -246,10 +247,16 @@ def bptt(
     dstate, dZ = ops.scan(back, ops.zeros((B, H)), (dHs, Hs), reverse=True)
 
     dZ_flat = ops.reshape(dZ, (N, H))
-    H_prev = ops.reshape(ops.concat([ops.reshape(state, (1, B, H)), Hs[:-1, ...]]), (N, H))
+    # H_{t-1}ᵀ dZ_t over all steps: the state's step, then the rest as one matmul (the
+    # previous states are Hs[:-1], with no (T, B, H) copy of them)
+    dW_hh = ops.matmul(ops.transpose(state), dZ[0, ...])
+    if T > 1:
+        rest = (N - B, H)
+        H_prev, dZ_rest = ops.reshape(Hs[:-1, ...], rest), ops.reshape(dZ[1:, ...], rest)
+        dW_hh = dW_hh + ops.matmul(ops.transpose(H_prev), dZ_rest)
     one_hot_flat = ops.one_hot(ops.reshape(inputs, (N,)), V)
     grads = {
-        "W_hh": ops.matmul(ops.transpose(H_prev), dZ_flat),  # H_{t-1}ᵀ dZ over all steps
+        "W_hh": dW_hh,
         "b_h": ops.sum(dZ_flat, axis=0),
         **output_grads,
     }

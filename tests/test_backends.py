@@ -305,3 +305,30 @@ def test_importing_a_backend_changes_no_framework_setting(name: str) -> None:
     before, imported, same_env, ran = json.loads(done.stdout.strip().splitlines()[-1])
     assert imported == before and same_env
     assert ran == (after_run if after_run is not None else before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpys_short_row_reductions_are_numpys_own(dtype: str) -> None:
+    """The NumPy backend folds a row's maximum in halves and sums rows and columns with einsum
+    (faster over the vocabulary's short rows): the maximum is NumPy's exactly, the sums to
+    their rounding, for odd and even widths, a width of one, and any keepdims; other shapes
+    take NumPy's own reductions."""
+    ops = backends.load("numpy").make_ops(dtype, "cpu")
+    rng = np.random.default_rng(7)
+    eps = float(np.finfo(dtype).eps)
+    for rows, cols in [(1, 1), (5, 1), (6, 2), (7, 3), (33, 28), (4, 29), (3, 512)]:
+        x = rng.standard_normal((rows, cols)).astype(dtype)
+        x[0, -1] = 9.0  # a maximum in the odd column folded last
+        for axis in (-1, 1):
+            for keep in (False, True):
+                got = ops.max(x, axis, keepdims=keep)
+                assert np.array_equal(got, x.max(axis=axis, keepdims=keep))
+        for axis in (-1, 0, 1):
+            for keep in (False, True):
+                got, want = ops.sum(x, axis, keepdims=keep), x.sum(axis=axis, keepdims=keep)
+                assert got.shape == want.shape and got.dtype == want.dtype
+                bound = 2 * eps * max(rows, cols) * np.abs(x).sum(axis=axis, keepdims=keep)
+                assert (np.abs(got - want) <= bound).all()  # both within n·eps of Σ|x|
+    cube = rng.standard_normal((2, 3, 4)).astype(dtype)
+    assert np.array_equal(ops.max(cube, -1), cube.max(-1))
+    assert np.array_equal(ops.sum(cube, 0), cube.sum(0)) and float(ops.sum(cube)) == cube.sum()
