@@ -20,7 +20,7 @@ from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.contract import StepFn
 from rosetta_rnn.core.run import RunSpec
 
-from .problems import State
+from .problems import CELLS, State
 from .subjects import Arrays, BackendSubject, NotApplicable
 
 GRUS = (GRU_RESET_BEFORE, GRU_RESET_AFTER)
@@ -45,20 +45,47 @@ class LabelsBatchMajor(BackendSubject):
         return lambda p, x, y, s, lr, theta: step(p, x, _batch_major(y), s, lr, theta)
 
 
-class SecondBias(BackendSubject):
-    """b_h added twice in the recurrence (torch.nn.RNN's bias_hh loaded with b_h)."""
+def _labels_for_batch_major_logits(labels: Any) -> Any:
+    """Time-major labels (T, B) as a model whose logits come batch-major pairs them: the row of
+    step t, sequence b is the (b·T + t)-th, so it meets the label at that time-major index."""
+    T, B = labels.shape
+    return labels.reshape(B, T).T
 
-    mistake = "a second bias: b_h is added twice (torch.nn.RNN's bias_hh must be zero)"
-    cells = (RNN,)
 
-    def put(self, params: Arrays) -> Any:
-        doubled = {**params}
-        if "W_hh" in doubled and cells.cell_of(params) == RNN:  # the RNN's b_h only
-            doubled["b_h"] = 2 * params["b_h"]
-        return super().put(doubled)
+class LogitsBatchMajor(BackendSubject):
+    """The logits stacked batch-major (row b·T + t for step t of sequence b) against
+    time-major labels: the other half of d2l-en #1349."""
 
-    def transfer(self, params: Arrays) -> Arrays:
-        return model.to_numpy(self.ops, BackendSubject.put(self, params))
+    mistake = (
+        "the logits are stacked batch-major (batch × steps rows) where the labels are "
+        "time-major (d2l-en #1349)"
+    )
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
+        out = super().forward(params, inputs, state)
+        T, B = inputs.shape
+        V = out["logits"].shape[-1]
+        out["logits"] = out["logits"].reshape(T, B, V).transpose(1, 0, 2).reshape(T * B, V)
+        return out
+
+    def value_and_grad(self, mode, params, inputs, labels, state):
+        if labels.shape[0] != inputs.shape[0]:
+            raise NotApplicable  # a last-step loss has no row order to get wrong
+        paired = _labels_for_batch_major_logits(labels)
+        return super().value_and_grad(mode, params, inputs, paired, state)
+
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
+        step = super().make_step(mode, spec)
+        ops = self.ops
+
+        def paired(p, x, y, s, lr, theta):
+            labels = ops.asarray(_labels_for_batch_major_logits(ops.to_numpy(y)))
+            return step(p, x, labels, s, lr, theta)
+
+        return paired
+
+    def predict(self, params, prefix, n, temperature, seed):
+        raise NotApplicable  # one sequence: no row order
 
 
 def _clip_with_epsilon(ops: Any, grads: Any, theta: float, eps: float = 1e-6) -> tuple[Any, Any]:
@@ -110,6 +137,16 @@ class FrameworkRNG(BackendSubject):
         return sampling.predict(
             self.ops, self.put(params), prefix, n, temperature=temperature, rng=own_rng
         )
+
+
+class TemperatureInverted(BackendSubject):
+    """Sampling at 1/τ for τ: the logits multiplied by the temperature instead of divided."""
+
+    mistake = "the temperature is inverted: logits × τ instead of logits / τ"
+
+    def predict(self, params, prefix, n, temperature, seed):
+        inverted = None if not temperature else 1.0 / temperature
+        return super().predict(params, prefix, n, inverted, seed)
 
 
 # --- data-parallel mistakes (core.replicas) ----------------------------------------------------
@@ -336,6 +373,195 @@ class ForgetBiasOne(_Rewired):
         return grads
 
 
+class SecondBias(_Rewired):
+    """b_h added twice in the recurrence: torch.nn.RNN's bias_hh loaded with b_h as well as its
+    bias_ih, or a port that adds the bias again; its gradient is then the doubled bias's."""
+
+    mistake = "a second bias: b_h is added twice (torch.nn.RNN's bias_hh must be zero)"
+    cells = (RNN,)
+
+    def _rewire(self, params: Any) -> Any:
+        return {**params, "b_h": 2 * params["b_h"]}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return {**grads, "b_h": 2 * grads["b_h"]}
+
+
+def _recurrent_weights(arrays: Any) -> list[str]:
+    """The square recurrent matrices: W_hh, or each gate's W_h· (not the output W_hq)."""
+    return [k for k in arrays if k.startswith("W_h") and k != "W_hq"]
+
+
+class TransposedRecurrent(_Rewired):
+    """Every recurrent matrix transposed: H W_hhᵀ for H W_hh, as when torch's (out, in)
+    weight_hh is copied without its transpose."""
+
+    mistake = (
+        "the recurrent weights transposed: H W_hhᵀ for H W_hh (torch keeps weights as (out, "
+        "in), the chapter as (in, out))"
+    )
+    cells = CELLS
+
+    def _rewire(self, params: Any) -> Any:
+        return {k: (v.T if k in _recurrent_weights(params) else v) for k, v in params.items()}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return self._rewire(grads)
+
+
+def _layer_biases(arrays: Any) -> list[str]:
+    """The recurrent layer's biases: every ``b_`` but the output layer's b_q."""
+    return [k for k in arrays if k.startswith("b_") and k != "b_q"]
+
+
+class NoLayerBias(_Rewired):
+    """The recurrent layer run without its biases (torch's ``bias=False``, or a bias left out
+    of the port): only the output layer's b_q is added."""
+
+    mistake = "the recurrent layer's biases are missing (bias=False): only b_q is added"
+    cells = CELLS
+
+    def _rewire(self, params: Any) -> Any:
+        return {k: (v * 0 if k in _layer_biases(params) else v) for k, v in params.items()}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return self._rewire(grads)  # the missing biases learn nothing
+
+
+class GateBiasesTwice(_Rewired):
+    """A gated cell's biases added twice, every gate's: torch's bias_ih and bias_hh both
+    loaded with the chapter's one bias per gate."""
+
+    mistake = (
+        "each gate's bias added twice (torch's bias_ih and bias_hh both loaded with the one "
+        "bias the chapter keeps)"
+    )
+    cells = (GRU_RESET_BEFORE, LSTM)
+
+    def _rewire(self, params: Any) -> Any:
+        return {k: (2 * v if k in _layer_biases(params) else v) for k, v in params.items()}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return self._rewire(grads)
+
+
+def _swap_oc(arrays: Any) -> Any:
+    """The LSTM's output gate and candidate exchanged: W_xo, W_ho, b_o under the candidate's
+    names (W_xc, W_hc, b_c) and back."""
+    swap = {"o": "c", "c": "o"}
+    out = {}
+    for name, value in arrays.items():
+        head, _, part = name.partition("_")
+        if head in ("W", "b") and name != "W_hq" and part[-1:] in swap and len(part) <= 2:
+            name = f"{head}_{part[:-1]}{swap[part[-1]]}"
+        out[name] = value
+    return out
+
+
+class GateOrderOC(_Rewired):
+    """The LSTM's gates read in another order: torch's (i, f, g, o) stack read as (i, f, o,
+    g), so the output gate and the candidate memory exchange weights and biases."""
+
+    mistake = (
+        "the LSTM's output gate and candidate exchanged: torch stacks i, f, g, o (Keras i, f, "
+        "c, o) and they were read as i, f, o, g"
+    )
+    cells = (LSTM,)
+
+    def _rewire(self, params: Any) -> Any:
+        return _swap_oc(params)
+
+    def _pull_back(self, grads: Any) -> Any:
+        return _swap_oc(grads)
+
+
+class LossOverBatchOnly(BackendSubject):
+    """The cross-entropy summed over time and averaged over the batch only: the loss, and so
+    every gradient, num_steps times the chapter's mean over every label."""
+
+    mistake = (
+        "the loss is averaged over the batch only (summed over the time steps): num_steps × the "
+        "mean over every label"
+    )
+
+    def value_and_grad(self, mode, params, inputs, labels, state):
+        w = labels.shape[0]
+        loss, grads, final = super().value_and_grad(mode, params, inputs, labels, state)
+        return loss * w, {k: g * w for k, g in grads.items()}, final
+
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
+        ops = self.ops
+        vg = self.module.make_value_and_grad(ops, mode, spec.activation, spec.model_cell)
+
+        def step(p, x, y, s, lr, theta):
+            loss, grads, final = vg(p, x, y, s)
+            w = int(y.shape[0])
+            clipped, norm = model.clip_by_global_norm(
+                ops, {k: g * w for k, g in grads.items()}, theta
+            )
+            return model.sgd(ops, p, clipped, lr), final, loss * w, norm
+
+        return step
+
+
+def _clip_each(ops: Any, grads: Any, theta: float) -> tuple[Any, Any]:
+    """Every parameter's gradient clipped to norm θ on its own (the norm returned is the
+    global one, as a logger would show it)."""
+    out = {}
+    for k in model.param_names(grads):
+        g = grads[k]
+        out[k] = g * ops.minimum(1.0, theta / ops.sqrt(ops.sum(g * g)))
+    return out, model.global_norm(ops, grads)
+
+
+class ClipPerParameter(BackendSubject):
+    """Clipping each parameter's gradient by its own norm, not all of them by their global
+    norm (tf.clip_by_norm per variable, or torch's clip_grad_norm_ called per parameter)."""
+
+    mistake = (
+        "clipping per parameter: each gradient scaled by θ/‖g_p‖ on its own, not all by "
+        "θ/‖g‖ over every parameter together"
+    )
+
+    def clip(self, grads: Arrays, theta: float) -> tuple[Arrays, np.ndarray]:
+        clipped, norm = _clip_each(self.ops, self.put(grads), theta)
+        return {k: self.get(v) for k, v in clipped.items()}, self.get(norm)
+
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
+        ops = self.ops
+        vg = self.module.make_value_and_grad(ops, mode, spec.activation, spec.model_cell)
+
+        def step(p, x, y, s, lr, theta):
+            loss, grads, final = vg(p, x, y, s)
+            clipped, norm = _clip_each(ops, grads, theta)
+            return model.sgd(ops, p, clipped, lr), final, loss, norm
+
+        return step
+
+
+class StateNotCarried(BackendSubject):
+    """Sequential minibatches each started from a zero state: the state is not carried from
+    one minibatch to the next (random sampling's rule applied to sequential partitioning)."""
+
+    mistake = (
+        "the state is not carried between sequential minibatches: each starts from zero, as "
+        "random sampling's do"
+    )
+
+    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
+        step = super().make_step(mode, spec)
+        ops = self.ops
+
+        def zeros(a: Any) -> Any:
+            return ops.zeros(tuple(int(n) for n in a.shape))
+
+        def from_zero(p, x, y, s, lr, theta):
+            zero = tuple(zeros(part) for part in s) if isinstance(s, tuple) else zeros(s)
+            return step(p, x, y, zero, lr, theta)
+
+        return from_zero
+
+
 def gated_forward(
     ops: Any, params: Any, inputs: Any, state: Any, gate: Callable[[Any, Any], Any]
 ) -> tuple[Any, Any]:
@@ -447,16 +673,25 @@ class HardSigmoidKeras2(HardSigmoid):
 
 MISTAKES: dict[str, Callable[[], BackendSubject]] = {
     "labels-batch-major": lambda: LabelsBatchMajor(numpy_backend, "float64"),
+    "logits-batch-major": lambda: LogitsBatchMajor(numpy_backend, "float64"),
     "second-bias": lambda: SecondBias(numpy_backend, "float64"),
     "clip-epsilon": lambda: ClipEpsilon(numpy_backend, "float64"),
     "float32-leak": lambda: Float32Leak(numpy_backend, "float64"),
     "framework-rng": lambda: FrameworkRNG(numpy_backend, "float64"),
+    "temperature-inverted": lambda: TemperatureInverted(numpy_backend, "float64"),
     "gate-order-zr": lambda: GateOrderZR(numpy_backend, "float64"),
     "reset-other-form": lambda: ResetOtherForm(numpy_backend, "float64"),
     "bhn-outside": lambda: BhnOutside(numpy_backend, "float64"),
     "forget-bias-one": lambda: ForgetBiasOne(numpy_backend, "float64"),
     "hard-sigmoid": lambda: HardSigmoid(numpy_backend, "float64"),
     "hard-sigmoid-keras2": lambda: HardSigmoidKeras2(numpy_backend, "float64"),
+    "transposed-recurrent": lambda: TransposedRecurrent(numpy_backend, "float64"),
+    "no-layer-bias": lambda: NoLayerBias(numpy_backend, "float64"),
+    "gate-biases-twice": lambda: GateBiasesTwice(numpy_backend, "float64"),
+    "gate-order-oc": lambda: GateOrderOC(numpy_backend, "float64"),
+    "loss-over-batch-only": lambda: LossOverBatchOnly(numpy_backend, "float64"),
+    "clip-per-parameter": lambda: ClipPerParameter(numpy_backend, "float64"),
+    "state-not-carried": lambda: StateNotCarried(numpy_backend, "float64"),
     "grads-summed": lambda: GradsSummed(numpy_backend, "float64"),
     "clip-per-replica": lambda: ClipPerReplica(numpy_backend, "float64"),
     "local-batch-loss": lambda: LocalBatchLoss(numpy_backend, "float64"),

@@ -30,8 +30,17 @@ saturate. The recurrent weights keep a spectral radius below one: in a chaotic r
 (radius well above one) any two roundings drift apart exponentially with num_steps, which says
 nothing about the backends."""
 
-_REGIMES = {"moderate": (0.5, 0.3, 0.9), "saturating": (4.0, 2.0, 0.5)}
-"""(input weights' σ, biases' σ, the recurrent weights' spectral radius) of each regime."""
+_REGIMES = {"moderate": (0.5, 0.3, 0.9), "saturating": (4.0, 2.0, 0.5), "distinct": (0.5, 0.3, 0.8)}
+"""(input weights' σ, biases' σ, the recurrent weights' spectral radius) of each regime.
+``distinct`` (``rosetta-rnn verify``'s): moderate, and each gate's input weights at their own
+scale and its biases about their own nonzero mean, so no two gates look alike and a swapped,
+missing or doubled bias or gate cannot hide."""
+
+
+def _gate_spread(k: int) -> tuple[float, float]:
+    """The ``distinct`` regime's (input-weight scale, bias mean) of the k-th gate."""
+    return 0.6 + 0.35 * k, (0.3 + 0.2 * k) * (-1) ** k
+
 
 State = Any
 """H (batch_size, num_hiddens) as float64 NumPy; the LSTM's the pair (H, C)."""
@@ -48,6 +57,7 @@ class Problem:
     embed_dim: int | None = None  # a learned embedding E instead of one-hot inputs
     last_step_loss: bool = False  # the loss sees only the last step
     cell: str = cells.RNN  # core's name: rnn, gru/reset-before, gru/reset-after or lstm
+    zero_state: bool = False  # start from H = 0 (and C = 0): a model that takes no state
 
     @property
     def plain(self) -> bool:
@@ -72,8 +82,11 @@ class Problem:
         labels = rng.integers(0, V, (1 if self.last_step_loss else T, B))
         state = np.tanh(rng.standard_normal((B, H)))
         if self.cell == cells.LSTM:  # the memory is unbounded: any real
-            return params, inputs, labels, (state, rng.standard_normal((B, H)))
-        return params, inputs, labels, state
+            memory = rng.standard_normal((B, H))
+            if self.zero_state:
+                return params, inputs, labels, (state * 0, memory * 0)
+            return params, inputs, labels, (state, memory)
+        return params, inputs, labels, state * 0 if self.zero_state else state
 
     def _rnn_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         V, H, D = self.vocab_size, self.num_hiddens, self.embed_dim
@@ -85,6 +98,8 @@ class Problem:
                 params["E"] = rng.standard_normal((V, D))
             params["W_hh"] = rng.standard_normal((H, H)) * (radius / np.sqrt(H))
             params["b_h"] = rng.standard_normal(H) * bias
+            if self.scale == "distinct":
+                params["b_h"] += _gate_spread(0)[1]
             self._output_layer(params, rng)
         return params
 
@@ -96,13 +111,18 @@ class Problem:
         params = cells.init_params(self.cell, V, H, rng, "float64", embed_dim=D)
         if self.scale != "d2l":
             w_in, bias, radius = _REGIMES[self.scale]
+            gates: list[str] = []  # the order each gate's input weights come in
             for name in cells.param_names(self.cell):
                 if name.startswith("W_x"):
-                    params[name] = rng.standard_normal((D or V, H)) * w_in
+                    gates.append(name[3:])
+                    scale = _gate_spread(len(gates) - 1)[0] if self.scale == "distinct" else 1
+                    params[name] = rng.standard_normal((D or V, H)) * w_in * scale
                 elif name.startswith("W_h") and name != "W_hq":
                     params[name] = rng.standard_normal((H, H)) * (radius / np.sqrt(H))
                 elif name.startswith("b_") and name != "b_q":
                     params[name] = rng.standard_normal(H) * bias
+                    if self.scale == "distinct":  # b_xh and b_hh: the candidate's both
+                        params[name] += _gate_spread(len(gates) - 1)[1] + 0.1 * (name == "b_hh")
             if D:
                 params["E"] = rng.standard_normal((V, D))
             self._output_layer(params, rng)

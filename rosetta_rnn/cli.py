@@ -17,6 +17,7 @@ from rosetta_rnn import (
     corpus_stats,
     experiments,
     train_command,
+    verify_command,
 )
 from rosetta_rnn.benchmarks import cli as bench_cli
 from rosetta_rnn.core.errors import UserError
@@ -28,6 +29,7 @@ COMMANDS = (
     convert_command,
     experiments,
     conform_command,
+    verify_command,
     corpus_stats,
     bench_cli,
     backends_command,

@@ -1,0 +1,750 @@
+"""Someone's own recurrent model seen as the suite sees a backend (``rosetta-rnn verify``).
+
+A subject takes the chapter's parameters, inputs and state as NumPy, runs the user's code in
+its framework, and gives NumPy back: the logits of every step, the final state, the loss's
+gradient by the framework's own autodiff, a training step and generation. The conformance
+quantities (``checks``) then compare it with the reference and try the known mistakes on it
+exactly as they do for a backend.
+
+- ``FunctionSubject``: the user's ``forward(params, X, state) -> (logits, state)`` in NumPy,
+  PyTorch, JAX or TensorFlow, and optionally their training step ``step(params, X, Y, state,
+  lr, theta) -> (params, state, loss)``.
+- ``TorchModuleSubject``: a ``torch.nn.Module`` holding one ``nn.RNN``/``nn.GRU``/``nn.LSTM``
+  (or ``nn.RNNCell``/``GRUCell``/``LSTMCell``) and one ``nn.Linear``, anywhere inside it, or the
+  chapter's parameters by name (d2l 1.0's ``RNNLMScratch``: ``rnn.W_xh`` ..., ``W_hq``, ``b_q``).
+  Called as the book calls its models: ``module(X, state)`` with X (batch, steps) of token ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.core import cells, convert, model, sampling
+from rosetta_rnn.core import run as run_spec
+from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
+from rosetta_rnn.core.contract import StepFn
+from rosetta_rnn.core.errors import UserError
+
+from .problems import State, state_parts
+from .subjects import Arrays, BackendSubject, NotApplicable
+
+FRAMEWORKS = ("numpy", "torch", "jax", "tensorflow")
+INPUTS = ("time-major", "batch-major", "one-hot")
+"""How a function subject takes X: token ids (steps, batch) as core does, ids (batch, steps) as
+the book's models do, or one-hot floats (steps, batch, vocab) as d2l 0.17's ``rnn()`` does."""
+
+
+class SubjectError(UserError):
+    """The subject cannot be run as given (one line, exit status 2)."""
+
+
+# --- frameworks ----------------------------------------------------------------------------------
+
+
+class Bridge:
+    """NumPy to one framework and back, at one dtype and device, and its autodiff."""
+
+    name = "numpy"
+    autodiff = False
+
+    def __init__(self, dtype: str, device: str = "cpu") -> None:
+        self.dtype = dtype
+        self.device = device
+
+    def tensor(self, a: np.ndarray) -> Any:
+        return np.asarray(a, dtype=self.dtype)
+
+    def ids(self, a: np.ndarray) -> Any:
+        return np.asarray(a, dtype=np.int64)
+
+    def numpy(self, t: Any) -> np.ndarray:
+        return np.asarray(t)
+
+    def one_hot(self, ids: np.ndarray, depth: int) -> Any:
+        return self.tensor(np.eye(depth)[ids])
+
+    def cross_entropy(self, logits: Any, labels: np.ndarray) -> Any:
+        """Mean cross-entropy of (N, V) logits against N labels."""
+        z = logits - logits.max(axis=-1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        return -log_probs[np.arange(len(labels)), labels].mean()
+
+    def time_major(self, logits: Any, steps: int, batch: int, batch_major: bool) -> Any:
+        """(steps · batch, V) rows in time-major order, from (T·B, V), (T, B, V) or (B, T, V)."""
+        shape = tuple(int(n) for n in logits.shape)
+        if len(shape) == 3:
+            if batch_major:
+                logits = self.swap01(logits)
+            shape = tuple(int(n) for n in logits.shape)
+            if shape[:2] != (steps, batch):
+                raise SubjectError(
+                    f"the logits are {tuple(int(n) for n in logits.shape)}, not (steps, batch, "
+                    f"vocab) = ({steps}, {batch}, V) or (batch, steps, vocab)"
+                )
+            return self.reshape(logits, (steps * batch, shape[2]))
+        if len(shape) != 2 or shape[0] != steps * batch:
+            raise SubjectError(
+                f"the logits are {shape}; expected (steps × batch, vocab) = ({steps * batch}, V), "
+                "(steps, batch, vocab) or (batch, steps, vocab)"
+            )
+        return logits
+
+    def swap01(self, t: Any) -> Any:
+        return np.swapaxes(t, 0, 1)
+
+    def reshape(self, t: Any, shape: tuple[int, ...]) -> Any:
+        return np.reshape(t, shape)
+
+    def value_and_grad(
+        self, loss_of: Callable[..., tuple[Any, Any]], params: dict[str, Any], *args: Any
+    ) -> tuple[Any, dict[str, Any], Any]:
+        """(loss, its gradient by each of ``params``, the aux output) of
+        ``loss_of(params, *args) -> (loss, aux)``; the last two args are static ints."""
+        raise NotApplicable
+
+
+class TorchBridge(Bridge):
+    name = "torch"
+    autodiff = True
+
+    def __init__(self, dtype: str, device: str = "cpu") -> None:
+        super().__init__(dtype, device)
+        import torch
+
+        self.torch = torch
+        self.tdtype = getattr(torch, dtype)
+
+    def tensor(self, a: np.ndarray) -> Any:
+        return self.torch.tensor(np.asarray(a), dtype=self.tdtype, device=self.device)
+
+    def ids(self, a: np.ndarray) -> Any:
+        return self.torch.tensor(np.asarray(a), dtype=self.torch.int64, device=self.device)
+
+    def numpy(self, t: Any) -> np.ndarray:
+        return np.array(t.detach().cpu().numpy()) if hasattr(t, "detach") else np.asarray(t)
+
+    def one_hot(self, ids: np.ndarray, depth: int) -> Any:
+        return self.torch.nn.functional.one_hot(self.ids(ids), depth).to(self.tdtype)
+
+    def cross_entropy(self, logits: Any, labels: np.ndarray) -> Any:
+        return self.torch.nn.functional.cross_entropy(logits, labels)
+
+    def swap01(self, t: Any) -> Any:
+        return t.transpose(0, 1)
+
+    def reshape(self, t: Any, shape: tuple[int, ...]) -> Any:
+        return t.reshape(shape)
+
+    def value_and_grad(self, loss_of, params, *args):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        loss, final = loss_of(leaves, *args)
+        loss.backward()
+        grads = {
+            k: (v.grad if v.grad is not None else self.torch.zeros_like(v))
+            for k, v in leaves.items()
+        }
+        return loss, grads, final
+
+
+class JaxBridge(Bridge):
+    name = "jax"
+    autodiff = True
+
+    def __init__(self, dtype: str, device: str = "cpu") -> None:
+        super().__init__(dtype, device)
+        import jax
+        import jax.numpy as jnp
+
+        self.jax, self.jnp = jax, jnp
+        self._jitted: dict[Any, Any] = {}
+        if dtype == "float64":  # as the JAX backend's float64 runs: process-wide, and stays
+            jax.config.update("jax_enable_x64", True)
+
+    def tensor(self, a: np.ndarray) -> Any:
+        return self.jnp.asarray(np.asarray(a, dtype=self.dtype))
+
+    def ids(self, a: np.ndarray) -> Any:
+        return self.jnp.asarray(np.asarray(a))
+
+    def one_hot(self, ids: np.ndarray, depth: int) -> Any:
+        return self.jax.nn.one_hot(self.ids(ids), depth, dtype=self.dtype)
+
+    def cross_entropy(self, logits: Any, labels: np.ndarray) -> Any:
+        log_probs = self.jax.nn.log_softmax(logits, axis=-1)
+        return -log_probs[self.jnp.arange(labels.shape[0]), labels].mean()
+
+    def swap01(self, t: Any) -> Any:
+        return self.jnp.swapaxes(t, 0, 1)
+
+    def reshape(self, t: Any, shape: tuple[int, ...]) -> Any:
+        return self.jnp.reshape(t, shape)
+
+    def value_and_grad(self, loss_of, params, *args):
+        """Under ``jax.jit`` (one trace per shape), or traced anew each call where the user's
+        code cannot be jitted (Python control flow on values)."""
+        jax = self.jax
+        plain = jax.value_and_grad(loss_of, has_aux=True)
+        if loss_of not in self._jitted:
+            self._jitted[loss_of] = jax.jit(plain, static_argnums=(len(args) - 1, len(args)))
+        try:
+            (loss, final), grads = self._jitted[loss_of](params, *args)
+        except jax.errors.JAXTypeError:
+            self._jitted[loss_of] = plain
+            (loss, final), grads = plain(params, *args)
+        return loss, grads, final
+
+
+class TensorFlowBridge(Bridge):
+    name = "tensorflow"
+    autodiff = True
+
+    def __init__(self, dtype: str, device: str = "cpu") -> None:
+        super().__init__(dtype, device)
+        import tensorflow as tf
+
+        self.tf = tf
+
+    def tensor(self, a: np.ndarray) -> Any:
+        return self.tf.constant(np.asarray(a, dtype=self.dtype))
+
+    def ids(self, a: np.ndarray) -> Any:
+        return self.tf.constant(np.asarray(a, dtype=np.int64))
+
+    def numpy(self, t: Any) -> np.ndarray:
+        return np.array(t.numpy()) if hasattr(t, "numpy") else np.asarray(t)
+
+    def one_hot(self, ids: np.ndarray, depth: int) -> Any:
+        return self.tf.one_hot(self.ids(ids), depth, dtype=self.dtype)
+
+    def cross_entropy(self, logits: Any, labels: np.ndarray) -> Any:
+        tf = self.tf
+        return tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        )
+
+    def swap01(self, t: Any) -> Any:
+        return self.tf.transpose(t, (1, 0, 2))
+
+    def reshape(self, t: Any, shape: tuple[int, ...]) -> Any:
+        return self.tf.reshape(t, shape)
+
+    def value_and_grad(self, loss_of, params, *args):
+        tf = self.tf
+        leaves = {k: tf.Variable(v) for k, v in params.items()}
+        with tf.GradientTape() as tape:
+            loss, final = loss_of(leaves, *args)
+        grads = tape.gradient(loss, leaves)
+        grads = {k: (g if g is not None else tf.zeros_like(leaves[k])) for k, g in grads.items()}
+        return loss, grads, final
+
+
+BRIDGES: dict[str, type[Bridge]] = {
+    "numpy": Bridge,
+    "torch": TorchBridge,
+    "jax": JaxBridge,
+    "tensorflow": TensorFlowBridge,
+}
+
+
+_ALIASES = {
+    "torch": "torch",
+    "jax": "jax",
+    "jnp": "jax",
+    "lax": "jax",
+    "tf": "tensorflow",
+    "tensorflow": "tensorflow",
+    "keras": "tensorflow",
+}
+
+
+def _frameworks_named(fn: Any, depth: int = 3) -> set[str]:
+    """The frameworks a function's code names: modules at the top of its file or imported in
+    it, and, ``depth`` calls deep, those of the functions it calls or closes over."""
+    code = getattr(fn, "__code__", None)
+    if code is None or depth == 0:
+        return set()
+    glob = getattr(fn, "__globals__", {})
+    found: set[str] = set()
+    for name in (*code.co_names, *code.co_varnames):
+        value = glob.get(name)
+        if inspect.ismodule(value):
+            found.add(_ALIASES.get(value.__name__.split(".")[0], ""))
+            for attr in code.co_names:  # p.port_forward: a function of the user's own module
+                called = getattr(value, attr, None)
+                if inspect.isfunction(called) and called is not fn:
+                    found |= _frameworks_named(called, depth - 1)
+        elif value is None and name in _ALIASES:  # imported inside the function
+            found.add(_ALIASES[name])
+        elif inspect.isfunction(value) and value is not fn:
+            found |= _frameworks_named(value, depth - 1)
+    for cell in getattr(fn, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            if inspect.isfunction(cell.cell_contents):
+                found |= _frameworks_named(cell.cell_contents, depth - 1)
+    return found
+
+
+def framework_of(fn: Callable[..., Any]) -> str:
+    """The framework a function computes in, read from its code: torch, JAX or TensorFlow
+    where it (or what it calls) names one of them, else NumPy."""
+    found = _frameworks_named(fn)
+    return next((f for f in ("torch", "jax", "tensorflow") if f in found), "numpy")
+
+
+# --- states -------------------------------------------------------------------------------------
+
+
+def our_state(state: Any, bridge: Bridge, cell: str) -> State:
+    """A state the user's code returned, as ours: H (batch, hiddens), or the LSTM's (H, C); a
+    one-element tuple (d2l 0.17's ``(H,)``) and torch's leading layer axis (1, batch, hiddens)
+    are unwrapped."""
+    parts = list(state) if isinstance(state, (tuple, list)) else [state]
+    arrays = []
+    for part in parts:
+        a = bridge.numpy(part)
+        while a.ndim > 2 and a.shape[0] == 1:
+            a = a[0]
+        arrays.append(a)
+    if cell == LSTM:
+        if len(arrays) != 2:
+            raise SubjectError(f"an LSTM's state is (H, C); the subject returned {len(arrays)}")
+        return arrays[0], arrays[1]
+    if len(arrays) != 1:
+        raise SubjectError(f"a {cell} state is H alone; the subject returned {len(arrays)} parts")
+    return arrays[0]
+
+
+class FunctionSubject(BackendSubject):
+    """The user's functions, held to the chapter's model of ``cell``.
+
+    ``forward(params, X, state) -> (logits, state)``: params a dict of the chapter's names (or
+    the user's, through ``names``: theirs for each of ours) or, with ``params_form="list"``, the
+    list in d2l's ``get_params`` order; X as ``inputs`` says; state H, or (H, C) for the LSTM
+    (``state_form="tuple"``: d2l 0.17's ``(H,)``). The logits are (steps × batch, vocab) in
+    time-major row order, or (steps, batch, vocab), or (batch, steps, vocab) with batch-major X.
+    ``step``: the user's whole training step; without one the chapter's step (clipping, SGD)
+    is run on the subject's own gradients."""
+
+    def __init__(
+        self,
+        forward: Callable[..., Any],
+        *,
+        cell: str = RNN,
+        dtype: str = "float64",
+        framework: str | None = None,
+        step: Callable[..., Any] | None = None,
+        predict: Callable[..., Any] | None = None,
+        names: Mapping[str, str] | None = None,
+        params_form: str = "dict",
+        inputs: str = "time-major",
+        state_form: str = "array",
+        device: str = "cpu",
+        label: str | None = None,
+    ) -> None:
+        super().__init__(numpy_backend, dtype, "cpu")
+        self.cell = cells.check_cell(cell) if cell != RNN else RNN
+        self.framework = framework or framework_of(forward)
+        if self.framework not in BRIDGES:
+            raise SubjectError(
+                f"unknown framework {self.framework!r}; choose from {', '.join(FRAMEWORKS)}"
+            )
+        if inputs not in INPUTS:
+            raise SubjectError(f"unknown inputs {inputs!r}; choose from {', '.join(INPUTS)}")
+        if params_form not in ("dict", "list"):
+            raise SubjectError(f"params_form is 'dict' or 'list', got {params_form!r}")
+        self.bridge = BRIDGES[self.framework](dtype, device)
+        self.forward_fn, self.step_fn, self.predict_fn = forward, step, predict
+        self.names = dict(names or {})
+        self.params_form, self.inputs, self.state_form = params_form, inputs, state_form
+        self.grad_modes = ("autograd",)  # the framework's own (NumPy: none; said when asked)
+        self.device = device
+        self._label = label or f"{self.framework}:{getattr(forward, '__name__', 'forward')}"
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    # -- the user's side --------------------------------------------------------------------
+    def _theirs(self, params: Mapping[str, Any]) -> Any:
+        """Our parameters (framework tensors) in the user's form."""
+        if self.params_form == "list":
+            return [params[k] for k in _param_order(params)]
+        return {self.names.get(k, k): v for k, v in params.items()}
+
+    def _ours(self, theirs: Any, like: Mapping[str, Any]) -> dict[str, Any]:
+        """The user's parameters (or gradients) under our names."""
+        if self.params_form == "list":
+            order = _param_order(like)
+            if len(theirs) != len(order):
+                raise SubjectError(f"the subject gave {len(theirs)} parameters, not {len(order)}")
+            return dict(zip(order, theirs, strict=True))
+        back = {v: k for k, v in self.names.items()}
+        return {back.get(k, k): v for k, v in theirs.items()}
+
+    def _x(self, inputs: np.ndarray, vocab_size: int) -> Any:
+        if self.inputs == "one-hot":
+            return self.bridge.one_hot(inputs, vocab_size)
+        return self.bridge.ids(inputs.T if self.inputs == "batch-major" else inputs)
+
+    def _state(self, state: State) -> Any:
+        parts = tuple(self.bridge.tensor(s) for s in state_parts(state))
+        if self.cell == LSTM or self.state_form == "tuple":
+            return parts
+        return parts[0]
+
+    def _run(self, P: dict[str, Any], inputs: np.ndarray, state: State) -> tuple[Any, Any]:
+        """(time-major (T·B, V) logits, the user's final state) in the framework."""
+        T, B = inputs.shape
+        V = int(P["W_hq"].shape[1])
+        logits, final = self._call_forward(P, self._x(inputs, V), self._state(state))
+        return self.bridge.time_major(logits, T, B, self.inputs == "batch-major"), final
+
+    def _call_forward(self, P: dict[str, Any], X: Any, S: Any) -> tuple[Any, Any]:
+        """The user's forward on framework values: (logits as it returns them, its state)."""
+        try:
+            out = self.forward_fn(self._theirs(P), X, S)
+        except SubjectError:
+            raise
+        except KeyError as e:
+            raise SubjectError(
+                f"the subject's forward raised KeyError: {e}; it is given the chapter's names "
+                f"({', '.join(P)}): map its own with names (--names OURS=THEIRS)"
+            ) from e
+        except Exception as e:
+            raise SubjectError(f"the subject's forward raised {type(e).__name__}: {e}") from e
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise SubjectError("forward must return (logits, state)")
+        return out[0], out[1]
+
+    # -- what the checks call ---------------------------------------------------------------
+    def transfer(self, params: Arrays) -> Arrays:
+        raise NotApplicable
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
+        P = {k: self.bridge.tensor(v) for k, v in params.items()}
+        logits, final = self._run(P, inputs, state)
+        out = {"logits": self.bridge.numpy(logits)}
+        parts = state_parts(our_state(final, self.bridge, self.cell))
+        out["final"] = parts[0]
+        if len(parts) == 2:
+            out["memory"] = parts[1]
+        return out
+
+    def loss(self, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State) -> Any:
+        logits = self.forward(params, inputs, state)["logits"]
+        seen = logits[-labels.size :]  # the loss sees the last len(labels) steps
+        return Bridge(self.dtype).cross_entropy(seen, labels.reshape(-1))
+
+    def _loss_of(self, P: dict[str, Any], X: Any, Y: Any, S: Any, T: int, B: int) -> Any:
+        """(the mean cross-entropy of the last Y.shape[0] // B steps, the final state), all in
+        the framework: what its autodiff differentiates."""
+        out = self._call_forward(P, X, S)
+        logits = self.bridge.time_major(out[0], T, B, self.inputs == "batch-major")
+        seen = logits[T * B - int(Y.shape[0]) :]
+        return self.bridge.cross_entropy(seen, Y), out[1]
+
+    def value_and_grad(self, mode, params, inputs, labels, state):
+        if not self.bridge.autodiff:
+            raise NotApplicable(f"{self.framework} has no autodiff: give a step to check training")
+        b = self.bridge
+        T, B = (int(n) for n in inputs.shape)
+        V = int(params["W_hq"].shape[1])
+        P = {k: b.tensor(v) for k, v in params.items()}
+        X, Y, S = self._x(inputs, V), b.ids(labels.reshape(-1)), self._state(state)
+        try:
+            loss, grads, final = b.value_and_grad(self._loss_of, P, X, Y, S, T, B)
+        except SubjectError:
+            raise
+        except Exception as e:
+            raise SubjectError(f"the subject's gradient raised {type(e).__name__}: {e}") from e
+        return (
+            b.numpy(loss),
+            {k: b.numpy(grads[k]) for k in model.param_names(grads)},
+            state if final is None else our_state(final, b, self.cell),  # None: it keeps none
+        )
+
+    def make_step(self, mode: str, spec: run_spec.RunSpec) -> StepFn:
+        """The subject's training step on the trainer's NumPy arrays: the user's own, or the
+        chapter's clipping and SGD on the subject's gradients."""
+        ops, b = self.ops, self.bridge
+        if self.step_fn is None:
+            if not b.autodiff:
+                raise NotApplicable(f"{self.framework} has no autodiff and the subject no step")
+
+            def chapter_step(p, x, y, s, lr, theta):
+                loss, grads, final = self.value_and_grad(mode, p, x, y, s)
+                clipped, norm = model.clip_by_global_norm(ops, grads, theta)
+                return model.sgd(ops, p, clipped, lr), final, loss, norm
+
+            return chapter_step
+
+        user = self.step_fn
+
+        def user_step(p, x, y, s, lr, theta):
+            V = int(p["W_hq"].shape[1])
+            P = {k: b.tensor(v) for k, v in p.items()}
+            labels = y.T if self.inputs == "batch-major" else y
+            try:
+                out = user(self._theirs(P), self._x(x, V), b.ids(labels), self._state(s), lr, theta)
+            except Exception as e:
+                raise SubjectError(f"the subject's step raised {type(e).__name__}: {e}") from e
+            if not isinstance(out, (tuple, list)) or len(out) != 3:
+                raise SubjectError("step must return (params, state, loss)")
+            new, final, loss = out
+            new_ours = self._ours(new, p)
+            params = {k: np.asarray(b.numpy(new_ours[k]), dtype=self.dtype) for k in p}
+            state = our_state(final, b, self.cell)
+            # the user's step keeps its gradient: the trainer is told the norm of the update
+            # it applied (the clipped gradient's, as lr·g is what moved the parameters)
+            moved = math.sqrt(sum(float(((params[k] - p[k]) ** 2).sum()) for k in p)) / lr
+            return params, state, np.asarray(b.numpy(loss)), np.float64(moved)
+
+        return user_step
+
+    def predict(self, params, prefix, n, temperature, seed):
+        """The user's ``predict(params, prefix, num_preds, temperature, uniforms)`` given the
+        reference's uniforms (one per sampled token: pick the first token whose cumulative
+        probability exceeds it); else d2l's ``predict`` with the subject's forward one token at
+        a time, the state carried, each token picked as the reference picks it."""
+        if self.predict_fn is not None:
+            uniforms = np.random.default_rng(seed).random(n) if temperature else None
+            P = self._theirs({k: self.bridge.tensor(v) for k, v in params.items()})
+            try:
+                out = self.predict_fn(P, list(prefix), n, temperature, uniforms)
+            except Exception as e:
+                raise SubjectError(f"the subject's predict raised {type(e).__name__}: {e}") from e
+            return [int(t) for t in out]
+        rng = np.random.default_rng(seed)
+        P = {k: self.bridge.tensor(v) for k, v in params.items()}
+        H = int(params["W_hq"].shape[0])
+        zeros = np.zeros((1, H), dtype=self.dtype)
+        state: State = (zeros, zeros) if self.cell == LSTM else zeros
+        outputs = list(prefix)
+        carried = True
+        if len(prefix) > 1:
+            _, final = self._run(P, np.asarray(prefix[:-1]).reshape(-1, 1), state)
+            carried = final is not None
+            state = our_state(final, self.bridge, self.cell) if carried else state
+        for _ in range(n):
+            if carried:  # one token, the state carried
+                logits, final = self._run(P, np.asarray([[outputs[-1]]]), state)
+                state = our_state(final, self.bridge, self.cell)
+            else:  # a model that returns no state: the whole text again from zero, the same
+                logits, _ = self._run(P, np.asarray(outputs).reshape(-1, 1), state)
+                logits = logits[-1:]
+            row = self.ops.asarray(self.bridge.numpy(logits))
+            outputs.append(sampling.next_token(self.ops, row, temperature, rng))
+        return outputs
+
+
+def _param_order(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """d2l's ``get_params`` order of the model these parameters are."""
+    cell = cells.cell_of(params)
+    return model.param_names(params) if cell == RNN else cells.param_names(cell)
+
+
+# --- torch modules ------------------------------------------------------------------------------
+
+_TORCH_LAYERS = {"RNN": RNN, "GRU": GRU_RESET_AFTER, "LSTM": LSTM}
+_TORCH_CELLS = {"RNNCell": RNN, "GRUCell": GRU_RESET_AFTER, "LSTMCell": LSTM}
+
+
+class TorchModuleSubject(FunctionSubject):
+    """A ``torch.nn.Module``: the model (a recurrent layer or cell and a Linear, or the
+    chapter's parameters by name) loaded with the check's parameters, called as
+    ``module(X, state)`` with X (batch, steps) ids, or ``module(X)`` when it takes no state
+    (then the checks start from a zero state). It returns the logits, or (logits, state)."""
+
+    def __init__(self, module: Any, *, label: str | None = None) -> None:
+        import torch
+
+        self.torch = torch
+        self.net = module
+        params = list(module.parameters())
+        if not params:
+            raise SubjectError("the module has no parameters")
+        dtype = str(params[0].dtype).replace("torch.", "")
+        if dtype not in ("float32", "float64"):
+            raise SubjectError(f"the module's parameters are {dtype}; float32 or float64 only")
+        device = params[0].device
+        where = "cpu" if device.type == "cpu" else f"gpu:{device.index or 0}"
+        self.layer, self.linear, self.kind, cell = self._find(module)
+        super().__init__(
+            self._call,
+            cell=cell,
+            dtype=dtype,
+            framework="torch",
+            inputs="batch-major",
+            device=str(device),
+            label=label or f"torch:{type(module).__name__}",
+        )
+        self.device = where
+        self.takes_state = len(inspect.signature(module.forward).parameters) >= 2
+
+    def sizes(self) -> dict[str, int]:
+        """The vocabulary and hidden sizes the module was built with: the check's own."""
+        if self.kind == "scratch":
+            named = dict(self.net.named_parameters())
+            H, V = named[str(_by_suffix(named, "W_hq"))].shape
+        else:
+            V, H = self.linear.out_features, self.linear.in_features
+        return {"vocab_size": int(V), "num_hiddens": int(H)}
+
+    def _find(self, module: Any) -> tuple[Any, Any, str, str]:
+        layers = [
+            m
+            for m in module.modules()
+            if type(m).__name__ in {**_TORCH_LAYERS, **_TORCH_CELLS}
+            and isinstance(m, self.torch.nn.Module)
+        ]
+        linears = [m for m in module.modules() if isinstance(m, self.torch.nn.Linear)]
+        if len(layers) == 1 and len(linears) == 1:
+            layer = layers[0]
+            name = type(layer).__name__
+            if getattr(layer, "num_layers", 1) != 1 or getattr(layer, "bidirectional", False):
+                raise SubjectError("the chapter's model has one layer, one direction")
+            if getattr(layer, "batch_first", False):
+                raise SubjectError("batch_first layers are not the book's (it runs time-major)")
+            if name in ("RNN", "RNNCell") and getattr(layer, "nonlinearity", "tanh") != "tanh":
+                raise SubjectError("the chapter's RNN is tanh; this one is relu")
+            kind = "layer" if name in _TORCH_LAYERS else "cell"
+            return layer, linears[0], kind, {**_TORCH_LAYERS, **_TORCH_CELLS}[name]
+        named = dict(module.named_parameters())
+        for cell in (LSTM, GRU_RESET_BEFORE, RNN):
+            ours = (
+                cells.param_names(cell) if cell != RNN else ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
+            )
+            found = {n: _by_suffix(named, n) for n in ours}
+            if all(found.values()):
+                return None, None, "scratch", cell
+        if len(layers) > 1 or len(linears) > 1:
+            raise SubjectError(
+                f"the module holds {len(layers)} recurrent layers and {len(linears)} Linear "
+                "layers; verify checks a model of one of each"
+            )
+        raise SubjectError(
+            "no torch.nn.RNN/GRU/LSTM (or their cells) with an nn.Linear in the module, and no "
+            "parameters named as the chapter's (W_xh, W_hh, b_h, W_hq, b_q ...)"
+        )
+
+    # -- loading the check's parameters ------------------------------------------------------
+    def _load(self, P: dict[str, Any]) -> dict[str, Any]:
+        """Put our parameters (torch tensors, perhaps requiring grad) into the module: its own
+        parameters are replaced by them for the call (``torch.func.functional_call``), so
+        autograd reaches ours. Returns the module's names -> tensors."""
+        torch = self.torch
+        if self.kind == "scratch":
+            named = dict(self.net.named_parameters())
+            return {str(_by_suffix(named, k)): v for k, v in P.items()}
+        arrays = {k: v for k, v in P.items()}
+        layer_names = {id(m): n for n, m in self.net.named_modules()}
+        lname, oname = layer_names[id(self.layer)], layer_names[id(self.linear)]
+        gates = convert.TORCH_GATES[self.cell]
+
+        def stack(prefix: str) -> Any:
+            return torch.cat([arrays[f"{prefix}{g}"] for g in gates], dim=-1)
+
+        cell = self.cell
+        W_x = stack("W_x") if cell != RNN else arrays["W_xh"]
+        W_h = stack("W_h") if cell != RNN else arrays["W_hh"]
+        if cell == RNN:
+            b_x, b_h = arrays["b_h"], torch.zeros_like(arrays["b_h"])
+        elif cell == GRU_RESET_AFTER:
+            b_x = torch.cat([arrays["b_r"], arrays["b_z"], arrays["b_xh"]])
+            zeros = torch.zeros_like(arrays["b_r"])
+            b_h = torch.cat([zeros, zeros, arrays["b_hh"]])
+        else:
+            b_x = torch.cat([arrays[f"b_{g}"] for g in gates])
+            b_h = torch.zeros_like(b_x)
+        suffix = "_l0" if self.kind == "layer" else ""
+        prefix = f"{lname}." if lname else ""
+        out = {
+            f"{prefix}weight_ih{suffix}": W_x.T,
+            f"{prefix}weight_hh{suffix}": W_h.T,
+            f"{prefix}bias_ih{suffix}": b_x,
+            f"{prefix}bias_hh{suffix}": b_h,
+            f"{oname}.weight": arrays["W_hq"].T,
+            f"{oname}.bias": arrays["b_q"],
+        }
+        return out
+
+    def _call(self, P: dict[str, Any], X: Any, state: Any) -> tuple[Any, Any]:
+        torch = self.torch
+        loaded = self._load(P)
+        if self.kind == "layer":  # nn.RNN & co. take (1, batch, hiddens)
+            state = tuple(s[None] for s in state) if isinstance(state, tuple) else state[None]
+        if self.cell != LSTM and isinstance(state, tuple):
+            state = state[0]
+        args = (X, state) if self.takes_state else (X,)
+        out = torch.func.functional_call(self.net, loaded, args)
+        if isinstance(out, (tuple, list)) and len(out) == 2:
+            return out[0], out[1]
+        return out, None
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
+        P = {k: self.bridge.tensor(v) for k, v in params.items()}
+        logits, final = self._run(P, inputs, state)
+        out = {"logits": self.bridge.numpy(logits)}
+        if final is not None:
+            parts = state_parts(our_state(final, self.bridge, self.cell))
+            out["final"] = parts[0]
+            if len(parts) == 2:
+                out["memory"] = parts[1]
+        return out
+
+
+def _by_suffix(named: Mapping[str, Any], name: str) -> str | None:
+    """The one parameter whose dotted name ends in ``name`` (``rnn.W_xh`` for W_xh)."""
+    hits = [n for n in named if n == name or n.endswith(f".{name}")]
+    return hits[0] if len(hits) == 1 else None
+
+
+def subject_of(obj: Any, **options: Any) -> FunctionSubject:
+    """The subject for a user's object: a torch module, or a forward function (with the
+    options ``FunctionSubject`` takes); a dict or object with ``forward`` (and ``step``,
+    ``cell``, ``names`` ...) gives them by name."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        extra = set(options) - {"label"}
+        if extra:
+            raise SubjectError(f"a torch module takes no {', '.join(sorted(extra))}")
+        return TorchModuleSubject(obj, **options)
+    if isinstance(obj, Mapping) or (hasattr(obj, "forward") and not callable(obj)):
+        spec = dict(obj) if isinstance(obj, Mapping) else _public(obj)
+        if "forward" not in spec:
+            raise SubjectError("the subject names no forward")
+        forward = spec.pop("forward")
+        return FunctionSubject(forward, **{**spec, **options})
+    if callable(obj):
+        return FunctionSubject(obj, **options)
+    raise SubjectError(f"{type(obj).__name__} is not a model or a forward function")
+
+
+def _public(obj: Any) -> dict[str, Any]:
+    keys = (
+        "forward",
+        "step",
+        "predict",
+        "cell",
+        "framework",
+        "names",
+        "params_form",
+        "inputs",
+        "state_form",
+    )
+    return {k: getattr(obj, k) for k in keys if hasattr(obj, k)}
+
+
+def keys_of(cell: str) -> Sequence[str]:
+    """The parameter names of the chapter's ``cell`` (as ``get_params`` returns them)."""
+    return ("W_xh", "W_hh", "b_h", "W_hq", "b_q") if cell == RNN else cells.param_names(cell)
