@@ -210,21 +210,25 @@ class Report:
                 continue
             verdict = "ok" if r.passed else "FAILED"
             figures = f"error {r.error:.1e} (tolerance {r.tolerance:.0e})"
-            line = f"  {r.check:<{width}}  {verdict:<8}  {figures}"
-            if not r.passed:
-                line += f"; {r.where}" if r.where else ""
+            lines.append(f"  {r.check:<{width}}  {verdict:<8}  {figures}")
+            if r.passed:
+                continue
+            pad = f"  {'':<{width}}  "
+            if r.where:
+                at = f"{pad}{r.where}"
                 if r.reference is not None and r.subject is not None:
-                    line += f": reference {r.reference:.6g}, subject {r.subject:.6g}"
-                cause = r.diagnosis or r.note
-                line += f"\n  {'':<{width}}  → {'the same' if cause == said else cause}"
-                said = cause
-            lines.append(line)
+                    at += f": reference {r.reference:.6g}, subject {r.subject:.6g}"
+                lines.append(at)
+            cause = r.diagnosis or r.note
+            lines.append(f"{pad}→ {'the same' if cause == said else cause}")
+            said = cause
         first = self.first_failure
         if self.passed:
             lines.append(f"passed: {len(self.ran)} checks agree with the reference")
         elif first is not None:
             cause = ", or ".join(self.mistakes) or "no known mistake explains it"
-            lines.append(f"FAILED at {first.check}: {cause}")
+            where = f" ({first.where})" if first.where and not self.mistakes else ""
+            lines.append(f"FAILED at {first.check}{where}: {cause}")
         return "\n".join(lines)
 
 
@@ -278,7 +282,7 @@ def _where(
             have,
         )
     if check == "trajectory" and idx:
-        return f"after SGD step {idx[0] + 1}, {name}{list(idx[1:])}", want, have
+        return f"SGD step {idx[0] + 1}, {name}{list(idx[1:])}", want, have
     if check.startswith("generate") and idx:
         return f"token {idx[0] + 1} (the prefix is 4)", want, have
     return f"{name}{list(idx) if idx else ''}", want, have
@@ -329,7 +333,7 @@ def _row(check: Check, subject: Any, problem: Problem) -> Row:
 
             row.diagnosis = f"{FrameworkRNG.mistake}: two runs with the same uniforms differ"
     if not row.diagnosis:
-        row.note = f"no known mistake explains it; it departs most at {row.where or 'the start'}"
+        row.note = "no known mistake explains it"
     return row
 
 

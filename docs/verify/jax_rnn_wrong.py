@@ -1,0 +1,13 @@
+"""The same RNN with the recurrent weight as torch keeps it, (out, in)."""
+
+import jax
+import jax.numpy as jnp
+
+
+def forward(params, X, H):
+    def step(H, x):
+        H = jnp.tanh(params["W_xh"][x] + H @ params["W_hh"].T + params["b_h"])
+        return H, H @ params["W_hq"] + params["b_q"]
+
+    H, outputs = jax.lax.scan(step, H, X.T)
+    return jnp.swapaxes(outputs, 0, 1), H

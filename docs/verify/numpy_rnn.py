@@ -1,0 +1,12 @@
+"""The chapter's RNN in NumPy (no autodiff: verify checks the forward, generation and, given a
+step, training)."""
+
+import numpy as np
+
+
+def forward(params, X, H):
+    outputs = []
+    for x in X:  # X: (steps, batch) ids
+        H = np.tanh(params["W_xh"][x] + H @ params["W_hh"] + params["b_h"])
+        outputs.append(H @ params["W_hq"] + params["b_q"])
+    return np.concatenate(outputs), H
