@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -371,6 +372,11 @@ class FunctionSubject(BackendSubject):
     def label(self) -> str:
         return self._label
 
+    @property
+    def batch_major(self) -> bool:
+        """X goes in (batch, steps), so 3-D logits come out (batch, steps, vocab)."""
+        return self.inputs == "batch-major"
+
     # -- the user's side --------------------------------------------------------------------
     def _theirs(self, params: Mapping[str, Any]) -> Any:
         """Our parameters (framework tensors) in the user's form."""
@@ -404,7 +410,7 @@ class FunctionSubject(BackendSubject):
         T, B = inputs.shape
         V = int(P["W_hq"].shape[1])
         logits, final = self._call_forward(P, self._x(inputs, V), self._state(state))
-        return self.bridge.time_major(logits, T, B, self.inputs == "batch-major"), final
+        return self.bridge.time_major(logits, T, B, self.batch_major), final
 
     def _call_forward(self, P: dict[str, Any], X: Any, S: Any) -> tuple[Any, Any]:
         """The user's forward on framework values: (logits as it returns them, its state)."""
@@ -413,6 +419,8 @@ class FunctionSubject(BackendSubject):
         except SubjectError:
             raise
         except KeyError as e:
+            if isinstance(self, (TorchModuleSubject, KerasModelSubject)):
+                raise SubjectError(f"the model raised KeyError: {e}") from e
             raise SubjectError(
                 f"the subject's forward raised KeyError: {e}; it is given the chapter's names "
                 f"({', '.join(P)}): map its own with names (--names OURS=THEIRS)"
@@ -431,10 +439,11 @@ class FunctionSubject(BackendSubject):
         P = {k: self.bridge.tensor(v) for k, v in params.items()}
         logits, final = self._run(P, inputs, state)
         out = {"logits": self.bridge.numpy(logits)}
-        parts = state_parts(our_state(final, self.bridge, self.cell))
-        out["final"] = parts[0]
-        if len(parts) == 2:
-            out["memory"] = parts[1]
+        if final is not None:  # a model that returns no state has no final-state row
+            parts = state_parts(our_state(final, self.bridge, self.cell))
+            out["final"] = parts[0]
+            if len(parts) == 2:
+                out["memory"] = parts[1]
         return out
 
     def loss(self, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State) -> Any:
@@ -446,7 +455,7 @@ class FunctionSubject(BackendSubject):
         """(the mean cross-entropy of the last Y.shape[0] // B steps, the final state), all in
         the framework: what its autodiff differentiates."""
         out = self._call_forward(P, X, S)
-        logits = self.bridge.time_major(out[0], T, B, self.inputs == "batch-major")
+        logits = self.bridge.time_major(out[0], T, B, self.batch_major)
         seen = logits[T * B - int(Y.shape[0]) :]
         return self.bridge.cross_entropy(seen, Y), out[1]
 
@@ -562,7 +571,7 @@ class TorchModuleSubject(FunctionSubject):
     ``module(X, state)`` with X (batch, steps) ids, or ``module(X)`` when it takes no state
     (then the checks start from a zero state). It returns the logits, or (logits, state)."""
 
-    def __init__(self, module: Any, *, label: str | None = None) -> None:
+    def __init__(self, module: Any, *, cell: str | None = None, label: str | None = None) -> None:
         import torch
 
         self.torch = torch
@@ -575,10 +584,13 @@ class TorchModuleSubject(FunctionSubject):
             raise SubjectError(f"the module's parameters are {dtype}; float32 or float64 only")
         device = params[0].device
         where = "cpu" if device.type == "cpu" else f"gpu:{device.index or 0}"
-        self.layer, self.linear, self.kind, cell = self._find(module)
+        self.layer, self.linear, self.kind, own = self._find(module)
+        if cell is not None and cell != own:
+            if {cell, own} != {GRU_RESET_BEFORE, GRU_RESET_AFTER} or self.kind == "scratch":
+                raise SubjectError(f"the module computes {own}, not {cell}")
         super().__init__(
             self._call,
-            cell=cell,
+            cell=cell or own,
             dtype=dtype,
             framework="torch",
             inputs="batch-major",
@@ -646,7 +658,7 @@ class TorchModuleSubject(FunctionSubject):
         arrays = {k: v for k, v in P.items()}
         layer_names = {id(m): n for n, m in self.net.named_modules()}
         lname, oname = layer_names[id(self.layer)], layer_names[id(self.linear)]
-        gates = convert.TORCH_GATES[self.cell]
+        gates = convert.TORCH_GATES[GRU_RESET_AFTER if self.cell == GRU_RESET_BEFORE else self.cell]
 
         def stack(prefix: str) -> Any:
             return torch.cat([arrays[f"{prefix}{g}"] for g in gates], dim=-1)
@@ -656,10 +668,14 @@ class TorchModuleSubject(FunctionSubject):
         W_h = stack("W_h") if cell != RNN else arrays["W_hh"]
         if cell == RNN:
             b_x, b_h = arrays["b_h"], torch.zeros_like(arrays["b_h"])
-        elif cell == GRU_RESET_AFTER:
-            b_x = torch.cat([arrays["b_r"], arrays["b_z"], arrays["b_xh"]])
+        elif cell in (GRU_RESET_AFTER, GRU_RESET_BEFORE):  # torch's GRU is reset-after:
+            # d2l's reset-before GRU goes in with its b_h as the input bias (and computes the
+            # other form, which verify names)
+            candidate = arrays["b_xh"] if cell == GRU_RESET_AFTER else arrays["b_h"]
             zeros = torch.zeros_like(arrays["b_r"])
-            b_h = torch.cat([zeros, zeros, arrays["b_hh"]])
+            b_x = torch.cat([arrays["b_r"], arrays["b_z"], candidate])
+            recurrent = arrays["b_hh"] if cell == GRU_RESET_AFTER else zeros
+            b_h = torch.cat([zeros, zeros, recurrent])
         else:
             b_x = torch.cat([arrays[f"b_{g}"] for g in gates])
             b_h = torch.zeros_like(b_x)
@@ -668,11 +684,13 @@ class TorchModuleSubject(FunctionSubject):
         out = {
             f"{prefix}weight_ih{suffix}": W_x.T,
             f"{prefix}weight_hh{suffix}": W_h.T,
-            f"{prefix}bias_ih{suffix}": b_x,
-            f"{prefix}bias_hh{suffix}": b_h,
             f"{oname}.weight": arrays["W_hq"].T,
-            f"{oname}.bias": arrays["b_q"],
         }
+        if self.layer.bias:  # a layer built with bias=False computes without them
+            out[f"{prefix}bias_ih{suffix}"] = b_x
+            out[f"{prefix}bias_hh{suffix}"] = b_h
+        if self.linear.bias is not None:
+            out[f"{oname}.bias"] = arrays["b_q"]
         return out
 
     def _call(self, P: dict[str, Any], X: Any, state: Any) -> tuple[Any, Any]:
@@ -688,16 +706,135 @@ class TorchModuleSubject(FunctionSubject):
             return out[0], out[1]
         return out, None
 
-    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
-        P = {k: self.bridge.tensor(v) for k, v in params.items()}
-        logits, final = self._run(P, inputs, state)
-        out = {"logits": self.bridge.numpy(logits)}
-        if final is not None:
-            parts = state_parts(our_state(final, self.bridge, self.cell))
-            out["final"] = parts[0]
-            if len(parts) == 2:
-                out["memory"] = parts[1]
-        return out
+
+# --- Keras models -------------------------------------------------------------------------------
+
+_KERAS_LAYERS = ("SimpleRNN", "GRU", "LSTM")
+
+
+class KerasModelSubject(FunctionSubject):
+    """A Keras 3 model (on the TensorFlow backend) holding one ``SimpleRNN``/``GRU``/``LSTM``
+    and one ``Dense``: its weights set from the check's parameters through core.convert's
+    orders (kernel columns in Keras' gate order z, r, h and i, f, c, o; reset_after's two bias
+    rows), called as ``model(X)`` with X (batch, steps) ids (``inputs="one-hot"``: (batch,
+    steps, vocab) floats), its logits (batch, steps, vocab). Keras models take and return no
+    state: the checks start from zero. ``cell``: the model the user means, where a GRU layer
+    could hold either form (d2l's reset-before GRU in ``GRU(reset_after=True)`` computes the
+    other form, and is named so)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        cell: str | None = None,
+        inputs: str = "batch-major",
+        label: str | None = None,
+    ) -> None:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise SubjectError(
+                f"verify runs Keras models on the TensorFlow backend; this Keras runs on "
+                f"{keras.backend.backend()} (set KERAS_BACKEND=tensorflow)"
+            )
+        self.net = model
+        layers = list(model._flatten_layers(include_self=True, recursive=True))
+        rnns = [l for l in layers if type(l).__name__ in _KERAS_LAYERS]
+        denses = [l for l in layers if type(l).__name__ == "Dense"]
+        if len(rnns) != 1 or len(denses) != 1:
+            raise SubjectError(
+                f"the model holds {len(rnns)} recurrent layers and {len(denses)} Dense layers; "
+                "verify checks a model of one of each"
+            )
+        self.layer, self.dense = rnns[0], denses[0]
+        kind = type(self.layer).__name__
+        if not self.layer.return_sequences:
+            raise SubjectError(
+                f"the {kind} layer returns its last step only (return_sequences=False): a "
+                "language model needs every step's output"
+            )
+        if getattr(self.layer, "go_backwards", False):
+            raise SubjectError(f"the {kind} layer runs backwards (go_backwards=True)")
+        if kind == "SimpleRNN" and self.layer.cell.activation.__name__ != "tanh":
+            raise SubjectError("the chapter's RNN is tanh; this SimpleRNN is not")
+        own = {"SimpleRNN": RNN, "LSTM": LSTM}.get(kind) or (
+            GRU_RESET_AFTER if self.layer.reset_after else GRU_RESET_BEFORE
+        )
+        if (
+            cell is not None
+            and cell != own
+            and not (kind == "GRU" and cell in (GRU_RESET_BEFORE, GRU_RESET_AFTER))
+        ):
+            raise SubjectError(f"the model's {kind} layer computes {own}, not {cell}")
+        ours = set(map(id, [*self.layer.trainable_variables, *self.dense.trainable_variables]))
+        extra = [v.path for v in model.trainable_variables if id(v) not in ours]
+        if extra:
+            raise SubjectError(
+                f"the model trains weights besides its {kind} and Dense layers ({extra[0]} ...); "
+                "verify checks the chapter's one-hot model"
+            )
+        dtype = str(self.layer.cell.kernel.dtype)
+        if dtype not in ("float32", "float64"):
+            raise SubjectError(f"the layer's weights are {dtype}; float32 or float64 only")
+        super().__init__(
+            self._call,
+            cell=cell or own,
+            dtype=dtype,
+            framework="tensorflow",
+            inputs=inputs,
+            label=label or f"keras:{type(model).__name__}",
+        )
+        self.takes_state = False
+
+    @property
+    def batch_major(self) -> bool:
+        return True  # Keras is batch-major, its one-hot inputs too
+
+    def sizes(self) -> dict[str, int]:
+        return {"vocab_size": int(self.dense.units), "num_hiddens": int(self.layer.units)}
+
+    def _x(self, inputs: np.ndarray, vocab_size: int) -> Any:
+        if self.inputs == "one-hot":  # Keras is batch-major
+            return self.bridge.one_hot(inputs.T, vocab_size)
+        return self.bridge.ids(inputs.T)
+
+    def _values(self, P: dict[str, Any]) -> dict[int, Any]:
+        """Our parameters as the Keras variables' values, by the variables' ids."""
+        import tensorflow as tf
+
+        cell, layer = self.cell, self.layer
+        kind = type(layer).__name__
+        gates = {"SimpleRNN": ("h",), "GRU": ("z", "r", "h"), "LSTM": ("i", "f", "c", "o")}[kind]
+        values = {
+            id(layer.cell.kernel): tf.concat([P[f"W_x{g}"] for g in gates], axis=1),
+            id(layer.cell.recurrent_kernel): tf.concat([P[f"W_h{g}"] for g in gates], axis=1),
+            id(self.dense.kernel): P["W_hq"],
+        }
+        if self.dense.use_bias:
+            values[id(self.dense.bias)] = P["b_q"]
+        if not layer.use_bias:
+            return values
+        if kind == "GRU":
+            b_x = P["b_xh"] if cell == GRU_RESET_AFTER else P["b_h"]
+            b_hh = P["b_hh"] if cell == GRU_RESET_AFTER else tf.zeros_like(b_x)
+            if layer.reset_after:
+                zero = tf.zeros_like(b_x)
+                bias = tf.stack(
+                    [tf.concat([P["b_z"], P["b_r"], b_x], 0), tf.concat([zero, zero, b_hh], 0)]
+                )
+            else:  # one bias: the reset-after pair summed
+                bias = tf.concat([P["b_z"], P["b_r"], b_x + b_hh], 0)
+        else:
+            bias = tf.concat([P[f"b_{g}"] for g in gates], 0)
+        values[id(layer.cell.bias)] = bias
+        return values
+
+    def _call(self, P: dict[str, Any], X: Any, state: Any) -> tuple[Any, Any]:
+        values = self._values(P)
+        trainable = [values.get(id(v), v.value) for v in self.net.trainable_variables]
+        fixed = [v.value for v in self.net.non_trainable_variables]
+        out, _ = self.net.stateless_call(trainable, fixed, X)
+        return out, None
 
 
 def _by_suffix(named: Mapping[str, Any], name: str) -> str | None:
@@ -714,8 +851,13 @@ def subject_of(obj: Any, **options: Any) -> FunctionSubject:
         import torch
     except ImportError:
         torch = None
+    if _is_keras(obj):
+        extra = set(options) - {"label", "cell", "inputs"}
+        if extra:
+            raise SubjectError(f"a Keras model takes no {', '.join(sorted(extra))}")
+        return KerasModelSubject(obj, **options)
     if torch is not None and isinstance(obj, torch.nn.Module):
-        extra = set(options) - {"label"}
+        extra = set(options) - {"label", "cell"}
         if extra:
             raise SubjectError(f"a torch module takes no {', '.join(sorted(extra))}")
         return TorchModuleSubject(obj, **options)
@@ -728,6 +870,15 @@ def subject_of(obj: Any, **options: Any) -> FunctionSubject:
     if callable(obj):
         return FunctionSubject(obj, **options)
     raise SubjectError(f"{type(obj).__name__} is not a model or a forward function")
+
+
+def _is_keras(obj: Any) -> bool:
+    """A Keras layer or model, told without importing Keras where the user has not."""
+    if "keras" not in sys.modules:
+        return False
+    import keras
+
+    return isinstance(obj, keras.Layer)
 
 
 def _public(obj: Any) -> dict[str, Any]:

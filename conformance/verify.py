@@ -15,12 +15,13 @@ none does, the row says where the subject first departs (time step, parameter, e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ from .checks import Quantity, _default_mode, _reference_grads, _rounded, diagnos
 from .problems import Problem, state_arrays
 from .subjects import NotApplicable
 from .tolerances import tolerance
-from .user_subjects import FunctionSubject, SubjectError, TorchModuleSubject, subject_of
+from .user_subjects import (
+    FunctionSubject,
+    KerasModelSubject,
+    SubjectError,
+    TorchModuleSubject,
+    subject_of,
+)
 
 CELL_NAMES: dict[str, str] = {
     "rnn": RNN,
@@ -293,7 +300,7 @@ def _where(
 
 def _problem(subject: Any, cell: str, seed: int) -> Problem:
     sizes = dict(SIZES)
-    if isinstance(subject, TorchModuleSubject):
+    if isinstance(subject, (TorchModuleSubject, KerasModelSubject)):
         sizes.update(subject.sizes())
     return Problem(
         vocab_size=sizes["vocab_size"],
@@ -382,13 +389,31 @@ def verify(
             for c in wanted
         ]
     report = Report(built.label, built.framework, core_cell, built.dtype, built.device, notes=notes)
-    for check in wanted:
-        row = _row(check, built, problem)
-        if not report.rows and row.ran and row.error == math.inf and row.note:
-            raise SubjectError(row.note)  # the first check cannot run it: bad input, one line
-        report.rows.append(row)
+    with _full_precision():
+        for check in wanted:
+            row = _row(check, built, problem)
+            if not report.rows and row.ran and row.error == math.inf and row.note:
+                raise SubjectError(row.note)  # the first check cannot run it: one line
+            report.rows.append(row)
     _name_through_the_outputs(report)
     return report
+
+
+@contextlib.contextmanager
+def _full_precision() -> Iterator[None]:
+    """TF32 off in torch's CUDA matmuls and cuDNN while the checks run (a float32 comparison
+    is of float32), then as they were; nothing to do where torch is not loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    was = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = was
 
 
 def _name_through_the_outputs(report: Report) -> None:
@@ -407,25 +432,16 @@ def _name_through_the_outputs(report: Report) -> None:
 def _build(
     subject: Any, cell: str | None, dtype: str | None, options: dict, notes: list[str]
 ) -> Any:
-    """The subject at the dtype it runs: float64 unless asked or unable (then float32, said)."""
+    """The subject at the dtype it runs: float64 unless asked or unable (then float32, said);
+    a model's own weights decide (a torch module's, a Keras model's)."""
     core = CELL_NAMES.get(cell or "rnn")
     if core is None:
         raise UserError(f"unknown cell {cell!r}; choose from {', '.join(CELL_NAMES)}")
-    try:
-        import torch
-
-        is_module = isinstance(subject, torch.nn.Module)
-    except ImportError:
-        is_module = False
-    if is_module:
-        if dtype is not None or cell is not None:
-            made = subject_of(subject, **options)
-            if dtype is not None and made.dtype != dtype:
-                raise UserError(f"the module's parameters are {made.dtype}; it is checked as such")
-            if cell is not None and made.cell != core:
-                raise UserError(f"the module is a {made.cell} model, not {core}")
-            return made
-        return subject_of(subject, **options)
+    if is_model(subject):
+        made = subject_of(subject, **({"cell": core} if cell else {}), **options)
+        if dtype is not None and made.dtype != dtype:
+            raise UserError(f"the model's weights are {made.dtype}; it is checked as such")
+        return made
     if dtype is not None:
         return subject_of(subject, cell=core, dtype=dtype, **options)
     first = subject_of(subject, cell=core, dtype="float64", **options)
@@ -439,6 +455,20 @@ def _build(
         reason = first_line(e)
     notes.append(f"checked in float32: in float64 {reason}")
     return subject_of(subject, cell=core, dtype="float32", **options)
+
+
+def is_model(obj: Any) -> bool:
+    """A torch module or a Keras model: its weights say its dtype, its layers its sizes."""
+    if "torch" in sys.modules:
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            return True
+    if "keras" in sys.modules:
+        import keras
+
+        return isinstance(obj, keras.Layer)
+    return False
 
 
 def assert_matches_reference(subject: Any, **kwargs: Any) -> Report:

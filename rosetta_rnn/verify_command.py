@@ -16,10 +16,12 @@ mistake when it differs.
 MODULE:OBJECT is an importable module or a .py file, then a name in it. The object is a
 torch.nn.Module holding one nn.RNN/GRU/LSTM (or nn.RNNCell/GRUCell/LSTMCell) and one
 nn.Linear, or the chapter's parameters by name (d2l 1.0's RNNLMScratch), called as the book
-calls it, module(X, state) with X (batch, steps) token ids; or a function forward(params, X,
-state) -> (logits, state) in NumPy, PyTorch, JAX or TensorFlow, params named as the chapter's
-(W_xh, W_hh, b_h, W_hq, b_q; a GRU's and an LSTM's as d2l's) or through --names; or a dict
-naming forward and any of step, predict, cell, names, inputs, params_form, state_form.
+calls it, module(X, state) with X (batch, steps) token ids; a Keras 3 model (TensorFlow
+backend) holding one SimpleRNN/GRU/LSTM and one Dense, called as model(X); or a function
+forward(params, X, state) -> (logits, state) in NumPy, PyTorch, JAX or TensorFlow, params
+named as the chapter's (W_xh, W_hh, b_h, W_hq, b_q; a GRU's and an LSTM's as d2l's) or
+through --names; or a dict naming forward and any of step, predict, cell, names, inputs,
+params_form, state_form.
 
 The subject is loaded with check weights that hide nothing (nonzero biases about a different
 mean per gate, asymmetric matrices, each gate's weights at their own scale) and compared with
@@ -67,9 +69,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--inputs",
         choices=INPUTS,
-        default="time-major",
         help="how the function takes X: ids (steps, batch), ids (batch, steps), or one-hot "
-        "(steps, batch, vocab) as d2l 0.17's rnn() (default: %(default)s)",
+        "(steps, batch, vocab) as d2l 0.17's rnn() (default: time-major; a Keras model: "
+        "batch-major ids, or one-hot (batch, steps, vocab))",
     )
     p.add_argument(
         "--params",
@@ -138,20 +140,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     obj = v.load_object(args.target)
     options: dict[str, Any] = {}
-    try:
-        import torch
-
-        is_module = isinstance(obj, torch.nn.Module)
-    except ImportError:
-        is_module = False
-    if not is_module:
-        options = {
-            "framework": args.framework,
-            "inputs": args.inputs,
-            "params_form": args.params,
-            "state_form": args.state,
-            "names": _names(args.names),
-        }
+    if args.inputs is not None:
+        options["inputs"] = args.inputs
+    if not v.is_model(obj):
+        options.update(
+            framework=args.framework,
+            params_form=args.params,
+            state_form=args.state,
+            names=_names(args.names),
+        )
         where = args.target.rpartition(":")[0]
         for hook in ("step", "predict"):
             if getattr(args, hook):
@@ -159,7 +156,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if isinstance(obj, dict):  # the dict's own settings win over the defaults
             options = {k: val for k, val in options.items() if k not in obj}
     elif args.framework or args.step or args.predict or args.names:
-        raise UserError("a torch module is its own framework, step, sampler and names")
+        raise UserError("a model is its own framework, step, sampler and names")
     report = v.verify(
         obj,
         cell=args.cell,

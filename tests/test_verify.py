@@ -121,6 +121,84 @@ def test_d2l_10s_models_that_return_no_state_pass(which: str) -> None:
     assert any("returns no state" in n for n in report.notes)
 
 
+def _keras_model(layer: Any, one_hot_inside: bool = True) -> Any:
+    """A Keras language model as one writes it: ids one-hot encoded inside, or one-hot given."""
+    import keras
+
+    V = 11
+    if one_hot_inside:
+        head = [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Lambda(lambda x: keras.ops.one_hot(x, V)),
+        ]
+    else:
+        head = [keras.Input((None, V))]
+    return keras.Sequential([*head, layer, keras.layers.Dense(V)])
+
+
+KERAS = {
+    "SimpleRNN": ("SimpleRNN", {}, "rnn"),
+    "GRU": ("GRU", {}, "gru/reset-after"),
+    "GRU(reset_after=False)": ("GRU", {"reset_after": False}, "gru/reset-before"),
+    "LSTM": ("LSTM", {}, "lstm"),
+}
+
+
+@pytest.mark.parametrize("name", list(KERAS))
+def test_keras_models_pass(name: str) -> None:
+    """Keras 3 models on TensorFlow: the weights set through core.convert's orders, called as
+    model(X) with X (batch, steps) ids; they take and return no state."""
+    keras = pytest.importorskip("keras")
+    kind, options, cell = KERAS[name]
+    layer = getattr(keras.layers, kind)(6, return_sequences=True, **options)
+    report = v.verify(_keras_model(layer))
+    assert report.passed and report.cell == cell and report.framework == "tensorflow", report.text()
+    assert [r.check for r in report.rows if not r.ran] == ["final state"]
+    one_hot = _keras_model(getattr(keras.layers, kind)(6, return_sequences=True, **options), False)
+    assert v.verify(one_hot, inputs="one-hot", checks_to_run=["outputs", "gradients"]).passed
+
+
+@pytest.mark.parametrize(
+    ("framework", "words"),
+    [("torch", "nn.GRU(11, 6)"), ("keras", "keras.layers.GRU(6)")],
+)
+def test_d2ls_gru_in_a_frameworks_own_gru_is_named(framework: str, words: str) -> None:
+    """The chapter's reset-before GRU (--cell gru) loaded into torch's nn.GRU or Keras' default
+    GRU, both reset-after: the other formulation, named."""
+    if framework == "keras":
+        keras = pytest.importorskip("keras")
+        model = _keras_model(keras.layers.GRU(6, return_sequences=True))
+    else:
+        model = ports.RNNModel(torch.nn.GRU(11, 6, dtype=torch.float64), 11)
+    report = v.verify(model, cell="gru")
+    assert not report.passed and report.cell == "gru/reset-before"
+    assert report.mistakes == [mistakes.MISTAKES["reset-other-form"]().mistake], words
+
+
+def test_a_models_configuration_mistakes_are_named() -> None:
+    """hard_sigmoid as Keras' recurrent activation, a layer without biases (Keras'
+    use_bias=False, torch's bias=False)."""
+    keras = pytest.importorskip("keras")
+    hard = _keras_model(
+        keras.layers.LSTM(6, return_sequences=True, recurrent_activation="hard_sigmoid")
+    )
+    assert v.verify(hard).mistakes == [mistakes.MISTAKES["hard-sigmoid"]().mistake]
+    no_bias = mistakes.MISTAKES["no-layer-bias"]().mistake
+    assert v.verify(
+        _keras_model(keras.layers.GRU(6, return_sequences=True, use_bias=False))
+    ).mistakes == [no_bias]
+    torch_layer = torch.nn.RNN(11, 6, dtype=torch.float64, bias=False)
+    assert v.verify(ports.RNNModel(torch_layer, 11)).mistakes == [no_bias]
+
+
+def test_a_keras_model_that_cannot_run_is_one_line() -> None:
+    keras = pytest.importorskip("keras")
+    with pytest.raises(v.UserError, match=r"returns its last step only \(return_sequences=False\)"):
+        v.verify(_keras_model(keras.layers.GRU(6)))
+    with pytest.raises(v.UserError, match="holds 0 recurrent layers and 1 Dense"):
+        v.verify(keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)]))
+
+
 def test_the_check_weights_hide_nothing() -> None:
     """Biases nonzero about a different mean per gate, every gate's input weights at their own
     scale, the recurrent matrices not symmetric, batch and steps different."""
@@ -261,7 +339,7 @@ def test_the_command_exits_0_1_2(
         (["nowhere:forward"], "importing nowhere raised ModuleNotFoundError"),
         (["theirs"], "is not MODULE:OBJECT"),
         (["theirs:good", "--checks", "speed"], "unknown check 'speed'"),
-        (["theirs:model", "--step", "step"], "a torch module is its own framework"),
+        (["theirs:model", "--step", "step"], "a model is its own framework"),
         (["theirs:good", "--names", "W_xh"], "--names takes OURS=THEIRS"),
     ]:
         code, out, err = _cli(capsys, *argv)
@@ -340,7 +418,7 @@ def test_the_pages_examples_print_what_it_shows(
 ) -> None:
     if "jax_" in args:
         pytest.importorskip("jax")
-    if "tf_" in args:
+    if "tf_" in args or "keras_" in args:
         pytest.importorskip("tensorflow")
     monkeypatch.chdir(HERE.parent)
     code = main(["verify", *shlex.split(args)])
