@@ -356,6 +356,23 @@ class BhnOutside(_Rewired):
         return {**grads, "b_hh": grads["b_xh"]}
 
 
+class NoBhn(_Rewired):
+    """The reset-after candidate without its recurrent bias: tanh(X W_xh + b_xh + R ⊙ (H W_hh)),
+    as Flax's nnx.GRUCell computes (its recurrent Linear has no bias)."""
+
+    mistake = (
+        "the reset-after candidate's recurrent bias b_hn is missing: tanh(X W_xh + b_xh + "
+        "R ⊙ (H W_hh)) (Flax's nnx.GRUCell has none, though its docstring writes one)"
+    )
+    cells = (GRU_RESET_AFTER,)
+
+    def _rewire(self, params: Any) -> Any:
+        return {**params, "b_hh": params["b_hh"] * 0}
+
+    def _pull_back(self, grads: Any) -> Any:
+        return {**grads, "b_hh": grads["b_hh"] * 0}  # it learns nothing
+
+
 class ForgetBiasOne(_Rewired):
     """The LSTM's forget gate with 1 more bias than ours: one side initialised b_f = 1 (Keras'
     unit_forget_bias, a +1 in the forward) where the other has 0 (d2l, torch)."""
@@ -682,6 +699,7 @@ MISTAKES: dict[str, Callable[[], BackendSubject]] = {
     "gate-order-zr": lambda: GateOrderZR(numpy_backend, "float64"),
     "reset-other-form": lambda: ResetOtherForm(numpy_backend, "float64"),
     "bhn-outside": lambda: BhnOutside(numpy_backend, "float64"),
+    "no-bhn": lambda: NoBhn(numpy_backend, "float64"),
     "forget-bias-one": lambda: ForgetBiasOne(numpy_backend, "float64"),
     "hard-sigmoid": lambda: HardSigmoid(numpy_backend, "float64"),
     "hard-sigmoid-keras2": lambda: HardSigmoidKeras2(numpy_backend, "float64"),

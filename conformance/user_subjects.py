@@ -59,6 +59,10 @@ class Bridge:
         self.dtype = dtype
         self.device = device
 
+    def context(self) -> Any:
+        """What the user's code runs inside (JAX: its 64-bit switch as the dtype says)."""
+        return contextlib.nullcontext()
+
     def tensor(self, a: np.ndarray) -> Any:
         return np.asarray(a, dtype=self.dtype)
 
@@ -168,6 +172,12 @@ class JaxBridge(Bridge):
         if dtype == "float64":  # as the JAX backend's float64 runs: process-wide, and stays
             jax.config.update("jax_enable_x64", True)
 
+    def context(self) -> Any:
+        """A float32 subject runs with JAX's 64-bit types off, as in a float32 process, even
+        where a float64 run turned them on (process-wide); a float64 one with them on."""
+        switch = getattr(self.jax, "enable_x64", None)
+        return switch(self.dtype == "float64") if callable(switch) else contextlib.nullcontext()
+
     def tensor(self, a: np.ndarray) -> Any:
         return self.jnp.asarray(np.asarray(a, dtype=self.dtype))
 
@@ -194,11 +204,12 @@ class JaxBridge(Bridge):
         plain = jax.value_and_grad(loss_of, has_aux=True)
         if loss_of not in self._jitted:
             self._jitted[loss_of] = jax.jit(plain, static_argnums=(len(args) - 1, len(args)))
-        try:
-            (loss, final), grads = self._jitted[loss_of](params, *args)
-        except jax.errors.JAXTypeError:
-            self._jitted[loss_of] = plain
-            (loss, final), grads = plain(params, *args)
+        with self.context():
+            try:
+                (loss, final), grads = self._jitted[loss_of](params, *args)
+            except jax.errors.JAXTypeError:
+                self._jitted[loss_of] = plain
+                (loss, final), grads = plain(params, *args)
         return loss, grads, final
 
 
@@ -415,7 +426,8 @@ class FunctionSubject(BackendSubject):
     def _call_forward(self, P: dict[str, Any], X: Any, S: Any) -> tuple[Any, Any]:
         """The user's forward on framework values: (logits as it returns them, its state)."""
         try:
-            out = self.forward_fn(self._theirs(P), X, S)
+            with self.bridge.context():
+                out = self.forward_fn(self._theirs(P), X, S)
         except SubjectError:
             raise
         except KeyError as e:
@@ -501,7 +513,10 @@ class FunctionSubject(BackendSubject):
             P = {k: b.tensor(v) for k, v in p.items()}
             labels = y.T if self.inputs == "batch-major" else y
             try:
-                out = user(self._theirs(P), self._x(x, V), b.ids(labels), self._state(s), lr, theta)
+                with b.context():
+                    out = user(
+                        self._theirs(P), self._x(x, V), b.ids(labels), self._state(s), lr, theta
+                    )
             except Exception as e:
                 raise SubjectError(f"the subject's step raised {type(e).__name__}: {e}") from e
             if not isinstance(out, (tuple, list)) or len(out) != 3:
@@ -526,7 +541,8 @@ class FunctionSubject(BackendSubject):
             uniforms = np.random.default_rng(seed).random(n) if temperature else None
             P = self._theirs({k: self.bridge.tensor(v) for k, v in params.items()})
             try:
-                out = self.predict_fn(P, list(prefix), n, temperature, uniforms)
+                with self.bridge.context():
+                    out = self.predict_fn(P, list(prefix), n, temperature, uniforms)
             except Exception as e:
                 raise SubjectError(f"the subject's predict raised {type(e).__name__}: {e}") from e
             return [int(t) for t in out]
@@ -837,6 +853,229 @@ class KerasModelSubject(FunctionSubject):
         return out, None
 
 
+# --- Flax models -----------------------------------------------------------------------------
+
+_FLAX_CELLS: dict[frozenset[str], str] = {
+    frozenset({"i", "h"}): "linen-simple",
+    frozenset({"ir", "iz", "in", "hr", "hz", "hn"}): "linen-gru",
+    frozenset({"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"}): "lstm",  # also Optimized
+    frozenset({"ii", "if_", "ig", "io", "hi", "hf", "hg", "ho"}): "lstm",  # nnx names 'if_'
+    frozenset({"dense_i", "dense_h"}): "nnx-fused",  # nnx Simple, GRU or OptimizedLSTM cell
+}
+"""Each Flax cell by the names of its parameter groups (linen's and nnx's differ)."""
+
+
+class FlaxModelSubject(FunctionSubject):
+    """A Flax model, linen (a ``Module`` definition: its parameters made by ``init``) or nnx (a
+    ``Module`` instance), holding one recurrent cell (``SimpleCell``, ``GRUCell``, ``LSTMCell``,
+    ``OptimizedLSTMCell``) driven over time by the user's ``nn.RNN``, scan or loop, and one
+    ``Dense``/``Linear`` output. Its parameters are replaced by the check's (Flax's gate
+    orders r, z, n and i, f, g, o; an LSTM's input kernels carry no bias, its recurrent ones
+    do) and it is called as ``model(X)`` with X (batch, steps) ids (``inputs="one-hot"``: one-hot
+    floats), its logits (batch, steps, vocab); it takes and returns no state. Flax's GRU is
+    reset-after; ``cell="gru"`` holds it to d2l's reset-before GRU instead."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        cell: str | None = None,
+        inputs: str = "batch-major",
+        label: str | None = None,
+    ) -> None:
+        import jax
+        from flax import nnx
+
+        self.net = model
+        self.nnx = isinstance(model, nnx.Module)
+        if self.nnx:
+            parts: tuple[Any, ...] = nnx.split(model, nnx.Param, ...)
+            self._graph: Any = parts[0]
+            params, rest = parts[1], parts[2]
+            flat = {tuple(k): v for k, v in nnx.to_flat_state(params)}
+            self._rest = list(nnx.to_flat_state(rest))
+            values = {k: (v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}
+        else:
+            from flax import traverse_util
+
+            X = np.zeros((1, 2), dtype=np.int32)
+            try:
+                variables = model.init(jax.random.key(0), X)
+            except Exception as first:
+                switch = getattr(jax, "enable_x64", None)
+                try:  # a float32 model made where a float64 run turned 64-bit types on
+                    if not callable(switch):
+                        raise first
+                    with switch(False):
+                        variables = model.init(jax.random.key(0), X)
+                except Exception as e:
+                    raise SubjectError(
+                        f"the model's init(key, X) raised {type(e).__name__}: {e}"
+                    ) from e
+            extra = set(variables) - {"params"}
+            if extra:
+                raise SubjectError(
+                    f"the model keeps state besides its parameters ({sorted(extra)[0]})"
+                )
+            values = dict(traverse_util.flatten_dict(variables["params"]))
+        self._values0 = values
+        self._cell_at, layout = self._find_cell(values)
+        self._dense_at = self._find_dense(values)
+        kernel = values[(*self._dense_at, "kernel")]
+        H, V = (int(n) for n in kernel.shape)
+        self._sizes = {"vocab_size": V, "num_hiddens": H}
+        if layout == "nnx-fused":
+            k = int(values[(*self._cell_at, "dense_h", "kernel")].shape[1]) // H
+            layout = {1: "nnx-simple", 3: "nnx-gru", 4: "nnx-lstm"}.get(k, "")
+            if not layout:
+                raise SubjectError(f"a fused Flax cell with {k} gates is none of the chapter's")
+        self.layout = layout
+        own = {"linen-simple": RNN, "nnx-simple": RNN, "lstm": LSTM, "nnx-lstm": LSTM}.get(
+            layout, GRU_RESET_AFTER
+        )
+        if cell is not None and cell != own and {cell, own} != {GRU_RESET_BEFORE, GRU_RESET_AFTER}:
+            raise SubjectError(f"the model's Flax cell computes {own}, not {cell}")
+        dtype = str(kernel.dtype)
+        if dtype not in ("float32", "float64"):
+            raise SubjectError(f"the model's parameters are {dtype}; float32 or float64 only")
+        super().__init__(
+            self._call,
+            cell=cell or own,
+            dtype=dtype,
+            framework="jax",
+            inputs=inputs,
+            label=label or f"flax:{type(model).__name__}",
+        )
+        self.takes_state = False
+
+    @staticmethod
+    def _groups(values: Mapping[tuple, Any]) -> dict[tuple, set[str]]:
+        """Each prefix of the parameter paths -> the names just below it."""
+        below: dict[tuple, set[str]] = {}
+        for path in values:
+            for n in range(len(path)):
+                below.setdefault(path[:n], set()).add(path[n])
+        return below
+
+    def _find_cell(self, values: Mapping[tuple, Any]) -> tuple[tuple, str]:
+        found = [
+            (p, _FLAX_CELLS[frozenset(c)])
+            for p, c in self._groups(values).items()
+            if frozenset(c) in _FLAX_CELLS
+        ]
+        if len(found) != 1:
+            raise SubjectError(
+                f"the model holds {len(found)} Flax recurrent cells (SimpleCell, GRUCell, "
+                "LSTMCell, OptimizedLSTMCell); verify checks a model of one"
+            )
+        return found[0]
+
+    def _find_dense(self, values: Mapping[tuple, Any]) -> tuple:
+        cell = self._cell_at
+        denses = [
+            p
+            for p, c in self._groups(values).items()
+            if c in ({"kernel", "bias"}, {"kernel"}) and p[: len(cell)] != cell
+        ]
+        if len(denses) != 1:
+            raise SubjectError(
+                f"the model holds {len(denses)} dense layers besides its cell; verify checks a "
+                "model of one recurrent cell and one Dense output"
+            )
+        return denses[0]
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self._sizes)
+
+    @property
+    def batch_major(self) -> bool:
+        return True
+
+    def _x(self, inputs: np.ndarray, vocab_size: int) -> Any:
+        if self.inputs == "one-hot":
+            return self.bridge.one_hot(inputs.T, vocab_size)
+        return self.bridge.ids(inputs.T)
+
+    def _cell_values(self, P: dict[str, Any]) -> dict[tuple, Any]:
+        """Our parameters at the Flax cell's paths (relative to the cell)."""
+        import jax.numpy as jnp
+
+        cell, layout = self.cell, self.layout
+        if cell in (GRU_RESET_AFTER, GRU_RESET_BEFORE):
+            b_n = P["b_xh"] if cell == GRU_RESET_AFTER else P["b_h"]
+            b_hn = P["b_hh"] if cell == GRU_RESET_AFTER else jnp.zeros_like(b_n)
+            if layout == "linen-gru":
+                return {
+                    ("ir", "kernel"): P["W_xr"],
+                    ("ir", "bias"): P["b_r"],
+                    ("hr", "kernel"): P["W_hr"],
+                    ("iz", "kernel"): P["W_xz"],
+                    ("iz", "bias"): P["b_z"],
+                    ("hz", "kernel"): P["W_hz"],
+                    ("in", "kernel"): P["W_xh"],
+                    ("in", "bias"): b_n,
+                    ("hn", "kernel"): P["W_hh"],
+                    ("hn", "bias"): b_hn,
+                }
+            # nnx's GRUCell: r, z, n stacked; no recurrent bias at all (b_hn has no place)
+            return {
+                ("dense_i", "kernel"): jnp.concatenate([P["W_xr"], P["W_xz"], P["W_xh"]], 1),
+                ("dense_i", "bias"): jnp.concatenate([P["b_r"], P["b_z"], b_n]),
+                ("dense_h", "kernel"): jnp.concatenate([P["W_hr"], P["W_hz"], P["W_hh"]], 1),
+            }
+        if cell == RNN:
+            names = ("i", "h") if layout == "linen-simple" else ("dense_i", "dense_h")
+            return {
+                (names[0], "kernel"): P["W_xh"],
+                (names[0], "bias"): P["b_h"],
+                (names[1], "kernel"): P["W_hh"],
+            }
+        if layout == "nnx-lstm":  # OptimizedLSTMCell: i, f, g, o stacked
+            order = ("i", "f", "c", "o")
+            return {
+                ("dense_i", "kernel"): jnp.concatenate([P[f"W_x{g}"] for g in order], 1),
+                ("dense_h", "kernel"): jnp.concatenate([P[f"W_h{g}"] for g in order], 1),
+                ("dense_h", "bias"): jnp.concatenate([P[f"b_{g}"] for g in order]),
+            }
+        f = "if_" if (*self._cell_at, "if_", "kernel") in self._values0 else "if"
+        out = {}
+        for flax_i, flax_h, g in (
+            ("ii", "hi", "i"),
+            (f, "hf", "f"),
+            ("ig", "hg", "c"),
+            ("io", "ho", "o"),
+        ):
+            out[(flax_i, "kernel")] = P[f"W_x{g}"]
+            out[(flax_h, "kernel")] = P[f"W_h{g}"]
+            out[(flax_h, "bias")] = P[f"b_{g}"]
+        return out
+
+    def _call(self, P: dict[str, Any], X: Any, state: Any) -> tuple[Any, Any]:
+        values = dict(self._values0)
+        for path, value in self._cell_values(P).items():
+            values[(*self._cell_at, *path)] = value
+        values[(*self._dense_at, "kernel")] = P["W_hq"]
+        if (*self._dense_at, "bias") in values:
+            values[(*self._dense_at, "bias")] = P["b_q"]
+        if self.nnx:
+            from flax import nnx
+
+            model = nnx.merge(
+                self._graph,
+                nnx.from_flat_state(values),
+                nnx.from_flat_state(dict(self._rest)),
+                copy=True,
+            )
+            out = model(X)
+        else:
+            from flax import traverse_util
+
+            out = self.net.apply({"params": traverse_util.unflatten_dict(values)}, X)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out, None
+
+
 def _by_suffix(named: Mapping[str, Any], name: str) -> str | None:
     """The one parameter whose dotted name ends in ``name`` (``rnn.W_xh`` for W_xh)."""
     hits = [n for n in named if n == name or n.endswith(f".{name}")]
@@ -851,6 +1090,11 @@ def subject_of(obj: Any, **options: Any) -> FunctionSubject:
         import torch
     except ImportError:
         torch = None
+    if _is_flax(obj):
+        extra = set(options) - {"label", "cell", "inputs"}
+        if extra:
+            raise SubjectError(f"a Flax model takes no {', '.join(sorted(extra))}")
+        return FlaxModelSubject(obj, **options)
     if _is_keras(obj):
         extra = set(options) - {"label", "cell", "inputs"}
         if extra:
@@ -870,6 +1114,16 @@ def subject_of(obj: Any, **options: Any) -> FunctionSubject:
     if callable(obj):
         return FunctionSubject(obj, **options)
     raise SubjectError(f"{type(obj).__name__} is not a model or a forward function")
+
+
+def _is_flax(obj: Any) -> bool:
+    """A linen or nnx module, told without importing Flax where the user has not."""
+    if "flax" not in sys.modules:
+        return False
+    import flax.linen as linen
+    from flax import nnx
+
+    return isinstance(obj, (linen.Module, nnx.Module))
 
 
 def _is_keras(obj: Any) -> bool:

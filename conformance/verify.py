@@ -38,6 +38,7 @@ from .problems import Problem, state_arrays
 from .subjects import NotApplicable
 from .tolerances import tolerance
 from .user_subjects import (
+    FlaxModelSubject,
     FunctionSubject,
     KerasModelSubject,
     SubjectError,
@@ -231,7 +232,10 @@ class Report:
             said = cause
         first = self.first_failure
         if self.passed:
-            lines.append(f"passed: {len(self.ran)} checks agree with the reference")
+            n = len(self.ran)
+            lines.append(
+                f"passed: {n} {'check agrees' if n == 1 else 'checks agree'} with the reference"
+            )
         elif first is not None:
             cause = ", or ".join(self.mistakes) or "no known mistake explains it"
             where = f" ({first.where})" if first.where and not self.mistakes else ""
@@ -300,7 +304,7 @@ def _where(
 
 def _problem(subject: Any, cell: str, seed: int) -> Problem:
     sizes = dict(SIZES)
-    if isinstance(subject, (TorchModuleSubject, KerasModelSubject)):
+    if isinstance(subject, (TorchModuleSubject, KerasModelSubject, FlaxModelSubject)):
         sizes.update(subject.sizes())
     return Problem(
         vocab_size=sizes["vocab_size"],
@@ -458,11 +462,18 @@ def _build(
 
 
 def is_model(obj: Any) -> bool:
-    """A torch module or a Keras model: its weights say its dtype, its layers its sizes."""
+    """A torch module, a Keras model or a Flax one: its weights say its dtype, its layers its
+    sizes."""
     if "torch" in sys.modules:
         import torch
 
         if isinstance(obj, torch.nn.Module):
+            return True
+    if "flax" in sys.modules:
+        import flax.linen as linen
+        from flax import nnx
+
+        if isinstance(obj, (linen.Module, nnx.Module)):
             return True
     if "keras" in sys.modules:
         import keras

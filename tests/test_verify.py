@@ -199,6 +199,50 @@ def test_a_keras_model_that_cannot_run_is_one_line() -> None:
         v.verify(keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)]))
 
 
+@pytest.mark.parametrize(
+    ("api", "cell", "core"),
+    [
+        ("linen", "gru", "gru/reset-after"),
+        ("nnx", "rnn", "rnn"),
+        ("nnx", "lstm", "lstm"),
+        ("nnx", "optimized-lstm", "lstm"),
+    ],
+)
+def test_flax_models_pass(api: str, cell: str, core: str) -> None:
+    """Flax linen (parameters made by init) and nnx (an instance) models: their cell's and
+    dense layer's parameters replaced by the check's, called as model(X)."""
+    pytest.importorskip("flax")
+    import verify_flax_ports as fp
+    from flax import nnx
+
+    model = fp.LinenLM(cell) if api == "linen" else fp.NnxLM(cell, nnx.Rngs(0))
+    report = v.verify(model)
+    assert report.passed and report.cell == core and report.framework == "jax", report.text()
+    assert [r.check for r in report.rows if not r.ran] == ["final state"]
+
+
+def test_flax_nnx_gru_has_no_recurrent_candidate_bias() -> None:
+    """Flax's nnx.GRUCell documents n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) but its
+    recurrent Linear has no bias: held to that formula it differs, and verify names the
+    missing b_hn; linen's GRUCell has it and passes (test_flax_models_pass)."""
+    pytest.importorskip("flax")
+    import verify_flax_ports as fp
+    from flax import nnx
+
+    report = v.verify(fp.NnxLM("gru", nnx.Rngs(0)), checks_to_run=["outputs", "gradients"])
+    assert report.mistakes == [mistakes.MISTAKES["no-bhn"]().mistake], report.text()
+    outputs = report.rows[0]
+    assert outputs.error > 0.1  # b_hn is drawn about its own nonzero mean
+
+
+def test_a_flax_gru_held_to_d2ls_gru_is_the_other_form() -> None:
+    pytest.importorskip("flax")
+    import verify_flax_ports as fp
+
+    report = v.verify(fp.LinenLM("gru"), cell="gru", checks_to_run=["outputs"])
+    assert report.mistakes == [mistakes.MISTAKES["reset-other-form"]().mistake]
+
+
 def test_the_check_weights_hide_nothing() -> None:
     """Biases nonzero about a different mean per gate, every gate's input weights at their own
     scale, the recurrent matrices not symmetric, batch and steps different."""
@@ -239,6 +283,7 @@ PLANTED = [
     ("gru", "transposed-recurrent", "transposed-recurrent"),
     ("gru", "no-layer-bias", "no-layer-bias"),
     ("gru-reset-after", "bhn-outside", "bhn-outside"),
+    ("gru-reset-after", "no-bhn", "no-bhn"),
     ("gru-reset-after", "reset-other-form", "reset-other-form"),
     ("gru-reset-after", "gate-order-zr", "gate-order-zr"),
     ("lstm", "forget-bias-one", "forget-bias-one"),
@@ -418,6 +463,8 @@ def test_the_pages_examples_print_what_it_shows(
 ) -> None:
     if "jax_" in args:
         pytest.importorskip("jax")
+    if "flax_" in args:
+        pytest.importorskip("flax")
     if "tf_" in args or "keras_" in args:
         pytest.importorskip("tensorflow")
     monkeypatch.chdir(HERE.parent)

@@ -63,6 +63,8 @@ def port_forward(params: dict, X: Any, state: Any, cell: str = "rnn", mistake: s
                     H_tilde = torch.tanh(xs @ p["W_xh"] + (R * H) @ p["W_hh"] + p["b_h"])
             elif mistake == "bhn-outside":
                 H_tilde = torch.tanh(xs @ p["W_xh"] + p["b_xh"] + p["b_hh"] + R * (H @ p["W_hh"]))
+            elif mistake == "no-bhn":  # as Flax's nnx.GRUCell: no recurrent bias
+                H_tilde = torch.tanh(xs @ p["W_xh"] + p["b_xh"] + R * (H @ p["W_hh"]))
             elif mistake == "reset-other-form":  # computed as d2l's GRU does
                 b = p["b_xh"] + p["b_hh"]
                 H_tilde = torch.tanh(xs @ p["W_xh"] + (R * H) @ p["W_hh"] + b)
