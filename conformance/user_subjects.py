@@ -63,6 +63,11 @@ class Bridge:
         """What the user's code runs inside (JAX: its 64-bit switch as the dtype says)."""
         return contextlib.nullcontext()
 
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` as the framework runs it best (JAX: compiled once per shape)."""
+        with self.context():
+            return fn(*args)
+
     def tensor(self, a: np.ndarray) -> Any:
         return np.asarray(a, dtype=self.dtype)
 
@@ -182,10 +187,12 @@ class JaxBridge(Bridge):
         return self.jnp.asarray(np.asarray(a, dtype=self.dtype))
 
     def ids(self, a: np.ndarray) -> Any:
-        return self.jnp.asarray(np.asarray(a))
+        width = np.int64 if self.dtype == "float64" else np.int32  # 64-bit types only with x64
+        return self.jnp.asarray(np.asarray(a).astype(width))
 
     def one_hot(self, ids: np.ndarray, depth: int) -> Any:
-        return self.jax.nn.one_hot(self.ids(ids), depth, dtype=self.dtype)
+        with self.context():
+            return self.jax.nn.one_hot(self.ids(ids), depth, dtype=self.dtype)
 
     def cross_entropy(self, logits: Any, labels: np.ndarray) -> Any:
         log_probs = self.jax.nn.log_softmax(logits, axis=-1)
@@ -196,6 +203,19 @@ class JaxBridge(Bridge):
 
     def reshape(self, t: Any, shape: tuple[int, ...]) -> Any:
         return self.jnp.reshape(t, shape)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Under ``jax.jit`` (one trace per shape), or as it is where the user's code cannot
+        be jitted (Python control flow on values)."""
+        jax = self.jax
+        if fn not in self._jitted:
+            self._jitted[fn] = jax.jit(fn)
+        with self.context():
+            try:
+                return self._jitted[fn](*args)
+            except jax.errors.JAXTypeError:
+                self._jitted[fn] = fn
+                return fn(*args)
 
     def value_and_grad(self, loss_of, params, *args):
         """Under ``jax.jit`` (one trace per shape), or traced anew each call where the user's
@@ -371,7 +391,14 @@ class FunctionSubject(BackendSubject):
             raise SubjectError(f"unknown inputs {inputs!r}; choose from {', '.join(INPUTS)}")
         if params_form not in ("dict", "list"):
             raise SubjectError(f"params_form is 'dict' or 'list', got {params_form!r}")
-        self.bridge = BRIDGES[self.framework](dtype, device)
+        try:
+            self.bridge = BRIDGES[self.framework](dtype, device)
+        except ImportError as e:
+            extra = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}[self.framework]
+            raise SubjectError(
+                f"the subject computes in {self.framework}, which is not installed here "
+                f"(pip install 'rosetta-rnn[{extra}]')"
+            ) from e
         self.forward_fn, self.step_fn, self.predict_fn = forward, step, predict
         self.names = dict(names or {})
         self.params_form, self.inputs, self.state_form = params_form, inputs, state_form
@@ -420,7 +447,9 @@ class FunctionSubject(BackendSubject):
         """(time-major (T·B, V) logits, the user's final state) in the framework."""
         T, B = inputs.shape
         V = int(P["W_hq"].shape[1])
-        logits, final = self._call_forward(P, self._x(inputs, V), self._state(state))
+        logits, final = self.bridge.call(
+            self._call_forward, P, self._x(inputs, V), self._state(state)
+        )
         return self.bridge.time_major(logits, T, B, self.batch_major), final
 
     def _call_forward(self, P: dict[str, Any], X: Any, S: Any) -> tuple[Any, Any]:
@@ -562,8 +591,12 @@ class FunctionSubject(BackendSubject):
                 logits, final = self._run(P, np.asarray([[outputs[-1]]]), state)
                 state = our_state(final, self.bridge, self.cell)
             else:  # a model that returns no state: the whole text again from zero, the same
-                logits, _ = self._run(P, np.asarray(outputs).reshape(-1, 1), state)
-                logits = logits[-1:]
+                # for a recurrence; padded to the final length, so every call has one shape
+                # (one trace for JAX) and step t's logits see tokens up to t alone
+                text = np.zeros(len(prefix) + n, dtype=np.int64)
+                text[: len(outputs)] = outputs
+                logits, _ = self._run(P, text.reshape(-1, 1), state)
+                logits = logits[len(outputs) - 1 : len(outputs)]
             row = self.ops.asarray(self.bridge.numpy(logits))
             outputs.append(sampling.next_token(self.ops, row, temperature, rng))
         return outputs

@@ -411,6 +411,12 @@ def test_a_subject_that_cannot_run_is_one_line(
     assert words in err
 
 
+def test_a_framework_that_is_not_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "jax", None)  # import jax fails, as where it is missing
+    with pytest.raises(v.UserError, match=r"computes in jax, which is not installed here"):
+        v.verify(ports.numpy_forward, framework="jax")
+
+
 def test_names_map_a_users_own_parameter_names() -> None:
     def forward(params: dict, X: Any, state: Any) -> Any:
         ours = {
