@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -1181,8 +1181,3 @@ def _public(obj: Any) -> dict[str, Any]:
         "state_form",
     )
     return {k: getattr(obj, k) for k in keys if hasattr(obj, k)}
-
-
-def keys_of(cell: str) -> Sequence[str]:
-    """The parameter names of the chapter's ``cell`` (as ``get_params`` returns them)."""
-    return ("W_xh", "W_hh", "b_h", "W_hq", "b_q") if cell == RNN else cells.param_names(cell)

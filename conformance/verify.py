@@ -358,11 +358,13 @@ def verify(
     checks_to_run: Sequence[str] | None = None,
     **options: Any,
 ) -> Report:
-    """Hold ``subject`` to the reference. ``subject``: a torch module, a forward function, or
-    a dict / object naming ``forward`` (and ``step``, ``names`` ...); ``options`` go to
-    ``FunctionSubject`` (framework, step, names, params_form, inputs, state_form, device).
-    ``cell``: rnn, gru (d2l's, reset-before), gru-reset-after or lstm (a module says its
-    own). ``dtype``: float64 where the subject runs it, else float32."""
+    """Hold ``subject`` to the reference. ``subject``: a torch module, a Keras or Flax model,
+    a forward function, or a dict / object naming ``forward`` (and ``step``, ``predict``,
+    ``cell``, ``names`` ...); ``options`` go to ``FunctionSubject`` (framework, step, predict,
+    names, params_form, inputs, state_form, device; a model takes inputs alone). ``cell``:
+    rnn, gru (d2l's, reset-before), gru-reset-after or lstm (a model says its own; a GRU
+    model can be held to the other form). ``dtype``: float64 where the subject runs it, else
+    float32; a model's weights decide."""
     if trajectory not in TRAJECTORIES:
         raise UserError(f"trajectory is one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
     wanted = [c for c in CHECKS if checks_to_run is None or c.name in checks_to_run]
@@ -374,6 +376,8 @@ def verify(
                 + ", ".join(c.name for c in CHECKS)
             )
     notes: list[str] = []
+    if cell is None and isinstance(subject, dict) and "cell" in subject:
+        cell = subject["cell"]  # a subject given as a dict names its cell as --cell does
     built = _build(subject, cell, dtype, options, notes)
     core_cell = built.cell
     problem = _problem(built, core_cell, seed)

@@ -417,6 +417,12 @@ def test_a_framework_that_is_not_installed_is_one_line(monkeypatch: pytest.Monke
         v.verify(ports.numpy_forward, framework="jax")
 
 
+def test_a_subject_given_as_a_dict_names_its_own_cell_and_step() -> None:
+    subject = {"forward": ports.forward_for("lstm"), "step": ports.step_for("lstm"), "cell": "lstm"}
+    report = v.verify(subject, framework="torch")
+    assert report.passed and report.cell == "lstm" and len(report.ran) == len(EVERY_CHECK)
+
+
 def test_names_map_a_users_own_parameter_names() -> None:
     def forward(params: dict, X: Any, state: Any) -> Any:
         ours = {
