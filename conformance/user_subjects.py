@@ -759,13 +759,16 @@ class TorchModuleSubject(FunctionSubject):
 # --- Keras models -------------------------------------------------------------------------------
 
 _KERAS_LAYERS = ("SimpleRNN", "GRU", "LSTM")
+_KERAS_BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+"""Keras' backends verify runs a model on, and the framework whose autodiff it then uses."""
 
 
 class KerasModelSubject(FunctionSubject):
-    """A Keras 3 model (on the TensorFlow backend) holding one ``SimpleRNN``/``GRU``/``LSTM``
-    and one ``Dense``: its weights set from the check's parameters through core.convert's
-    orders (kernel columns in Keras' gate order z, r, h and i, f, c, o; reset_after's two bias
-    rows), called as ``model(X)`` with X (batch, steps) ids (``inputs="one-hot"``: (batch,
+    """A Keras 3 model (on the TensorFlow, JAX or torch backend) holding one ``SimpleRNN``,
+    ``GRU`` or ``LSTM`` and one ``Dense``: its weights set from the check's parameters through
+    core.convert's orders (kernel columns in Keras' gate order z, r, h and i, f, c, o;
+    reset_after's two bias rows), with ``stateless_call`` so the backend's autodiff reaches
+    them, called as ``model(X)`` with X (batch, steps) ids (``inputs="one-hot"``: (batch,
     steps, vocab) floats), its logits (batch, steps, vocab). Keras models take and return no
     state: the checks start from zero. ``cell``: the model the user means, where a GRU layer
     could hold either form (d2l's reset-before GRU in ``GRU(reset_after=True)`` computes the
@@ -781,10 +784,11 @@ class KerasModelSubject(FunctionSubject):
     ) -> None:
         import keras
 
-        if keras.backend.backend() != "tensorflow":
+        backend = keras.backend.backend()
+        if backend not in _KERAS_BACKENDS:
             raise SubjectError(
-                f"verify runs Keras models on the TensorFlow backend; this Keras runs on "
-                f"{keras.backend.backend()} (set KERAS_BACKEND=tensorflow)"
+                f"this Keras runs on {backend}; verify runs Keras models on "
+                f"{', '.join(_KERAS_BACKENDS)}"
             )
         self.net = model
         layers = list(model._flatten_layers(include_self=True, recursive=True))
@@ -829,7 +833,7 @@ class KerasModelSubject(FunctionSubject):
             self._call,
             cell=cell or own,
             dtype=dtype,
-            framework="tensorflow",
+            framework=_KERAS_BACKENDS[backend],  # whose autodiff differentiates the model
             inputs=inputs,
             label=label or f"keras:{type(model).__name__}",
         )
@@ -848,15 +852,16 @@ class KerasModelSubject(FunctionSubject):
         return self.bridge.ids(inputs.T)
 
     def _values(self, P: dict[str, Any]) -> dict[int, Any]:
-        """Our parameters as the Keras variables' values, by the variables' ids."""
-        import tensorflow as tf
+        """Our parameters as the Keras variables' values, by the variables' ids, made with
+        keras.ops, so the backend's autodiff reaches ours."""
+        from keras import ops
 
         cell, layer = self.cell, self.layer
         kind = type(layer).__name__
         gates = {"SimpleRNN": ("h",), "GRU": ("z", "r", "h"), "LSTM": ("i", "f", "c", "o")}[kind]
         values = {
-            id(layer.cell.kernel): tf.concat([P[f"W_x{g}"] for g in gates], axis=1),
-            id(layer.cell.recurrent_kernel): tf.concat([P[f"W_h{g}"] for g in gates], axis=1),
+            id(layer.cell.kernel): ops.concatenate([P[f"W_x{g}"] for g in gates], axis=1),
+            id(layer.cell.recurrent_kernel): ops.concatenate([P[f"W_h{g}"] for g in gates], axis=1),
             id(self.dense.kernel): P["W_hq"],
         }
         if self.dense.use_bias:
@@ -865,16 +870,19 @@ class KerasModelSubject(FunctionSubject):
             return values
         if kind == "GRU":
             b_x = P["b_xh"] if cell == GRU_RESET_AFTER else P["b_h"]
-            b_hh = P["b_hh"] if cell == GRU_RESET_AFTER else tf.zeros_like(b_x)
+            b_hh = P["b_hh"] if cell == GRU_RESET_AFTER else ops.zeros_like(b_x)
             if layer.reset_after:
-                zero = tf.zeros_like(b_x)
-                bias = tf.stack(
-                    [tf.concat([P["b_z"], P["b_r"], b_x], 0), tf.concat([zero, zero, b_hh], 0)]
+                zero = ops.zeros_like(b_x)
+                bias = ops.stack(
+                    [
+                        ops.concatenate([P["b_z"], P["b_r"], b_x]),
+                        ops.concatenate([zero, zero, b_hh]),
+                    ]
                 )
             else:  # one bias: the reset-after pair summed
-                bias = tf.concat([P["b_z"], P["b_r"], b_x + b_hh], 0)
+                bias = ops.concatenate([P["b_z"], P["b_r"], b_x + b_hh])
         else:
-            bias = tf.concat([P[f"b_{g}"] for g in gates], 0)
+            bias = ops.concatenate([P[f"b_{g}"] for g in gates])
         values[id(layer.cell.bias)] = bias
         return values
 

@@ -16,8 +16,9 @@ mistake when it differs.
 MODULE:OBJECT is an importable module or a .py file, then a name in it. The object is a
 torch.nn.Module holding one nn.RNN/GRU/LSTM (or nn.RNNCell/GRUCell/LSTMCell) and one
 nn.Linear, or the chapter's parameters by name (d2l 1.0's RNNLMScratch), called as the book
-calls it, module(X, state) with X (batch, steps) token ids; a Keras 3 model (TensorFlow
-backend) holding one SimpleRNN/GRU/LSTM and one Dense, called as model(X); or a function
+calls it, module(X, state) with X (batch, steps) token ids; a Keras 3 model (any backend)
+or a Flax model (linen or nnx) holding one recurrent layer or cell and one dense output, called
+as model(X); or a function
 forward(params, X, state) -> (logits, state) in NumPy, PyTorch, JAX or TensorFlow, params
 named as the chapter's (W_xh, W_hh, b_h, W_hq, b_q; a GRU's and an LSTM's as d2l's) or
 through --names; or a dict naming forward and any of step, predict, cell, names, inputs,

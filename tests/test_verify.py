@@ -6,8 +6,10 @@ that cannot run is one line and exit status 2."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,40 @@ def test_a_models_configuration_mistakes_are_named() -> None:
     ).mistakes == [no_bias]
     torch_layer = torch.nn.RNN(11, 6, dtype=torch.float64, bias=False)
     assert v.verify(ports.RNNModel(torch_layer, 11)).mistakes == [no_bias]
+
+
+KERAS_ON_A_BACKEND = """
+import keras
+from rosetta_rnn.conformance import verify as v, mistakes
+V = 11
+def model(layer):
+    one_hot = keras.layers.Lambda(lambda x: keras.ops.one_hot(x, V))
+    ids = keras.Input((None,), dtype="int32")
+    return keras.Sequential([ids, one_hot, layer, keras.layers.Dense(V)])
+ok = v.verify(model(keras.layers.LSTM(6, return_sequences=True)))
+gru = model(keras.layers.GRU(6, return_sequences=True))
+bad = v.verify(gru, cell="gru", checks_to_run=["outputs"])
+named = bad.mistakes == [mistakes.MISTAKES["reset-other-form"]().mistake]
+print(keras.backend.backend(), ok.framework, ok.passed, len(ok.ran), named)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_keras_models_on_the_jax_and_torch_backends(backend: str) -> None:
+    """Keras picks its backend at import, so each runs in a process of its own: the model on
+    that backend, differentiated by that framework's autodiff."""
+    pytest.importorskip("keras")
+    pytest.importorskip(backend)
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    run = subprocess.run(
+        [sys.executable, "-c", KERAS_ON_A_BACKEND],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [backend, backend, "True", str(len(EVERY_CHECK) - 1), "True"]
 
 
 def test_a_keras_model_that_cannot_run_is_one_line() -> None:
