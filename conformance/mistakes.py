@@ -94,13 +94,24 @@ def _clip_with_epsilon(ops: Any, grads: Any, theta: float, eps: float = 1e-6) ->
     return {k: grads[k] * scale for k in model.param_names(grads)}, norm
 
 
-class ClipEpsilon(BackendSubject):
-    """Clipping as torch's ``clip_grad_norm_``: g·θ/(‖g‖ + 1e-6)."""
+def _clip_each(ops: Any, grads: Any, theta: float) -> tuple[Any, Any]:
+    """Every parameter's gradient clipped to norm θ on its own (the norm returned is the
+    global one, as a logger would show it)."""
+    out = {}
+    for k in model.param_names(grads):
+        g = grads[k]
+        out[k] = g * ops.minimum(1.0, theta / ops.sqrt(ops.sum(g * g)))
+    return out, model.global_norm(ops, grads)
 
-    mistake = "clipping adds an epsilon: g·θ/(‖g‖ + 1e-6), like torch's clip_grad_norm_"
+
+class _OtherClipping(BackendSubject):
+    """A clipping rule in place of d2l's g·min(1, θ/‖g‖) over every parameter together:
+    ``rule(ops, grads, θ) -> (clipped, norm)``, in ``clip`` and in the training step."""
+
+    rule: Callable[[Any, Any, float], tuple[Any, Any]]
 
     def clip(self, grads: Arrays, theta: float) -> tuple[Arrays, np.ndarray]:
-        clipped, norm = _clip_with_epsilon(self.ops, self.put(grads), theta)
+        clipped, norm = self.rule(self.ops, self.put(grads), theta)
         return {k: self.get(v) for k, v in clipped.items()}, self.get(norm)
 
     def make_step(self, mode: str, spec: RunSpec) -> StepFn:
@@ -108,11 +119,29 @@ class ClipEpsilon(BackendSubject):
         vg = self.module.make_value_and_grad(ops, mode, spec.activation, spec.model_cell)
 
         def step(p, x, y, s, lr, theta):
-            loss, grads, H_T = vg(p, x, y, s)
-            clipped, norm = _clip_with_epsilon(ops, grads, theta)
-            return model.sgd(ops, p, clipped, lr), H_T, loss, norm
+            loss, grads, final = vg(p, x, y, s)
+            clipped, norm = self.rule(ops, grads, theta)
+            return model.sgd(ops, p, clipped, lr), final, loss, norm
 
         return step
+
+
+class ClipEpsilon(_OtherClipping):
+    """Clipping as torch's ``clip_grad_norm_``: g·θ/(‖g‖ + 1e-6)."""
+
+    mistake = "clipping adds an epsilon: g·θ/(‖g‖ + 1e-6), like torch's clip_grad_norm_"
+    rule = staticmethod(_clip_with_epsilon)
+
+
+class ClipPerParameter(_OtherClipping):
+    """Clipping each parameter's gradient by its own norm, not all of them by their global
+    norm (tf.clip_by_norm per variable, or torch's clip_grad_norm_ called per parameter)."""
+
+    mistake = (
+        "clipping per parameter: each gradient scaled by θ/‖g_p‖ on its own, not all by "
+        "θ/‖g‖ over every parameter together"
+    )
+    rule = staticmethod(_clip_each)
 
 
 class Float32Leak(BackendSubject):
@@ -517,41 +546,6 @@ class LossOverBatchOnly(BackendSubject):
                 ops, {k: g * w for k, g in grads.items()}, theta
             )
             return model.sgd(ops, p, clipped, lr), final, loss * w, norm
-
-        return step
-
-
-def _clip_each(ops: Any, grads: Any, theta: float) -> tuple[Any, Any]:
-    """Every parameter's gradient clipped to norm θ on its own (the norm returned is the
-    global one, as a logger would show it)."""
-    out = {}
-    for k in model.param_names(grads):
-        g = grads[k]
-        out[k] = g * ops.minimum(1.0, theta / ops.sqrt(ops.sum(g * g)))
-    return out, model.global_norm(ops, grads)
-
-
-class ClipPerParameter(BackendSubject):
-    """Clipping each parameter's gradient by its own norm, not all of them by their global
-    norm (tf.clip_by_norm per variable, or torch's clip_grad_norm_ called per parameter)."""
-
-    mistake = (
-        "clipping per parameter: each gradient scaled by θ/‖g_p‖ on its own, not all by "
-        "θ/‖g‖ over every parameter together"
-    )
-
-    def clip(self, grads: Arrays, theta: float) -> tuple[Arrays, np.ndarray]:
-        clipped, norm = _clip_each(self.ops, self.put(grads), theta)
-        return {k: self.get(v) for k, v in clipped.items()}, self.get(norm)
-
-    def make_step(self, mode: str, spec: RunSpec) -> StepFn:
-        ops = self.ops
-        vg = self.module.make_value_and_grad(ops, mode, spec.activation, spec.model_cell)
-
-        def step(p, x, y, s, lr, theta):
-            loss, grads, final = vg(p, x, y, s)
-            clipped, norm = _clip_each(ops, grads, theta)
-            return model.sgd(ops, p, clipped, lr), final, loss, norm
 
         return step
 
