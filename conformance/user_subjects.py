@@ -858,7 +858,7 @@ class KerasModelSubject(FunctionSubject):
 
         cell, layer = self.cell, self.layer
         kind = type(layer).__name__
-        gates = {"SimpleRNN": ("h",), "GRU": ("z", "r", "h"), "LSTM": ("i", "f", "c", "o")}[kind]
+        gates = convert.KERAS_GATES[cell]  # z, r, h and i, f, c, o: either GRU form alike
         values = {
             id(layer.cell.kernel): ops.concatenate([P[f"W_x{g}"] for g in gates], axis=1),
             id(layer.cell.recurrent_kernel): ops.concatenate([P[f"W_h{g}"] for g in gates], axis=1),
@@ -1058,11 +1058,12 @@ class FlaxModelSubject(FunctionSubject):
                     ("hn", "kernel"): P["W_hh"],
                     ("hn", "bias"): b_hn,
                 }
-            # nnx's GRUCell: r, z, n stacked; no recurrent bias at all (b_hn has no place)
+            # nnx's GRUCell: r, z, n stacked as torch's; no recurrent bias (b_hn has no place)
+            torch_order = convert.TORCH_GATES[GRU_RESET_AFTER]
             return {
-                ("dense_i", "kernel"): jnp.concatenate([P["W_xr"], P["W_xz"], P["W_xh"]], 1),
+                ("dense_i", "kernel"): jnp.concatenate([P[f"W_x{g}"] for g in torch_order], 1),
                 ("dense_i", "bias"): jnp.concatenate([P["b_r"], P["b_z"], b_n]),
-                ("dense_h", "kernel"): jnp.concatenate([P["W_hr"], P["W_hz"], P["W_hh"]], 1),
+                ("dense_h", "kernel"): jnp.concatenate([P[f"W_h{g}"] for g in torch_order], 1),
             }
         if cell == RNN:
             names = ("i", "h") if layout == "linen-simple" else ("dense_i", "dense_h")
@@ -1072,7 +1073,7 @@ class FlaxModelSubject(FunctionSubject):
                 (names[1], "kernel"): P["W_hh"],
             }
         if layout == "nnx-lstm":  # OptimizedLSTMCell: i, f, g, o stacked
-            order = ("i", "f", "c", "o")
+            order = convert.TORCH_GATES[LSTM]  # i, f, g, o, as torch stacks them
             return {
                 ("dense_i", "kernel"): jnp.concatenate([P[f"W_x{g}"] for g in order], 1),
                 ("dense_h", "kernel"): jnp.concatenate([P[f"W_h{g}"] for g in order], 1),
