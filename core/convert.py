@@ -157,10 +157,21 @@ class Layer:
     b_h: dict[str, np.ndarray]
     W_hq: np.ndarray
     b_q: np.ndarray
+    E: np.ndarray | None = None  # a learned embedding (V, D): only ONNX holds one
 
     @property
     def num_hiddens(self) -> int:
         return int(self.W_hq.shape[0])
+
+
+def _one_hot_only(layer: Layer, fmt: str) -> None:
+    """Refuse a learned embedding where the layer reads one-hot inputs (all but ONNX)."""
+    if layer.E is not None:
+        raise ConversionError(
+            f"a learned embedding (E) has no place in {fmt}'s recurrent layers, which read "
+            "one-hot inputs; only one-hot models convert to it (ONNX holds E as a Gather: "
+            "--to onnx)"
+        )
 
 
 def _sum(b_x: np.ndarray, b_h: np.ndarray) -> np.ndarray:
@@ -182,12 +193,8 @@ def _stack(gates: tuple[str, ...], parts: Mapping[str, np.ndarray], axis: int) -
 
 
 def from_params(params: Mapping[str, np.ndarray]) -> Layer:
-    """``Layer`` of core's parameters (a model of any cell, from ``cell_of``)."""
-    if "E" in params:
-        raise ConversionError(
-            "a learned embedding (E) has no place in the frameworks' recurrent layers, which "
-            "read one-hot inputs; only one-hot models convert"
-        )
+    """``Layer`` of core's parameters (a model of any cell, from ``cell_of``; a learned
+    embedding's E is kept, and refused by every layout but ONNX's)."""
     cell = cell_of(params)
     gates = OUR_GATES[cell]
     zero = np.zeros_like(params["W_hq"][:, 0])
@@ -208,6 +215,7 @@ def from_params(params: Mapping[str, np.ndarray]) -> Layer:
         b_h,
         params["W_hq"],
         params["b_q"],
+        params.get(model.EMBEDDING),
     )
 
 
@@ -226,6 +234,9 @@ def to_params(layer: Layer) -> Arrays:
             out[f"b_{g}"] = _sum(layer.b_x[g], layer.b_h[g])
     out["W_hq"], out["b_q"] = layer.W_hq, layer.b_q
     names = model.param_names(out) if cell == RNN else cells.param_names(cell)
+    if layer.E is not None:
+        out[model.EMBEDDING] = layer.E
+        names = model.param_names(out) if cell == RNN else (*names, model.EMBEDDING)
     return {name: np.ascontiguousarray(out[name]) for name in names}
 
 
@@ -238,7 +249,9 @@ def grads_to_params(layer: Layer) -> Arrays:
     zeros = {g: np.zeros_like(b) for g, b in layer.b_h.items()}
     if cell == GRU_RESET_AFTER:
         zeros["h"] = layer.b_h["h"]
-    return to_params(Layer(cell, layer.W_x, layer.W_h, layer.b_x, zeros, layer.W_hq, layer.b_q))
+    return to_params(
+        Layer(cell, layer.W_x, layer.W_h, layer.b_x, zeros, layer.W_hq, layer.b_q, layer.E)
+    )
 
 
 # --- torch ---------------------------------------------------------------------------------
@@ -249,6 +262,7 @@ def to_torch(layer: Layer, module: str = "rnn") -> Arrays:
     ``D2L_CONCISE_NAMES``) holding ``layer``."""
     if layer.cell not in TORCH_GATES:
         raise ConversionError(NO_TORCH_RESET_BEFORE)
+    _one_hot_only(layer, "torch")
     gates = TORCH_GATES[layer.cell]
     arrays = (
         _stack(gates, layer.W_x, axis=1).T.copy(),
@@ -368,6 +382,7 @@ def to_d2l_scratch(layer: Layer) -> Arrays:
     holding ``layer``: core's parameters (``to_params``), renamed."""
     if layer.cell not in D2L_SCRATCH_LAYER:
         raise ConversionError(NO_SCRATCH_RESET_AFTER)
+    _one_hot_only(layer, "d2l 1.0's scratch models")
     params = to_params(layer)
     return {d2l_scratch_name(n): params[n] for n in (*D2L_SCRATCH_OUTPUT, *_core_names(layer.cell))}
 
@@ -410,6 +425,7 @@ def from_d2l_scratch(
 def to_keras(layer: Layer) -> Arrays:
     """``KERAS_NAMES`` for ``layer``: the arrays ``get_weights()`` gives of the Keras layer
     ``KERAS_LAYER[layer.cell]`` and its Dense."""
+    _one_hot_only(layer, "Keras")
     gates = KERAS_GATES[layer.cell]
     if layer.cell == GRU_RESET_AFTER:
         bias = np.stack([_stack(gates, layer.b_x, axis=0), _stack(gates, layer.b_h, axis=0)])
@@ -477,6 +493,113 @@ def from_keras(weights: Mapping[str, np.ndarray], what: str = "the Keras weights
     )
 
 
+# --- ONNX ----------------------------------------------------------------------------------
+
+ONNX_GATES: dict[str, tuple[str, ...]] = {
+    RNN: ("h",),
+    GRU_RESET_BEFORE: ("z", "r", "h"),
+    GRU_RESET_AFTER: ("z", "r", "h"),
+    LSTM: ("i", "o", "f", "c"),
+}
+"""The order ONNX's ``RNN``, ``GRU`` and ``LSTM`` operators stack the gates in, under core's
+names (the operators' own: GRU ``z, r, h``; LSTM ``i, o, f, c``)."""
+ONNX_OPS = {RNN: "RNN", GRU_RESET_BEFORE: "GRU", GRU_RESET_AFTER: "GRU", LSTM: "LSTM"}
+ONNX_LAYER = {
+    RNN: "RNN",
+    GRU_RESET_BEFORE: "GRU(linear_before_reset=0)",
+    GRU_RESET_AFTER: "GRU(linear_before_reset=1)",
+    LSTM: "LSTM",
+}
+ONNX_NAMES = ("W", "R", "B", "W_hq", "b_q")
+"""The fused form's tensors: the operator's ``W`` (1, G·H, I), ``R`` (1, G·H, H) and ``B``
+(1, 2·G·H: the input biases ``Wb`` of every gate, then the recurrent ones ``Rb``), and the
+output layer as core keeps it (``logits = hidden W_hq + b_q``); ``E`` too for a learned
+embedding."""
+
+
+def to_onnx(layer: Layer) -> Arrays:
+    """The fused form's tensors (``ONNX_NAMES``) holding ``layer``: weights (out, in) as the
+    operators read them, one direction, the biases as ``[Wb; Rb]``. The GRU's formulation is
+    the operator's ``linear_before_reset`` (1: reset-after), which the graph carries."""
+    gates = ONNX_GATES[layer.cell]
+    out = {
+        "W": _stack(gates, layer.W_x, axis=1).T[None].copy(),
+        "R": _stack(gates, layer.W_h, axis=1).T[None].copy(),
+        "B": np.concatenate([_stack(gates, layer.b_x, axis=0), _stack(gates, layer.b_h, axis=0)])[
+            None
+        ].copy(),
+        "W_hq": np.ascontiguousarray(layer.W_hq),
+        "b_q": np.ascontiguousarray(layer.b_q),
+    }
+    if layer.E is not None:
+        out[model.EMBEDDING] = np.ascontiguousarray(layer.E)
+    return out
+
+
+def onnx_cell(op: str, linear_before_reset: int, what: str = "the ONNX model") -> str:
+    """The cell an ONNX recurrent operator computes: ``GRU`` by its ``linear_before_reset``."""
+    if op == "GRU":
+        return GRU_RESET_AFTER if linear_before_reset else GRU_RESET_BEFORE
+    cells = {"RNN": RNN, "LSTM": LSTM}
+    if op not in cells:
+        raise ConversionError(f"{what}: {op} is not one of ONNX's RNN, GRU, LSTM")
+    return cells[op]
+
+
+def from_onnx(arrays: Mapping[str, np.ndarray], cell: str, what: str = "the ONNX model") -> Layer:
+    """``Layer`` of the fused form's tensors (``ONNX_NAMES``, and ``E``) for ``cell`` (from
+    ``onnx_cell``), checked for consistent shapes: one direction, B present."""
+    gates = ONNX_GATES[cell]
+    a = {k: np.asarray(v) for k, v in arrays.items()}
+    _require(
+        (*ONNX_NAMES, *((model.EMBEDDING,) if model.EMBEDDING in a else ())),
+        a,
+        what,
+        "the ONNX operator's W, R, B and the output layer",
+    )
+    if a["R"].ndim != 3 or a["R"].shape[0] != 1:
+        raise ConversionError(
+            f"{what}: R has shape {list(a['R'].shape)}, not (1, G·H, H): one direction converts"
+        )
+    G, H = len(gates), int(a["R"].shape[2])
+    V = int(a["W_hq"].shape[1]) if a["W_hq"].ndim == 2 else -1
+    inputs = int(a[model.EMBEDDING].shape[1]) if model.EMBEDDING in a else V
+    expected = {
+        "W": (1, G * H, inputs),
+        "R": (1, G * H, H),
+        "B": (1, 2 * G * H),
+        "W_hq": (H, V),
+        "b_q": (V,),
+    }
+    if model.EMBEDDING in a:
+        expected[model.EMBEDDING] = (V, inputs)
+    _shapes(what, expected, a)
+    b_x, b_h = np.split(a["B"][0], 2)
+    return Layer(
+        cell,
+        _split(gates, a["W"][0].T, axis=1),
+        _split(gates, a["R"][0].T, axis=1),
+        _split(gates, b_x, axis=0),
+        _split(gates, b_h, axis=0),
+        np.ascontiguousarray(a["W_hq"]),
+        np.ascontiguousarray(a["b_q"]),
+        a.get(model.EMBEDDING),
+    )
+
+
+def layer_of(arrays: Mapping[str, np.ndarray], fmt: str, what: str = "the weights") -> Layer:
+    """``Layer`` of arrays in a safetensors format's layout (``fmt``: see ``detect_format``)."""
+    if fmt in TORCH_MODULE:
+        return from_torch(arrays, what, TORCH_MODULE[fmt])
+    if fmt == "d2l-scratch":
+        return from_d2l_scratch(arrays, what)
+    if fmt == "keras":
+        return from_keras(arrays, what)
+    if fmt == "rosetta":
+        return from_params({k: arrays[k] for k in model.param_names(arrays)})
+    raise ConversionError(f"{what}: no layer of format {fmt!r}")
+
+
 def _shapes(what: str, expected: Mapping[str, tuple[int, ...]], arrays: Arrays) -> None:
     for name, shape in expected.items():
         if tuple(arrays[name].shape) != shape:
@@ -520,7 +643,7 @@ def same_model(source: str, target: str) -> None:
 # converted file converts back: the cell, the activations, the vocabulary and the checkpoint's
 # own metadata.
 
-FORMATS = ("rosetta", *NATIVE)
+FORMATS = ("rosetta", *NATIVE, "onnx")
 NATIVE_FORMAT = "rosetta-rnn-native-weights"
 NATIVE_FORMAT_VERSION = 1
 
@@ -541,6 +664,7 @@ class Weights:
     forget_bias: float | None  # the LSTM's initial b_f as trained (None: not recorded)
     checkpoint: dict[str, Any] | None  # the rosetta checkpoint's metadata this came from
     carried: Arrays  # a checkpoint's carried state (state, state_c): not weights, kept aside
+    form: str | None = None  # ONNX's: fused or decomposed (read, or to be written)
 
     @property
     def vocab_size(self) -> int:
@@ -578,6 +702,8 @@ def layer_name(fmt: str, cell: str, activation: str = "tanh") -> str:
         return D2L_SCRATCH_LAYER[cell] + (" (relu)" if relu else "")
     if fmt == "keras":
         return KERAS_LAYER[cell] + ("(activation='relu')" if relu else "")
+    if fmt == "onnx":
+        return ONNX_LAYER[cell] + ("(activations=['Relu'])" if relu else "")
     return f"rosetta-rnn {cell}" + (" (relu)" if relu else "")
 
 
@@ -738,6 +864,37 @@ def _read_native(
         layer = from_d2l_scratch(tensors, what)
     else:
         layer = from_keras(tensors, what)
+    return _weights(path, fmt, layer, meta, raw, activation)
+
+
+def _read_onnx(path: str, data: bytes, activation: str | None) -> Weights:
+    """An ONNX model (either form; ``core.onnx_model``), with the document we record in its
+    ``metadata_props`` where it has one."""
+    from . import onnx_model
+
+    what = f"{path} (--from onnx)"
+    proto = onnx_model.parse(data, path)
+    try:
+        graph = onnx_model.read(proto, what)
+    except ConversionError as e:
+        raise ConversionError(str(e)) from None
+    meta = dict(graph.metadata)
+    if graph.layer.cell == RNN:
+        meta.setdefault("activation", graph.activation)
+    weights = _weights(path, "onnx", graph.layer, meta, {}, activation)
+    weights.form = graph.form
+    return weights
+
+
+def _weights(
+    path: str,
+    fmt: str,
+    layer: Layer,
+    meta: Mapping[str, Any],
+    raw: Mapping[str, str],
+    activation: str | None,
+) -> Weights:
+    """A native file's ``Weights``: ``layer`` and what its metadata records, checked."""
     version = meta.get("format_version", NATIVE_FORMAT_VERSION)
     if meta and (not isinstance(version, int) or version > NATIVE_FORMAT_VERSION):
         raise ConversionError(
@@ -790,6 +947,10 @@ def read(
     against its shapes and metadata, a contradiction is an error; ``activation`` also supplies
     the RNN's φ that a native file without our metadata cannot record (default tanh)."""
     source = str(path)
+    if fmt == "onnx" or (fmt is None and _looks_onnx(path)):
+        weights = _read_onnx(source, _bytes(path), activation)
+        check(weights, cell, gru, activation)
+        return weights
     tensors, raw = checkpoint.read_safetensors(path)
     meta = _our_metadata(raw, source)
     found = detect_format(tensors, meta)
@@ -814,6 +975,32 @@ def read(
         weights = _read_native(source, fmt, tensors, raw, activation)
     check(weights, cell, gru, activation)
     return weights
+
+
+def _bytes(path: str | os.PathLike[str]) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise ConversionError(f"file not found: {p}")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ConversionError(f"cannot read {p}: {e.strerror or e}") from None
+
+
+def _looks_onnx(path: str | os.PathLike[str]) -> bool:
+    """An ONNX file: named ``.onnx``, or not safetensors and beginning as an ONNX model does
+    (field 1, ``ir_version``, as a varint: the byte 0x08)."""
+    if str(path).endswith(".onnx"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[0] != 0x08:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return not (head[8:9] == b"{" and length < Path(path).stat().st_size)
 
 
 def check(
@@ -846,8 +1033,10 @@ def check(
             )
 
 
-def _summed(layer: Layer, fmt: str) -> list[str]:
-    """The gates whose nonzero pair of biases ``fmt`` keeps as one (their sum)."""
+def _summed(layer: Layer, fmt: str, form: str | None = None) -> list[str]:
+    """The gates whose nonzero pair of biases ``fmt`` keeps as one (their sum): ONNX's fused
+    operators keep every pair (``B`` is ``[Wb; Rb]``), its decomposed form core's
+    parameters."""
     ours = tuple(
         g for g in OUR_GATES[layer.cell] if not (layer.cell == GRU_RESET_AFTER and g == "h")
     )
@@ -857,6 +1046,7 @@ def _summed(layer: Layer, fmt: str) -> list[str]:
         "keras": () if layer.cell == GRU_RESET_AFTER else OUR_GATES[layer.cell],
         "rosetta": ours,
         "d2l-scratch": ours,  # core's parameters
+        "onnx": () if form == "fused" else ours,
     }[fmt]
     return [g for g in pairs if np.any(layer.b_h[g] != 0)]
 
@@ -864,6 +1054,12 @@ def _summed(layer: Layer, fmt: str) -> list[str]:
 def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
     """The raw metadata of a native file we write (torch, Keras, the book's): ours under
     ``rosetta_rnn``, and torch's own ``format: pt`` for a torch state dict."""
+    raw = {checkpoint.METADATA_KEY: json.dumps(_native_doc(fmt, w))}
+    return raw if fmt == "keras" else {"format": "pt", **raw}
+
+
+def _native_doc(fmt: str, w: Weights) -> dict[str, Any]:
+    """What a native file we write records that its tensors cannot say (NATIVE_FORMAT)."""
     cell = w.layer.cell
     doc: dict[str, Any] = {
         "format": NATIVE_FORMAT,
@@ -885,8 +1081,7 @@ def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
     doc["token"] = w.token
     doc["checkpoint"] = w.checkpoint
     doc["carried"] = {name: _pack(a) for name, a in w.carried.items()}
-    raw = {checkpoint.METADATA_KEY: json.dumps(doc)}
-    return raw if fmt == "keras" else {"format": "pt", **raw}
+    return doc
 
 
 def _rosetta_metadata(w: Weights) -> dict[str, Any]:
@@ -938,11 +1133,17 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
     """Write ``weights`` as ``fmt`` to ``path``, atomically; -> notes on what was summed. A
     rosetta checkpoint needs a vocabulary; a layer that cannot hold the model is refused."""
     layer = weights.layer
-    summed = _summed(layer, fmt)
+    form = weights.form or "fused"
+    summed = _summed(layer, fmt, form)
     notes = []
     if summed:
-        pair = "bias_ih + bias_hh" if weights.fmt in TORCH_MODULE else "the two rows of rnn.bias"
+        pair = {
+            **{f: "bias_ih + bias_hh" for f in TORCH_MODULE},
+            "onnx": "Wb + Rb",
+        }.get(weights.fmt, "the two rows of rnn.bias")
         target = f"rosetta-rnn's {layer.cell}" if fmt == "rosetta" else layer_name(fmt, layer.cell)
+        if fmt == "onnx":
+            target = "the decomposed ONNX form (core's parameters)"
         notes.append(
             f"summed the pairs of biases ({pair}) of the gates {', '.join(summed)} (core's "
             f"names) into the one bias each gate has in {target}: the same model up to one "
@@ -959,6 +1160,17 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
         # in the order train writes them (model.to_numpy), so a round trip is the same file
         tensors = {name: params[name] for name in model.param_names(params)}
         checkpoint.save(path, {**tensors, **weights.carried}, _rosetta_metadata(weights))
+        return notes
+    if fmt == "onnx":
+        from . import onnx_model
+
+        proto = onnx_model.build(layer, form, weights.activation, _native_doc(fmt, weights))
+        if form == "fused" and weights.dtype == "float64":
+            notes.append(
+                "ONNX Runtime has no float64 kernel for RNN, GRU or LSTM: this file runs on "
+                "onnx's reference evaluator; --onnx-form decomposed runs float64 on ONNX Runtime"
+            )
+        checkpoint.atomic_write(path, onnx_model.serialize(proto))
         return notes
     if fmt in TORCH_MODULE:
         arrays = to_torch(layer, TORCH_MODULE[fmt])
@@ -1003,6 +1215,11 @@ def describe(fmt: str, weights: Weights) -> str:
         return f"d2l 1.0 RNNLM + {layer_name(fmt, cell, act)} state dict {size}"
     if fmt == "d2l-scratch":
         return f"d2l 1.0 RNNLMScratch + {layer_name(fmt, cell, act)} state dict {size}"
+    if fmt == "onnx":
+        form = weights.form or "fused"
+        held = layer_name(fmt, cell, act) if form == "fused" else f"Scan over the {cell} cell"
+        embedding = "Gather(E)" if weights.layer.E is not None else "one-hot"
+        return f"ONNX model, {form}: {embedding} -> {held} -> MatMul + Add {size}"
     relu = " (relu)" if cell == RNN and act == "relu" else ""
     return f"rosetta-rnn {cell}{relu} checkpoint {size}"
 
@@ -1021,6 +1238,7 @@ def convert_file(
     gru: str | None = None,
     vocab_from: str | os.PathLike[str] | None = None,
     activation: str | None = None,
+    onnx_form: str = "fused",
 ) -> Converted:
     """Convert the file ``src`` (``source_format``; None: what its tensors say) into
     ``dst`` as ``target_format``, exactly: what ``rosetta-rnn convert`` does. ``cell``, ``gru``
@@ -1031,7 +1249,14 @@ def convert_file(
         raise ConversionError(f"unknown format {target_format!r}; choose from {', '.join(FORMATS)}")
     if source_format is not None and source_format not in FORMATS:
         raise ConversionError(f"unknown format {source_format!r}; choose from {', '.join(FORMATS)}")
-    if source_format == target_format:
+    if target_format == "onnx":
+        from .onnx_model import FORMS
+
+        if onnx_form not in FORMS:
+            raise ConversionError(
+                f"unknown ONNX form {onnx_form!r}; choose from {', '.join(FORMS)}"
+            )
+    if source_format == target_format != "onnx":
         raise ConversionError(
             f"--from and --to are both {target_format}: nothing to convert; "
             + _others(target_format)
@@ -1042,7 +1267,7 @@ def convert_file(
         raise ConversionError(f"{dst_path} is the file being converted; write to another path")
     checkpoint.check_writable(dst_path)
     weights = read(src_path, source_format, cell, gru, activation)
-    if weights.fmt == target_format:
+    if weights.fmt == target_format and not (target_format == "onnx" and weights.form != onnx_form):
         raise ConversionError(
             f"{src_path} is already a {target_format} file: nothing to convert; "
             + _others(target_format)
@@ -1061,6 +1286,8 @@ def convert_file(
         raise ConversionError(NO_TORCH_RESET_BEFORE)
     if target_format == "d2l-scratch" and weights.layer.cell not in D2L_SCRATCH_LAYER:
         raise ConversionError(NO_SCRATCH_RESET_AFTER)
+    if target_format == "onnx":
+        weights.form = onnx_form
     notes = write(dst_path, target_format, weights)
     summary = f"wrote {describe(target_format, weights)} to {dst_path}"
     return Converted(

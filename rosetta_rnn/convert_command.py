@@ -19,17 +19,20 @@ linear.bias) and Keras' SimpleRNN/GRU/LSTM + Dense (rnn.kernel, rnn.recurrent_ke
 rnn.bias, dense.kernel, dense.bias, as get_weights() shapes them), and the state dicts of the \
 book's current edition (d2l 1.0, PyTorch): d2l-scratch, RNNLMScratch around \
 RNNScratch/GRUScratch/LSTMScratch (W_hq, b_q and the cell's rnn.W_xh, rnn.W_hh, rnn.b_h ...), \
-and d2l-concise, RNNLM around d2l.RNN/d2l.GRU/d2l.LSTM (rnn.rnn.weight_ih_l0 ... linear.bias). \
-Every file is safetensors (no pickle); a native file needs no metadata of ours, and what \
-convert writes records the cell, activations, vocabulary and the checkpoint's metadata, so it \
-converts back.
+and d2l-concise, RNNLM around d2l.RNN/d2l.GRU/d2l.LSTM (rnn.rnn.weight_ih_l0 ... linear.bias); \
+and an ONNX model of the whole language model (tokens and state in, logits and state out), \
+fused (ONNX's own RNN/GRU/LSTM operator) or decomposed (a Scan of MatMul, Add, Sigmoid, Tanh: \
+float64 on ONNX Runtime too). Every other file is safetensors (no pickle); a native file needs \
+no metadata of ours, and what convert writes records the cell, activations, vocabulary and the \
+checkpoint's metadata, so it converts back.
 
 Exact: the weights are regrouped, reordered and transposed, never recomputed, except a pair of \
 biases that the target keeps as one (torch's bias_ih + bias_hh of an LSTM gate, say), which is \
 summed, once. Refused, with the reason: a reset-before GRU to torch or d2l-concise (nn.GRU \
 is reset-after), a reset-after GRU to d2l-scratch (GRUScratch is reset-before), one GRU \
-formulation asked as the other, a learned embedding, activations other than \
-tanh/relu/sigmoid."""
+formulation asked as the other, a learned embedding (but to ONNX, which gathers rows of E), \
+activations other than tanh/relu/sigmoid. ONNX needs the onnx extra: \
+pip install 'rosetta-rnn[onnx]'."""
 
 
 def register(sub: Any) -> None:
@@ -39,11 +42,11 @@ def register(sub: Any) -> None:
         help="convert weights between checkpoints, torch or Keras layers and the book's models",
         description=DESCRIPTION,
     )
-    p.add_argument("input", metavar="IN", help="the safetensors file to convert")
+    p.add_argument("input", metavar="IN", help="the safetensors (or ONNX) file to convert")
     p.add_argument(
         "output",
         metavar="OUT",
-        help="the safetensors file to write (replaced whole, atomically, only on success)",
+        help="the file to write (replaced whole, atomically, only on success)",
     )
     p.add_argument(
         "--from",
@@ -51,7 +54,7 @@ def register(sub: Any) -> None:
         choices=convert.FORMATS,
         help="IN's format: a rosetta checkpoint, a torch state dict, Keras weights, or a state "
         "dict of d2l 1.0's scratch (W_hq, rnn.W_hh ...) or concise (rnn.rnn.weight_hh_l0 ...) "
-        "model (default: what IN's tensor names say)",
+        "model, or an ONNX model rosetta-rnn wrote (default: what IN's tensor names say)",
     )
     p.add_argument(
         "--to",
@@ -60,7 +63,15 @@ def register(sub: Any) -> None:
         required=True,
         help="OUT's format: rosetta, torch, keras, d2l-scratch (d2l 1.0's RNNLMScratch: "
         "RNNScratch, GRUScratch reset-before, LSTMScratch) or d2l-concise (d2l 1.0's RNNLM: "
-        "d2l.RNN, d2l.GRU reset-after, d2l.LSTM)",
+        "d2l.RNN, d2l.GRU reset-after, d2l.LSTM) or onnx (see --onnx-form)",
+    )
+    p.add_argument(
+        "--onnx-form",
+        choices=("fused", "decomposed"),
+        default="fused",
+        help="with --to onnx: fused, ONNX's RNN/GRU/LSTM operator (GRU linear_before_reset 1 "
+        "for the reset-after GRU, 0 for the reset-before one; float32 on ONNX Runtime), or "
+        "decomposed, a Scan of the cell in MatMul/Add/Sigmoid/Tanh (float32 and float64)",
     )
     p.add_argument(
         "--cell",
@@ -102,6 +113,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         gru=args.gru,
         vocab_from=args.vocab_from,
         activation=args.activation,
+        onnx_form=args.onnx_form,
     )
     for note in done.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
@@ -118,6 +130,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             "vocab_recorded": w.vocab is not None,
             "num_hiddens": w.layer.num_hiddens,
             "dtype": w.dtype,
+            **({"onnx_form": w.form} if args.target_format == "onnx" else {}),
             "notes": done.notes,
         }
         print(json.dumps(doc))

@@ -756,7 +756,7 @@ REFUSALS = {
     "IN missing": ("file not found", "{folder}/missing {out} --to keras"),
     "--from X --to X": (
         "--from and --to are both torch: nothing to convert; --to rosetta, --to keras, "
-        "--to d2l-scratch or --to d2l-concise converts it",
+        "--to d2l-scratch, --to d2l-concise or --to onnx converts it",
         "{torch_rnn} {out} --from torch --to torch",
     ),
     "already the format": (

@@ -1,0 +1,478 @@
+"""The whole language model as an ONNX graph, read back, and run on ONNX Runtime or on onnx's
+own reference evaluator. The weights' layout is ``core.convert``'s (``to_onnx``, ``from_onnx``,
+``ONNX_GATES``); this module builds and reads the graph around it.
+
+Every graph has the same signature, time-major as core::
+
+    inputs   tokens (steps, batch) int64, h0 (batch, H), and c0 (batch, H) for the LSTM
+    outputs  logits (steps, batch, V), hidden (steps, batch, H), h_n (batch, H), c_n (LSTM)
+
+The tokens pick rows of an identity matrix ``one_hot`` (V, V), or of ``E`` with a learned
+embedding, as the recurrent layer's inputs; logits = hidden · W_hq + b_q. Two forms:
+
+- ``fused``: ONNX's own ``RNN``, ``GRU`` (``linear_before_reset`` 1 for the reset-after GRU,
+  0 for the reset-before one) or ``LSTM`` operator, holding ``W``, ``R``, ``B``.
+- ``decomposed``: a ``Scan`` over the steps whose body is the cell written out in ``MatMul``,
+  ``Add``, ``Mul``, ``Sub``, ``Sigmoid``, ``Tanh`` (``Relu``), holding core's parameters under
+  core's names (``W_xh``, ``W_hh``, ``b_h`` ...); the input projections of every step are
+  gathered before the loop, as core computes them.
+
+Which runtime runs which form in which dtype is measured, not assumed (``SUPPORT``, and the
+tests hold it): ONNX Runtime's CPU kernels of the three recurrent operators are float32 only.
+
+The file records what the tensors cannot say (the vocabulary, the activation, the checkpoint's
+metadata) as ``metadata_props`` under the key ``rosetta_rnn``, the document a converted
+safetensors file keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import model
+from .cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
+from .convert import (
+    ONNX_GATES,
+    ONNX_OPS,
+    ConversionError,
+    Layer,
+    from_onnx,
+    onnx_cell,
+    to_onnx,
+    to_params,
+)
+from .errors import BackendUnavailable
+
+FORMS = ("fused", "decomposed")
+RUNTIMES = ("onnxruntime", "reference")
+"""ONNX Runtime's CPU execution provider, and onnx's own reference evaluator
+(``onnx.reference.ReferenceEvaluator``): two implementations written apart."""
+OPSET = 17
+METADATA_KEY = "rosetta_rnn"
+INPUTS = ("tokens", "h0", "c0")
+OUTPUTS = ("logits", "hidden", "h_n", "c_n")
+INSTALL = "pip install 'rosetta-rnn[onnx]'"
+
+SUPPORT: dict[tuple[str, str, str], bool] = {  # measured with ONNX Runtime 1.32
+    ("onnxruntime", "fused", "float32"): True,
+    ("onnxruntime", "fused", "float64"): False,
+    ("onnxruntime", "decomposed", "float32"): True,
+    ("onnxruntime", "decomposed", "float64"): True,
+    ("reference", "fused", "float32"): True,
+    ("reference", "fused", "float64"): True,
+    ("reference", "decomposed", "float32"): True,
+    ("reference", "decomposed", "float64"): True,
+}
+"""(runtime, form, dtype) -> whether it runs. ONNX Runtime's CPU build has no float64 RNN: the
+session refuses the model ("Could not find an implementation for RNN(14) node"); its GRU and
+LSTM take a float64 model and fail when run ("GRU operator does not support double yet").
+tests/test_onnx.py runs every combination and holds this table to what happened."""
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise BackendUnavailable(f"ONNX needs the onnx package: {INSTALL}") from None
+    return onnx
+
+
+def _dtype_of(layer: Layer) -> np.dtype:
+    return np.dtype(layer.W_hq.dtype)
+
+
+@dataclass
+class Graph:
+    """An ONNX model read back: the layer, its form, the RNN's activation and our metadata."""
+
+    layer: Layer
+    form: str
+    activation: str
+    metadata: dict[str, Any]
+
+
+# --- building --------------------------------------------------------------------------
+
+
+def build(
+    layer: Layer,
+    form: str = "fused",
+    activation: str = "tanh",
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """The ``onnx.ModelProto`` of ``layer`` in ``form``, checked by ``onnx.checker``."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    if form not in FORMS:
+        raise ConversionError(f"unknown ONNX form {form!r}; choose from {', '.join(FORMS)}")
+    if layer.cell == RNN and activation not in ("tanh", "relu"):
+        raise ConversionError(f"the RNN's activation is tanh or relu, not {activation!r}")
+    dtype = _dtype_of(layer)
+    elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[dtype.type]
+    H, V = (int(n) for n in layer.W_hq.shape)
+    lstm = layer.cell == LSTM
+    inits: dict[str, np.ndarray] = {}
+    nodes: list[Any] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits[name] = value
+        return name
+
+    def node(op: str, ins: list[str], outs: list[str], **attrs: Any) -> None:
+        nodes.append(helper.make_node(op, ins, outs, name=f"{op}_{len(nodes)}", **attrs))
+
+    const("axis0", np.array([0], np.int64))
+    const("axis1", np.array([1], np.int64))
+    if form == "fused":
+        _fused(layer, activation, dtype, const, node)
+    else:
+        _decomposed(layer, activation, dtype, const, node, helper, elem, H)
+    node("MatMul", ["hidden", "W_hq"], ["hidden_W_hq"])
+    node("Add", ["hidden_W_hq", "b_q"], ["logits"])
+    inits.setdefault("W_hq", np.ascontiguousarray(layer.W_hq))
+    inits.setdefault("b_q", np.ascontiguousarray(layer.b_q))
+
+    def value(name: str, elem_type: int, shape: list[Any]) -> Any:
+        return helper.make_tensor_value_info(name, elem_type, shape)
+
+    inputs = [value("tokens", TensorProto.INT64, ["steps", "batch"])]
+    inputs += [value(n, elem, ["batch", H]) for n in (("h0", "c0") if lstm else ("h0",))]
+    outputs = [
+        value("logits", elem, ["steps", "batch", V]),
+        value("hidden", elem, ["steps", "batch", H]),
+    ]
+    outputs += [value(n, elem, ["batch", H]) for n in (("h_n", "c_n") if lstm else ("h_n",))]
+    graph = helper.make_graph(
+        nodes,
+        f"rosetta-rnn {layer.cell} ({form})",
+        inputs,
+        outputs,
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(a), n) for n, a in inits.items()],
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="rosetta-rnn",
+        doc_string="a character-level RNN language model (d2l's chapter), written by rosetta-rnn",
+    )
+    proto.ir_version = 8  # what OPSET needs, so older runtimes read the file
+    doc = {"form": form, "activation": activation, "cell": layer.cell, **(metadata or {})}
+    helper.set_model_props(proto, {METADATA_KEY: json.dumps(doc)})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _inputs(layer: Layer, dtype: np.dtype, const: Any, node: Any) -> str:
+    """The recurrent layer's inputs (steps, batch, I): rows of E, or of the identity."""
+    V = int(layer.W_hq.shape[1])
+    table = (
+        const(model.EMBEDDING, np.ascontiguousarray(layer.E))
+        if layer.E is not None
+        else const("one_hot", np.eye(V, dtype=dtype))
+    )
+    node("Gather", [table, "tokens"], ["X"], axis=0)
+    return "X"
+
+
+def _fused(layer: Layer, activation: str, dtype: np.dtype, const: Any, node: Any) -> None:
+    cell = layer.cell
+    arrays = to_onnx(layer)
+    X = _inputs(layer, dtype, const, node)
+    for name in ("W", "R", "B", "W_hq", "b_q"):
+        const(name, arrays[name])
+    H = layer.num_hiddens
+    node("Unsqueeze", ["h0", "axis0"], ["initial_h"])
+    ins = [X, "W", "R", "B", "", "initial_h"]
+    outs = ["Y", "Y_h"]
+    attrs: dict[str, Any] = {"hidden_size": H}
+    if cell == RNN:
+        attrs["activations"] = ["Relu" if activation == "relu" else "Tanh"]
+    elif cell == LSTM:
+        node("Unsqueeze", ["c0", "axis0"], ["initial_c"])
+        ins.append("initial_c")
+        outs.append("Y_c")
+        attrs["activations"] = ["Sigmoid", "Tanh", "Tanh"]
+    else:
+        attrs["activations"] = ["Sigmoid", "Tanh"]
+        attrs["linear_before_reset"] = int(cell == GRU_RESET_AFTER)
+    node(ONNX_OPS[cell], ins, outs, **attrs)
+    node("Squeeze", ["Y", "axis1"], ["hidden"])  # (steps, 1 direction, batch, H)
+    node("Squeeze", ["Y_h", "axis0"], ["h_n"])
+    if cell == LSTM:
+        node("Squeeze", ["Y_c", "axis0"], ["c_n"])
+
+
+def _decomposed(
+    layer: Layer,
+    activation: str,
+    dtype: np.dtype,
+    const: Any,
+    node: Any,
+    helper: Any,
+    elem: int,
+    H: int,
+) -> None:
+    """The cell as a ``Scan`` over steps: X_t W_x· + b_· for every step first (a row gather of
+    W_x· for one-hot inputs, as core's ``embed``), the recurrence in the body."""
+    cell = layer.cell
+    params = to_params(layer)
+    for name, a in params.items():
+        if name != model.EMBEDDING:
+            const(name, a)
+    gates = ONNX_GATES[cell] if cell != LSTM else ("i", "f", "o", "c")
+    if layer.E is not None:
+        const(model.EMBEDDING, np.ascontiguousarray(layer.E))
+        node("Gather", [model.EMBEDDING, "tokens"], ["X"], axis=0)
+    scanned = []
+    for g in gates:
+        bias = "b_xh" if cell == GRU_RESET_AFTER and g == "h" else f"b_{g}"
+        if layer.E is not None:
+            node("MatMul", ["X", f"W_x{g}"], [f"XW_{g}"])
+        else:
+            node("Gather", [f"W_x{g}", "tokens"], [f"XW_{g}"], axis=0)
+        node("Add", [f"XW_{g}", bias], [f"xw_{g}"])
+        scanned.append(f"xw_{g}")
+    if cell in (GRU_RESET_BEFORE, GRU_RESET_AFTER):
+        const("one", np.ones((), dtype))
+    body = _body(cell, activation, gates, helper, elem, H)
+    states = ["h0", "c0"] if cell == LSTM else ["h0"]
+    finals = ["h_n", "c_n"] if cell == LSTM else ["h_n"]
+    node(
+        "Scan",
+        [*states, *scanned],
+        [*finals, "hidden"],
+        body=body,
+        num_scan_inputs=len(scanned),
+    )
+
+
+def _body(
+    cell: str, activation: str, gates: tuple[str, ...], helper: Any, elem: int, H: int
+) -> Any:
+    """One step of the cell: (h[, c], xw_g for each gate) -> (h'[, c'], h')."""
+    nodes: list[Any] = []
+
+    def node(op: str, ins: list[str], out: str) -> str:
+        nodes.append(helper.make_node(op, ins, [out], name=f"step_{op}_{len(nodes)}"))
+        return out
+
+    def gate(g: str, squash: str) -> str:
+        pre = node("Add", [f"s_xw_{g}", node("MatMul", ["s_h", f"W_h{g}"], f"hW_{g}")], f"a_{g}")
+        return node(squash, [pre], f"g_{g}")
+
+    if cell == RNN:
+        h = gate("h", "Relu" if activation == "relu" else "Tanh")
+    elif cell == LSTM:
+        i, f, o = (gate(g, "Sigmoid") for g in ("i", "f", "o"))
+        c_tilde = gate("c", "Tanh")
+        c = node(
+            "Add",
+            [node("Mul", [f, "s_c"], "fc"), node("Mul", [i, c_tilde], "ic")],
+            "c_new",
+        )
+        h = node("Mul", [o, node("Tanh", [c], "tanh_c")], "h_new")
+    else:
+        z, r = gate("z", "Sigmoid"), gate("r", "Sigmoid")
+        if cell == GRU_RESET_BEFORE:
+            rh = node("MatMul", [node("Mul", [r, "s_h"], "rh"), "W_hh"], "rhW")
+        else:
+            hW = node("Add", [node("MatMul", ["s_h", "W_hh"], "hW_h"), "b_hh"], "hW_b")
+            rh = node("Mul", [r, hW], "rhW")
+        cand = node("Tanh", [node("Add", ["s_xw_h", rh], "a_h")], "cand")
+        zh = node("Mul", [z, "s_h"], "zh")
+        rest = node("Mul", [node("Sub", ["one", z], "one_z"), cand], "zc")
+        h = node("Add", [zh, rest], "h_new")
+    outs = [node("Identity", [h], "h_out")]
+    if cell == LSTM:
+        outs.append(node("Identity", ["c_new"], "c_out"))
+    outs.append(node("Identity", [h], "h_step"))
+
+    def value(name: str) -> Any:
+        return helper.make_tensor_value_info(name, elem, ["batch", H])
+
+    states = ["s_h", "s_c"] if cell == LSTM else ["s_h"]
+    return helper.make_graph(
+        nodes,
+        f"{cell} step",
+        [value(s) for s in states] + [value(f"s_xw_{g}") for g in gates],
+        [value(o) for o in outs],
+    )
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def metadata_of(proto: Any) -> dict[str, Any]:
+    """Our document in the model's ``metadata_props`` ({} when there is none)."""
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                doc = json.loads(prop.value)
+            except ValueError:
+                raise ConversionError(f"its {METADATA_KEY} metadata is not JSON") from None
+            if not isinstance(doc, dict):
+                raise ConversionError(f"its {METADATA_KEY} metadata is not a JSON object")
+            return doc
+    return {}
+
+
+def initializers(proto: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+def recurrent_node(proto: Any, what: str = "the ONNX model") -> Any:
+    """The graph's one RNN, GRU or LSTM operator, or None when it has none (a Scan)."""
+    found = [n for n in proto.graph.node if n.op_type in ("RNN", "GRU", "LSTM")]
+    if len(found) > 1:
+        raise ConversionError(f"{what} has {len(found)} recurrent operators; one layer converts")
+    return found[0] if found else None
+
+
+def attribute(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            if isinstance(value, list):
+                return [v.decode() if isinstance(v, bytes) else v for v in value]
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def read(proto: Any, what: str = "the ONNX model") -> Graph:
+    """The layer an ONNX model of ours holds (either form), with its activation and our
+    metadata. A fused model is read by its operator's attributes and tensors; a decomposed
+    one by core's names."""
+    meta = metadata_of(proto)
+    arrays = initializers(proto)
+    op = recurrent_node(proto, what)
+    if op is not None:
+        ins = list(op.input)
+        cell = onnx_cell(op.op_type, int(attribute(op, "linear_before_reset", 0)), what)
+        direction = attribute(op, "direction", "forward")
+        if direction != "forward":
+            raise ConversionError(f"{what}: a {direction} {op.op_type} does not convert")
+        if len(ins) < 3 or any(n not in arrays for n in ins[1:3]):
+            raise ConversionError(f"{what}: the {op.op_type}'s W and R are not stored tensors")
+        if len(ins) < 4 or not ins[3]:
+            raise ConversionError(f"{what}: the {op.op_type} has no B (a model without biases)")
+        named = {"W": ins[1], "R": ins[2], "B": ins[3]}
+        tensors = {k: arrays[v] for k, v in named.items()}
+        tensors.update({k: arrays[k] for k in ("W_hq", "b_q", model.EMBEDDING) if k in arrays})
+        acts = attribute(op, "activations")
+        activation = "relu" if cell == RNN and acts and acts[0].lower() == "relu" else "tanh"
+        layer = from_onnx(tensors, cell, what)
+        return Graph(layer, "fused", activation, meta)
+    if not any(n.op_type == "Scan" for n in proto.graph.node):
+        raise ConversionError(
+            f"{what} has no RNN, GRU or LSTM operator and no Scan: not a recurrent model "
+            "convert reads"
+        )
+    from .convert import from_params
+
+    keep = [k for k in arrays if k.startswith(("W_", "b_")) or k == model.EMBEDDING]
+    try:
+        layer = from_params({k: arrays[k] for k in keep})
+    except (KeyError, ValueError) as e:
+        raise ConversionError(f"{what}: its Scan's tensors are not core's parameters") from e
+    activation = str(meta.get("activation") or "tanh")
+    return Graph(layer, "decomposed", activation, meta)
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+class Runner:
+    """An ONNX model ready to run on ``runtime``: ``run(tokens, h0[, c0])`` -> the outputs by
+    name. A (runtime, form, dtype) that cannot run raises ``BackendUnavailable`` at once."""
+
+    def __init__(self, proto: Any, runtime: str = "onnxruntime", threads: int | None = None):
+        if runtime not in RUNTIMES:
+            raise BackendUnavailable(
+                f"unknown ONNX runtime {runtime!r}; choose from {', '.join(RUNTIMES)}"
+            )
+        self.runtime = runtime
+        self.inputs = [i.name for i in proto.graph.input]
+        self.outputs = [o.name for o in proto.graph.output]
+        if runtime == "onnxruntime":
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise BackendUnavailable(f"ONNX Runtime is not installed: {INSTALL}") from None
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._quiet = ort.RunOptions()
+            self._quiet.log_severity_level = 4  # a refused kernel is said once, in our error
+            try:
+                self._session = ort.InferenceSession(
+                    proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # ORT raises its own classes for a missing kernel
+                raise BackendUnavailable(
+                    f"ONNX Runtime {ort.__version__} cannot run it: {_first(e)}"
+                ) from None
+        else:
+            _onnx()
+            from onnx.reference import ReferenceEvaluator
+
+            self._session = ReferenceEvaluator(proto)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs by name, for ``feeds`` by input name (the ones the model takes). ONNX
+        Runtime's GRU and LSTM accept a float64 model and refuse it only here: a
+        ``BackendUnavailable`` with its message."""
+        given = {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in self.inputs}
+        if self.runtime == "onnxruntime":
+            try:
+                values = self._session.run(None, given, self._quiet)
+            except Exception as e:
+                if "NOT_IMPLEMENTED" in str(e) or "does not support" in str(e):
+                    raise BackendUnavailable(f"ONNX Runtime cannot run it: {_first(e)}") from None
+                raise
+        else:
+            values = self._session.run(None, given)
+        return dict(zip(self.outputs, (np.asarray(v) for v in values), strict=True))
+
+
+def _first(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300]
+
+
+def serialize(proto: Any) -> bytes:
+    return bytes(proto.SerializeToString())
+
+
+def parse(data: bytes, what: str) -> Any:
+    """An ``onnx.ModelProto`` from a file's bytes; not ONNX: a ConversionError."""
+    onnx = _onnx()
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception:
+        raise ConversionError(f"{what} is not an ONNX model") from None
+    if not proto.graph.node:
+        raise ConversionError(f"{what} is not an ONNX model (no graph)")
+    return proto
+
+
+__all__ = [
+    "FORMS",
+    "GRU_RESET_BEFORE",
+    "RUNTIMES",
+    "Graph",
+    "Runner",
+    "build",
+    "read",
+]
