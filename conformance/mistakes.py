@@ -326,7 +326,7 @@ class GateOrderZR(_Rewired):
 
     mistake = (
         "z and r swapped: the GRU's update and reset gates exchanged (torch stacks the gates "
-        "r, z, n; Keras z, r, h)"
+        "r, z, n; Keras and ONNX z, r, h)"
     )
     cells = GRUS
 
@@ -345,8 +345,9 @@ class ResetOtherForm(_Rewired):
 
     mistake = (
         "the reset gate in the other GRU formulation: (R ⊙ H) W_hh and R ⊙ (H W_hh + b_hh) "
-        "exchanged (reset-before: d2l 9.1, Keras GRU(reset_after=False); reset-after: "
-        "torch.nn.GRU, cuDNN, Keras' default)"
+        "exchanged (reset-before: d2l 9.1, Keras GRU(reset_after=False), ONNX GRU "
+        "linear_before_reset=0; reset-after: torch.nn.GRU, cuDNN, Keras' default, ONNX "
+        "linear_before_reset=1)"
     )
     cells = GRUS
 
@@ -519,6 +520,61 @@ class GateOrderOC(_Rewired):
 
     def _pull_back(self, grads: Any) -> Any:
         return _swap_oc(grads)
+
+
+def _rename_gates(arrays: Any, rename: dict[str, str]) -> Any:
+    """Each gate's weights and bias under another gate's name (``rename``: ours -> the name it
+    is read under)."""
+    out = {}
+    for name, value in arrays.items():
+        head, _, part = name.partition("_")
+        if head in ("W", "b") and name != "W_hq" and part[-1:] in rename and len(part) <= 2:
+            name = f"{head}_{part[:-1]}{rename[part[-1]]}"
+        out[name] = value
+    return out
+
+
+_IFCO_READ_AS_IOFC = {"f": "o", "c": "f", "o": "c"}
+
+
+class LstmGatesIFCO(_Rewired):
+    """The LSTM's gates stacked i, f, c, o (torch's i, f, g, o; Keras' order) where ONNX's LSTM
+    reads i, o, f, c: the forget gate's weights act as the output gate, the candidate's as the
+    forget gate, the output gate's as the candidate."""
+
+    mistake = (
+        "the LSTM's gates stacked i, f, c, o (torch's i, f, g, o, or Keras') where ONNX's LSTM "
+        "reads i, o, f, c"
+    )
+    cells = (LSTM,)
+
+    def _rewire(self, params: Any) -> Any:
+        return _rename_gates(params, _IFCO_READ_AS_IOFC)
+
+    def _pull_back(self, grads: Any) -> Any:
+        return _rename_gates(grads, {v: k for k, v in _IFCO_READ_AS_IOFC.items()})
+
+
+def _swap_candidate_biases(arrays: Any) -> Any:
+    swap = {"b_xh": "b_hh", "b_hh": "b_xh"}
+    return {swap.get(name, name): value for name, value in arrays.items()}
+
+
+class CandidateBiasesSwapped(_Rewired):
+    """The reset-after candidate's two biases exchanged: b_hh outside the reset, b_xh inside
+    it, as when ONNX's ``B`` is written ``[Rb; Wb]`` (or torch's bias_ih and bias_hh swapped)."""
+
+    mistake = (
+        "the candidate's two biases exchanged (b_xh inside the reset, b_hh outside): ONNX's B "
+        "written as [Rb; Wb], or torch's bias_ih and bias_hh swapped"
+    )
+    cells = (GRU_RESET_AFTER,)
+
+    def _rewire(self, params: Any) -> Any:
+        return _swap_candidate_biases(params)
+
+    def _pull_back(self, grads: Any) -> Any:
+        return _swap_candidate_biases(grads)
 
 
 class LossOverBatchOnly(BackendSubject):
@@ -701,6 +757,8 @@ MISTAKES: dict[str, Callable[[], BackendSubject]] = {
     "no-layer-bias": lambda: NoLayerBias(numpy_backend, "float64"),
     "gate-biases-twice": lambda: GateBiasesTwice(numpy_backend, "float64"),
     "gate-order-oc": lambda: GateOrderOC(numpy_backend, "float64"),
+    "lstm-gates-ifco": lambda: LstmGatesIFCO(numpy_backend, "float64"),
+    "candidate-biases-swapped": lambda: CandidateBiasesSwapped(numpy_backend, "float64"),
     "loss-over-batch-only": lambda: LossOverBatchOnly(numpy_backend, "float64"),
     "clip-per-parameter": lambda: ClipPerParameter(numpy_backend, "float64"),
     "state-not-carried": lambda: StateNotCarried(numpy_backend, "float64"),

@@ -21,7 +21,7 @@ from typing import Any
 from rosetta_rnn import backends
 from rosetta_rnn.core.errors import BackendUnavailable
 
-from . import reference_checks, run_checks
+from . import onnx_subjects, reference_checks, run_checks
 from .checks import (
     CELL_FREE,
     CHECKS,
@@ -182,6 +182,33 @@ def oracles(
     return found, skipped
 
 
+ONNX = "onnx"
+"""The name that asks ``plan`` for the ONNX columns: every cell exported by
+``core.onnx_model``, run on ONNX Runtime and on onnx's reference evaluator."""
+
+
+def onnx_columns(
+    dtypes: Sequence[str], device: str, required: bool, cells: Sequence[str] = CELLS
+) -> tuple[list[Any], list[Skip]]:
+    """A subject per (form, runtime, dtype) that runs (``onnx_subjects.columns``) and cell;
+    a Skip for each combination that does not (ONNX Runtime's float64 recurrent operators: not
+    failing, the decomposed form runs float64), and for all of them when onnx or onnxruntime
+    is missing (failing when ``required``) or a GPU was asked (failing: they run on the CPU)."""
+    why = onnx_subjects.installed()
+    if why:
+        return [], [Skip(ONNX, why, required)]
+    if device != "cpu":
+        return [], [Skip(ONNX, "the ONNX columns run on the CPU (onnxruntime's CPU build)", True)]
+    runs, left = onnx_subjects.columns(list(dtypes))
+    skipped = [Skip(where, why) for where, why in left]
+    made = [
+        onnx_subjects.OnnxSubject(form, runtime, dtype, cell)
+        for form, runtime, dtype in runs
+        for cell in cells
+    ]
+    return made, skipped
+
+
 def _nothing_to_run(device: str, skipped: Sequence[Skip]) -> BackendUnavailable:
     """One line: what was asked for, grouped by why it cannot run."""
     why: dict[str, list[str]] = {}
@@ -214,13 +241,17 @@ def plan(
     fails the matrix. ``only``: just these checks (their names as the cells show them); one
     that names no cell is a one-line error. Raises BackendUnavailable when no backend and no
     oracle can run on ``device``."""
-    subs, skipped = subjects(names, dtypes, device, required)
+    subs, skipped = subjects([n for n in names if n != ONNX], dtypes, device, required)
     left_out: set[str] = set()  # checks a column could not run (it said why in ``skipped``)
     found: list[Any] = []
     if with_oracles:
         found, more = oracles(names, dtypes, device, required, cells)
         skipped += more
-    if not subs and not found:
+    exported: list[Any] = []
+    if ONNX in names:
+        exported, more = onnx_columns(dtypes, device, required, cells)
+        skipped += more
+    if not subs and not found and not exported:
         raise _nothing_to_run(device, skipped)
     tasks: list[Task] = []
     if with_reference:
@@ -261,6 +292,11 @@ def plan(
             tasks.append(Task(f"{name} {at}", run, oracle.device))
         concise = functools.partial(run_checks.check_concise, oracle)
         tasks.append(Task(f"{run_checks.CONCISE} {at}", concise, oracle.device))
+    for column_ in exported:
+        at = f"{column(column_.label, column_.dtype, 'cpu')} [{cell_label(column_.cell)}]"
+        for name in onnx_subjects.ONNX_CHECKS:
+            run = functools.partial(run_check, name, column_, for_cell(problems, column_.cell))
+            tasks.append(Task(f"{name} {at}", run, "cpu"))
     if only is not None:
         kept = [t for t in tasks if t.label.split()[0] in only]
         unknown = set(only) - {t.label.split()[0] for t in kept} - left_out

@@ -32,15 +32,13 @@ from rosetta_rnn.core import model
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.errors import UserError, first_line
 
-from . import checks
+from . import checks, onnx_subjects
 from .checks import Quantity, _default_mode, _reference_grads, _rounded, diagnose
 from .problems import Problem, state_arrays
 from .subjects import NotApplicable
 from .tolerances import tolerance
 from .user_subjects import (
-    FlaxModelSubject,
     FunctionSubject,
-    KerasModelSubject,
     SubjectError,
     TorchModuleSubject,
     subject_of,
@@ -304,7 +302,7 @@ def _where(
 
 def _problem(subject: Any, cell: str, seed: int) -> Problem:
     sizes = dict(SIZES)
-    if isinstance(subject, (TorchModuleSubject, KerasModelSubject, FlaxModelSubject)):
+    if hasattr(subject, "sizes"):  # a model: its layers say its sizes
         sizes.update(subject.sizes())
     return Problem(
         vocab_size=sizes["vocab_size"],
@@ -378,9 +376,17 @@ def verify(
     notes: list[str] = []
     if cell is None and isinstance(subject, dict) and "cell" in subject:
         cell = subject["cell"]  # a subject given as a dict names its cell as --cell does
-    built = _build(subject, cell, dtype, options, notes)
+    given = None
+    if is_onnx(subject):
+        built, given = _build_onnx(subject, cell, dtype, options, notes)
+    else:
+        if {"weights", "runtime"} & set(options):
+            raise UserError("weights and runtime are an ONNX model's (verify FILE.onnx)")
+        built = _build(subject, cell, dtype, options, notes)
     core_cell = built.cell
     problem = _problem(built, core_cell, seed)
+    if given is not None:
+        problem = onnx_subjects.problem_for(problem, given)
     params, inputs, _, state = _rounded(problem, built.dtype)
     if "final" not in built.forward(params, inputs, state) and trajectory == "sequential":
         trajectory = "random"
@@ -463,6 +469,46 @@ def _build(
         reason = first_line(e)
     notes.append(f"checked in float32: in float64 {reason}")
     return subject_of(subject, cell=core, dtype="float32", **options)
+
+
+def is_onnx(obj: Any) -> bool:
+    """An ONNX model: an ``onnx.ModelProto``, or the path of a file holding one."""
+    if isinstance(obj, (str, Path)):
+        from rosetta_rnn.core.convert import _looks_onnx
+
+        return Path(obj).is_file() and _looks_onnx(obj)
+    if "onnx" in sys.modules:
+        import onnx
+
+        return isinstance(obj, onnx.ModelProto)
+    return False
+
+
+def _build_onnx(
+    subject: Any, cell: str | None, dtype: str | None, options: dict, notes: list[str]
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """An ONNX file and the parameters it is held to (``weights``: a file convert reads, or
+    core's parameters; else its own tensors): the file's floats decide its dtype."""
+    extra = set(options) - {"weights", "runtime", "inputs", "label"}
+    if extra:
+        raise UserError(f"an ONNX model takes no {', '.join(sorted(extra))}")
+    proto, label = onnx_subjects.load(subject)
+    core = CELL_NAMES.get(cell) if cell else None
+    if cell and core is None:
+        raise UserError(f"unknown cell {cell!r}; choose from {', '.join(CELL_NAMES)}")
+    params, held, more = onnx_subjects.reference_weights(proto, options.get("weights"), core, label)
+    notes += more
+    made = onnx_subjects.OnnxFileSubject(
+        proto,
+        params,
+        cell=held,
+        runtime=options.get("runtime", "onnxruntime"),
+        inputs=options.get("inputs", "time-major"),
+        label=options.get("label", label),
+    )
+    if dtype is not None and made.dtype != dtype:
+        raise UserError(f"the ONNX model computes in {made.dtype}; it is checked as such")
+    return made, params
 
 
 def is_model(obj: Any) -> bool:

@@ -76,9 +76,10 @@ def register(sub: Any) -> None:
         "--backends",
         nargs="+",
         metavar="NAME",
-        help="the backends to check (a name, or name:option such as array-api:torch); each "
-        "named one must be installed (default: every one that is installed, of "
-        f"{' '.join(backends.BACKENDS)})",
+        help="the backends to check (a name, or name:option such as array-api:torch), and "
+        "onnx: every cell exported to ONNX, fused and decomposed, run on ONNX Runtime and on "
+        "onnx's reference evaluator; each named one must be installed (default: every one "
+        f"that is installed, of {' '.join(backends.BACKENDS)} onnx)",
     )
     c.add_argument(
         "--dtype",
@@ -129,11 +130,13 @@ def register(sub: Any) -> None:
 
 def cmd_conform(args: argparse.Namespace) -> int:
     from rosetta_rnn.conformance import runner
+    from rosetta_rnn.conformance.runner import ONNX
 
     named = args.backends is not None
-    names = list(dict.fromkeys(args.backends if named else backends.BACKENDS))
+    names = list(dict.fromkeys(args.backends if named else (*backends.BACKENDS, ONNX)))
     for name in names:
-        backends.check_name(name)
+        if name != ONNX:
+            backends.check_name(name)
     _prepare_replicas(names, args.checks)
     with Progress("conform: loading the backends", total=None, unit="cells") as progress:
         planned = runner.plan(

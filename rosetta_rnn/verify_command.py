@@ -22,7 +22,11 @@ as model(X); or a function
 forward(params, X, state) -> (logits, state) in NumPy, PyTorch, JAX or TensorFlow, params
 named as the chapter's (W_xh, W_hh, b_h, W_hq, b_q; a GRU's and an LSTM's as d2l's) or
 through --names; or a dict naming forward and any of step, predict, cell, names, inputs,
-params_form, state_form.
+params_form, state_form. An ONNX file (FILE.onnx, any exporter's) is held to the weights it
+was exported from (--weights, any file convert reads), or, written by rosetta-rnn convert, to
+its own tensors: run on ONNX Runtime (or --runtime reference), it gets the rows of a model
+without gradients (logits, final state, loss, generation), and an exporter's layout mistakes
+(linear_before_reset, the gate order, B's rows) are named.
 
 The subject is loaded with check weights that hide nothing (nonzero biases about a different
 mean per gate, asymmetric matrices, each gate's weights at their own scale) and compared with
@@ -49,7 +53,11 @@ def register(sub: Any) -> None:
         help="check your own RNN against the reference, and name the mistake",
         description=DESCRIPTION,
     )
-    p.add_argument("target", metavar="MODULE:OBJECT", help="the model or forward function")
+    p.add_argument(
+        "target",
+        metavar="MODULE:OBJECT",
+        help="the model or forward function, or an ONNX file (FILE.onnx)",
+    )
     p.add_argument(
         "--cell",
         choices=tuple(v.CELL_NAMES),
@@ -121,6 +129,19 @@ def register(sub: Any) -> None:
         metavar="CHECK",
         help=f"only these (default: all): {', '.join(c.name for c in v.CHECKS)}",
     )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="an ONNX file's source: the weights it was exported from, in any format convert "
+        "reads (a checkpoint, a torch state dict, Keras weights ...) (default: a file "
+        "rosetta-rnn wrote is held to its own tensors)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "reference"),
+        help="what runs an ONNX file: ONNX Runtime, or onnx's reference evaluator (default: "
+        "onnxruntime)",
+    )
     p.add_argument("--seed", type=int, default=0, help="the check weights' seed")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=cmd_verify)
@@ -139,11 +160,24 @@ def _names(pairs: list[str]) -> dict[str, str]:
 def cmd_verify(args: argparse.Namespace) -> int:
     from rosetta_rnn.conformance import verify as v
 
-    obj = v.load_object(args.target)
     options: dict[str, Any] = {}
     if args.inputs is not None:
         options["inputs"] = args.inputs
-    if not v.is_model(obj):
+    if v.is_onnx(args.target):
+        obj: Any = args.target
+        if args.framework or args.step or args.predict or args.names:
+            raise UserError("an ONNX model is its own framework, step, sampler and names")
+        if args.weights is not None:
+            options["weights"] = args.weights
+        if args.runtime is not None:
+            options["runtime"] = args.runtime
+    elif args.weights or args.runtime:
+        raise UserError("--weights and --runtime are an ONNX file's (verify FILE.onnx)")
+    else:
+        obj = v.load_object(args.target)
+    if v.is_onnx(obj):
+        pass
+    elif not v.is_model(obj):
         options.update(
             framework=args.framework,
             params_form=args.params,

@@ -41,6 +41,11 @@ def port_forward(params: dict, X: Any, state: Any, cell: str = "rnn", mistake: s
     if mistake == "gate-order-oc":
         for a in ("W_x", "W_h", "b_"):
             p[f"{a}o"], p[f"{a}c"] = p[f"{a}c"], p[f"{a}o"]
+    if mistake == "lstm-gates-ifco":  # torch's i, f, g, o stack read in ONNX's i, o, f, c
+        for a in ("W_x", "W_h", "b_"):
+            p[f"{a}o"], p[f"{a}f"], p[f"{a}c"] = p[f"{a}f"], p[f"{a}c"], p[f"{a}o"]
+    if mistake == "candidate-biases-swapped":
+        p["b_xh"], p["b_hh"] = p["b_hh"], p["b_xh"]
     if mistake == "forget-bias-one":
         p["b_f"] = p["b_f"] + 1
     gate = lambda x: _gate(x, mistake)  # noqa: E731
