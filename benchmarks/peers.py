@@ -14,6 +14,9 @@ interface costs speed. (The layers are loaded with core's parameters through
   the recurrence as ``lax.scan``, the whole step under ``jax.jit``.
 - ``numpy.min-char-rnn`` (the RNN): Karpathy's loop (cache the forward per step, walk it
   backwards, accumulate every gradient per step), batched, with d2l's global-norm clip.
+- ``onnxruntime.RNN``, ``onnxruntime.Scan`` (the RNN; forward and generate only): the model
+  ``convert --to onnx`` writes, fused (ONNX's ``RNN`` operator) or decomposed, run by ONNX
+  Runtime, an inference engine beside the frameworks.
 
 Each peer computes one cell (``PEER_CELL``): torch.nn.GRU and keras.GRU the reset-after GRU,
 keras.GRU(reset_after=False) d2l's reset-before one. Where a framework keeps two biases that
@@ -65,6 +68,7 @@ class Peer:
     modes: ClassVar[dict[str, str]]  # workload -> mode label
     libraries: ClassVar[tuple[str, ...]] = ()  # modules it needs beyond the framework
     cpu_only: ClassVar[bool] = False
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")  # what it runs in
 
     def __init__(
         self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
@@ -618,7 +622,84 @@ class MinCharRNNPeer(Peer):
         return call
 
 
-PEER_CLASSES: tuple[type[Peer], ...] = (TorchPeer, KerasPeer, JaxScanPeer, MinCharRNNPeer)
+# --- ONNX Runtime -----------------------------------------------------------------------------
+
+
+class OnnxRuntimePeer(Peer):
+    """The chapter's model exported by ``convert --to onnx`` (fused: ONNX's own ``RNN``
+    operator) and run by ONNX Runtime's CPU build, an inference engine: the forward and
+    generate workloads (no training). Its arrays are NumPy's, on the host, so it is listed
+    with NumPy; its threads are the bench's (``OMP_NUM_THREADS``, which the bench sets)."""
+
+    names: ClassVar[dict[str, str]] = {RNN: "onnxruntime.RNN"}
+    framework = "numpy"
+    form = "fused"
+    modes: ClassVar[dict[str, str]] = {"forward": "fused", "generate": "fused"}
+    libraries: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
+    cpu_only = True
+    dtypes: ClassVar[tuple[str, ...]] = ("float32",)  # ONNX Runtime's RNN has no float64
+
+    def set_params(self, params: Arrays) -> None:
+        from rosetta_rnn.core import convert, onnx_model
+
+        self.params = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
+        proto = convert.to_onnx_model(convert.from_params(self.params), self.form)
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
+        self.session = onnx_model.Runner(proto, "onnxruntime", threads=threads)
+
+    def get_params(self) -> Arrays:
+        return dict(self.params)
+
+    def _zeros(self, batch_size: int) -> np.ndarray:
+        return np.zeros((batch_size, self.num_hiddens), self.dtype)
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        tokens = np.ascontiguousarray(inputs, dtype=np.int64)
+        h0 = self._zeros(inputs.shape[1])
+        flat = labels.reshape(-1)
+        rows = np.arange(flat.size)
+
+        def call() -> Any:
+            logits = self.session.run({"tokens": tokens, "h0": h0})["logits"]
+            z = logits.reshape(flat.size, -1)
+            top = z.max(axis=1, keepdims=True)
+            logp = z[rows, flat] - top[:, 0] - np.log(np.exp(z - top).sum(axis=1))
+            return -logp.mean()
+
+        return call
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        def call() -> list[int]:
+            outputs = [first]
+            h = self._zeros(1)
+            token = np.zeros((1, 1), np.int64)
+            for _ in range(num_preds):
+                token[0, 0] = outputs[-1]
+                out = self.session.run({"tokens": token, "h0": h})
+                h = out["h_n"]
+                outputs.append(int(np.argmax(out["logits"][0, 0])))
+            return outputs
+
+        return call
+
+
+class OnnxRuntimeScanPeer(OnnxRuntimePeer):
+    """The same model in the decomposed form: a ``Scan`` of MatMul, Add and Tanh."""
+
+    names: ClassVar[dict[str, str]] = {RNN: "onnxruntime.Scan"}
+    form = "decomposed"
+    modes: ClassVar[dict[str, str]] = {"forward": "decomposed", "generate": "decomposed"}
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+
+
+PEER_CLASSES: tuple[type[Peer], ...] = (
+    TorchPeer,
+    KerasPeer,
+    JaxScanPeer,
+    MinCharRNNPeer,
+    OnnxRuntimePeer,
+    OnnxRuntimeScanPeer,
+)
 PEERS: dict[str, type[Peer]] = {name: cls for cls in PEER_CLASSES for name in cls.names.values()}
 """Every peer by name: ``torch.nn.RNN``, ``torch.nn.GRU``, ... ``numpy.min-char-rnn``."""
 PEER_NAMES: tuple[str, ...] = tuple(PEERS)

@@ -247,6 +247,8 @@ def _groups(
             fw = PEER_FRAMEWORK[peer]
             if PEER_CELL[peer] != cell or device not in devices.get(fw, []):
                 continue
+            if dtype not in PEERS[peer].dtypes:
+                continue
             if device == "cpu" or not PEERS[peer].cpu_only:
                 cases += peer_cases(peer, device, dtype, shape, [workload], sweep)
         return cases

@@ -314,8 +314,10 @@ def _peer_builder(name: str, workload: str, device: str, dtype: str, shape: Shap
 def peer_cases(
     name: str, device: str, dtype: str, shape: Shape, workloads: list[str], sweep: str | None = None
 ) -> list[Case]:
-    """One peer's rows for each workload, in the cell it computes."""
+    """One peer's rows for each workload it runs (an inference engine: no ``train``), in the
+    cell it computes."""
     cls = peers_mod.PEERS[name]
+    workloads = [w for w in workloads if w in cls.modes]
     return [
         Case(
             name=name,

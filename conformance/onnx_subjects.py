@@ -34,7 +34,7 @@ Exporter = Callable[[convert.Layer, str, str], Any]
 
 def export(layer: convert.Layer, form: str, activation: str = "tanh") -> Any:
     """What ``convert --to onnx`` writes (without our metadata)."""
-    return onnx_model.build(layer, form, activation)
+    return convert.to_onnx_model(layer, form, activation)
 
 
 ONNX_CHECKS = ("hidden", "logits", "sample/greedy", "sample/temperature")
@@ -376,7 +376,7 @@ def reference_weights(
     notes: list[str] = []
     if weights is None:
         try:
-            graph = onnx_model.read(proto, what)
+            graph = convert.from_onnx_model(proto, what)
         except convert.ConversionError as e:
             raise UserError(
                 f"{e}: give the weights it was exported from (--weights FILE, any file convert "

@@ -63,7 +63,7 @@ import numpy as np
 
 from . import checkpoint, model
 from .cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN, cell_of
-from .errors import UserError
+from .errors import ConversionError, UserError
 
 Arrays = dict[str, np.ndarray]
 
@@ -138,10 +138,6 @@ NO_SCRATCH_RESET_AFTER = (
     "d2l-concise (d2l.GRU is nn.GRU, reset-after), torch or keras (GRU(reset_after=True)), or "
     "train with --gru reset-before"
 )
-
-
-class ConversionError(UserError):
-    """A conversion that has no exact answer, or a file that is not the layer it claims."""
 
 
 @dataclass
@@ -503,7 +499,6 @@ ONNX_GATES: dict[str, tuple[str, ...]] = {
 }
 """The order ONNX's ``RNN``, ``GRU`` and ``LSTM`` operators stack the gates in, under core's
 names (the operators' own: GRU ``z, r, h``; LSTM ``i, o, f, c``)."""
-ONNX_OPS = {RNN: "RNN", GRU_RESET_BEFORE: "GRU", GRU_RESET_AFTER: "GRU", LSTM: "LSTM"}
 ONNX_LAYER = {
     RNN: "RNN",
     GRU_RESET_BEFORE: "GRU(linear_before_reset=0)",
@@ -598,6 +593,48 @@ def layer_of(arrays: Mapping[str, np.ndarray], fmt: str, what: str = "the weight
     if fmt == "rosetta":
         return from_params({k: arrays[k] for k in model.param_names(arrays)})
     raise ConversionError(f"{what}: no layer of format {fmt!r}")
+
+
+def to_onnx_model(
+    layer: Layer,
+    form: str = "fused",
+    activation: str = "tanh",
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """The ``onnx.ModelProto`` of ``layer`` (``core.onnx_model``): fused, the operator holding
+    ``to_onnx``'s tensors; decomposed, a Scan holding core's parameters (``to_params``)."""
+    from . import onnx_model
+
+    fused = to_onnx(layer) if form == "fused" else None
+    return onnx_model.build(layer.cell, form, to_params(layer), fused, activation, metadata)
+
+
+@dataclass
+class OnnxRead:
+    """A model read from an ONNX file: the layer, its form, the RNN's activation, our
+    metadata (the document ``convert`` records)."""
+
+    layer: Layer
+    form: str
+    activation: str
+    metadata: dict[str, Any]
+
+
+def from_onnx_model(proto: Any, what: str = "the ONNX model") -> OnnxRead:
+    """The layer an ONNX model holds: a fused one's operator and tensors through ONNX's
+    layout (``from_onnx``, the cell from ``onnx_cell``), a decomposed one's core parameters."""
+    from . import onnx_model
+
+    graph = onnx_model.read(proto, what)
+    if graph.form == "fused":
+        cell = onnx_cell(str(graph.op), graph.linear_before_reset, what)
+        layer = from_onnx(graph.arrays, cell, what)
+    else:
+        try:
+            layer = from_params(graph.arrays)
+        except (KeyError, ValueError, UserError) as e:
+            raise ConversionError(f"{what}: its Scan's tensors are not core's parameters") from e
+    return OnnxRead(layer, graph.form, graph.activation, graph.metadata)
 
 
 def _shapes(what: str, expected: Mapping[str, tuple[int, ...]], arrays: Arrays) -> None:
@@ -873,11 +910,7 @@ def _read_onnx(path: str, data: bytes, activation: str | None) -> Weights:
     from . import onnx_model
 
     what = f"{path} (--from onnx)"
-    proto = onnx_model.parse(data, path)
-    try:
-        graph = onnx_model.read(proto, what)
-    except ConversionError as e:
-        raise ConversionError(str(e)) from None
+    graph = from_onnx_model(onnx_model.parse(data, path), what)
     meta = dict(graph.metadata)
     if graph.layer.cell == RNN:
         meta.setdefault("activation", graph.activation)
@@ -1164,7 +1197,7 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
     if fmt == "onnx":
         from . import onnx_model
 
-        proto = onnx_model.build(layer, form, weights.activation, _native_doc(fmt, weights))
+        proto = to_onnx_model(layer, form, weights.activation, _native_doc(fmt, weights))
         if form == "fused" and weights.dtype == "float64":
             notes.append(
                 "ONNX Runtime has no float64 kernel for RNN, GRU or LSTM: this file runs on "

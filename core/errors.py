@@ -15,6 +15,10 @@ class CheckpointError(UserError):
     """A checkpoint is missing, damaged, of another format or does not fit the request."""
 
 
+class ConversionError(UserError):
+    """A conversion that has no exact answer, or a file that is not the layer it claims."""
+
+
 class BackendUnavailable(UserError):
     """A backend's framework is not installed, or the asked-for device is not there."""
 

@@ -1,6 +1,8 @@
 """The whole language model as an ONNX graph, read back, and run on ONNX Runtime or on onnx's
 own reference evaluator. The weights' layout is ``core.convert``'s (``to_onnx``, ``from_onnx``,
-``ONNX_GATES``); this module builds and reads the graph around it.
+``ONNX_GATES``; ``convert.to_onnx_model`` and ``from_onnx_model`` are the way in and out); this
+module builds and reads the graph around the arrays it is given, and imports nothing of
+convert's.
 
 Every graph has the same signature, time-major as core::
 
@@ -36,23 +38,17 @@ import numpy as np
 
 from . import model
 from .cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
-from .convert import (
-    ONNX_GATES,
-    ONNX_OPS,
-    ConversionError,
-    Layer,
-    from_onnx,
-    onnx_cell,
-    to_onnx,
-    to_params,
-)
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, ConversionError
+
+Arrays = dict[str, np.ndarray]
 
 FORMS = ("fused", "decomposed")
 RUNTIMES = ("onnxruntime", "reference")
 """ONNX Runtime's CPU execution provider, and onnx's own reference evaluator
 (``onnx.reference.ReferenceEvaluator``): two implementations written apart."""
 OPSET = 17
+OPS = {RNN: "RNN", GRU_RESET_BEFORE: "GRU", GRU_RESET_AFTER: "GRU", LSTM: "LSTM"}
+"""The fused form's operator of each cell (the GRU's formulation is its ``linear_before_reset``)."""
 METADATA_KEY = "rosetta_rnn"
 INPUTS = ("tokens", "h0", "c0")
 OUTPUTS = ("logits", "hidden", "h_n", "c_n")
@@ -82,16 +78,16 @@ def _onnx() -> Any:
     return onnx
 
 
-def _dtype_of(layer: Layer) -> np.dtype:
-    return np.dtype(layer.W_hq.dtype)
-
-
 @dataclass
 class Graph:
-    """An ONNX model read back: the layer, its form, the RNN's activation and our metadata."""
+    """An ONNX model read back: its form, the arrays it holds (fused: the operator's ``W``,
+    ``R``, ``B`` and ``W_hq``, ``b_q``, ``E``; decomposed: core's parameters), the fused
+    operator and its ``linear_before_reset``, the RNN's activation and our metadata."""
 
-    layer: Layer
     form: str
+    arrays: Arrays
+    op: str | None
+    linear_before_reset: int
     activation: str
     metadata: dict[str, Any]
 
@@ -100,23 +96,27 @@ class Graph:
 
 
 def build(
-    layer: Layer,
-    form: str = "fused",
+    cell: str,
+    form: str,
+    params: Arrays,
+    fused: Arrays | None = None,
     activation: str = "tanh",
     metadata: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The ``onnx.ModelProto`` of ``layer`` in ``form``, checked by ``onnx.checker``."""
+    """The ``onnx.ModelProto`` of a model of ``cell`` in ``form``, checked by
+    ``onnx.checker``: ``params`` are core's (``E`` for a learned embedding), ``fused`` the
+    operator's ``W``, ``R``, ``B`` (``convert.to_onnx``) for the fused form."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     if form not in FORMS:
         raise ConversionError(f"unknown ONNX form {form!r}; choose from {', '.join(FORMS)}")
-    if layer.cell == RNN and activation not in ("tanh", "relu"):
+    if cell == RNN and activation not in ("tanh", "relu"):
         raise ConversionError(f"the RNN's activation is tanh or relu, not {activation!r}")
-    dtype = _dtype_of(layer)
+    dtype = np.dtype(params["W_hq"].dtype)
     elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[dtype.type]
-    H, V = (int(n) for n in layer.W_hq.shape)
-    lstm = layer.cell == LSTM
+    H, V = (int(n) for n in params["W_hq"].shape)
+    lstm = cell == LSTM
     inits: dict[str, np.ndarray] = {}
     nodes: list[Any] = []
 
@@ -130,13 +130,15 @@ def build(
     const("axis0", np.array([0], np.int64))
     const("axis1", np.array([1], np.int64))
     if form == "fused":
-        _fused(layer, activation, dtype, const, node)
+        if fused is None:
+            raise ConversionError("the fused form needs the operator's W, R and B")
+        _fused(cell, params, fused, activation, dtype, const, node)
     else:
-        _decomposed(layer, activation, dtype, const, node, helper, elem, H)
+        _decomposed(cell, params, activation, dtype, const, node, helper, elem, H)
     node("MatMul", ["hidden", "W_hq"], ["hidden_W_hq"])
     node("Add", ["hidden_W_hq", "b_q"], ["logits"])
-    inits.setdefault("W_hq", np.ascontiguousarray(layer.W_hq))
-    inits.setdefault("b_q", np.ascontiguousarray(layer.b_q))
+    inits.setdefault("W_hq", np.ascontiguousarray(params["W_hq"]))
+    inits.setdefault("b_q", np.ascontiguousarray(params["b_q"]))
 
     def value(name: str, elem_type: int, shape: list[Any]) -> Any:
         return helper.make_tensor_value_info(name, elem_type, shape)
@@ -150,7 +152,7 @@ def build(
     outputs += [value(n, elem, ["batch", H]) for n in (("h_n", "c_n") if lstm else ("h_n",))]
     graph = helper.make_graph(
         nodes,
-        f"rosetta-rnn {layer.cell} ({form})",
+        f"rosetta-rnn {cell} ({form})",
         inputs,
         outputs,
         initializer=[numpy_helper.from_array(np.ascontiguousarray(a), n) for n, a in inits.items()],
@@ -162,31 +164,37 @@ def build(
         doc_string="a character-level RNN language model (d2l's chapter), written by rosetta-rnn",
     )
     proto.ir_version = 8  # what OPSET needs, so older runtimes read the file
-    doc = {"form": form, "activation": activation, "cell": layer.cell, **(metadata or {})}
+    doc = {"form": form, "activation": activation, "cell": cell, **(metadata or {})}
     helper.set_model_props(proto, {METADATA_KEY: json.dumps(doc)})
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def _inputs(layer: Layer, dtype: np.dtype, const: Any, node: Any) -> str:
+def _inputs(params: Arrays, dtype: np.dtype, const: Any, node: Any) -> str:
     """The recurrent layer's inputs (steps, batch, I): rows of E, or of the identity."""
-    V = int(layer.W_hq.shape[1])
+    V = int(params["W_hq"].shape[1])
     table = (
-        const(model.EMBEDDING, np.ascontiguousarray(layer.E))
-        if layer.E is not None
+        const(model.EMBEDDING, np.ascontiguousarray(params[model.EMBEDDING]))
+        if model.EMBEDDING in params
         else const("one_hot", np.eye(V, dtype=dtype))
     )
     node("Gather", [table, "tokens"], ["X"], axis=0)
     return "X"
 
 
-def _fused(layer: Layer, activation: str, dtype: np.dtype, const: Any, node: Any) -> None:
-    cell = layer.cell
-    arrays = to_onnx(layer)
-    X = _inputs(layer, dtype, const, node)
-    for name in ("W", "R", "B", "W_hq", "b_q"):
-        const(name, arrays[name])
-    H = layer.num_hiddens
+def _fused(
+    cell: str,
+    params: Arrays,
+    fused: Arrays,
+    activation: str,
+    dtype: np.dtype,
+    const: Any,
+    node: Any,
+) -> None:
+    X = _inputs(params, dtype, const, node)
+    for name in ("W", "R", "B"):
+        const(name, np.ascontiguousarray(fused[name]))
+    H = int(params["W_hq"].shape[0])
     node("Unsqueeze", ["h0", "axis0"], ["initial_h"])
     ins = [X, "W", "R", "B", "", "initial_h"]
     outs = ["Y", "Y_h"]
@@ -201,15 +209,25 @@ def _fused(layer: Layer, activation: str, dtype: np.dtype, const: Any, node: Any
     else:
         attrs["activations"] = ["Sigmoid", "Tanh"]
         attrs["linear_before_reset"] = int(cell == GRU_RESET_AFTER)
-    node(ONNX_OPS[cell], ins, outs, **attrs)
+    node(OPS[cell], ins, outs, **attrs)
     node("Squeeze", ["Y", "axis1"], ["hidden"])  # (steps, 1 direction, batch, H)
     node("Squeeze", ["Y_h", "axis0"], ["h_n"])
     if cell == LSTM:
         node("Squeeze", ["Y_c", "axis0"], ["c_n"])
 
 
+DECOMPOSED_GATES = {
+    RNN: ("h",),
+    GRU_RESET_BEFORE: ("z", "r", "h"),
+    GRU_RESET_AFTER: ("z", "r", "h"),
+    LSTM: ("i", "f", "o", "c"),
+}
+"""The decomposed form's scanned inputs, one per gate, under core's names."""
+
+
 def _decomposed(
-    layer: Layer,
+    cell: str,
+    params: Arrays,
     activation: str,
     dtype: np.dtype,
     const: Any,
@@ -220,19 +238,18 @@ def _decomposed(
 ) -> None:
     """The cell as a ``Scan`` over steps: X_t W_x· + b_· for every step first (a row gather of
     W_x· for one-hot inputs, as core's ``embed``), the recurrence in the body."""
-    cell = layer.cell
-    params = to_params(layer)
     for name, a in params.items():
         if name != model.EMBEDDING:
-            const(name, a)
-    gates = ONNX_GATES[cell] if cell != LSTM else ("i", "f", "o", "c")
-    if layer.E is not None:
-        const(model.EMBEDDING, np.ascontiguousarray(layer.E))
+            const(name, np.ascontiguousarray(a))
+    gates = DECOMPOSED_GATES[cell]
+    embedded = model.EMBEDDING in params
+    if embedded:
+        const(model.EMBEDDING, np.ascontiguousarray(params[model.EMBEDDING]))
         node("Gather", [model.EMBEDDING, "tokens"], ["X"], axis=0)
     scanned = []
     for g in gates:
         bias = "b_xh" if cell == GRU_RESET_AFTER and g == "h" else f"b_{g}"
-        if layer.E is not None:
+        if embedded:
             node("MatMul", ["X", f"W_x{g}"], [f"XW_{g}"])
         else:
             node("Gather", [f"W_x{g}", "tokens"], [f"XW_{g}"], axis=0)
@@ -349,15 +366,14 @@ def attribute(node: Any, name: str, default: Any = None) -> Any:
 
 
 def read(proto: Any, what: str = "the ONNX model") -> Graph:
-    """The layer an ONNX model of ours holds (either form), with its activation and our
-    metadata. A fused model is read by its operator's attributes and tensors; a decomposed
-    one by core's names."""
+    """What an ONNX model of ours holds (either form): a fused one by its operator's inputs and
+    attributes, a decomposed one by core's names (``convert.from_onnx_model`` makes the
+    layer)."""
     meta = metadata_of(proto)
     arrays = initializers(proto)
     op = recurrent_node(proto, what)
     if op is not None:
         ins = list(op.input)
-        cell = onnx_cell(op.op_type, int(attribute(op, "linear_before_reset", 0)), what)
         direction = attribute(op, "direction", "forward")
         if direction != "forward":
             raise ConversionError(f"{what}: a {direction} {op.op_type} does not convert")
@@ -365,27 +381,20 @@ def read(proto: Any, what: str = "the ONNX model") -> Graph:
             raise ConversionError(f"{what}: the {op.op_type}'s W and R are not stored tensors")
         if len(ins) < 4 or not ins[3]:
             raise ConversionError(f"{what}: the {op.op_type} has no B (a model without biases)")
-        named = {"W": ins[1], "R": ins[2], "B": ins[3]}
-        tensors = {k: arrays[v] for k, v in named.items()}
+        tensors = {k: arrays[v] for k, v in zip(("W", "R", "B"), ins[1:4], strict=True)}
         tensors.update({k: arrays[k] for k in ("W_hq", "b_q", model.EMBEDDING) if k in arrays})
         acts = attribute(op, "activations")
-        activation = "relu" if cell == RNN and acts and acts[0].lower() == "relu" else "tanh"
-        layer = from_onnx(tensors, cell, what)
-        return Graph(layer, "fused", activation, meta)
+        relu = op.op_type == "RNN" and bool(acts) and str(acts[0]).lower() == "relu"
+        lbr = int(attribute(op, "linear_before_reset", 0))
+        return Graph("fused", tensors, op.op_type, lbr, "relu" if relu else "tanh", meta)
     if not any(n.op_type == "Scan" for n in proto.graph.node):
         raise ConversionError(
             f"{what} has no RNN, GRU or LSTM operator and no Scan: not a recurrent model "
             "convert reads"
         )
-    from .convert import from_params
-
-    keep = [k for k in arrays if k.startswith(("W_", "b_")) or k == model.EMBEDDING]
-    try:
-        layer = from_params({k: arrays[k] for k in keep})
-    except (KeyError, ValueError) as e:
-        raise ConversionError(f"{what}: its Scan's tensors are not core's parameters") from e
+    keep = {k: a for k, a in arrays.items() if k.startswith(("W_", "b_")) or k == model.EMBEDDING}
     activation = str(meta.get("activation") or "tanh")
-    return Graph(layer, "decomposed", activation, meta)
+    return Graph("decomposed", keep, None, 0, activation, meta)
 
 
 # --- running ---------------------------------------------------------------------------
@@ -469,7 +478,7 @@ def parse(data: bytes, what: str) -> Any:
 
 __all__ = [
     "FORMS",
-    "GRU_RESET_BEFORE",
+    "OPS",
     "RUNTIMES",
     "Graph",
     "Runner",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -65,6 +66,10 @@ def _restore_environ(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     os.environ.update(saved)
     if torch is not None:
         torch.set_num_threads(torch_threads)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def bench(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -174,7 +179,10 @@ def _states(state: object) -> dict[str, np.ndarray]:
     return {f"state{i}": np.asarray(s) for i, s in enumerate(parts)}
 
 
-@pytest.mark.parametrize("name", peers.PEER_NAMES)
+TRAINING_PEERS = [n for n in peers.PEER_NAMES if "train" in peers.PEERS[n].modes]
+
+
+@pytest.mark.parametrize("name", TRAINING_PEERS)
 def test_peer_train_step_equals_core(name: str, cases: dict) -> None:
     """One SGD step of every peer, each in its cell, equals core's step. A peer that keeps a
     bias pair is compared unclipped (torch: θ = inf; Keras' global_clipnorm=inf gives NaN,
@@ -204,17 +212,23 @@ def test_peer_train_step_equals_core(name: str, cases: dict) -> None:
 
 @pytest.mark.parametrize("name", peers.PEER_NAMES)
 def test_peer_forward_and_greedy_generation_equal_core(name: str, cases: dict) -> None:
+    """Every peer's forward loss and greedy text, in float64 (a peer that runs float32 only,
+    ONNX Runtime's fused RNN: float32 against core's float32, at its tolerance)."""
     pytest.importorskip(FRAMEWORK_MODULE[peers.PEER_FRAMEWORK[name]])
-    ops = backends.load("numpy").make_ops("float64", "cpu")
+    for lib in peers.PEERS[name].libraries:
+        pytest.importorskip(lib)
+    dtype = "float64" if "float64" in peers.PEERS[name].dtypes else "float32"
+    ops = backends.load("numpy").make_ops(dtype, "cpu")
     case = cases[peers.PEER_CELL[name]]
-    params = case["params"]
-    peer = peers.make_peer(name, V, H, "float64", "cpu")
+    params = {k: v.astype(dtype) for k, v in case["params"].items()}
+    peer = peers.make_peer(name, V, H, dtype, "cpu")
     peer.set_params(params)
     zeros = cells.initial_state(ops, params, B)
     loss, _ = cells.any_forward_loss(ops, params, case["inputs"], case["labels"], zeros)
     got = peer.forward(case["inputs"], case["labels"])()
     peer.sync(got)
-    assert float(np.asarray(got)) == pytest.approx(float(loss), rel=1e-12)
+    rel = 1e-12 if dtype == "float64" else tolerance("float32", "values")
+    assert float(np.asarray(got)) == pytest.approx(float(loss), rel=rel)
     assert peer.generate(2, 12)() == sampling.predict(ops, params, [2], 12)
 
 
@@ -223,7 +237,14 @@ def test_every_cell_has_its_frameworks_layers_as_peers() -> None:
     for name, cell in peers.PEER_CELL.items():
         by_cell.setdefault(cell, []).append(name)
     assert by_cell == {
-        cells.RNN: ["torch.nn.RNN", "keras.SimpleRNN", "jax.lax.scan", "numpy.min-char-rnn"],
+        cells.RNN: [
+            "torch.nn.RNN",
+            "keras.SimpleRNN",
+            "jax.lax.scan",
+            "numpy.min-char-rnn",
+            "onnxruntime.RNN",  # an inference engine: forward and generate only
+            "onnxruntime.Scan",
+        ],
         cells.GRU_RESET_AFTER: ["torch.nn.GRU", "keras.GRU"],
         cells.LSTM: ["torch.nn.LSTM", "keras.LSTM"],
         cells.GRU_RESET_BEFORE: ["keras.GRU(reset_after=False)"],  # torch has no such layer
@@ -409,10 +430,13 @@ def test_bench_json_schema_and_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
         assert r["tokens_per_sec"] > 0 and r["ms_per_step"] > 0 and r["first_call_s"] > 0
-        assert r["compile_s"] is None  # NumPy compiles nothing: no first-call time counted as such
+        if not r["name"].startswith("onnxruntime."):  # ONNX Runtime's session is built once
+            assert r["compile_s"] is None  # NumPy compiles nothing: no first call counted so
     assert {r["workload"] for r in rows} == {"train", "forward", "generate"}
     peer_rows = [r for r in rows if r["backend"] == "peer"]
-    assert peer_rows and {r["name"] for r in peer_rows} == {"numpy.min-char-rnn"}
+    engines = {"onnxruntime.RNN", "onnxruntime.Scan"} if _has("onnxruntime") else set()
+    assert peer_rows and {r["name"] for r in peer_rows} == {"numpy.min-char-rnn", *engines}
+    assert {r["workload"] for r in peer_rows if r["name"] in engines} <= {"forward", "generate"}
     assert {r["name"] for r in rows if r["backend"] == "numpy"} == {
         "numpy bptt/eager",
         "numpy eager",

@@ -71,7 +71,7 @@ def test_the_support_table_is_what_the_runtimes_do(cell: str) -> None:
     Runtime has no float64 RNN, GRU or LSTM, everything else runs."""
     for (runtime, form, dtype), runs in onnx_model.SUPPORT.items():
         params, inputs, state = _params(cell, dtype)
-        proto = onnx_model.build(convert.from_params(params), form)
+        proto = convert.to_onnx_model(convert.from_params(params), form)
         assert _outcome(proto, runtime, _feeds(cell, inputs, state, dtype)) == runs, (
             runtime,
             form,
@@ -85,8 +85,8 @@ def test_both_forms_hold_the_parameters_bit_for_bit(cell: str, embed_dim) -> Non
     for dtype in ("float32", "float64"):
         params, *_ = _params(cell, dtype, embed_dim)
         for form in onnx_model.FORMS:
-            proto = onnx_model.build(convert.from_params(params), form)
-            back = onnx_model.read(onnx_model.parse(onnx_model.serialize(proto), "m"))
+            proto = convert.to_onnx_model(convert.from_params(params), form)
+            back = convert.from_onnx_model(onnx_model.parse(onnx_model.serialize(proto), "m"))
             assert back.form == form and back.layer.cell == cell
             got = convert.to_params(back.layer)
             assert set(got) == set(params)
@@ -106,7 +106,7 @@ def test_the_decomposed_form_is_float64_within_1e_12(cell: str, runtime: str) ->
     included, against NumPy float64 on the same weights; with a learned embedding too."""
     for embed_dim in (None, 4):
         params, inputs, state = _params(cell, "float64", embed_dim)
-        proto = onnx_model.build(convert.from_params(params), "decomposed")
+        proto = convert.to_onnx_model(convert.from_params(params), "decomposed")
         out = onnx_model.Runner(proto, runtime).run(_feeds(cell, inputs, state, "float64"))
         ref = _reference_forward(params, inputs, state)
         assert out["logits"].dtype == np.float64
@@ -185,12 +185,14 @@ def test_conform_catches_and_names_a_planted_exporter_mistake(name: str, cell: s
 def test_verify_names_a_planted_exporter_mistake(name: str, cell: str) -> None:
     params, *_ = _params(cell, "float32")
     _, plant, _ = onnx_subjects.PLANTED[name]
-    proto = plant(onnx_model.build(convert.from_params(params), "fused"))
+    proto = plant(convert.to_onnx_model(convert.from_params(params), "fused"))
     report = v.verify(proto, weights=params)
     assert not report.passed
     assert report.first_failure.check == "outputs"
     assert any(NAMED[name] in m for m in report.mistakes), report.text()
-    assert v.verify(onnx_model.build(convert.from_params(params), "fused"), weights=params).passed
+    assert v.verify(
+        convert.to_onnx_model(convert.from_params(params), "fused"), weights=params
+    ).passed
 
 
 def _torch_lm(cell: str, V: int, H: int):
@@ -370,7 +372,7 @@ def test_without_onnx_installed_convert_says_what_to_install(tmp_path: Path) -> 
 
 def _fused_with(change) -> object:
     params, *_ = _params(GRU_RESET_AFTER, "float32")
-    proto = onnx_model.build(convert.from_params(params), "fused")
+    proto = convert.to_onnx_model(convert.from_params(params), "fused")
     change(proto, onnx_model.recurrent_node(proto))
     return proto
 
@@ -395,4 +397,4 @@ def test_reading_refuses_what_does_not_convert() -> None:
         (no_bias, "the GRU has no B"),
     ):
         with pytest.raises(convert.ConversionError, match=words):
-            onnx_model.read(_fused_with(change))
+            convert.from_onnx_model(_fused_with(change))
