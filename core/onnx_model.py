@@ -340,9 +340,84 @@ def metadata_of(proto: Any) -> dict[str, Any]:
 
 
 def initializers(proto: Any) -> dict[str, np.ndarray]:
+    """The model's stored tensors by name: its initializers and its Constant nodes' values."""
     from onnx import numpy_helper
 
-    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Constant":
+            value = attribute(n, "value")
+            if value is not None and hasattr(value, "data_type"):
+                arrays[n.output[0]] = numpy_helper.to_array(value)
+    return arrays
+
+
+_PASS_THROUGH = ("Squeeze", "Unsqueeze", "Reshape", "Transpose", "Identity", "Flatten", "Cast")
+
+
+def _consumers(proto: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for name in n.input:
+            found.setdefault(name, []).append(n)
+    return found
+
+
+def _output_layer(proto: Any, arrays: Arrays, start: str, what: str) -> Arrays:
+    """``W_hq`` (H, V) and ``b_q`` of a graph another exporter wrote: the MatMul (with the
+    Add after it) or Gemm the recurrent output reaches through reshapes alone."""
+    consumers = _consumers(proto)
+    name = start
+    for _ in range(8):
+        after = [n for n in consumers.get(name, []) if n.op_type != "Shape"]
+        if len(after) != 1:
+            break
+        n = after[0]
+        if n.op_type in _PASS_THROUGH:
+            name = n.output[0]
+            continue
+        stored = [i for i in n.input[1:] if i in arrays]
+        if n.op_type == "Gemm" and stored:
+            W = arrays[n.input[1]]
+            W = W.T if attribute(n, "transB", 0) else W
+            bias = arrays.get(n.input[2]) if len(n.input) > 2 else None
+            return {"W_hq": np.ascontiguousarray(W), "b_q": _bias(bias, W, what)}
+        if n.op_type == "MatMul" and n.input[1] in arrays:
+            W = arrays[n.input[1]]
+            adds = [a for a in consumers.get(n.output[0], []) if a.op_type == "Add"]
+            bias = next((arrays[i] for a in adds for i in a.input if i in arrays), None)
+            return {"W_hq": np.ascontiguousarray(W), "b_q": _bias(bias, W, what)}
+        break
+    raise ConversionError(
+        f"{what}: no output layer (a MatMul and an Add, or a Gemm, with stored weights) follows "
+        "its recurrent operator"
+    )
+
+
+def _bias(bias: np.ndarray | None, W: np.ndarray, what: str) -> np.ndarray:
+    if bias is None:
+        raise ConversionError(f"{what}: its output layer has no bias")
+    return np.ascontiguousarray(np.broadcast_to(bias, (int(W.shape[1]),)))
+
+
+def _input_table(proto: Any, arrays: Arrays, start: str) -> np.ndarray | None:
+    """A learned embedding's E where the operator's input is a Gather of a stored table that
+    is not the identity (one-hot inputs: a OneHot, or a Gather of the identity)."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    name = start
+    for _ in range(8):
+        n = producers.get(name)
+        if n is None:
+            return None
+        if n.op_type in _PASS_THROUGH:
+            name = n.input[0]
+            continue
+        if n.op_type == "Gather" and n.input[0] in arrays:
+            table = arrays[n.input[0]]
+            square = table.ndim == 2 and table.shape[0] == table.shape[1]
+            return None if square and np.array_equal(table, np.eye(len(table))) else table
+        return None
+    return None
 
 
 def recurrent_node(proto: Any, what: str = "the ONNX model") -> Any:
@@ -366,9 +441,10 @@ def attribute(node: Any, name: str, default: Any = None) -> Any:
 
 
 def read(proto: Any, what: str = "the ONNX model") -> Graph:
-    """What an ONNX model of ours holds (either form): a fused one by its operator's inputs and
-    attributes, a decomposed one by core's names (``convert.from_onnx_model`` makes the
-    layer)."""
+    """What an ONNX model holds: a fused one by its operator's inputs and attributes (the
+    output layer and a learned embedding by our names, or, in another exporter's file, by
+    where they sit in the graph), a decomposed one of ours by core's names
+    (``convert.from_onnx_model`` makes the layer)."""
     meta = metadata_of(proto)
     arrays = initializers(proto)
     op = recurrent_node(proto, what)
@@ -382,7 +458,13 @@ def read(proto: Any, what: str = "the ONNX model") -> Graph:
         if len(ins) < 4 or not ins[3]:
             raise ConversionError(f"{what}: the {op.op_type} has no B (a model without biases)")
         tensors = {k: arrays[v] for k, v in zip(("W", "R", "B"), ins[1:4], strict=True)}
-        tensors.update({k: arrays[k] for k in ("W_hq", "b_q", model.EMBEDDING) if k in arrays})
+        if "W_hq" in arrays:  # ours, by name
+            tensors.update({k: arrays[k] for k in ("W_hq", "b_q", model.EMBEDDING) if k in arrays})
+        else:  # another exporter's: found by the graph's structure
+            tensors.update(_output_layer(proto, arrays, op.output[0], what))
+            table = _input_table(proto, arrays, ins[0])
+            if table is not None:
+                tensors[model.EMBEDDING] = table
         acts = attribute(op, "activations")
         relu = op.op_type == "RNN" and bool(acts) and str(acts[0]).lower() == "relu"
         lbr = int(attribute(op, "linear_before_reset", 0))

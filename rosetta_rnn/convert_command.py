@@ -54,7 +54,8 @@ def register(sub: Any) -> None:
         choices=convert.FORMATS,
         help="IN's format: a rosetta checkpoint, a torch state dict, Keras weights, or a state "
         "dict of d2l 1.0's scratch (W_hq, rnn.W_hh ...) or concise (rnn.rnn.weight_hh_l0 ...) "
-        "model, or an ONNX model rosetta-rnn wrote (default: what IN's tensor names say)",
+        "model, or an ONNX model (rosetta-rnn's, or one recurrent operator followed by a MatMul "
+        "and Add or a Gemm, as torch's exporter writes it) (default: what IN says)",
     )
     p.add_argument(
         "--to",

@@ -256,6 +256,49 @@ def _same_tensors(a: Path, b: Path) -> bool:
     return set(ta) == set(tb) and all(ta[k].tobytes() == tb[k].tobytes() for k in ta)
 
 
+def _torch_export(model, H: int, lstm: bool):
+    """What torch.onnx.export (the TorchScript exporter) writes of d2l's concise model."""
+    onnx = pytest.importorskip("onnx")
+    torch = pytest.importorskip("torch")
+    buffer = io.BytesIO()
+    X, h = torch.zeros(5, 3, dtype=torch.long), torch.zeros(1, 3, H)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (X, (h, h) if lstm else h),
+            buffer,
+            dynamo=False,
+            input_names=["X", "h0", "c0"] if lstm else ["X", "h0"],
+            dynamic_axes={
+                "X": {0: "T", 1: "B"},
+                "h0": {1: "B"},
+                **({"c0": {1: "B"}} if lstm else {}),
+            },
+        )
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("cell", list(OPS))
+def test_convert_reads_torch_exporters_file(cell: str, tmp_path: Path, capsys) -> None:
+    """torch's exporter names its tensors its own way (onnx::GRU_96 ...) and writes OneHot,
+    Squeeze, MatMul, Add: the layer is found by the graph's structure, and converts to the
+    state dict it was exported from, bit for bit."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    _, model = _torch_lm(cell, 11, 6)
+    path = tmp_path / "torch.onnx"
+    path.write_bytes(_torch_export(model, 6, cell == LSTM).SerializeToString())
+    out = tmp_path / "back.safetensors"
+    code, _, err = run_cli(capsys, "convert", str(path), str(out), "--to", "torch")
+    assert code == 0, err
+    got = safetensors_torch.load_file(str(out))
+    want = model.state_dict()
+    assert set(got) == set(want)
+    assert all(np.array_equal(got[k].numpy(), want[k].numpy()) for k in want)
+    code, printed, _ = run_cli(capsys, "verify", str(path))  # held to its own tensors
+    assert code == 0, printed
+
+
 def test_torch_exporters_file_passes_verify_and_a_wrong_attribute_is_named() -> None:
     """A file torch.onnx.export wrote (its own initializer names, OneHot, Squeeze), held to
     the state dict it came from; the same file with linear_before_reset=0 is named."""
