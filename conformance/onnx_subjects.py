@@ -12,6 +12,7 @@ what ``mistakes``' rewired suspects compute (a reset-after GRU written with
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,10 +309,12 @@ class OnnxFileSubject(FunctionSubject):
         outs = list(proto.graph.output)
         self._state_outputs = [o.name for o in outs[1:] if _is_state(o)]
         elem = self._tokens.type.tensor_type.elem_type
-        self._one_hot = elem in (1, 11)  # FLOAT, DOUBLE
-        if self._one_hot:
-            self.inputs = "one-hot"
+        self._one_hot = elem in (1, 11)  # FLOAT, DOUBLE: one-hot rows, time- or batch-major
         self._ids = np.int32 if elem == 6 else np.int64
+
+    def _x(self, inputs: np.ndarray, vocab_size: int) -> Any:
+        ids = inputs.T if self.batch_major else inputs
+        return np.eye(vocab_size, dtype=self._dtype)[ids] if self._one_hot else ids
 
     def sizes(self) -> dict[str, int]:
         H, V = self.weights["W_hq"].shape
@@ -374,6 +377,7 @@ def reference_weights(
     (a file rosetta-rnn wrote); the cell is ``cell``, else the weights' own (an ONNX file's
     recorded cell, which an operator's attribute must then match)."""
     notes: list[str] = []
+    activation = "tanh"
     if weights is None:
         try:
             graph = convert.from_onnx_model(proto, what)
@@ -382,7 +386,7 @@ def reference_weights(
                 f"{e}: give the weights it was exported from (--weights FILE, any file convert "
                 "reads)"
             ) from None
-        layer = graph.layer
+        layer, activation = graph.layer, graph.activation
         recorded = graph.metadata.get("cell")
         held = recorded if recorded in CELLS else layer.cell
         layer = convert.Layer(held, *_fields(layer))
@@ -394,7 +398,13 @@ def reference_weights(
         arrays = {k: np.asarray(v) for k, v in weights.items()}
         layer = convert.layer_of(arrays, convert.detect_format(arrays, None) or "rosetta", what)
     else:
-        layer = convert.read(weights).layer
+        read = convert.read(weights)
+        layer, activation = read.layer, read.activation
+    if activation != "tanh":
+        raise UserError(
+            f"the model's RNN computes {activation}; verify holds the chapter's tanh RNN "
+            "(conform's onnx columns check relu exports against core)"
+        )
     if cell is not None and cell != layer.cell:
         raise UserError(
             f"the weights are a {layer.cell} model, not the {cell} the cell names; drop the cell"
@@ -421,14 +431,27 @@ def problem_for(base: Problem, params: Mapping[str, np.ndarray]) -> Problem:
         cell=base.cell,
         zero_state=base.zero_state,
         given=tuple(sorted(params.items())),
+        fingerprint=_fingerprint(params),
     )
+
+
+def _fingerprint(params: Mapping[str, np.ndarray]) -> str:
+    """A digest of the weights: two problems are equal (and hash equal) only with the same."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        a = np.ascontiguousarray(params[name])
+        digest.update(f"{name}{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class GivenWeights(Problem):
-    """A problem whose parameters are given (the weights an ONNX file was exported from)."""
+    """A problem whose parameters are given (the weights an ONNX file was exported from); the
+    arrays compare through their ``fingerprint``."""
 
     given: tuple[tuple[str, np.ndarray], ...] = field(default=(), compare=False, hash=False)
+    fingerprint: str = ""
 
     def draw(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, State]:
         _, inputs, labels, state = super().draw()

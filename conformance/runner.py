@@ -193,11 +193,12 @@ def onnx_columns(
     """A subject per (form, runtime, dtype) that runs (``onnx_subjects.columns``) and cell;
     a Skip for each combination that does not (ONNX Runtime's float64 recurrent operators: not
     failing, the decomposed form runs float64), and for all of them when onnx or onnxruntime
-    is missing (failing when ``required``) or a GPU was asked (failing: they run on the CPU)."""
+    is missing (failing when ``required``) or a GPU was asked (failing: they run on the CPU;
+    ``auto`` is the CPU for them)."""
     why = onnx_subjects.installed()
     if why:
         return [], [Skip(ONNX, why, required)]
-    if device != "cpu":
+    if device not in ("cpu", "auto"):  # auto: each framework's GPU, else its CPU
         return [], [Skip(ONNX, "the ONNX columns run on the CPU (onnxruntime's CPU build)", True)]
     runs, left = onnx_subjects.columns(list(dtypes))
     skipped = [Skip(where, why) for where, why in left]

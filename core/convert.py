@@ -625,7 +625,12 @@ def from_onnx_model(proto: Any, what: str = "the ONNX model") -> OnnxRead:
     layout (``from_onnx``, the cell from ``onnx_cell``), a decomposed one's core parameters."""
     from . import onnx_model
 
-    graph = onnx_model.read(proto, what)
+    try:
+        graph = onnx_model.read(proto, what)
+    except (KeyError, ValueError, IndexError) as e:  # a graph of a shape read() does not know
+        raise ConversionError(
+            f"{what}: not a recurrent model convert reads ({type(e).__name__}: {e})"
+        ) from None
     if graph.form == "fused":
         cell = onnx_cell(str(graph.op), graph.linear_before_reset, what)
         layer = from_onnx(graph.arrays, cell, what)
@@ -1021,19 +1026,19 @@ def _bytes(path: str | os.PathLike[str]) -> bytes:
 
 
 def _looks_onnx(path: str | os.PathLike[str]) -> bool:
-    """An ONNX file: named ``.onnx``, or not safetensors and beginning as an ONNX model does
-    (field 1, ``ir_version``, as a varint: the byte 0x08)."""
-    if str(path).endswith(".onnx"):
-        return True
+    """An ONNX file by its content: not safetensors (an 8-byte header length, then ``{``),
+    and named ``.onnx`` or beginning as an ONNX model does (field 1, ``ir_version``, as a
+    varint: the byte 0x08)."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
+        size = Path(path).stat().st_size
     except OSError:
-        return False
-    if len(head) < 9 or head[0] != 0x08:
-        return False
-    length = int.from_bytes(head[:8], "little")
-    return not (head[8:9] == b"{" and length < Path(path).stat().st_size)
+        return str(path).endswith(".onnx")
+    length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if head[8:9] == b"{" and 0 < length < size:
+        return False  # safetensors, whatever its name
+    return str(path).endswith(".onnx") or (len(head) > 0 and head[0] == 0x08)
 
 
 def check(
@@ -1141,18 +1146,19 @@ def _rosetta_metadata(w: Weights) -> dict[str, Any]:
             )
         return meta
     kind = _KIND[cell]
+    embed_dim = None if w.layer.E is None else int(w.layer.E.shape[1])
     return {
         "backend": None,
         "dtype": w.dtype,
         "epoch": None,
         "token": w.token,
-        "config": {"num_hiddens": H, "embed_dim": None, "activation": w.activation},
+        "config": {"num_hiddens": H, "embed_dim": embed_dim, "activation": w.activation},
         "run": {
             "cell": kind,
             "gru": cell.split("/")[1] if kind == "gru" else None,
             "forget_bias": w.forget_bias if cell == LSTM else 0.0,
             "num_hiddens": H,
-            "embed_dim": None,
+            "embed_dim": embed_dim,
             "activation": w.activation,
             "token": w.token,
             "dtype": w.dtype,

@@ -352,6 +352,45 @@ def initializers(proto: Any) -> dict[str, np.ndarray]:
     return arrays
 
 
+ACTIVATIONS = {
+    "RNN": (["tanh"], ["relu"]),
+    "GRU": (["sigmoid", "tanh"],),
+    "LSTM": (["sigmoid", "tanh", "tanh"],),
+}
+"""The operators' activations the chapter's cells compute (the RNN: tanh, or relu)."""
+
+
+def _same_model(op: Any, ins: list[str], arrays: Arrays, what: str) -> None:
+    """Refuse an operator whose attributes or extra inputs make it another model than the
+    chapter's cell: other activations (or their alpha, beta), clipping, the LSTM's coupled
+    input and forget gates or peepholes, sequence lengths, a stored nonzero initial state."""
+    kind = op.op_type
+    acts = [str(a).lower() for a in attribute(op, "activations") or []]
+    if acts and acts not in [list(a) for a in ACTIVATIONS[kind]]:
+        allowed = " or ".join(str(list(a)) for a in ACTIVATIONS[kind])
+        raise ConversionError(
+            f"{what}: the {kind}'s activations {acts}; rosetta-rnn's cell computes {allowed}"
+        )
+    for name, why in (
+        ("activation_alpha", "activation parameters"),
+        ("activation_beta", "activation parameters"),
+        ("clip", "a clipped cell"),
+    ):
+        if attribute(op, name) is not None:
+            raise ConversionError(f"{what}: the {kind} has {why} ({name}), which the cell has not")
+    if kind == "LSTM" and int(attribute(op, "input_forget", 0)):
+        raise ConversionError(f"{what}: the LSTM couples its input and forget gates (input_forget)")
+    if kind == "LSTM" and len(ins) > 7 and ins[7]:
+        raise ConversionError(f"{what}: the LSTM has peepholes (P), which the cell has not")
+    if len(ins) > 4 and ins[4]:
+        raise ConversionError(
+            f"{what}: the {kind} takes sequence_lens; rosetta-rnn's model reads whole sequences"
+        )
+    for i in (5, 6):
+        if len(ins) > i and ins[i] in arrays and np.any(arrays[ins[i]] != 0):
+            raise ConversionError(f"{what}: the {kind}'s initial state is a stored nonzero tensor")
+
+
 _PASS_THROUGH = ("Squeeze", "Unsqueeze", "Reshape", "Transpose", "Identity", "Flatten", "Cast")
 
 
@@ -376,16 +415,28 @@ def _output_layer(proto: Any, arrays: Arrays, start: str, what: str) -> Arrays:
         if n.op_type in _PASS_THROUGH:
             name = n.output[0]
             continue
-        stored = [i for i in n.input[1:] if i in arrays]
-        if n.op_type == "Gemm" and stored:
+        if n.op_type == "Gemm" and n.input[0] == name and n.input[1] in arrays:
+            plain = (
+                attribute(n, "alpha", 1.0),
+                attribute(n, "beta", 1.0),
+                attribute(n, "transA", 0),
+            )
+            if plain != (1.0, 1.0, 0):
+                raise ConversionError(
+                    f"{what}: its output layer's Gemm scales or transposes (alpha, beta, transA "
+                    f"= {plain}); the chapter's is hidden · W_hq + b_q"
+                )
             W = arrays[n.input[1]]
             W = W.T if attribute(n, "transB", 0) else W
-            bias = arrays.get(n.input[2]) if len(n.input) > 2 else None
-            return {"W_hq": np.ascontiguousarray(W), "b_q": _bias(bias, W, what)}
-        if n.op_type == "MatMul" and n.input[1] in arrays:
+            C = n.input[2] if len(n.input) > 2 else ""
+            return {"W_hq": np.ascontiguousarray(W), "b_q": _bias(arrays.get(C), W, what)}
+        if n.op_type == "MatMul" and n.input[0] == name and n.input[1] in arrays:
             W = arrays[n.input[1]]
             adds = [a for a in consumers.get(n.output[0], []) if a.op_type == "Add"]
-            bias = next((arrays[i] for a in adds for i in a.input if i in arrays), None)
+            bias = next(
+                (arrays[i] for a in adds[:1] for i in a.input if i != n.output[0] and i in arrays),
+                None,
+            )
             return {"W_hq": np.ascontiguousarray(W), "b_q": _bias(bias, W, what)}
         break
     raise ConversionError(
@@ -395,12 +446,20 @@ def _output_layer(proto: Any, arrays: Arrays, start: str, what: str) -> Arrays:
 
 
 def _bias(bias: np.ndarray | None, W: np.ndarray, what: str) -> np.ndarray:
+    """The output layer's bias as (V,): a stored tensor of V numbers in any shape Add takes."""
+    if W.ndim != 2:
+        raise ConversionError(f"{what}: its output layer's weight has shape {list(W.shape)}")
+    V = int(W.shape[1])
     if bias is None:
-        raise ConversionError(f"{what}: its output layer has no bias")
-    return np.ascontiguousarray(np.broadcast_to(bias, (int(W.shape[1]),)))
+        raise ConversionError(f"{what}: its output layer has no stored bias")
+    if bias.size != V:
+        raise ConversionError(
+            f"{what}: its output layer's bias has shape {list(bias.shape)}, not {V} numbers"
+        )
+    return np.ascontiguousarray(bias.reshape(V))
 
 
-def _input_table(proto: Any, arrays: Arrays, start: str) -> np.ndarray | None:
+def _input_table(proto: Any, arrays: Arrays, start: str, what: str) -> np.ndarray | None:
     """A learned embedding's E where the operator's input is a Gather of a stored table that
     is not the identity (one-hot inputs: a OneHot, or a Gather of the identity)."""
     producers = {o: n for n in proto.graph.node for o in n.output}
@@ -413,6 +472,8 @@ def _input_table(proto: Any, arrays: Arrays, start: str) -> np.ndarray | None:
             name = n.input[0]
             continue
         if n.op_type == "Gather" and n.input[0] in arrays:
+            if int(attribute(n, "axis", 0)) != 0:
+                raise ConversionError(f"{what}: its inputs gather a table along another axis")
             table = arrays[n.input[0]]
             square = table.ndim == 2 and table.shape[0] == table.shape[1]
             return None if square and np.array_equal(table, np.eye(len(table))) else table
@@ -457,16 +518,19 @@ def read(proto: Any, what: str = "the ONNX model") -> Graph:
             raise ConversionError(f"{what}: the {op.op_type}'s W and R are not stored tensors")
         if len(ins) < 4 or not ins[3]:
             raise ConversionError(f"{what}: the {op.op_type} has no B (a model without biases)")
+        if ins[3] not in arrays:
+            raise ConversionError(f"{what}: the {op.op_type}'s B is computed, not stored")
+        _same_model(op, ins, arrays, what)
         tensors = {k: arrays[v] for k, v in zip(("W", "R", "B"), ins[1:4], strict=True)}
         if "W_hq" in arrays:  # ours, by name
             tensors.update({k: arrays[k] for k in ("W_hq", "b_q", model.EMBEDDING) if k in arrays})
         else:  # another exporter's: found by the graph's structure
             tensors.update(_output_layer(proto, arrays, op.output[0], what))
-            table = _input_table(proto, arrays, ins[0])
+            table = _input_table(proto, arrays, ins[0], what)
             if table is not None:
                 tensors[model.EMBEDDING] = table
-        acts = attribute(op, "activations")
-        relu = op.op_type == "RNN" and bool(acts) and str(acts[0]).lower() == "relu"
+        acts = [str(a).lower() for a in attribute(op, "activations") or []]
+        relu = op.op_type == "RNN" and acts[:1] == ["relu"]
         lbr = int(attribute(op, "linear_before_reset", 0))
         return Graph("fused", tensors, op.op_type, lbr, "relu" if relu else "tanh", meta)
     if not any(n.op_type == "Scan" for n in proto.graph.node):

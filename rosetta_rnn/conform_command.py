@@ -34,15 +34,17 @@ against NumPy float64 running the same core code, within the tolerance of its dt
 layers on the same device: torch.nn.RNN, GRU and LSTM, Keras SimpleRNN, GRU (both
 reset_after) and LSTM; the reference/* cells run core against conformance/reference.py, the
 chapter written again in plain NumPy (they need The Time Machine). The onnx columns run each
-cell's problems exported to ONNX (fused float32, decomposed and fused float64) on ONNX Runtime
-and on onnx's reference evaluator: hidden states, logits, greedy and sampled generation.
+cell's problems exported to ONNX on the CPU: the fused and the decomposed form in float32 and
+the decomposed form in float64 on ONNX Runtime and on onnx's reference evaluator, the fused
+form in float64 on the reference evaluator (ONNX Runtime has no float64 recurrent operator):
+hidden states, logits, greedy and sampled generation.
 
 Every column runs on the asked device or is named on a line: one that could not run there
 fails the matrix, never passes it by running less. The full matrix (five backends, two
 dtypes, four recurrent cells, the oracles and the reference: 894 cells) takes about 40
-minutes on a 2-core CPU, and the 112 onnx cells 6 seconds more; --cells rnn about 6 minutes;
---checks train/replicas grads/replicas about 3; on a terminal a progress bar shows the cell running, how many of how many, the time
-spent and the time left.
+minutes on a 2-core CPU, and the 112 onnx cells 6 seconds more; --cells rnn about 6
+minutes; --checks train/replicas grads/replicas about 3; on a terminal a progress bar shows
+the cell running, how many of how many, the time spent and the time left.
 
 Exit status: 0 every cell passed and every asked-for column ran where asked; 1 a cell
 failed, or an asked-for column did not run, or not on the asked device (each is a FAIL

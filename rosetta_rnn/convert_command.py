@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from rosetta_rnn.core import convert
+from rosetta_rnn.core.errors import UserError
 from rosetta_rnn.helpers import PROG
 
 DESCRIPTION = """\
@@ -69,10 +70,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--onnx-form",
         choices=("fused", "decomposed"),
-        default="fused",
         help="with --to onnx: fused, ONNX's RNN/GRU/LSTM operator (GRU linear_before_reset 1 "
         "for the reset-after GRU, 0 for the reset-before one; float32 on ONNX Runtime), or "
-        "decomposed, a Scan of the cell in MatMul/Add/Sigmoid/Tanh (float32 and float64)",
+        "decomposed, a Scan of the cell in MatMul/Add/Sigmoid/Tanh (float32 and float64) "
+        "(default: fused)",
     )
     p.add_argument(
         "--cell",
@@ -105,6 +106,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    if args.onnx_form is not None and args.target_format != "onnx":
+        raise UserError(f"--onnx-form is the form of an ONNX file; --to is {args.target_format}")
     done = convert.convert_file(
         args.input,
         args.output,
@@ -114,7 +117,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         gru=args.gru,
         vocab_from=args.vocab_from,
         activation=args.activation,
-        onnx_form=args.onnx_form,
+        onnx_form=args.onnx_form or "fused",
     )
     for note in done.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)

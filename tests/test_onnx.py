@@ -18,6 +18,7 @@ from rosetta_rnn.conformance import checks, onnx_subjects, runner
 from rosetta_rnn.conformance import verify as v
 from rosetta_rnn.conformance.problems import CELLS, DEFAULT_PROBLEMS, Problem, for_cell
 from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.conformance.user_subjects import SubjectError
 from rosetta_rnn.core import checkpoint, convert, model, onnx_model
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, LSTM, RNN
 from rosetta_rnn.core.errors import BackendUnavailable
@@ -441,3 +442,193 @@ def test_reading_refuses_what_does_not_convert() -> None:
     ):
         with pytest.raises(convert.ConversionError, match=words):
             convert.from_onnx_model(_fused_with(change))
+
+
+def _foreign(proto, gemm: bool = False, **gemm_attrs):
+    """Our fused export as another exporter might write it: its own tensor names, no
+    metadata of ours, and with ``gemm`` the output layer as Reshape + Gemm(transB=1)."""
+    from onnx import helper, numpy_helper
+
+    out = type(proto)()
+    out.CopyFrom(proto)
+    del out.metadata_props[:]
+    rename = {"W_hq": "lin.w", "b_q": "lin.b", "E": "emb.weight", "W": "w0", "R": "r0", "B": "b0"}
+    arrays = onnx_model.initializers(out)
+    for t in out.graph.initializer:
+        t.name = rename.get(t.name, t.name)
+    for n in out.graph.node:
+        for i, name in enumerate(n.input):
+            n.input[i] = rename.get(name, name)
+    if gemm:
+        V = arrays["W_hq"].shape[1]
+        keep = [n for n in out.graph.node if n.op_type not in ("MatMul", "Add")]
+        del out.graph.node[:]
+        out.graph.node.extend(keep)
+        out.graph.initializer.append(numpy_helper.from_array(np.array([-1, V], np.int64), "flat"))
+        out.graph.initializer.append(
+            numpy_helper.from_array(np.ascontiguousarray(arrays["W_hq"].T), "lin.wt")
+        )
+        out.graph.node.extend(
+            [
+                helper.make_node("Reshape", ["hidden", "flat2"], ["hidden2"]),
+                helper.make_node(
+                    "Gemm", ["hidden2", "lin.wt", "lin.b"], ["logits"], transB=1, **gemm_attrs
+                ),
+            ]
+        )
+        H = arrays["W_hq"].shape[0]
+        out.graph.initializer.append(numpy_helper.from_array(np.array([-1, H], np.int64), "flat2"))
+        out.graph.output[0].type.tensor_type.shape.ClearField("dim")
+    return out
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_another_exporters_names_and_gemm_read_back(gemm: bool) -> None:
+    for cell in (GRU_RESET_AFTER, LSTM):
+        params, *_ = _params(cell, "float32", embed_dim=4)
+        proto = _foreign(convert.to_onnx_model(convert.from_params(params), "fused"), gemm)
+        got = convert.to_params(convert.from_onnx_model(proto).layer)
+        assert set(got) == set(params)
+        assert all(got[k].tobytes() == params[k].tobytes() for k in params)
+        if gemm:
+            with pytest.raises(convert.ConversionError, match="scales or transposes"):
+                convert.from_onnx_model(
+                    _foreign(convert.to_onnx_model(convert.from_params(params)), True, alpha=2.0)
+                )
+
+
+def test_a_foreign_file_with_an_embedding_becomes_a_checkpoint_that_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params, *_ = _params(GRU_RESET_AFTER, "float32", embed_dim=4)
+    path = tmp_path / "foreign.onnx"
+    proto = _foreign(convert.to_onnx_model(convert.from_params(params)))
+    path.write_bytes(proto.SerializeToString())
+    vocab = _save(tmp_path / "vocab.safetensors", params, GRU_RESET_AFTER, 4)
+    out = tmp_path / "ours.safetensors"
+    args = ("convert", str(path), str(out), "--to", "rosetta", "--vocab-from", str(vocab))
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    tensors, meta = checkpoint.load_model(out)
+    assert meta["config"]["embed_dim"] == 4
+    assert all(tensors[k].tobytes() == params[k].tobytes() for k in params)
+    code, _, err = run_cli(capsys, "generate", "--checkpoint", str(out), "--prefix", "t1")
+    assert code == 0, err
+
+
+def test_another_model_than_the_cell_is_refused() -> None:
+    from onnx import helper
+
+    def attr(name, value):
+        def change(proto, node) -> None:
+            node.attribute.append(helper.make_attribute(name, value))
+
+        return change
+
+    def computed_b(proto, node) -> None:
+        proto.graph.node.insert(0, helper.make_node("Identity", ["B"], ["B_copy"]))
+        node.input[3] = "B_copy"
+
+    def sequence_lens(proto, node) -> None:
+        node.input[4] = "tokens"
+
+    for change, words in (
+        (attr("clip", 0.5), "a clipped cell"),
+        (attr("activation_alpha", [1.0]), "activation parameters"),
+        (computed_b, "B is computed, not stored"),
+        (sequence_lens, "takes sequence_lens"),
+    ):
+        with pytest.raises(convert.ConversionError, match=words):
+            convert.from_onnx_model(_fused_with(change))
+    proto = _fused_with(lambda p, n: None)
+    node = onnx_model.recurrent_node(proto)
+    del node.attribute[:]
+    node.attribute.extend(
+        [
+            helper.make_attribute("hidden_size", 6),
+            helper.make_attribute("activations", ["Sigmoid", "Relu"]),
+            helper.make_attribute("linear_before_reset", 1),
+        ]
+    )
+    with pytest.raises(convert.ConversionError, match="rosetta-rnn's cell computes"):
+        convert.from_onnx_model(proto)
+    params, *_ = _params(LSTM, "float32")
+    lstm = convert.to_onnx_model(convert.from_params(params))
+    onnx_model.recurrent_node(lstm).attribute.append(helper.make_attribute("input_forget", 1))
+    with pytest.raises(convert.ConversionError, match="input_forget"):
+        convert.from_onnx_model(lstm)
+
+
+def test_verify_refuses_a_relu_rnn_in_one_line(tmp_path: Path, capsys) -> None:
+    params, *_ = _params(RNN, "float32")
+    path = tmp_path / "relu.onnx"
+    path.write_bytes(
+        convert.to_onnx_model(convert.from_params(params), "fused", "relu").SerializeToString()
+    )
+    code, _, err = run_cli(capsys, "verify", str(path))
+    assert code == 2
+    one_line_error(err, "verify holds the chapter's tanh RNN")
+
+
+def test_verify_takes_a_batch_major_one_hot_file() -> None:
+    """A model that takes one-hot rows batch-major (B, T, V) and returns (B, T, V) logits, as
+    a Keras export does, checked with inputs="batch-major"."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    V, H = 11, 6
+    torch.manual_seed(0)
+
+    class BatchFirst(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.GRU(V, H, batch_first=True)
+            self.linear = torch.nn.Linear(H, V)
+
+        def forward(self, X, state):
+            Y, h = self.rnn(X, state)
+            return self.linear(Y), h
+
+    model = BatchFirst()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3 + 0.2)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(3, 5, V), torch.zeros(1, 3, H)),
+            buffer,
+            dynamo=False,
+            input_names=["X", "h0"],
+            dynamic_axes={"X": {0: "B", 1: "T"}, "h0": {1: "B"}},
+        )
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    weights = {k: t.detach().numpy() for k, t in model.state_dict().items()}
+    report = v.verify(proto, weights=weights, inputs="batch-major")
+    assert report.passed, report.text()
+    with pytest.raises(SubjectError, match="initial_h must have shape"):  # read time-major
+        v.verify(proto, weights=weights)
+
+
+def test_the_content_decides_not_the_name(tmp_path: Path, capsys) -> None:
+    params, *_ = _params(RNN, "float32")
+    ours = _save(tmp_path / "rnn.safetensors", params, RNN)
+    named = tmp_path / "torch_named.onnx"
+    assert run_cli(capsys, "convert", str(ours), str(named), "--to", "torch")[0] == 0
+    back = tmp_path / "back.safetensors"
+    code, _, err = run_cli(
+        capsys, "convert", str(named), str(back), "--to", "rosetta", "--vocab-from", str(ours)
+    )
+    assert code == 0, err
+    assert back.read_bytes() == ours.read_bytes()
+    code, _, err = run_cli(
+        capsys, "convert", str(ours), str(back), "--to", "torch", "--onnx-form", "decomposed"
+    )
+    assert code == 2
+    one_line_error(err, "--onnx-form is the form of an ONNX file")
+
+
+def test_conform_auto_is_the_cpu_for_onnx() -> None:
+    made, skipped = runner.onnx_columns(["float32"], "auto", True, [RNN])
+    assert made and not any(s.fails for s in skipped)
