@@ -373,9 +373,9 @@ def reference_weights(
 ) -> tuple[dict[str, np.ndarray], str, list[str]]:
     """The parameters the file is held to, its cell, and notes: ``weights`` (a path convert
     reads, or arrays in any layout convert reads: a torch state dict, Keras weights, core's
-    parameters ...), else the file's own tensors read through ONNX's layout
-    (a file rosetta-rnn wrote); the cell is ``cell``, else the weights' own (an ONNX file's
-    recorded cell, which an operator's attribute must then match)."""
+    parameters ...), else the file's own tensors read through ONNX's layout, as the cell the
+    file records (rosetta-rnn's files) or its operator computes. ``cell``, when given, must be
+    the weights' own; an RNN with relu is refused (verify holds the chapter's tanh)."""
     notes: list[str] = []
     activation = "tanh"
     if weights is None:

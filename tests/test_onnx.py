@@ -632,3 +632,11 @@ def test_the_content_decides_not_the_name(tmp_path: Path, capsys) -> None:
 def test_conform_auto_is_the_cpu_for_onnx() -> None:
     made, skipped = runner.onnx_columns(["float32"], "auto", True, [RNN])
     assert made and not any(s.fails for s in skipped)
+
+
+def test_onnx_columns_without_onnx_fail_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_subjects, "installed", lambda: "onnx is not installed (pip ...)")
+    made, skipped = runner.onnx_columns(["float32"], "cpu", True)
+    assert not made and skipped[0].fails and "not installed" in skipped[0].reason
+    made, skipped = runner.onnx_columns(["float32"], "cpu", False)  # conform's default list
+    assert not made and not skipped[0].fails
