@@ -182,36 +182,30 @@ def _lbr(value: int) -> Callable[[Any], Any]:
     return plant
 
 
-def _lstm_torch_order(proto: Any) -> Any:
-    """W, R and B stacked i, f, c, o (torch's i, f, g, o; Keras' i, f, c, o) where ONNX reads
-    i, o, f, c: ONNX's blocks [i, o, f, c] rewritten as [i, f, c, o]."""
-    arrays = onnx_model.initializers(proto)
-    order = [0, 2, 3, 1]
-    B = arrays["B"]
-    halves = [_blocks(h, order, axis=1) for h in np.split(B, 2, axis=1)]
-    return _replace(
-        proto,
-        {
-            "W": _blocks(arrays["W"], order, axis=1),
-            "R": _blocks(arrays["R"], order, axis=1),
-            "B": np.concatenate(halves, axis=1),
-        },
-    )
+def _gate_order(order: list[int]) -> Callable[[Any], Any]:
+    """W, R and B with ONNX's gate blocks written in another order (``order``: which of
+    ONNX's blocks stands in each place)."""
+
+    def plant(proto: Any) -> Any:
+        arrays = onnx_model.initializers(proto)
+        halves = [_blocks(h, order, axis=1) for h in np.split(arrays["B"], 2, axis=1)]
+        return _replace(
+            proto,
+            {
+                "W": _blocks(arrays["W"], order, axis=1),
+                "R": _blocks(arrays["R"], order, axis=1),
+                "B": np.concatenate(halves, axis=1),
+            },
+        )
+
+    return plant
 
 
-def _gru_torch_order(proto: Any) -> Any:
-    """W, R and B stacked r, z, n (torch's) where ONNX reads z, r, h."""
-    arrays = onnx_model.initializers(proto)
-    order = [1, 0, 2]
-    halves = [_blocks(h, order, axis=1) for h in np.split(arrays["B"], 2, axis=1)]
-    return _replace(
-        proto,
-        {
-            "W": _blocks(arrays["W"], order, axis=1),
-            "R": _blocks(arrays["R"], order, axis=1),
-            "B": np.concatenate(halves, axis=1),
-        },
-    )
+_lstm_torch_order = _gate_order([0, 2, 3, 1])
+"""ONNX's LSTM blocks [i, o, f, c] written as [i, f, c, o]: torch's i, f, g, o (Keras' i, f,
+c, o), which ONNX then reads as i, o, f, c."""
+_gru_torch_order = _gate_order([1, 0, 2])
+"""ONNX's GRU blocks [z, r, h] written as torch's [r, z, n]."""
 
 
 def _bias_rows_swapped(proto: Any) -> Any:

@@ -303,23 +303,8 @@ def test_convert_reads_torch_exporters_file(cell: str, tmp_path: Path, capsys) -
 def test_torch_exporters_file_passes_verify_and_a_wrong_attribute_is_named() -> None:
     """A file torch.onnx.export wrote (its own initializer names, OneHot, Squeeze), held to
     the state dict it came from; the same file with linear_before_reset=0 is named."""
-    V, H = 11, 6
-    torch, model = _torch_lm(GRU_RESET_AFTER, V, H)
-    onnx = pytest.importorskip("onnx")
-    buffer = io.BytesIO()
-    X, h = torch.zeros(5, 3, dtype=torch.long), torch.zeros(1, 3, H)
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (X, h),
-            buffer,
-            dynamo=False,
-            input_names=["X", "h0"],
-            output_names=["logits", "h_n"],
-            dynamic_axes={"X": {0: "T", 1: "B"}, "h0": {1: "B"}, "logits": {0: "T", 1: "B"}},
-        )
-    proto = onnx.load_model_from_string(buffer.getvalue())
+    _, model = _torch_lm(GRU_RESET_AFTER, 11, 6)
+    proto = _torch_export(model, 6, lstm=False)
     weights = {k: t.detach().numpy() for k, t in model.state_dict().items()}
     report = v.verify(proto, weights=weights)
     assert report.passed, report.text()
