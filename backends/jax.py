@@ -23,12 +23,14 @@ from jax import lax
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.backends import rules
 from rosetta_rnn.core import replicas as core_replicas
-from rosetta_rnn.core.cells import any_forward_loss
+from rosetta_rnn.core.cells import any_forward, any_forward_loss
 from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
+    output_layer,
+    softmax,
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
@@ -36,6 +38,8 @@ from rosetta_rnn.core.ops import python_scan
 NAME = "jax"
 GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
 COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
+DECODE_MODE = "jit"
+"""How ``ops.decode`` runs generation: every token in one compiled program."""
 
 
 def version() -> str:
@@ -98,6 +102,7 @@ class JaxOps:
         self.eager_loops = eager_loops
         self._dtype = np.dtype(dtype)
         self._device = _jax_device(device)
+        self._decoders: dict[tuple[str, str | None, bool], Callable[..., Any]] = {}
 
     def asarray(self, x: np.ndarray) -> Any:
         x = np.asarray(x)
@@ -171,6 +176,60 @@ class JaxOps:
         if self.eager_loops or not _traced((carry, xs)):
             return python_scan(self, fn, carry, xs, reverse)
         return lax.scan(fn, carry, xs, reverse=reverse)
+
+    def decode(
+        self,
+        params: Params,
+        state: Any,
+        first: int,
+        num_preds: int,
+        temperature: float | None,
+        uniforms: np.ndarray | None,
+        activation: str = "tanh",
+        cell: str | None = None,
+    ) -> np.ndarray:
+        """``num_preds`` tokens after ``first`` from ``state``, as ``core.sampling.predict``'s
+        host loop picks them, in one ``lax.scan`` under ``jax.jit`` (``_decoder``)."""
+        key = (activation, cell, bool(temperature))
+        if key not in self._decoders:
+            self._decoders[key] = _decoder(self, activation, cell, bool(temperature))
+        us = np.zeros(num_preds) if uniforms is None else np.asarray(uniforms)
+        tokens = self._decoders[key](
+            params,
+            state,
+            jnp.asarray(first, dtype=jnp.int32),
+            jax.device_put(us.astype(self._dtype), self._device),
+            jnp.asarray(temperature or 1.0, dtype=self._dtype),
+        )
+        return np.asarray(tokens)
+
+
+def _decoder(ops: JaxOps, activation: str, cell: str | None, sampled: bool) -> Callable[..., Any]:
+    """The jitted decoding loop: each step reads one token with core's ``any_forward`` (a
+    one-step ``lax.scan``) and ``output_layer``, then picks the next as ``next_token`` does:
+    greedy, the first index of the maximum; sampled, the first index whose cumulative
+    probability (of core's ``softmax`` at the temperature) exceeds u times the total."""
+
+    def run(params: Params, state: Any, first: Any, uniforms: Any, temperature: Any) -> Any:
+        def step(carry: tuple[Any, Any], u: Any) -> tuple[tuple[Any, Any], Any]:
+            state, token = carry
+            Hs, state = any_forward(
+                ops, params, jnp.reshape(token, (1, 1)), state, activation, cell
+            )
+            logits = output_layer(ops, params, Hs)  # (1, V)
+            if sampled:
+                probs = softmax(ops, logits / temperature)[0]
+                cdf = jnp.cumsum(probs)
+                below = jnp.sum(cdf <= u * cdf[-1], dtype=jnp.int32)
+                token = jnp.minimum(below, probs.shape[0] - 1)
+            else:
+                token = jnp.argmax(logits[0]).astype(jnp.int32)  # the first of equal maxima
+            return (state, token), token
+
+        _, tokens = lax.scan(step, (state, first), uniforms)
+        return tokens
+
+    return jax.jit(run)
 
 
 def make_ops(dtype: str = "float32", device: str = "cpu") -> JaxOps:

@@ -21,13 +21,15 @@ import tensorflow as tf
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.backends import rules
 from rosetta_rnn.core import replicas as core_replicas
-from rosetta_rnn.core.cells import any_forward_loss
+from rosetta_rnn.core.cells import any_forward, any_forward_loss
 from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
+    output_layer,
     param_names,
+    softmax,
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
@@ -35,6 +37,8 @@ from rosetta_rnn.core.ops import python_scan
 NAME = "tensorflow"
 GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
 COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
+DECODE_MODE = "tf.function"
+"""How ``ops.decode`` runs generation: every token in one compiled program."""
 
 # CUDA's start-up notices (cuInit on a machine without a GPU) are printed once, when TensorFlow
 # first looks for its devices, whichever call that is (a thread setting, an op, a device query).
@@ -110,6 +114,7 @@ class TensorFlowOps:
         self.tf_device = _tf_device_name(device)
         self.tf_dtype = tf.as_dtype(dtype)
         self._np_dtype = np.dtype(dtype)
+        self._decoders: dict[tuple[str, str | None, bool], Callable[..., Any]] = {}
 
     @contextmanager
     def placed(self) -> Iterator[None]:
@@ -220,6 +225,33 @@ class TensorFlowOps:
     def stop_gradient(self, x: Any) -> tf.Tensor:
         return tf.stop_gradient(x)
 
+    def decode(
+        self,
+        params: Params,
+        state: Any,
+        first: int,
+        num_preds: int,
+        temperature: float | None,
+        uniforms: np.ndarray | None,
+        activation: str = "tanh",
+        cell: str | None = None,
+    ) -> np.ndarray:
+        """``num_preds`` tokens after ``first`` from ``state``, as ``core.sampling.predict``'s
+        host loop picks them, in one ``tf.function`` (``_decoder``)."""
+        key = (activation, cell, bool(temperature))
+        if key not in self._decoders:
+            self._decoders[key] = _decoder(self, activation, cell, bool(temperature))
+        us = np.zeros(num_preds) if uniforms is None else np.asarray(uniforms)
+        with self.placed():
+            tokens = self._decoders[key](
+                params,
+                state,
+                tf.constant(first, dtype=tf.int64),
+                tf.constant(us, dtype=self.tf_dtype),
+                tf.constant(temperature or 1.0, dtype=self.tf_dtype),
+            )
+        return np.asarray(tokens)
+
     @_placed
     def scan(
         self, fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, reverse: bool = False
@@ -229,6 +261,35 @@ class TensorFlowOps:
         if tf.executing_eagerly():
             return python_scan(self, fn, carry, xs, reverse)
         return _graph_scan(fn, carry, xs, reverse)
+
+
+def _decoder(
+    ops: TensorFlowOps, activation: str, cell: str | None, sampled: bool
+) -> Callable[..., Any]:
+    """The decoding loop as one ``tf.function`` (a graph ``while_loop`` over the tokens): each
+    step reads one token with core's ``any_forward`` and ``output_layer``, then picks the next
+    as ``next_token`` does: greedy, the first index of the maximum (``ops.argmax``); sampled,
+    the first index whose cumulative probability (of core's ``softmax`` at the temperature)
+    exceeds u times the total."""
+
+    def run(params: Params, state: Any, first: Any, uniforms: Any, temperature: Any) -> Any:
+        def step(carry: tuple[Any, Any], u: Any) -> tuple[tuple[Any, Any], Any]:
+            state, token = carry
+            Hs, state = any_forward(ops, params, tf.reshape(token, (1, 1)), state, activation, cell)
+            logits = output_layer(ops, params, Hs)  # (1, V)
+            if sampled:
+                probs = softmax(ops, logits / temperature)[0]
+                cdf = tf.math.cumsum(probs)
+                below = tf.math.reduce_sum(tf.cast(cdf <= u * cdf[-1], tf.int64))
+                token = tf.minimum(below, tf.cast(tf.shape(probs)[0] - 1, tf.int64))
+            else:
+                token = ops.argmax(logits, axis=-1)[0]  # the first of equal maxima
+            return (state, token), token
+
+        _, tokens = _graph_scan(step, (state, first), uniforms, False)
+        return tokens
+
+    return tf.function(run, autograph=False)
 
 
 def _graph_scan(

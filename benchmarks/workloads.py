@@ -5,8 +5,9 @@ shape.
   carried to the next call as training carries it; tokens = batch_size × num_steps.
 - ``forward``: core's ``forward_loss`` (mean cross-entropy and H_T), no gradient, as the
   backend's ``make_forward`` runs it in its default mode and eager.
-- ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token;
-  tokens = the predicted tokens, and ``ms_per_step`` is per token.
+- ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token,
+  as one compiled program where the backend decodes so (JAX, TensorFlow) and as the host loop
+  (eager); tokens = the predicted tokens, and ``ms_per_step`` is per token.
 
 The cell is the chapter's RNN (``rnn``) or one of core.cells' gated cells (``gru/reset-after``,
 ``gru/reset-before``, ``lstm``). Each case is a run of ``core.run`` (the chapter's spec at the
@@ -106,12 +107,16 @@ def minibatch(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def compile_modes(backend: str, workload: str, device: str = "cpu") -> tuple[str, ...]:
     """The compile modes a backend offers for a workload on a device; the first is its default.
     ``forward`` runs in the default mode and eager (modes a user asks for are measured on the
-    train step); ``generate`` is core's host loop, one token at a time, so eager."""
-    modes = backends.load(backend).compile_modes(device)
+    train step); ``generate`` is core's ``predict``: one compiled program for every token where
+    the backend decodes so (``DECODE_MODE``: JAX's jit, TensorFlow's tf.function), and the host
+    loop, one token a call (eager)."""
+    mod = backends.load(backend)
+    modes = mod.compile_modes(device)
     if workload == "forward":
         return tuple(dict.fromkeys((modes[0], "eager")))
     if workload == "generate":
-        return ("eager",)
+        decode = getattr(mod, "DECODE_MODE", None)
+        return (decode, "eager") if decode else ("eager",)
     return modes
 
 
@@ -219,14 +224,21 @@ def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Sh
     return build
 
 
-def _generate_builder(backend: str, device: str, dtype: str, shape: Shape) -> Builder:
+def _generate_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
     def build() -> tuple[Call, Sync]:
         run = spec(shape, dtype)
         ops = backends.load(backend).make_ops(dtype, device)
         params = initial_params(ops, run, shape)
+        compiled = mode != "eager"
         return (
             lambda: sampling.predict(
-                ops, params, [1], GENERATE_TOKENS, activation=run.activation, cell=run.model_cell
+                ops,
+                params,
+                [1],
+                GENERATE_TOKENS,
+                activation=run.activation,
+                cell=run.model_cell,
+                compiled=compiled,
             ),
             syncer(backend, ops),
         )
@@ -291,8 +303,9 @@ def backend_cases(
                 build = _forward_builder(backend, mode, device, dtype, shape)
                 cases.append(common(f"{backend} {mode}", mode, workload, build))
         elif workload == "generate":
-            build = _generate_builder(backend, device, dtype, shape)
-            cases.append(common(f"{backend} eager", "eager", workload, build))
+            for mode in compiles:
+                build = _generate_builder(backend, mode, device, dtype, shape)
+                cases.append(common(f"{backend} {mode}", mode, workload, build))
     return cases
 
 

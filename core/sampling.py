@@ -76,19 +76,34 @@ def predict(
     rng: np.random.Generator | None = None,
     activation: str = "tanh",
     cell: str | None = None,
+    compiled: bool = True,
 ) -> list[int]:
     """d2l's ``predict_ch8`` on token ids: warm up on the prefix, then predict ``num_preds``.
     ``cell``: the model, as a built run says it; None reads it from the parameters' names.
+    A backend whose ops offer ``decode`` (JAX, TensorFlow) predicts every token in one
+    compiled program from the uniforms drawn here (``compiled=False``: the host loop, one
+    token a call); each token is chosen by the rule of ``next_token``.
 
     Returns the prefix ids followed by the predicted ids.
     """
     if not prefix:
         raise ValueError("the prefix needs at least one token")
+    if temperature and rng is None:
+        raise ValueError("temperature sampling needs the core generator")
     state = initial_state(ops, params, 1, cell)  # (H, C) for the LSTM
     outputs = list(prefix)
     if len(prefix) > 1:  # warm-up: feed prefix[:-1], keep only the state
         warm = ops.asarray(np.asarray(prefix[:-1], dtype=np.int64).reshape(-1, 1))
         _, state = any_forward(ops, params, warm, state, activation, cell)
+    decode = getattr(ops, "decode", None) if compiled else None
+    if decode is not None and num_preds > 0:
+        # one compiled program for all the tokens; the uniforms are the ones the host loop
+        # would draw one at a time (Generator.random(n) gives the same n numbers)
+        uniforms = rng.random(num_preds) if temperature and rng is not None else None
+        tokens = decode(
+            params, state, outputs[-1], num_preds, temperature, uniforms, activation, cell
+        )
+        return outputs + [int(t) for t in tokens]
     for _ in range(num_preds):
         x = ops.asarray(np.asarray([[outputs[-1]]], dtype=np.int64))
         Hs, state = any_forward(ops, params, x, state, activation, cell)

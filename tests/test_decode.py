@@ -1,0 +1,92 @@
+"""Compiled decoding (``ops.decode``: JAX's ``lax.scan`` under ``jit``, TensorFlow's
+``tf.function``) prints the same text as core's host loop, one token a call, and as NumPy
+float64, for every cell, greedy and sampled with core's uniforms.
+
+Texts agree only where no choice is a near-tie that rounding could flip, so the case is built
+so that none is: the margins of every choice are measured in NumPy float64 and held well above
+float32's rounding before the texts are compared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rosetta_rnn import backends
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.conformance.problems import CELLS, Problem
+from rosetta_rnn.core import cells, model, sampling
+
+PREFIX = [1, 4, 2]
+TOKENS = 40
+TEMPERATURES = (None, 0.5, 1.0)
+MARGIN = 1e-3
+"""Every greedy choice's top-two logit gap, and every sampled choice's distance from u·total
+to the nearest cumulative probability, at least this in NumPy float64: far above what float32
+rounding (about 1e-6 here) can move."""
+
+
+def _params(cell: str, seed: int) -> dict[str, np.ndarray]:
+    params, *_ = Problem(12, 16, 1, 1, "distinct", seed, cell=cell).draw()
+    params["W_hq"] = params["W_hq"] * 4  # confident logits: wide greedy margins
+    return params
+
+
+def _margins(params: dict[str, np.ndarray], text: list[int], temperature, seed: int) -> float:
+    """The smallest margin of the choices that made ``text`` (NumPy float64)."""
+    ops = numpy_backend.make_ops("float64", "cpu")
+    state = cells.initial_state(ops, params, 1)
+    Hs, _ = cells.any_forward(ops, params, np.asarray(text[:-1]).reshape(-1, 1), state)
+    logits = np.asarray(model.output_layer(ops, params, Hs))[len(PREFIX) - 1 :]
+    uniforms = np.random.default_rng(seed).random(TOKENS)
+    worst = np.inf
+    for row, u in zip(logits, uniforms, strict=True):
+        if temperature is None:
+            top = np.sort(row)[-2:]
+            worst = min(worst, top[1] - top[0])
+        else:
+            z = row / temperature
+            p = np.exp(z - z.max())
+            cdf = np.cumsum(p / p.sum())
+            worst = min(worst, np.abs(cdf - u * cdf[-1]).min())
+    return float(worst)
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_compiled_decoding_prints_the_host_loops_text(backend: str, cell: str) -> None:
+    pytest.importorskip(backend)
+    mod = backends.load(backend)
+    reference = numpy_backend.make_ops("float64", "cpu")
+    for temperature in TEMPERATURES:
+        seed = {None: 0, 0.5: 1, 1.0: 2}[temperature]
+        params = _params(cell, seed)
+        want = sampling.predict(
+            reference,
+            params,
+            PREFIX,
+            TOKENS,
+            temperature=temperature,
+            rng=np.random.default_rng(seed),
+        )
+        assert _margins(params, want, temperature, seed) >= MARGIN, (cell, temperature)
+        for dtype in ("float32", "float64"):
+            ops = mod.make_ops(dtype, "cpu")
+            assert hasattr(ops, "decode")
+            P = {k: ops.asarray(v) for k, v in params.items()}
+            rng = np.random.default_rng(seed)
+            compiled = sampling.predict(ops, P, PREFIX, TOKENS, temperature=temperature, rng=rng)
+            rest = rng.random()  # the generator moved as far as the host loop moves it
+            rng = np.random.default_rng(seed)
+            host = sampling.predict(
+                ops, P, PREFIX, TOKENS, temperature=temperature, rng=rng, compiled=False
+            )
+            assert compiled == host == want, (cell, temperature, dtype)
+            assert rest == rng.random()
+
+
+def test_a_backend_without_decode_runs_the_host_loop() -> None:
+    ops = numpy_backend.make_ops("float64", "cpu")
+    assert not hasattr(ops, "decode")
+    params = _params(cells.LSTM, 0)
+    out = sampling.predict(ops, params, PREFIX, 5, temperature=0.5, rng=np.random.default_rng(3))
+    assert out[: len(PREFIX)] == PREFIX and len(out) == len(PREFIX) + 5
