@@ -5,10 +5,11 @@ to stderr (a bar on a terminal); the table (or with ``--json`` the document) to 
 to ``--out``, as one set that replaces the previous one only once everything is measured.
 
 ``--quick`` is a first look in about a minute on a 2-core CPU. It selects: the RNN's training
-step only (``--workload train --cells rnn``) at the main shape (``--no-sweep``), every installed
-backend in its default grad engine under its compiler (``--modes compiled``: numpy bptt/eager,
-torch autograd/torch.compile, jax autograd/jit, tensorflow autograd/tf.function, array-api
-bptt/eager), the RNN's four peers, 3 timed repeats (``--repeats 3``), at most 30 s of waiting for
+step and greedy generation (``--workload train generate --cells rnn``) at the main shape
+(``--no-sweep``), every installed backend in its default grad engine under its compiler
+(``--modes compiled``: numpy bptt/eager, torch autograd/torch.compile, jax autograd/jit,
+tensorflow autograd/tf.function, array-api bptt/eager; generation under jit and tf.function),
+the RNN's peers, 3 timed repeats (``--repeats 3``), at most 30 s of waiting for
 other processes (``--max-wait 30``) and ``--out bench-results-quick``. A flag given explicitly
 wins.
 torch.compile's inductor cache persists between runs (``runner.compile_cache``), so only the
@@ -80,15 +81,16 @@ device (×1), in a table of their own with the all-reduce's time per step where 
 can say (torch). On a CPU the replicas share the --threads: splitting the batch of a 2-core
 machine is not expected to be faster; the rows show what each engine costs.
 
-Quick mode, --quick: a first look in about a minute on a 2-core CPU (74 s the first time,
-54 s once torch.compile's cache is warm). It selects --workload train --cells rnn --no-sweep
---modes compiled --repeats 3 --max-wait 30 --out bench-results-quick: the RNN's training step
-at the main shape for every installed backend in its default grad engine under its compiler,
-and the peers. Any of those flags given explicitly wins (--quick --cells rnn gru lstm adds the
-gated cells, and their torch.compile builds).
+Quick mode, --quick: a first look in about a minute on a 2-core CPU (57 s with torch.compile's
+cache warm; its cold build adds about half a minute). It selects --workload train generate
+--cells rnn --no-sweep --modes compiled --repeats 3 --max-wait 30 --out bench-results-quick:
+the RNN's training step and greedy generation at the main shape for every installed backend
+in its default mode under its compiler (generation compiled where the backend decodes so:
+JAX, TensorFlow), and the peers. Any of those flags given explicitly wins (--quick --cells rnn
+gru lstm adds the gated cells, and their torch.compile builds).
 """
 QUICK: dict[str, Any] = {
-    "workload": "train",
+    "workload": ["train", "generate"],
     "cells": ["rnn"],
     "modes": "compiled",
     "repeats": "3",
@@ -121,9 +123,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a first look in about a minute: --workload train --cells rnn --no-sweep --modes "
-        "compiled --repeats 3 --max-wait 30 --out bench-results-quick (flags given explicitly "
-        "win)",
+        help="a first look in about a minute: --workload train generate --cells rnn --no-sweep "
+        "--modes compiled --repeats 3 --max-wait 30 --out bench-results-quick (flags given "
+        "explicitly win)",
     )
     p.add_argument(
         "--backends",
@@ -149,9 +151,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--workload",
+        nargs="+",
+        metavar="WORKLOAD",
         choices=(*roofline.WORKLOADS, "all"),
         help="train (one SGD step), forward (the loss, no gradient), generate (greedy tokens at "
-        "batch 1) or all (default: all; train with --quick)",
+        "batch 1), several of them, or all (default: all; train generate with --quick)",
     )
     p.add_argument(
         "--cells",
@@ -345,8 +349,13 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
     n_threads = available if args.threads is None else _positive(args.threads, "--threads")
     if n_threads > available:
         raise UserError(f"--threads {n_threads} is more than the {available} CPUs available")
-    workload = _chosen(args, "workload")
-    workloads = list(roofline.WORKLOADS) if workload == "all" else [workload]
+    chosen = _chosen(args, "workload")
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    workloads = (
+        list(roofline.WORKLOADS)
+        if "all" in chosen
+        else [w for w in roofline.WORKLOADS if w in chosen]  # in the bench's order
+    )
     cells = _cells(args.cells, _chosen(args, "cells"), workloads)
     recipe = run_spec.RECIPES[args.recipe]
     gated = run_spec.RECIPE_GATED[args.recipe].get("num_hiddens", recipe.num_hiddens)

@@ -1,6 +1,7 @@
 """The issue's targets, measured and reported (never asserted): ratios at the main shape.
 
-Every ratio compares training-step tokens/s of one cell at its main shape (d2l's by default:
+Every ratio compares tokens/s of one workload (the training step; for the RNN also the
+forward pass and generation) of one cell at its main shape (d2l's by default:
 H 512 for the RNN, 256 for the GRU and the LSTM), in the first dtype asked for, on the main
 device (the CPU if it was measured, else the first device), between rows of the same process
 run. A backend's figure is its best mode. The gated cells' targets are the issue's "each
@@ -37,6 +38,14 @@ LAYER_TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
     GRU_RESET_BEFORE: (("tensorflow", "keras.GRU(reset_after=False)", 1.0),),
 }
 """The gated cells': each backend's best mode against its framework's own layer."""
+WORKLOAD_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("numpy", "numpy.min-char-rnn", 1.0),
+    ("torch", "torch.nn.RNN", 1.0),
+    ("jax", "jax.lax.scan", 1.0),
+    ("tensorflow", "keras.SimpleRNN", 1.0),
+)
+"""The RNN's forward pass and generation: each backend's best mode against its framework's own
+layer (NumPy's: min-char-rnn's loop; JAX's: its lax.scan peer)."""
 ROOFLINE_TARGET = 0.8
 COMPILE_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("jax", "jit", 1.0),
@@ -102,13 +111,19 @@ def _target(
 
 
 def _ratios(
-    rows: list[dict[str, Any]], targets: tuple[tuple[str, str, float], ...], cell: str
+    rows: list[dict[str, Any]],
+    targets: tuple[tuple[str, str, float], ...],
+    cell: str,
+    workload: str = "train",
 ) -> list[dict[str, Any]]:
-    """Each (backend, peer, threshold): the backend's best mode over the peer."""
+    """Each (backend, peer, threshold): the backend's best mode over the peer (a workload
+    other than the training step is named before the target)."""
     out = []
     for backend, peer, threshold in targets:
         b, p = _best(rows, backend), _peer(rows, peer)
         text = f"{backend} ≥ {threshold:.2f}× {peer}"
+        if workload != "train":
+            text = f"{workload}: {text}"
         if b is None or p is None:
             out.append(_target(text, None, threshold, False, "not measured", cell))
             continue
@@ -168,6 +183,8 @@ def _rnn_targets(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
         out.append(_target(text, worst["r2"], LINEAR_R2, False, detail))
     else:
         out.append(_target(text, None, LINEAR_R2, False, "no num_steps sweep"))
+    for workload in ("forward", "generate"):
+        out += _ratios(main_rows(doc, dtype, workload), WORKLOAD_TARGETS, RNN, workload)
     return out
 
 

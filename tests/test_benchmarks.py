@@ -834,7 +834,8 @@ def _config(argv: list[str]) -> runner.BenchConfig:
 
 def test_quick_mode_selects_a_small_run_and_explicit_flags_win() -> None:
     quick = _config(["--quick"])
-    assert quick.workloads == ["train"] and not quick.sweep and quick.modes == "compiled"
+    assert quick.workloads == ["train", "generate"] and not quick.sweep
+    assert quick.modes == "compiled"
     assert quick.repeats == 3 and quick.max_wait == 30 and quick.quick
     full = _config([])
     assert full.workloads == list(roofline.WORKLOADS) and full.sweep and full.modes == "all"
@@ -842,6 +843,8 @@ def test_quick_mode_selects_a_small_run_and_explicit_flags_win() -> None:
     mixed = _config(["--quick", "--repeats", "7", "--workload", "all", "--max-wait", "0"])
     assert mixed.repeats == 7 and mixed.workloads == list(roofline.WORKLOADS)
     assert mixed.max_wait == 0 and not mixed.sweep
+    two = _config(["--workload", "generate", "forward"])  # several, in the bench's order
+    assert two.workloads == [w for w in roofline.WORKLOADS if w in ("forward", "generate")]
 
 
 @pytest.mark.parametrize(
