@@ -3,17 +3,18 @@ code runs on CuPy arrays (``pip install 'rosetta-rnn[cupy]'``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.backends import rules
-from rosetta_rnn.core.cells import any_forward_loss
+from rosetta_rnn.core.cells import RNN, any_forward_loss, cell_of
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
-from rosetta_rnn.core.model import Params, ValueAndGrad, train_step
+from rosetta_rnn.core.model import EMBEDDING, Params, ValueAndGrad, softmax, train_step
 from rosetta_rnn.core.ops import python_scan
+from rosetta_rnn.core.sampling import greedy_choice, inverse_cdf_choice
 
 NAME = "numpy"
 GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
@@ -94,6 +95,45 @@ class NumpyOps:
 
     def cast(self, x: Any) -> Any:
         return x.astype(self._dtype)
+
+    def decodes(self, params: Mapping[str, Any], cell: str | None) -> bool:
+        """``decode`` runs the chapter's RNN with one-hot inputs on NumPy; every other model
+        (a gated cell, a learned embedding, CuPy) goes through core's host loop."""
+        held = cell or cell_of(params)
+        return self.xp is np and held == RNN and EMBEDDING not in params
+
+    def decode(
+        self,
+        params: Params,
+        state: Any,
+        first: int,
+        num_preds: int,
+        temperature: float | None,
+        uniforms: np.ndarray | None,
+        activation: str = "tanh",
+        cell: str | None = None,
+    ) -> np.ndarray:
+        """The chapter's RNN one token at a time with nothing between the operations (as
+        min-char-rnn's ``sample``): the operations core's ``rnn_forward`` and
+        ``output_layer`` do for one token, in the same order on the same shapes (so the same
+        numbers), each next token chosen as ``next_token`` chooses it."""
+        W_xh, W_hh, b_h, W_hq, b_q = (params[k] for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"))
+        phi = np.tanh if activation == "tanh" else (lambda z: np.maximum(z, 0))
+        h, token = state, int(first)
+        us = np.zeros(num_preds) if uniforms is None else uniforms
+        tokens = np.empty(num_preds, dtype=np.int64)
+        for i in range(num_preds):
+            h = phi((W_xh[token] + b_h) + h @ W_hh)
+            logits = h @ W_hq + b_q
+            if temperature:
+                probs = self.to_numpy(softmax(self, logits / temperature))
+                token = inverse_cdf_choice(probs, float(us[i]))
+            else:
+                token = int(logits.argmax())  # the first of equal maxima
+                if logits[0, token] != logits[0, token]:  # NaN: greedy_choice's one-line error
+                    token = greedy_choice(logits)
+            tokens[i] = token
+        return tokens
 
     def matmul(self, a: Any, b: Any) -> Any:
         return a @ b

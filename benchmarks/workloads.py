@@ -7,7 +7,8 @@ shape.
   backend's ``make_forward`` runs it in its default mode and eager.
 - ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token,
   as one compiled program where the backend decodes so (JAX, TensorFlow) and as the host loop
-  (eager); tokens = the predicted tokens, and ``ms_per_step`` is per token.
+  (eager); NumPy's eager row is its lean loop for the RNN (``decode``); tokens = the predicted
+  tokens, and ``ms_per_step`` is per token.
 
 The cell is the chapter's RNN (``rnn``) or one of core.cells' gated cells (``gru/reset-after``,
 ``gru/reset-before``, ``lstm``). Each case is a run of ``core.run`` (the chapter's spec at the
@@ -227,9 +228,12 @@ def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Sh
 def _generate_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
     def build() -> tuple[Call, Sync]:
         run = spec(shape, dtype)
-        ops = backends.load(backend).make_ops(dtype, device)
+        mod = backends.load(backend)
+        ops = mod.make_ops(dtype, device)
         params = initial_params(ops, run, shape)
-        compiled = mode != "eager"
+        # eager beside a compiled decoder is the host loop; a backend without one (NumPy: its
+        # lean loop for the RNN) decodes as predict does by default
+        compiled = mode != "eager" or not hasattr(mod, "DECODE_MODE")
         return (
             lambda: sampling.predict(
                 ops,

@@ -80,9 +80,10 @@ def predict(
 ) -> list[int]:
     """d2l's ``predict_ch8`` on token ids: warm up on the prefix, then predict ``num_preds``.
     ``cell``: the model, as a built run says it; None reads it from the parameters' names.
-    A backend whose ops offer ``decode`` (JAX, TensorFlow) predicts every token in one
-    compiled program from the uniforms drawn here (``compiled=False``: the host loop, one
-    token a call); each token is chosen by the rule of ``next_token``.
+    A backend whose ops offer ``decode`` predicts every token in one call from the uniforms
+    drawn here: JAX and TensorFlow in one compiled program, NumPy the chapter's RNN in a lean
+    loop (``decodes`` says which models; ``compiled=False``: the host loop, one token a call);
+    each token is chosen by the rule of ``next_token``.
 
     Returns the prefix ids followed by the predicted ids.
     """
@@ -96,6 +97,9 @@ def predict(
         warm = ops.asarray(np.asarray(prefix[:-1], dtype=np.int64).reshape(-1, 1))
         _, state = any_forward(ops, params, warm, state, activation, cell)
     decode = getattr(ops, "decode", None) if compiled else None
+    decodes = getattr(ops, "decodes", None)
+    if decode is not None and decodes is not None and not decodes(params, cell):
+        decode = None  # a model this backend's decoder does not run: the host loop
     if decode is not None and num_preds > 0:
         # one compiled program for all the tokens; the uniforms are the ones the host loop
         # would draw one at a time (Generator.random(n) gives the same n numbers)

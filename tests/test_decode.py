@@ -1,6 +1,7 @@
-"""Compiled decoding (``ops.decode``: JAX's ``lax.scan`` under ``jit``, TensorFlow's
-``tf.function``) prints the same text as core's host loop, one token a call, and as NumPy
-float64, for every cell, greedy and sampled with core's uniforms.
+"""Decoding in one call (``ops.decode``: JAX's ``lax.scan`` under ``jit``, TensorFlow's
+``tf.function``, NumPy's lean loop for the chapter's RNN) prints the same text as core's host
+loop, one token a call, and as NumPy float64, for every cell, greedy and sampled with core's
+uniforms.
 
 Texts agree only where no choice is a near-tie that rounding could flip, so the case is built
 so that none is: the margins of every choice are measured in NumPy float64 and held well above
@@ -51,7 +52,7 @@ def _margins(params: dict[str, np.ndarray], text: list[int], temperature, seed: 
     return float(worst)
 
 
-@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+@pytest.mark.parametrize("backend", ["numpy", "jax", "tensorflow"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_compiled_decoding_prints_the_host_loops_text(backend: str, cell: str) -> None:
     pytest.importorskip(backend)
@@ -84,9 +85,19 @@ def test_compiled_decoding_prints_the_host_loops_text(backend: str, cell: str) -
             assert rest == rng.random()
 
 
-def test_a_backend_without_decode_runs_the_host_loop() -> None:
+def test_numpy_decodes_the_one_hot_rnn_alone() -> None:
+    """NumPy's lean loop is the chapter's RNN with one-hot inputs; a gated cell or a learned
+    embedding goes through the host loop (and gives its text)."""
     ops = numpy_backend.make_ops("float64", "cpu")
-    assert not hasattr(ops, "decode")
-    params = _params(cells.LSTM, 0)
-    out = sampling.predict(ops, params, PREFIX, 5, temperature=0.5, rng=np.random.default_rng(3))
-    assert out[: len(PREFIX)] == PREFIX and len(out) == len(PREFIX) + 5
+    rnn = _params(cells.RNN, 0)
+    assert ops.decodes(rnn, None)
+    assert not ops.decodes(_params(cells.LSTM, 0), None)
+    embedded, *_ = Problem(12, 16, 1, 1, "distinct", 0, embed_dim=5).draw()
+    assert not ops.decodes(embedded, None)
+    for params in (_params(cells.LSTM, 0), embedded):
+        rng = np.random.default_rng(3)
+        out = sampling.predict(ops, params, PREFIX, 5, temperature=0.5, rng=rng)
+        host = sampling.predict(
+            ops, params, PREFIX, 5, temperature=0.5, rng=np.random.default_rng(3), compiled=False
+        )
+        assert out == host and len(out) == len(PREFIX) + 5
