@@ -10,11 +10,11 @@ import numpy as np
 
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.backends import rules
+from rosetta_rnn.core import sampling
 from rosetta_rnn.core.cells import RNN, any_forward_loss, cell_of
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
-from rosetta_rnn.core.model import EMBEDDING, Params, ValueAndGrad, softmax, train_step
+from rosetta_rnn.core.model import EMBEDDING, Params, ValueAndGrad, train_step
 from rosetta_rnn.core.ops import python_scan
-from rosetta_rnn.core.sampling import greedy_choice, inverse_cdf_choice
 
 NAME = "numpy"
 GRAD_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].grad_modes
@@ -64,6 +64,16 @@ def resolve_device(device: str) -> str:
         else ""
     )
     return rules.resolve_device(device, _gpu_count, "numpy/CuPy", no_gpu)
+
+
+class _Drawn:
+    """The uniforms core drew beforehand, handed out as its generator would hand them."""
+
+    def __init__(self, uniforms: np.ndarray) -> None:
+        self._next = iter(np.asarray(uniforms, dtype=np.float64).tolist())
+
+    def random(self) -> float:
+        return float(next(self._next))
 
 
 class NumpyOps:
@@ -120,18 +130,13 @@ class NumpyOps:
         W_xh, W_hh, b_h, W_hq, b_q = (params[k] for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"))
         phi = np.tanh if activation == "tanh" else (lambda z: np.maximum(z, 0))
         h, token = state, int(first)
-        us = np.zeros(num_preds) if uniforms is None else uniforms
+        drawn = _Drawn(uniforms) if temperature and uniforms is not None else None
         tokens = np.empty(num_preds, dtype=np.int64)
         for i in range(num_preds):
             h = phi((W_xh[token] + b_h) + h @ W_hh)
             logits = h @ W_hq + b_q
-            if temperature:
-                probs = self.to_numpy(softmax(self, logits / temperature))
-                token = inverse_cdf_choice(probs, float(us[i]))
-            else:
-                token = int(logits.argmax())  # the first of equal maxima
-                if logits[0, token] != logits[0, token]:  # NaN: greedy_choice's one-line error
-                    token = greedy_choice(logits)
+            # core's own choice, looked up at call time: the rule is written in one place
+            token = sampling.next_token(self, logits, temperature, drawn)  # type: ignore[arg-type]
             tokens[i] = token
         return tokens
 
