@@ -307,17 +307,21 @@ class _Rewired(BackendSubject):
         return super().predict(self.rewire(params), prefix, n, temperature, seed)
 
 
-def _swap_zr(arrays: Any) -> Any:
-    """The update gate's weights and bias under the reset gate's names, and back."""
-    swap = {"z": "r", "r": "z"}
+def _rename_gates(arrays: Any, rename: dict[str, str]) -> Any:
+    """Each gate's weights and bias under another gate's name (``rename``: ours -> the name it
+    is read under)."""
     out = {}
     for name, value in arrays.items():
-        head, _, gate = name.rpartition("_")
-        letter = gate[-1:]
-        if head in ("W", "b") and letter in swap and gate[:-1] in ("x", "h", ""):
-            name = f"{head}_{gate[:-1]}{swap[letter]}"
+        head, _, part = name.partition("_")
+        if head in ("W", "b") and name != "W_hq" and part[-1:] in rename and len(part) <= 2:
+            name = f"{head}_{part[:-1]}{rename[part[-1]]}"
         out[name] = value
     return out
+
+
+def _swap_zr(arrays: Any) -> Any:
+    """The update gate's weights and bias under the reset gate's names, and back."""
+    return _rename_gates(arrays, {"z": "r", "r": "z"})
 
 
 class GateOrderZR(_Rewired):
@@ -495,14 +499,7 @@ class GateBiasesTwice(_Rewired):
 def _swap_oc(arrays: Any) -> Any:
     """The LSTM's output gate and candidate exchanged: W_xo, W_ho, b_o under the candidate's
     names (W_xc, W_hc, b_c) and back."""
-    swap = {"o": "c", "c": "o"}
-    out = {}
-    for name, value in arrays.items():
-        head, _, part = name.partition("_")
-        if head in ("W", "b") and name != "W_hq" and part[-1:] in swap and len(part) <= 2:
-            name = f"{head}_{part[:-1]}{swap[part[-1]]}"
-        out[name] = value
-    return out
+    return _rename_gates(arrays, {"o": "c", "c": "o"})
 
 
 class GateOrderOC(_Rewired):
@@ -520,18 +517,6 @@ class GateOrderOC(_Rewired):
 
     def _pull_back(self, grads: Any) -> Any:
         return _swap_oc(grads)
-
-
-def _rename_gates(arrays: Any, rename: dict[str, str]) -> Any:
-    """Each gate's weights and bias under another gate's name (``rename``: ours -> the name it
-    is read under)."""
-    out = {}
-    for name, value in arrays.items():
-        head, _, part = name.partition("_")
-        if head in ("W", "b") and name != "W_hq" and part[-1:] in rename and len(part) <= 2:
-            name = f"{head}_{part[:-1]}{rename[part[-1]]}"
-        out[name] = value
-    return out
 
 
 _IFCO_READ_AS_IOFC = {"f": "o", "c": "f", "o": "c"}
