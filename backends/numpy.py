@@ -10,7 +10,7 @@ import numpy as np
 
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.backends import rules
-from rosetta_rnn.core import sampling
+from rosetta_rnn.core import model, sampling
 from rosetta_rnn.core.cells import RNN, any_forward_loss, cell_of
 from rosetta_rnn.core.contract import Backend, ForwardFn, StepFn
 from rosetta_rnn.core.model import EMBEDDING, Params, ValueAndGrad, train_step
@@ -127,15 +127,15 @@ class NumpyOps:
         min-char-rnn's ``sample``): the operations core's ``rnn_forward`` and
         ``output_layer`` do for one token, in the same order on the same shapes (so the same
         numbers), each next token chosen as ``next_token`` chooses it."""
-        W_xh, W_hh, b_h, W_hq, b_q = (params[k] for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"))
-        phi = np.tanh if activation == "tanh" else (lambda z: np.maximum(z, 0))
+        W_xh, W_hh, b_h = params["W_xh"], params["W_hh"], params["b_h"]
         h, token = state, int(first)
         drawn = _Drawn(uniforms) if temperature and uniforms is not None else None
         tokens = np.empty(num_preds, dtype=np.int64)
+        # core's own activation, output layer and choice, looked up at call time: each is
+        # written in one place; only rnn_forward's scan and stack are left out
         for i in range(num_preds):
-            h = phi((W_xh[token] + b_h) + h @ W_hh)
-            logits = h @ W_hq + b_q
-            # core's own choice, looked up at call time: the rule is written in one place
+            h = model.activate(self, activation, (W_xh[token] + b_h) + self.matmul(h, W_hh))
+            logits = model.output_layer(self, params, h[None])
             token = sampling.next_token(self, logits, temperature, drawn)  # type: ignore[arg-type]
             tokens[i] = token
         return tokens
