@@ -90,7 +90,6 @@ class OnnxSubject:
     ``dtype``: one ``onnx`` column of ``conform`` for one cell. ``exporter`` writes the model
     (a planted mistake in the tests)."""
 
-    CELLS: tuple[str, ...] = CELLS
     grad_modes: tuple[str, ...] = ()
 
     def __init__(
