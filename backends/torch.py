@@ -16,13 +16,15 @@ import torch
 
 from rosetta_rnn import backends as _registry
 from rosetta_rnn.backends import rules
-from rosetta_rnn.core.cells import any_forward_loss
+from rosetta_rnn.core.cells import any_forward, any_forward_loss
 from rosetta_rnn.core.contract import ForwardFn, ReplicaBackend, StepFn
 from rosetta_rnn.core.errors import BackendUnavailable
 from rosetta_rnn.core.model import (
     Params,
     ValueAndGrad,
+    output_layer,
     param_names,
+    softmax,
     train_step,
 )
 from rosetta_rnn.core.ops import python_scan
@@ -34,6 +36,16 @@ COMPILE_MODES: tuple[str, ...] = _registry.REGISTRY[NAME].compile_modes
 CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs: nothing to replay on a CPU
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DECODE_MODE = "decode"
+"""How ``ops.decode`` runs generation by default: a loop whose tokens stay on the device."""
+
+
+def decode_modes(device: str) -> tuple[str, ...]:
+    """The ways ``ops.decode`` can run (``TorchOps.decode_mode``): the plain loop,
+    ``torch.compile`` of its step, and on a CUDA device the compiled step replayed as CUDA
+    graphs ("reduce-overhead")."""
+    modes = (DECODE_MODE, "torch.compile")
+    return modes if device == "cpu" else (*modes, "reduce-overhead")
 
 
 def version() -> str:
@@ -87,7 +99,8 @@ def _torch_device(label: str) -> torch.device:
 
 
 class TorchOps:
-    """The tensor interface over torch tensors."""
+    """The tensor interface over torch tensors. ``decode_mode``: how ``decode`` runs, one of
+    ``decode_modes(device)``."""
 
     name = NAME
 
@@ -96,6 +109,8 @@ class TorchOps:
         self.device = device
         self._dtype = _DTYPES[dtype]
         self._device = _torch_device(device)
+        self.decode_mode = DECODE_MODE
+        self._decoders: dict[tuple[str, str | None, bool, str], Callable[..., Any]] = {}
 
     def asarray(self, x: np.ndarray) -> torch.Tensor:
         x = np.ascontiguousarray(x)
@@ -174,6 +189,70 @@ class TorchOps:
         # unbind once: reading xs[t] step by step makes autograd zero-fill a whole
         # (T, B, H) gradient per read, making the eager autograd step O(T²)
         return python_scan(self, fn, carry, xs, reverse, unstack=lambda x: x.unbind(0))
+
+    def decode(
+        self,
+        params: Params,
+        state: Any,
+        first: int,
+        num_preds: int,
+        temperature: float | None,
+        uniforms: np.ndarray | None,
+        activation: str = "tanh",
+        cell: str | None = None,
+    ) -> np.ndarray:
+        """``num_preds`` tokens after ``first`` from ``state``, as ``core.sampling.predict``'s
+        host loop picks them. Each token is chosen on the device and fed back from there, so
+        nothing waits for the host until the end; the step (``_decode_step``) runs as
+        ``decode_mode`` says."""
+        mode = rules.pick_mode(NAME, "decode mode", self.decode_mode, decode_modes(self.device))
+        sampled = bool(temperature)
+        key = (activation, cell, sampled, mode)
+        if key not in self._decoders:
+            self._decoders[key] = _decode_step(self, activation, cell, sampled, mode)
+        step = self._decoders[key]
+        us = np.zeros(num_preds) if uniforms is None else np.asarray(uniforms)
+        with torch.inference_mode():
+            us_t = self.asarray(us)
+            temp = self.asarray(np.asarray(temperature or 1.0))
+            token = torch.tensor(first, dtype=torch.int64, device=self._device)
+            tokens = torch.empty(num_preds, dtype=torch.int64, device=self._device)
+            for i in range(num_preds):
+                if mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()
+                    state, token = step(params, state, token, us_t[i], temp)
+                    # the next replay overwrites the graph's output buffers
+                    state, token = _state_map(torch.clone, state), token.clone()
+                else:
+                    state, token = step(params, state, token, us_t[i], temp)
+                tokens[i] = token
+            return tokens.cpu().numpy()
+
+
+def _decode_step(
+    ops: TorchOps, activation: str, cell: str | None, sampled: bool, mode: str
+) -> Callable[..., Any]:
+    """One token of decoding: core's ``any_forward`` and ``output_layer`` on the token, then
+    the next as ``next_token`` picks it: greedy, the first index of the maximum
+    (``torch.argmax``'s documented choice); sampled, the first index whose cumulative
+    probability (of core's ``softmax`` at the temperature) exceeds u times the total. Under
+    ``torch.compile`` for the compiled modes."""
+
+    def step(params: Params, state: Any, token: Any, u: Any, temperature: Any) -> Any:
+        Hs, state = any_forward(ops, params, token.reshape(1, 1), state, activation, cell)
+        logits = output_layer(ops, params, Hs)  # (1, V)
+        if sampled:
+            probs = softmax(ops, logits / temperature)[0]
+            cdf = torch.cumsum(probs, 0)
+            below = torch.sum(cdf <= u * cdf[-1])
+            token = torch.clamp(below, max=probs.shape[0] - 1)
+        else:
+            token = torch.argmax(logits[0])
+        return state, token
+
+    if mode == DECODE_MODE:
+        return step
+    return torch.compile(step, mode=None if mode == "torch.compile" else mode, dynamic=False)
 
 
 def _state_map(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:

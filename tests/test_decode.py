@@ -1,7 +1,7 @@
 """Decoding in one call (``ops.decode``: JAX's ``lax.scan`` under ``jit``, TensorFlow's
-``tf.function``, NumPy's lean loop for the chapter's RNN) prints the same text as core's host
-loop, one token a call, and as NumPy float64, for every cell, greedy and sampled with core's
-uniforms.
+``tf.function``, torch's loop on the device, as it is and under ``torch.compile``, NumPy's lean
+loop for the chapter's RNN) prints the same text as core's host loop, one token a call, and as
+NumPy float64, for every cell, greedy and sampled with core's uniforms.
 
 Texts agree only where no choice is a near-tie that rounding could flip, so the case is built
 so that none is: the margins of every choice are measured in NumPy float64 and held well above
@@ -52,13 +52,27 @@ def _margins(params: dict[str, np.ndarray], text: list[int], temperature, seed: 
     return float(worst)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "jax", "tensorflow"])
+DECODERS = ["numpy", "jax", "tensorflow", "torch"]
+
+
+@pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_compiled_decoding_prints_the_host_loops_text(backend: str, cell: str) -> None:
+    _same_texts(backend, cell, TEMPERATURES, ("float32", "float64"))
+
+
+def test_torch_compiled_decoding_prints_the_host_loops_text() -> None:
+    """torch's step under ``torch.compile`` (inductor), on the LSTM, whose state is a pair."""
+    _same_texts("torch", cells.LSTM, (None, 1.0), ("float32",), "torch.compile")
+
+
+def _same_texts(
+    backend: str, cell: str, temperatures: tuple, dtypes: tuple, mode: str | None = None
+) -> None:
     pytest.importorskip(backend)
     mod = backends.load(backend)
     reference = numpy_backend.make_ops("float64", "cpu")
-    for temperature in TEMPERATURES:
+    for temperature in temperatures:
         seed = {None: 0, 0.5: 1, 1.0: 2}[temperature]
         params = _params(cell, seed)
         want = sampling.predict(
@@ -70,9 +84,11 @@ def test_compiled_decoding_prints_the_host_loops_text(backend: str, cell: str) -
             rng=np.random.default_rng(seed),
         )
         assert _margins(params, want, temperature, seed) >= MARGIN, (cell, temperature)
-        for dtype in ("float32", "float64"):
+        for dtype in dtypes:
             ops = mod.make_ops(dtype, "cpu")
             assert hasattr(ops, "decode")
+            if mode is not None:
+                ops.decode_mode = mode
             P = {k: ops.asarray(v) for k, v in params.items()}
             rng = np.random.default_rng(seed)
             compiled = sampling.predict(ops, P, PREFIX, TOKENS, temperature=temperature, rng=rng)
@@ -101,3 +117,18 @@ def test_numpy_decodes_the_one_hot_rnn_alone() -> None:
             ops, params, PREFIX, 5, temperature=0.5, rng=np.random.default_rng(3), compiled=False
         )
         assert out == host and len(out) == len(PREFIX) + 5
+
+
+@pytest.mark.parametrize("backend", DECODERS)
+def test_decoding_breaks_ties_towards_the_lowest_index(backend: str) -> None:
+    """Two output columns equal to the bit, and above the rest: every greedy token is the lower
+    of the two, in the decoder and the host loop alike."""
+    pytest.importorskip(backend)
+    params = _params(cells.RNN, 0)
+    params["W_hq"][:, 9] = params["W_hq"][:, 4]
+    params["b_q"][[4, 9]] = 50.0  # the pair wins every step, whatever the state
+    ops = backends.load(backend).make_ops("float32", "cpu")
+    P = {k: ops.asarray(v) for k, v in params.items()}
+    for compiled in (True, False):
+        text = sampling.predict(ops, P, PREFIX, 6, compiled=compiled)
+        assert text[len(PREFIX) :] == [4] * 6, (backend, compiled)
