@@ -16,9 +16,9 @@ torch.compile's inductor cache persists between runs (``runner.compile_cache``),
 first quick run pays torch's cold build (on a quiet 2-core CPU, about half a minute of
 torch.compile the first time and a third of that from the cache).
 
-``--cells`` picks the models: the chapter's RNN (d2l 8.5, H 512) with every workload and the
-sweeps, and d2l 9.1/9.2's GRU and LSTM (H 256) on the training step alone, against
-torch.nn.GRU/LSTM and Keras GRU/LSTM. The full run has all three; ``--quick`` the RNN alone,
+``--cells`` picks the models: the chapter's RNN (d2l 8.5, H 512) with the sweeps, and d2l
+9.1/9.2's GRU and LSTM (H 256), against torch.nn.GRU/LSTM, Keras GRU/LSTM and JAX's lax.scan
+GRU/LSTM; every cell has every workload. The full run has all three; ``--quick`` the RNN alone,
 because each gated cell adds a torch.compile build several times the RNN's: on the busy dev
 machine the quick run with them took 12.5 minutes, of which the GRU's and LSTM's cold builds
 were 221 s and 161 s, against the RNN's 14 s from the cache.
@@ -54,11 +54,12 @@ them run the peers, the same model written the way each framework's users write 
 machine's limit: measured peak matmul throughput × the step's FLOPs, a roofline in tokens/s.
 It measures and reports; it asserts nothing.
 
-Cells (--cells): besides the RNN (d2l 8.5, 512 hidden units), the training step of d2l 9.1's
-GRU and 9.2's LSTM (256 hidden units), each backend against torch.nn.GRU/LSTM and Keras
+Cells (--cells): besides the RNN (d2l 8.5, 512 hidden units), d2l 9.1's GRU and 9.2's LSTM
+(256 hidden units), each backend against torch.nn.GRU/LSTM, Keras GRU/LSTM and a jax.lax.scan
 GRU/LSTM, with the target "each backend's best mode ≥ 1.0× its framework's own layer"
-reported per cell. "gru" is the reset-after GRU, which is what torch.nn.GRU and Keras' GRU
-compute (d2l's reset-before GRU is gru/reset-before, against Keras GRU(reset_after=False)).
+reported per cell and workload. "gru" is the reset-after GRU, which is what torch.nn.GRU and
+Keras' GRU compute (d2l's reset-before GRU is gru/reset-before, against Keras
+GRU(reset_after=False)).
 
 Where results go: the table to stdout (--json: the whole document); progress to stderr, with a
 bar on a terminal; files to --out: results.json, results.csv, results.md, machine.md,
@@ -85,8 +86,8 @@ Quick mode, --quick: a first look in about a minute on a 2-core CPU (57 s with t
 cache warm; its cold build adds about half a minute). It selects --workload train generate
 --cells rnn --no-sweep --modes compiled --repeats 3 --max-wait 30 --out bench-results-quick:
 the RNN's training step and greedy generation at the main shape for every installed backend
-in its default mode under its compiler (generation compiled where the backend decodes so:
-JAX, TensorFlow), and the peers. Any of those flags given explicitly wins (--quick --cells rnn
+in its default mode under its compiler (generation too: JAX's jit, TensorFlow's tf.function,
+torch.compile), and the peers. Any of those flags given explicitly wins (--quick --cells rnn
 gru lstm adds the gated cells, and their torch.compile builds).
 """
 QUICK: dict[str, Any] = {
@@ -163,11 +164,10 @@ def register(sub: Any) -> None:
         metavar="CELL",
         help="rnn (d2l 8.5), gru (the reset-after GRU that torch.nn.GRU and Keras GRU compute; "
         "also gru/reset-after), gru/reset-before (d2l 9.1's, against Keras "
-        "GRU(reset_after=False) alone) or lstm (d2l 9.2). The gated cells are timed on the "
-        "training step at their main shape, H 256, against the frameworks' own layers; only "
-        "rnn has the forward and generate rows and the sweeps (default: rnn gru lstm; with "
-        "--quick rnn, as each gated cell adds a torch.compile build minutes long when cold; "
-        "with a --workload other than train, rnn)",
+        "GRU(reset_after=False) alone) or lstm (d2l 9.2). The gated cells are timed at their "
+        "main shape, H 256, against the frameworks' own layers; only rnn has the sweeps "
+        "(default: rnn gru lstm; with --quick rnn, as each gated cell adds a torch.compile "
+        "build minutes long when cold)",
     )
     p.add_argument(
         "--no-sweep",
@@ -311,22 +311,12 @@ def _out_dir(text: str) -> tuple[Path, bool]:
     return path, created
 
 
-def _cells(given: list[str] | None, names: list[str], workloads: list[str]) -> list[str]:
-    """core's cells for the --cells names. The gated cells have training-step rows alone: asked
-    for by name without ``train`` they are an error; by default they are left out."""
+def _cells(names: list[str]) -> list[str]:
+    """core's cells for the --cells names, each once."""
     for name in names:
         if name not in CELLS:
             raise UserError(f"unknown cell {name!r}; choose from {', '.join(CELLS)}")
-    cells = list(dict.fromkeys(CELLS[name] for name in names))
-    gated = [c for c in cells if c != RNN]
-    if gated and "train" not in workloads:
-        if given:
-            raise UserError(
-                f"--cells {' '.join(given)}: the gated cells are timed on the training step "
-                f"alone; use --workload train or all, or --cells rnn"
-            )
-        cells = [c for c in cells if c == RNN]
-    return cells
+    return list(dict.fromkeys(CELLS[name] for name in names))
 
 
 def _chosen(args: argparse.Namespace, name: str) -> Any:
@@ -356,7 +346,7 @@ def config_from_args(args: argparse.Namespace) -> runner.BenchConfig:
         if "all" in chosen
         else [w for w in roofline.WORKLOADS if w in chosen]  # in the bench's order
     )
-    cells = _cells(args.cells, _chosen(args, "cells"), workloads)
+    cells = _cells(_chosen(args, "cells"))
     recipe = run_spec.RECIPES[args.recipe]
     gated = run_spec.RECIPE_GATED[args.recipe].get("num_hiddens", recipe.num_hiddens)
     hiddens = None if args.num_hiddens is None else _positive(args.num_hiddens, "--num-hiddens")

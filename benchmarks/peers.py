@@ -400,10 +400,25 @@ class KerasPeer(Peer):
 # --- jax.lax.scan ---------------------------------------------------------------------------
 
 
-class JaxScanPeer(Peer):
-    """Plain JAX: a pure loss over a parameter dict, ``lax.scan`` recurrence, jitted step."""
+_JAX_GATES = {GRU_RESET_AFTER: "zrh", LSTM: "ifoc"}
+"""The gated cells' gates in the order the JAX peer lays them side by side (core's names)."""
 
-    names: ClassVar[dict[str, str]] = {RNN: "jax.lax.scan"}
+
+def _input_bias(cell: str, gate: str) -> str:
+    """core's name for a gate's input bias (the reset-after GRU's candidate: ``b_xh``)."""
+    return "b_xh" if gate == "h" and cell == GRU_RESET_AFTER else f"b_{gate}"
+
+
+class JaxScanPeer(Peer):
+    """Plain JAX: a pure loss over a parameter dict, ``lax.scan`` recurrence, jitted step. The
+    gated cells as JAX users write them: every gate's input projection in one matmul over all
+    steps before the scan, and the recurrent ones in one ``(H, G·H)`` matmul per step."""
+
+    names: ClassVar[dict[str, str]] = {
+        RNN: "jax.lax.scan",
+        GRU_RESET_AFTER: "jax.lax.scan.GRU",
+        LSTM: "jax.lax.scan.LSTM",
+    }
     framework = "jax"
     modes: ClassVar[dict[str, str]] = {"train": "autograd/jit", "forward": "jit", "generate": "jit"}
 
@@ -420,14 +435,45 @@ class JaxScanPeer(Peer):
         self.jax, self.jnp = jax, jnp
         kind = "cpu" if device == "cpu" else "gpu"
         self.jdevice = jax.devices(kind)[0 if device == "cpu" else gpu_index(device)]
-        V = vocab_size
+        V, H = vocab_size, num_hiddens
 
-        def rnn(params: dict[str, Any], X: Any, h: Any) -> tuple[Any, Any]:
-            def cell(h: Any, x: Any) -> tuple[Any, Any]:
-                h = jnp.tanh(x @ params["W_xh"] + h @ params["W_hh"] + params["b_h"])
+        def recur(params: dict[str, Any], X: Any, h: Any) -> tuple[Any, Any]:
+            """(Hs, final state) of the cell over the time-major ids X."""
+            x = jax.nn.one_hot(X, V, dtype=dtype)
+            if cell == RNN:
+
+                def rnn_step(h: Any, x: Any) -> tuple[Any, Any]:
+                    h = jnp.tanh(x @ params["W_xh"] + h @ params["W_hh"] + params["b_h"])
+                    return h, h
+
+                h, Hs = lax.scan(rnn_step, h, x)
+                return Hs, h
+            gx = x @ params["W_x"] + params["b"]  # (T, B, G·H): every step's input part
+
+            def gru_step(h: Any, gx: Any) -> tuple[Any, Any]:
+                gh = h @ params["W_h"]
+                z = jax.nn.sigmoid(gx[:, :H] + gh[:, :H])
+                r = jax.nn.sigmoid(gx[:, H : 2 * H] + gh[:, H : 2 * H])
+                n = jnp.tanh(gx[:, 2 * H :] + r * (gh[:, 2 * H :] + params["b_hh"]))
+                h = z * h + (1 - z) * n
                 return h, h
 
-            h, Hs = lax.scan(cell, h, jax.nn.one_hot(X, V, dtype=dtype))
+            def lstm_step(hc: tuple[Any, Any], gx: Any) -> tuple[Any, Any]:
+                h, c = hc
+                g = gx + h @ params["W_h"]
+                i, f, o = (jax.nn.sigmoid(g[:, k * H : (k + 1) * H]) for k in range(3))
+                c = f * c + i * jnp.tanh(g[:, 3 * H :])
+                h = o * jnp.tanh(c)
+                return (h, c), h
+
+            if cell == LSTM:
+                hc, Hs = lax.scan(lstm_step, h, gx)
+                return Hs, hc
+            h, Hs = lax.scan(gru_step, h, gx)
+            return Hs, h
+
+        def rnn(params: dict[str, Any], X: Any, h: Any) -> tuple[Any, Any]:
+            Hs, h = recur(params, X, h)
             return Hs @ params["W_hq"] + params["b_q"], h
 
         def loss_fn(params: dict[str, Any], X: Any, Y: Any, h: Any) -> tuple[Any, Any]:
@@ -451,16 +497,39 @@ class JaxScanPeer(Peer):
         self._train_step = jax.jit(train_step)
         self._forward = jax.jit(lambda p, X, Y, h: loss_fn(p, X, Y, h)[0])
         self._next_token = jax.jit(next_token)
-        self.set_params(init_arrays(vocab_size, num_hiddens, dtype, 0))
+        self.set_params(init_arrays(vocab_size, num_hiddens, dtype, 0, cell))
 
     def _put(self, x: np.ndarray) -> Any:
         return self.jax.device_put(x, self.jdevice)
 
+    def _zeros(self, batch_size: int) -> Any:
+        """The first state: h, or the LSTM's (h, c)."""
+        h = self._put(np.zeros((batch_size, self.num_hiddens), self.dtype))
+        return (h, h) if self.cell == LSTM else h
+
     def set_params(self, params: Arrays) -> None:
-        self.params = {k: self._put(np.asarray(v, dtype=self.dtype)) for k, v in params.items()}
+        arrays = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
+        gates = _JAX_GATES.get(self.cell)
+        if gates is not None:  # core's per-gate arrays side by side, in the gates' order
+            fused = {
+                "W_x": np.concatenate([arrays.pop(f"W_x{g}") for g in gates], axis=1),
+                "W_h": np.concatenate([arrays.pop(f"W_h{g}") for g in gates], axis=1),
+                "b": np.concatenate([arrays.pop(_input_bias(self.cell, g)) for g in gates]),
+            }
+            arrays.update(fused)
+        self.params = {k: self._put(v) for k, v in arrays.items()}
 
     def get_params(self) -> Arrays:
-        return {k: np.asarray(v) for k, v in self.params.items()}
+        arrays = {k: np.asarray(v) for k, v in self.params.items()}
+        gates = _JAX_GATES.get(self.cell)
+        if gates is not None:
+            H = self.num_hiddens
+            W_x, W_h, b = arrays.pop("W_x"), arrays.pop("W_h"), arrays.pop("b")
+            for k, g in enumerate(gates):
+                part = slice(k * H, (k + 1) * H)
+                arrays[f"W_x{g}"], arrays[f"W_h{g}"] = W_x[:, part], W_h[:, part]
+                arrays[_input_bias(self.cell, g)] = b[part]
+        return arrays
 
     def _scalar(self, x: float) -> Any:
         return self._put(np.asarray(x, dtype=self.dtype))
@@ -468,8 +537,7 @@ class JaxScanPeer(Peer):
     def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
         X, Y = self._put(inputs), self._put(labels)
         lr_, theta_ = self._scalar(lr), self._scalar(theta)
-        h = self._put(np.zeros((inputs.shape[1], self.num_hiddens), self.dtype))
-        box = [h]
+        box = [self._zeros(inputs.shape[1])]
 
         def call() -> Any:
             self.params, box[0], loss = self._train_step(self.params, X, Y, box[0], lr_, theta_)
@@ -478,27 +546,29 @@ class JaxScanPeer(Peer):
         return call
 
     def step_once(
-        self, inputs: np.ndarray, labels: np.ndarray, state: np.ndarray, lr: float, theta: float
-    ) -> tuple[float, np.ndarray]:
-        self.params, H, loss = self._train_step(
+        self, inputs: np.ndarray, labels: np.ndarray, state: HostState, lr: float, theta: float
+    ) -> tuple[float, HostState]:
+        begin = tuple(map(self._put, state)) if self.cell == LSTM else self._put(state)
+        self.params, final, loss = self._train_step(
             self.params,
             self._put(inputs),
             self._put(labels),
-            self._put(state),
+            begin,
             self._scalar(lr),
             self._scalar(theta),
         )
-        return float(loss), np.asarray(H)
+        out = tuple(map(np.asarray, final)) if self.cell == LSTM else np.asarray(final)
+        return float(loss), out
 
     def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
         X, Y = self._put(inputs), self._put(labels)
-        h = self._put(np.zeros((inputs.shape[1], self.num_hiddens), self.dtype))
+        h = self._zeros(inputs.shape[1])
         return lambda: self._forward(self.params, X, Y, h)
 
     def generate(self, first: int, num_preds: int) -> Call:
         def call() -> list[int]:
             outputs = [first]
-            h = self._put(np.zeros((1, self.num_hiddens), self.dtype))
+            h = self._zeros(1)
             for _ in range(num_preds):
                 x, h = self._next_token(self.params, outputs[-1], h)
                 outputs.append(int(x))

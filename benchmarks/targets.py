@@ -1,15 +1,16 @@
 """The issue's targets, measured and reported (never asserted): ratios at the main shape.
 
-Every ratio compares tokens/s of one workload (the training step; for the RNN also the
-forward pass and generation) of one cell at its main shape (d2l's by default:
+Every ratio compares tokens/s of one workload (the training step, the forward pass or
+generation) of one cell at its main shape (d2l's by default:
 H 512 for the RNN, 256 for the GRU and the LSTM), in the first dtype asked for, on the main
 device (the CPU if it was measured, else the first device), between rows of the same process
 run. A backend's figure is its best mode. The gated cells' targets are the issue's "each
 backend's best mode ≥ 1.0× its framework's own layer": torch against torch.nn.GRU and
-torch.nn.LSTM, TensorFlow against Keras GRU and LSTM (the reset-after GRU, which is what both
-layers compute; d2l's reset-before GRU against Keras GRU(reset_after=False) alone). NumPy has
-no layer: its own peer is min-char-rnn's loop (the RNN); JAX's is its ``lax.scan`` peer; the
-Array API backend has none.
+torch.nn.LSTM, TensorFlow against Keras GRU and LSTM, JAX against its ``lax.scan`` GRU and
+LSTM peers (the reset-after GRU, which is what the layers compute; d2l's reset-before GRU
+against Keras GRU(reset_after=False) alone). NumPy has no layer: its own peer is
+min-char-rnn's loop (the RNN alone); JAX's is its ``lax.scan`` peer; the Array API backend has
+none. The gated cells' forward and generate ratios are listed where those rows were measured.
 """
 
 from __future__ import annotations
@@ -33,11 +34,20 @@ RATIO_TARGETS: tuple[tuple[str, str, float], ...] = (
 )
 """The RNN's: (backend, peer, at least this × the peer's tokens/s)."""
 LAYER_TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
-    GRU_RESET_AFTER: (("torch", "torch.nn.GRU", 1.0), ("tensorflow", "keras.GRU", 1.0)),
-    LSTM: (("torch", "torch.nn.LSTM", 1.0), ("tensorflow", "keras.LSTM", 1.0)),
+    GRU_RESET_AFTER: (
+        ("torch", "torch.nn.GRU", 1.0),
+        ("tensorflow", "keras.GRU", 1.0),
+        ("jax", "jax.lax.scan.GRU", 1.0),
+    ),
+    LSTM: (
+        ("torch", "torch.nn.LSTM", 1.0),
+        ("tensorflow", "keras.LSTM", 1.0),
+        ("jax", "jax.lax.scan.LSTM", 1.0),
+    ),
     GRU_RESET_BEFORE: (("tensorflow", "keras.GRU(reset_after=False)", 1.0),),
 }
-"""The gated cells': each backend's best mode against its framework's own layer."""
+"""The gated cells': each backend's best mode against its framework's own layer, for every
+workload."""
 WORKLOAD_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("numpy", "numpy.min-char-rnn", 1.0),
     ("torch", "torch.nn.RNN", 1.0),
@@ -46,6 +56,7 @@ WORKLOAD_TARGETS: tuple[tuple[str, str, float], ...] = (
 )
 """The RNN's forward pass and generation: each backend's best mode against its framework's own
 layer (NumPy's: min-char-rnn's loop; JAX's: its lax.scan peer)."""
+WORKLOADS = ("train", "forward", "generate")
 ROOFLINE_TARGET = 0.8
 COMPILE_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("jax", "jit", 1.0),
@@ -144,7 +155,10 @@ def evaluate(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
     out = _rnn_targets(doc, dtype) if RNN in cells or not cells else []
     for cell, layer_targets in LAYER_TARGETS.items():
         if cell in cells:
-            out += _ratios(main_rows(doc, dtype, cell=cell), layer_targets, cell)
+            for workload in WORKLOADS:
+                rows = main_rows(doc, dtype, workload, cell)
+                if rows or workload == "train":
+                    out += _ratios(rows, layer_targets, cell, workload)
     return out
 
 
@@ -183,7 +197,7 @@ def _rnn_targets(doc: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
         out.append(_target(text, worst["r2"], LINEAR_R2, False, detail))
     else:
         out.append(_target(text, None, LINEAR_R2, False, "no num_steps sweep"))
-    for workload in ("forward", "generate"):
+    for workload in WORKLOADS[1:]:
         out += _ratios(main_rows(doc, dtype, workload), WORKLOAD_TARGETS, RNN, workload)
     return out
 

@@ -6,9 +6,11 @@ shape.
 - ``forward``: core's ``forward_loss`` (mean cross-entropy and H_T), no gradient, as the
   backend's ``make_forward`` runs it in its default mode and eager.
 - ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token,
-  as one compiled program where the backend decodes so (JAX, TensorFlow) and as the host loop
-  (eager); NumPy's eager row is its lean loop for the RNN (``decode``); tokens = the predicted
-  tokens, and ``ms_per_step`` is per token.
+  in each way the backend's ``ops.decode`` runs (JAX: one ``jit`` program; TensorFlow: one
+  ``tf.function``; torch: a loop whose tokens stay on the device, as it is and under
+  ``torch.compile``) and as the host loop, one token a call (eager); NumPy's eager row is its
+  lean loop for the RNN (``decode``); tokens = the predicted tokens, and ``ms_per_step`` is per
+  token.
 
 The cell is the chapter's RNN (``rnn``) or one of core.cells' gated cells (``gru/reset-after``,
 ``gru/reset-before``, ``lstm``). Each case is a run of ``core.run`` (the chapter's spec at the
@@ -108,17 +110,26 @@ def minibatch(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def compile_modes(backend: str, workload: str, device: str = "cpu") -> tuple[str, ...]:
     """The compile modes a backend offers for a workload on a device; the first is its default.
     ``forward`` runs in the default mode and eager (modes a user asks for are measured on the
-    train step); ``generate`` is core's ``predict``: one compiled program for every token where
-    the backend decodes so (``DECODE_MODE``: JAX's jit, TensorFlow's tf.function), and the host
-    loop, one token a call (eager)."""
+    train step); ``generate`` is core's ``predict``: each way the backend's ``ops.decode`` runs
+    (``decode_modes``), and the host loop, one token a call (eager)."""
     mod = backends.load(backend)
     modes = mod.compile_modes(device)
     if workload == "forward":
         return tuple(dict.fromkeys((modes[0], "eager")))
     if workload == "generate":
-        decode = getattr(mod, "DECODE_MODE", None)
-        return (decode, "eager") if decode else ("eager",)
+        return (*decode_modes(mod, device), "eager")
     return modes
+
+
+def decode_modes(mod: Any, device: str) -> tuple[str, ...]:
+    """The ways a backend module's ``ops.decode`` runs generation on ``device``, its default
+    first: ``decode_modes(device)`` where it offers several (torch), else ``DECODE_MODE``
+    alone; none where it decodes as core's host loop does."""
+    several = getattr(mod, "decode_modes", None)
+    if several is not None:
+        return tuple(several(device))
+    one = getattr(mod, "DECODE_MODE", None)
+    return (one,) if one else ()
 
 
 def syncer(backend: str, ops: Any) -> Sync:
@@ -210,9 +221,11 @@ def replica_cases(
     return cases
 
 
-def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
+def _forward_builder(
+    backend: str, mode: str, device: str, dtype: str, shape: Shape, cell: str = RNN
+) -> Builder:
     def build() -> tuple[Call, Sync]:
-        run = spec(shape, dtype)
+        run = spec(shape, dtype, cell)
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
         fn = mod.make_forward(ops, mode, run.activation, run.model_cell)
@@ -225,15 +238,20 @@ def _forward_builder(backend: str, mode: str, device: str, dtype: str, shape: Sh
     return build
 
 
-def _generate_builder(backend: str, mode: str, device: str, dtype: str, shape: Shape) -> Builder:
+def _generate_builder(
+    backend: str, mode: str, device: str, dtype: str, shape: Shape, cell: str = RNN
+) -> Builder:
     def build() -> tuple[Call, Sync]:
-        run = spec(shape, dtype)
+        run = spec(shape, dtype, cell)
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
         params = initial_params(ops, run, shape)
-        # eager beside a compiled decoder is the host loop; a backend without one (NumPy: its
-        # lean loop for the RNN) decodes as predict does by default
-        compiled = mode != "eager" or not hasattr(mod, "DECODE_MODE")
+        # eager beside a decoder is the host loop; a backend without a named decoder (NumPy:
+        # its lean loop for the RNN) decodes as predict does by default
+        decoders = decode_modes(mod, device)
+        compiled = mode != "eager" or not decoders
+        if mode in decoders and hasattr(ops, "decode_mode"):
+            ops.decode_mode = mode
         return (
             lambda: sampling.predict(
                 ops,
@@ -250,6 +268,8 @@ def _generate_builder(backend: str, mode: str, device: str, dtype: str, shape: S
     return build
 
 
+UNCOMPILED = ("eager", "decode")
+"""The modes that run under no compiler: the eager step, torch's plain decoding loop."""
 MODES: dict[str, str] = {
     "all": "every grad engine × compile mode",
     "compiled": "each backend's default grad engine under its compiler (jit, tf.function, "
@@ -262,7 +282,7 @@ def _pick_compiles(compiles: tuple[str, ...], modes: str) -> tuple[str, ...]:
     if modes == "all":
         return compiles
     if modes == "compiled":
-        return next(((m,) for m in compiles if m != "eager"), compiles[:1])
+        return next(((m,) for m in compiles if m not in UNCOMPILED), compiles[:1])
     return compiles[:1]
 
 
@@ -277,10 +297,7 @@ def backend_cases(
     cell: str = RNN,
 ) -> list[Case]:
     """One backend's rows for each workload, in the ``modes`` of ``MODES`` (True and False
-    mean all and default). ``device`` must be resolved already. A gated ``cell`` has the
-    ``train`` workload only (what the runner asks of it)."""
-    if cell != RNN and set(workloads) - {"train"}:
-        raise ValueError(f"the {cell} rows time the training step only, not {workloads}")
+    mean all and default), in ``cell``. ``device`` must be resolved already."""
     mod = backends.load(backend)
     if isinstance(modes, bool):
         modes = "all" if modes else "default"
@@ -304,11 +321,11 @@ def backend_cases(
                     cases.append(common(f"{backend} {label}", label, workload, build))
         elif workload == "forward":
             for mode in compiles:
-                build = _forward_builder(backend, mode, device, dtype, shape)
+                build = _forward_builder(backend, mode, device, dtype, shape, cell)
                 cases.append(common(f"{backend} {mode}", mode, workload, build))
         elif workload == "generate":
             for mode in compiles:
-                build = _generate_builder(backend, mode, device, dtype, shape)
+                build = _generate_builder(backend, mode, device, dtype, shape, cell)
                 cases.append(common(f"{backend} {mode}", mode, workload, build))
     return cases
 

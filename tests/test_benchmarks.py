@@ -245,8 +245,8 @@ def test_every_cell_has_its_frameworks_layers_as_peers() -> None:
             "onnxruntime.RNN",  # an inference engine: forward and generate only
             "onnxruntime.Scan",
         ],
-        cells.GRU_RESET_AFTER: ["torch.nn.GRU", "keras.GRU"],
-        cells.LSTM: ["torch.nn.LSTM", "keras.LSTM"],
+        cells.GRU_RESET_AFTER: ["torch.nn.GRU", "keras.GRU", "jax.lax.scan.GRU"],
+        cells.LSTM: ["torch.nn.LSTM", "keras.LSTM", "jax.lax.scan.LSTM"],
         cells.GRU_RESET_BEFORE: ["keras.GRU(reset_after=False)"],  # torch has no such layer
     }
     with pytest.raises(ValueError, match="computes rnn, not lstm"):
@@ -403,11 +403,21 @@ def test_gated_cells_are_held_to_their_frameworks_own_layers() -> None:
         _row("torch.nn.GRU", "peer", 100.0, **gru),
         _row("keras.GRU", "peer", 50.0, **gru),
         _row("torch.nn.RNN", "peer", 1000.0),  # another cell's peer: never compared with
+        _row("torch decode", "torch", 90.0, workload="generate", **gru),
+        _row("torch.nn.GRU", "peer", 60.0, workload="generate", **gru),
     ]
     doc = {"rows": rows, "roofline": {}}
     found = targets.evaluate(doc, "float32")
     gated = {t["target"]: t for t in found if t["cell"] == "gru/reset-after"}
-    assert set(gated) == {"torch ≥ 1.00× torch.nn.GRU", "tensorflow ≥ 1.00× keras.GRU"}
+    assert set(gated) == {
+        "torch ≥ 1.00× torch.nn.GRU",
+        "tensorflow ≥ 1.00× keras.GRU",
+        "jax ≥ 1.00× jax.lax.scan.GRU",
+        "generate: torch ≥ 1.00× torch.nn.GRU",  # generate rows: its targets; forward: none
+        "generate: tensorflow ≥ 1.00× keras.GRU",
+        "generate: jax ≥ 1.00× jax.lax.scan.GRU",
+    }
+    assert gated["generate: torch ≥ 1.00× torch.nn.GRU"]["value"] == pytest.approx(1.5)
     assert gated["torch ≥ 1.00× torch.nn.GRU"]["value"] == pytest.approx(1.3)  # the best mode
     assert gated["torch ≥ 1.00× torch.nn.GRU"]["met"] is True
     assert gated["tensorflow ≥ 1.00× keras.GRU"]["met"] is None  # not measured
@@ -489,18 +499,20 @@ def test_bench_table_with_torch_and_its_peer(
 
 def test_cells_select_rows_shapes_and_peers() -> None:
     """--cells names core's cells; gru is the reset-after GRU of torch.nn.GRU and Keras' GRU.
-    The gated cells run at H 256 unless --num-hiddens says otherwise, on the training step
-    alone, against their own layers only, without sweeps."""
+    The gated cells run at H 256 unless --num-hiddens says otherwise, every workload, against
+    their own layers only, without sweeps."""
     from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 
     full = _config([])
     assert full.cells == [RNN, GRU_RESET_AFTER, LSTM]
     assert full.shape_of(RNN).num_hiddens == 512 and full.shape_of(LSTM).num_hiddens == 256
     assert full.workloads_of(RNN) == list(roofline.WORKLOADS)
-    assert full.workloads_of(LSTM) == ["train"]
+    assert full.workloads_of(LSTM) == list(roofline.WORKLOADS)
     assert _config(["--quick"]).cells == [RNN]
     assert _config(["--quick", "--cells", "lstm"]).cells == [LSTM]
-    assert _config(["--workload", "forward"]).cells == [RNN]  # the default drops them
+    forward = _config(["--workload", "forward"])
+    assert forward.cells == [RNN, GRU_RESET_AFTER, LSTM]
+    assert forward.workloads_of(LSTM) == ["forward"]
     names = ["gru", "gru/reset-after", "gru/reset-before"]
     named = _config(["--cells", *names, "--num-hiddens", "64"])
     assert named.cells == [GRU_RESET_AFTER, GRU_RESET_BEFORE]
@@ -514,15 +526,18 @@ def test_cells_select_rows_shapes_and_peers() -> None:
     cfg = _config(["--cells", "rnn", "gru/reset-before", "lstm", *TINY])
     devices = {"numpy": ["cpu"], "torch": ["cpu"], "tensorflow": ["cpu"]}
     groups = runner._groups(cfg, devices, list(peers.PEER_NAMES))
-    gated = {c.cell: (label, c) for label, cases in groups for c in cases if c.cell != RNN}
-    assert set(gated) == {GRU_RESET_BEFORE, LSTM}
-    assert "train lstm float32 cpu B=2 T=3 H=8" in gated[LSTM][0]
+    gated = {c.cell for _, cases in groups for c in cases if c.cell != RNN}
+    assert gated == {GRU_RESET_BEFORE, LSTM}
+    labels = [label for label, _ in groups]
+    assert any("train lstm float32 cpu B=2 T=3 H=8" in label for label in labels)
     for _, cases in groups:
         (cell,) = {c.cell for c in cases}
         peer_names = {c.name for c in cases if c.backend == "peer"}
         assert peer_names <= {p for p, c in peers.PEER_CELL.items() if c == cell}
         if cell != RNN:
-            assert {c.workload for c in cases} == {"train"} and {c.sweep for c in cases} == {None}
+            assert {c.sweep for c in cases} == {None}
+    workloads = {(c.cell, c.workload) for _, cases in groups for c in cases}
+    assert {w for c, w in workloads if c == LSTM} == set(roofline.WORKLOADS)
     lstm_peers = {c.name for _, cases in groups for c in cases if c.cell == LSTM}
     assert {"torch.nn.LSTM", "keras.LSTM"} <= lstm_peers
 
@@ -564,10 +579,6 @@ def test_missing_framework_is_a_note_unless_asked_for(
             ["--cells", "rnn", "gru/reset-middle"],
             "unknown cell 'gru/reset-middle'; choose from rnn, gru, gru/reset-after, "
             "gru/reset-before, lstm",
-        ),
-        (
-            ["--cells", "lstm", "--workload", "forward"],
-            "--cells lstm: the gated cells are timed on the training step alone",
         ),
         (["--replicas", "0"], "--replicas must be a positive number, got '0'"),
         (["--replicas", "3"], "--batch-size 32 does not split into 3 equal shards"),
