@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 _LSCPU_KEYS = (
@@ -220,8 +221,9 @@ def describe(frameworks: dict[str, dict[str, Any]], threads: dict[str, Any]) -> 
     }
 
 
-def markdown(machine: dict[str, Any]) -> str:
-    """``machine.md``: the machine, the software and how threads were set."""
+def markdown(machine: dict[str, Any], rows: Sequence[dict[str, Any]] = ()) -> str:
+    """``machine.md``: the machine, the software, how threads were set, and the path each peer
+    row's framework took (its ``path``, ``benchmarks.kernels``)."""
     lines = ["# Machine", ""]
     lines.append(f"- CPU: {machine['cpu']} ({machine['cpus']} CPUs visible)")
     for key, value in machine.get("lscpu", {}).items():
@@ -268,4 +270,37 @@ def markdown(machine: dict[str, Any]) -> str:
     if threads.get("openblas_set"):
         libs = ", ".join(threads["openblas_set"])
         lines.append(f"- OpenBLAS pools set to {threads.get('threads')} thread(s): {libs}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _paths(rows)) + "\n"
+
+
+def _paths(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A table of the path each peer row's framework took, one line per peer, cell, workload,
+    dtype and device (the sweeps' rows repeat the main shape's)."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("backend") == "peer" and r.get("path"):
+            key = (r["name"], r.get("cell", "rnn"), r["workload"], r["dtype"], r["device"])
+            seen.setdefault(key, r["path"])
+    if not seen:
+        return []
+    out = [
+        "",
+        "## What each peer ran",
+        "",
+        "Read from the run after timing (`benchmarks/kernels.py`): torch's operators under its "
+        "profiler, the Keras model's traced operations, the compiled XLA program.",
+        "",
+        "| peer | cell | workload | dtype | device | recurrence | settings |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, cell, workload, dtype, device), path in seen.items():
+        rest = "; ".join(f"{k}: {_plain(v)}" for k, v in path.items() if k != "recurrence")
+        recurrence = path.get("recurrence", "-")
+        out.append(f"| {name} | {cell} | {workload} | {dtype} | {device} | {recurrence} | {rest} |")
+    return out
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)

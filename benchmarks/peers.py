@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rosetta_rnn.backends.rules import gpu_index
+from rosetta_rnn.benchmarks import kernels
 from rosetta_rnn.conformance import native
 from rosetta_rnn.core import cells
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
@@ -100,6 +101,11 @@ class Peer:
 
     def sync(self, out: Any) -> None:
         """Wait until ``out`` (and the device queue) is computed."""
+
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        """The path the framework took for ``workload`` (``benchmarks.kernels``): read from one
+        more ``call`` or from what it compiled; ``inputs`` are the row's time-major ids."""
+        return {}
 
     def step_once(
         self, inputs: np.ndarray, labels: np.ndarray, state: HostState, lr: float, theta: float
@@ -248,6 +254,9 @@ class TorchPeer(Peer):
         if self.tdevice.type == "cuda":
             self.torch.cuda.synchronize(self.tdevice)
 
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        return kernels.torch_path(call, self.device)
+
 
 # --- keras.SimpleRNN, GRU, LSTM -------------------------------------------------------------
 
@@ -395,6 +404,12 @@ class KerasPeer(Peer):
 
     def sync(self, out: Any) -> None:
         self.tf.test.experimental.sync_devices()
+
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        batch, steps = (1, 1) if workload == "generate" else (inputs.shape[1], inputs.shape[0])
+        with self.tf.device(self.tf_device):
+            X = self.tf.TensorSpec((batch, steps), self.tf.int64)
+            return kernels.keras_path(self.model, X, self._zeros(batch))
 
 
 # --- jax.lax.scan ---------------------------------------------------------------------------
@@ -579,6 +594,18 @@ class JaxScanPeer(Peer):
     def sync(self, out: Any) -> None:
         self.jax.block_until_ready(out)
 
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        if workload == "generate":
+            lowered = self._next_token.lower(self.params, 0, self._zeros(1))
+        else:
+            X, h = self._put(inputs), self._zeros(inputs.shape[1])
+            if workload == "forward":
+                lowered = self._forward.lower(self.params, X, X, h)
+            else:
+                one = self._scalar(1.0)
+                lowered = self._train_step.lower(self.params, X, X, h, one, one)
+        return kernels.jax_path(lowered.compile().as_text())
+
 
 # --- numpy.min-char-rnn ---------------------------------------------------------------------
 
@@ -603,6 +630,9 @@ class MinCharRNNPeer(Peer):
         super().__init__(vocab_size, num_hiddens, dtype, device, cell)
         self.eye = np.eye(vocab_size, dtype=dtype)
         self.set_params(init_arrays(vocab_size, num_hiddens, dtype, 0))
+
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        return kernels.numpy_path()
 
     def set_params(self, params: Arrays) -> None:
         Wxh, Whh, bh, Why, by = (params[k].astype(self.dtype) for k in PARAM_ORDER)
@@ -719,6 +749,16 @@ class OnnxRuntimePeer(Peer):
 
     def get_params(self) -> Arrays:
         return dict(self.params)
+
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        session = self.session._session
+        options = session.get_session_options()
+        return {
+            "recurrence": f"ONNX Runtime, {self.form} form",
+            "providers": session.get_providers(),
+            "threads": f"intra {options.intra_op_num_threads} (0: ONNX Runtime's choice)",
+            "graph_optimization": str(options.graph_optimization_level).rsplit(".", 1)[-1],
+        }
 
     def _zeros(self, batch_size: int) -> np.ndarray:
         return np.zeros((batch_size, self.num_hiddens), self.dtype)

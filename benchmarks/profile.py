@@ -107,7 +107,7 @@ def torch_profile(
     from .workloads import _peer_builder, _train_builder
 
     if what == "torch.nn.RNN":
-        call, _ = _peer_builder(what, "train", "cpu", "float32", D2L)()
+        call, _ = _peer_builder(what, "train", "cpu", "float32", D2L, {})()
     else:
         mode = f"{grad}/eager"
         call, _ = _train_builder("torch", grad, "eager", "cpu", "float32", D2L)()

@@ -725,7 +725,7 @@ def write_all(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         (new / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
         write_csv(doc, new / "results.csv")
         (new / "results.md").write_text(markdown(doc))
-        (new / "machine.md").write_text(machine.markdown(doc["machine"]))
+        (new / "machine.md").write_text(machine.markdown(doc["machine"], doc["rows"]))
         plot_tokens(doc, new / "tokens_per_sec.png")
         plot_scaling(doc, new / "scaling.png")
         written = []

@@ -370,6 +370,15 @@ def _row(case: Case, timed: timing.Timed, peak_gflops: float | None) -> dict[str
     }
 
 
+def _path(case: Case) -> dict[str, Any]:
+    """The path a peer's framework took (``benchmarks.kernels``); a failure to read it is said
+    in the row, not fatal."""
+    try:
+        return dict(case.engine.pop("path")())
+    except Exception as e:
+        return {"error": first_line(e)}
+
+
 def _collective_ms(case: Case) -> float | None:
     """The data-parallel step's mean time in its gradient all-reduce per step, over all its
     calls (warm-up included), where the framework can say; else None."""
@@ -433,6 +442,8 @@ def _run_group(
     rows = []
     for case, timed in prepared:
         row = _row(case, timed, peak_gflops)
+        if "path" in case.engine:  # after the timing: reading it runs or compiles once more
+            row["path"] = _path(case)
         bg = timed.background  # CPUs other processes used during this row's kept blocks
         readings += bg
         row["background_cpus"] = round(sum(bg) / len(bg), 2) if bg else None

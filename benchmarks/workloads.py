@@ -80,7 +80,8 @@ class Case:
     replicas: int = 1  # data-parallel replicas of the training step (``replica_cases``)
     engine: dict[str, Any] = field(default_factory=dict)
     """A data-parallel row's step, once built (``"step"``), and its calls so far (``"calls"``):
-    the runner reads the collective's time from it and closes it."""
+    the runner reads the collective's time from it and closes it. A peer's: ``"path"``, which
+    reads the path its framework took."""
 
     @property
     def steps_per_call(self) -> int:
@@ -330,7 +331,11 @@ def backend_cases(
     return cases
 
 
-def _peer_builder(name: str, workload: str, device: str, dtype: str, shape: Shape) -> Builder:
+def _peer_builder(
+    name: str, workload: str, device: str, dtype: str, shape: Shape, box: dict[str, Any]
+) -> Builder:
+    """The peer's call; ``box["path"]`` reads the path its framework took (``peer.path``)."""
+
     def build() -> tuple[Call, Sync]:
         peer = peers_mod.make_peer(name, shape.vocab_size, shape.num_hiddens, dtype, device)
         X, Y = minibatch(shape)
@@ -340,6 +345,7 @@ def _peer_builder(name: str, workload: str, device: str, dtype: str, shape: Shap
             call = peer.forward(X, Y)
         else:
             call = peer.generate(1, GENERATE_TOKENS)
+        box["path"] = lambda: peer.path(workload, call, X)
         return call, peer.sync
 
     return build
@@ -351,9 +357,10 @@ def peer_cases(
     """One peer's rows for each workload it runs (an inference engine: no ``train``), in the
     cell it computes."""
     cls = peers_mod.PEERS[name]
-    workloads = [w for w in workloads if w in cls.modes]
-    return [
-        Case(
+    cases = []
+    for w in (w for w in workloads if w in cls.modes):
+        box: dict[str, Any] = {}
+        case = Case(
             name=name,
             backend="peer",
             framework=cls.framework,
@@ -362,9 +369,10 @@ def peer_cases(
             mode=cls.modes[w],
             workload=w,
             shape=shape,
-            build=_peer_builder(name, w, device, dtype, shape),
+            build=_peer_builder(name, w, device, dtype, shape, box),
             sweep=sweep,
             cell=peers_mod.PEER_CELL[name],
+            engine=box,
         )
-        for w in workloads
-    ]
+        cases.append(case)
+    return cases

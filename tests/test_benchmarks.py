@@ -465,6 +465,46 @@ def test_bench_json_schema_and_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     md = (out / "results.md").read_text()
     assert "| name | mode | tokens/s |" in md and "numpy.min-char-rnn" in md
     assert json.loads((out / "results.json").read_text())["rows"] == rows
+    for r in peer_rows:  # the path each peer's framework took, in the row and machine.md
+        assert r["path"]["recurrence"] and "error" not in r["path"], r
+    assert "## What each peer ran" in (out / "machine.md").read_text()
+    assert (
+        "| numpy.min-char-rnn | rnn | train | float32 | cpu | Python loop over NumPy |"
+        in (out / "machine.md").read_text()
+    )
+
+
+@pytest.mark.parametrize("name", peers.PEER_NAMES)
+def test_each_peer_says_which_path_its_framework_took(name: str) -> None:
+    """Read from the run: torch's profiled operators (its LSTM runs oneDNN's recurrent kernel
+    in float32 and torch's own loop in float64, which oneDNN's RNN does not compute; its RNN
+    and GRU run torch's own loop in both), Keras' traced while loop, XLA's compiled loop."""
+    from rosetta_rnn.benchmarks import workloads
+
+    pytest.importorskip(FRAMEWORK_MODULE[peers.PEER_FRAMEWORK[name]])
+    for lib in peers.PEERS[name].libraries:
+        pytest.importorskip(lib)
+    shape = Shape(2, 3, 8, 28)
+    for dtype in peers.PEERS[name].dtypes:
+        for case in workloads.peer_cases(name, "cpu", dtype, shape, ["forward", "generate"]):
+            call, _ = case.build()
+            call()
+            path = case.engine["path"]()
+            where = (name, dtype, case.workload)
+            if name.startswith("torch."):
+                op = {"rnn": "aten::rnn_tanh", "lstm": "aten::lstm"}.get(case.cell, "aten::gru")
+                assert op in path["recurrent_ops"], where
+                onednn = "aten::mkldnn_rnn_layer" in path["recurrent_ops"]
+                assert onednn == (case.cell == "lstm" and dtype == "float32"), where
+                want = "oneDNN (mkldnn_rnn_layer)" if onednn else "torch's own loop"
+                assert path["recurrence"] == want, where
+            elif name.startswith("keras."):
+                assert path["recurrence"] == "TensorFlow while loop", where
+            elif name.startswith("jax."):
+                loop = case.workload == "forward"
+                assert path["recurrence"].startswith("XLA while loop") == loop, where
+            else:
+                assert path["recurrence"], where
 
 
 def test_bench_table_with_torch_and_its_peer(
