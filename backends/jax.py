@@ -103,6 +103,7 @@ class JaxOps:
         self._dtype = np.dtype(dtype)
         self._device = _jax_device(device)
         self._decoders: dict[tuple[str, str | None, bool], Callable[..., Any]] = {}
+        self._evaluators: dict[tuple[str, str | None], Callable[..., Any]] = {}
 
     def asarray(self, x: np.ndarray) -> Any:
         x = np.asarray(x)
@@ -176,6 +177,22 @@ class JaxOps:
         if self.eager_loops or not _traced((carry, xs)):
             return python_scan(self, fn, carry, xs, reverse)
         return lax.scan(fn, carry, xs, reverse=reverse)
+
+    def forward_loss(
+        self,
+        params: Params,
+        inputs: Any,
+        labels: Any,
+        state: Any,
+        activation: str = "tanh",
+        cell: str | None = None,
+    ) -> tuple[Any, Any]:
+        """core's ``any_forward_loss`` over one chunk as one jitted program (``make_forward``),
+        which ``core.evaluation`` runs each chunk of a text through."""
+        key = (activation, cell)
+        if key not in self._evaluators:
+            self._evaluators[key] = make_forward(self, "jit", activation, cell)
+        return self._evaluators[key](params, inputs, labels, state)
 
     def decode(
         self,

@@ -115,6 +115,7 @@ class TensorFlowOps:
         self.tf_dtype = tf.as_dtype(dtype)
         self._np_dtype = np.dtype(dtype)
         self._decoders: dict[tuple[str, str | None, bool], Callable[..., Any]] = {}
+        self._evaluators: dict[tuple[str, str | None], Callable[..., Any]] = {}
 
     @contextmanager
     def placed(self) -> Iterator[None]:
@@ -224,6 +225,22 @@ class TensorFlowOps:
     @_placed
     def stop_gradient(self, x: Any) -> tf.Tensor:
         return tf.stop_gradient(x)
+
+    def forward_loss(
+        self,
+        params: Params,
+        inputs: Any,
+        labels: Any,
+        state: Any,
+        activation: str = "tanh",
+        cell: str | None = None,
+    ) -> tuple[Any, Any]:
+        """core's ``any_forward_loss`` over one chunk as one ``tf.function``
+        (``make_forward``), which ``core.evaluation`` runs each chunk of a text through."""
+        key = (activation, cell)
+        if key not in self._evaluators:
+            self._evaluators[key] = make_forward(self, "tf.function", activation, cell)
+        return self._evaluators[key](params, inputs, labels, state)
 
     def decode(
         self,

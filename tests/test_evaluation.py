@@ -1,4 +1,5 @@
-"""core.evaluation.perplexity_on: the chunks it reads the text in, and what it returns."""
+"""core.evaluation: the chunks perplexity_on reads the text in, what it returns, and the
+compiled pass per chunk of JAX and TensorFlow."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rosetta_rnn import backends
 from rosetta_rnn.backends import numpy as numpy_backend
-from rosetta_rnn.core import model
-from rosetta_rnn.core.evaluation import perplexity_on
+from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.core import cells, model
+from rosetta_rnn.core.evaluation import perplexity_on, window_perplexity
 
 
 class _ChunkRecorder:
@@ -66,3 +69,42 @@ def test_the_hidden_size_comes_from_the_parameters() -> None:
         ops, _params(ops, hidden=3), ids[:-1, None], ids[1:, None], np.zeros((1, 3))
     )
     assert n == 8 and ppl == pytest.approx(math.exp(float(loss)), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+@pytest.mark.parametrize("cell", [cells.RNN, cells.LSTM])
+def test_compiled_chunks_give_the_op_by_op_perplexities(backend: str, cell: str) -> None:
+    """JAX and TensorFlow run each chunk through their compiled ``forward_loss`` (every chunk
+    went there), with the state carried between chunks; the figures are the op-by-op pass's
+    and NumPy float64's, for the held-out pass and d2l 1.0's windowed validation."""
+    pytest.importorskip(backend)
+    rng = np.random.default_rng(2)
+    if cell == cells.RNN:
+        arrays = model.init_params(6, 5, rng, "float64", sigma=0.5)
+    else:
+        arrays = cells.init_params(cell, 6, 5, rng, "float64", sigma=0.5)
+    ids = rng.integers(0, 6, 40)
+    starts = np.arange(0, 30, 3)
+    reference = numpy_backend.make_ops("float64", "cpu")
+    want = perplexity_on(reference, arrays, ids, num_steps=7)
+    want_windows = window_perplexity(reference, arrays, ids, starts, 4, 5)
+    ops = backends.load(backend).make_ops("float64", "cpu")
+    calls: list[tuple[int, ...]] = []
+    compiled = ops.forward_loss
+
+    def counted(params: Any, inputs: Any, *rest: Any) -> Any:
+        calls.append(tuple(inputs.shape))
+        return compiled(params, inputs, *rest)
+
+    ops.forward_loss = counted  # type: ignore[method-assign]
+    P = model.to_backend(ops, arrays)
+    got = perplexity_on(ops, P, ids, num_steps=7)
+    assert calls == [(7, 1)] * 5 + [(4, 1)]  # 39 predictions: five chunks of 7, then 4
+    got_windows = window_perplexity(ops, P, ids, starts, 4, 5)
+    assert calls[6:] == [(5, 4), (5, 4), (5, 2)]  # ten windows, four at a time
+    eager = perplexity_on(ops, P, ids, num_steps=7, compiled=False)
+    assert len(calls) == 9  # the op-by-op pass does not go through it
+    tol = tolerance("float64", "values")
+    assert got[1] == eager[1] == want[1] == 39
+    assert got[0] == pytest.approx(want[0], rel=tol) and eager[0] == pytest.approx(want[0], rel=tol)
+    assert got_windows == pytest.approx(want_windows, rel=tol)
