@@ -132,7 +132,7 @@ def rnn_forward(
 
 def output_layer(ops: Ops, params: Mapping[str, Tensor], Hs: Tensor) -> Tensor:
     """Y_t = H_t W_hq + b_q for every step at once: (T * B, V)."""
-    T, B, H = (int(n) for n in Hs.shape)
+    T, B, H = Hs.shape
     return ops.matmul(ops.reshape(Hs, (T * B, H)), params["W_hq"]) + params["b_q"]
 
 

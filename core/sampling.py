@@ -17,9 +17,9 @@ from .ops import Ops, Tensor
 
 
 def greedy_choice(logits: np.ndarray) -> int:
-    """argmax with ties broken towards the lowest index (the same on every backend)."""
-    row = np.asarray(logits).reshape(-1)
-    return int(np.flatnonzero(row == row.max())[0])
+    """argmax with ties broken towards the lowest index (the same on every backend):
+    ``np.argmax`` returns the first occurrence of the maximum, as its documentation says."""
+    return int(np.argmax(np.asarray(logits).reshape(-1)))
 
 
 def inverse_cdf_choice(probs: np.ndarray, u: float) -> int:
