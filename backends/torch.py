@@ -213,20 +213,23 @@ class TorchOps:
         step = self._decoders[key]
         us = np.zeros(num_preds) if uniforms is None else np.asarray(uniforms)
         with torch.inference_mode():
-            us_t = self.asarray(us)
+            # a copy made here is an inference tensor like every later state, so a compiled
+            # step sees one kind of input throughout
+            state = _state_map(torch.clone, state)
+            us_t = self.asarray(us).unbind(0)
             temp = self.asarray(np.asarray(temperature or 1.0))
             token = torch.tensor(first, dtype=torch.int64, device=self._device)
-            tokens = torch.empty(num_preds, dtype=torch.int64, device=self._device)
-            for i in range(num_preds):
+            tokens = []
+            for u in us_t:
                 if mode == "reduce-overhead":
                     torch.compiler.cudagraph_mark_step_begin()
-                    state, token = step(params, state, token, us_t[i], temp)
+                    state, token = step(params, state, token, u, temp)
                     # the next replay overwrites the graph's output buffers
                     state, token = _state_map(torch.clone, state), token.clone()
                 else:
-                    state, token = step(params, state, token, us_t[i], temp)
-                tokens[i] = token
-            return tokens.cpu().numpy()
+                    state, token = step(params, state, token, u, temp)
+                tokens.append(token)
+            return torch.stack(tokens).cpu().numpy()
 
 
 def _decode_step(

@@ -109,9 +109,9 @@ def keras_path(model: Any, inputs: Any, state: Any) -> dict[str, Any]:
     }
 
 
-def jax_path(compiled_text: str) -> dict[str, Any]:
-    """What an XLA program compiled to: its custom calls and fusion kinds, and JAX's
-    switches."""
+def jax_path(compiled_text: str, platform: str) -> dict[str, Any]:
+    """What an XLA program compiled for ``platform`` became: its custom calls and fusion
+    kinds, and JAX's switches."""
     import jax
 
     calls = sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled_text)))
@@ -121,7 +121,7 @@ def jax_path(compiled_text: str) -> dict[str, Any]:
         "recurrence": f"XLA while loop ×{loops}" if loops else "XLA, one step a call",
         "custom_calls": calls,
         "custom_fusions": kinds,
-        "platform": jax.devices()[0].platform,
+        "platform": platform,
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "xla_flags": os.environ.get("XLA_FLAGS", "unset"),
     }

@@ -604,7 +604,7 @@ class JaxScanPeer(Peer):
             else:
                 one = self._scalar(1.0)
                 lowered = self._train_step.lower(self.params, X, X, h, one, one)
-        return kernels.jax_path(lowered.compile().as_text())
+        return kernels.jax_path(lowered.compile().as_text(), self.jdevice.platform)
 
 
 # --- numpy.min-char-rnn ---------------------------------------------------------------------
@@ -751,14 +751,7 @@ class OnnxRuntimePeer(Peer):
         return dict(self.params)
 
     def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
-        session = self.session._session
-        options = session.get_session_options()
-        return {
-            "recurrence": f"ONNX Runtime, {self.form} form",
-            "providers": session.get_providers(),
-            "threads": f"intra {options.intra_op_num_threads} (0: ONNX Runtime's choice)",
-            "graph_optimization": str(options.graph_optimization_level).rsplit(".", 1)[-1],
-        }
+        return {"recurrence": f"ONNX Runtime, {self.form} form", **self.session.settings()}
 
     def _zeros(self, batch_size: int) -> np.ndarray:
         return np.zeros((batch_size, self.num_hiddens), self.dtype)

@@ -442,7 +442,7 @@ def _run_group(
     rows = []
     for case, timed in prepared:
         row = _row(case, timed, peak_gflops)
-        if "path" in case.engine:  # after the timing: reading it runs or compiles once more
+        if "path" in case.engine and case.sweep is None:  # after the timing: it runs once more
             row["path"] = _path(case)
         bg = timed.background  # CPUs other processes used during this row's kept blocks
         readings += bg

@@ -4,7 +4,7 @@ shape.
 - ``train``: one full step (forward, BPTT or autograd, global-norm clip, SGD), the hidden state
   carried to the next call as training carries it; tokens = batch_size × num_steps.
 - ``forward``: core's ``forward_loss`` (mean cross-entropy and H_T), no gradient, as the
-  backend's ``make_forward`` runs it in its default mode and eager.
+  backend's ``make_forward`` runs it in each compile mode.
 - ``generate``: core's ``predict``, greedy, ``GENERATE_TOKENS`` tokens at batch 1 from one token,
   in each way the backend's ``ops.decode`` runs (JAX: one ``jit`` program; TensorFlow: one
   ``tf.function``; torch: a loop whose tokens stay on the device, as it is and under
@@ -92,7 +92,7 @@ class Case:
         """Whether the first call compiles anything: a compile mode other than eager, or JAX
         eager (which compiles each operation once). NumPy, the Array API backend, torch and
         TensorFlow eager compile nothing: their first call only allocates and fills caches."""
-        return self.mode.rsplit("/", 1)[-1] != "eager" or self.framework == "jax"
+        return self.mode.rsplit("/", 1)[-1] not in UNCOMPILED or self.framework == "jax"
 
     @property
     def tokens_per_call(self) -> int:
@@ -110,13 +110,13 @@ def minibatch(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def compile_modes(backend: str, workload: str, device: str = "cpu") -> tuple[str, ...]:
     """The compile modes a backend offers for a workload on a device; the first is its default.
-    ``forward`` runs in the default mode and eager (modes a user asks for are measured on the
-    train step); ``generate`` is core's ``predict``: each way the backend's ``ops.decode`` runs
-    (``decode_modes``), and the host loop, one token a call (eager)."""
+    ``forward`` runs in every compile mode, as the train step; ``generate`` is core's
+    ``predict``: each way the backend's ``ops.decode`` runs (``decode_modes``), and the host
+    loop, one token a call (eager)."""
     mod = backends.load(backend)
     modes = mod.compile_modes(device)
     if workload == "forward":
-        return tuple(dict.fromkeys((modes[0], "eager")))
+        return tuple(dict.fromkeys((modes[0], *modes)))
     if workload == "generate":
         return (*decode_modes(mod, device), "eager")
     return modes

@@ -584,6 +584,18 @@ class Runner:
 
             self._session = ReferenceEvaluator(proto)
 
+    def settings(self) -> dict[str, Any]:
+        """What ONNX Runtime's session runs with: its providers, threads and graph
+        optimisation (the reference evaluator: nothing to say)."""
+        if self.runtime != "onnxruntime":
+            return {}
+        options = self._session.get_session_options()
+        return {
+            "providers": self._session.get_providers(),
+            "threads": f"intra {options.intra_op_num_threads} (0: ONNX Runtime's choice)",
+            "graph_optimization": str(options.graph_optimization_level).rsplit(".", 1)[-1],
+        }
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs by name, for ``feeds`` by input name (the ones the model takes). ONNX
         Runtime's GRU and LSTM accept a float64 model and refuse it only here: a

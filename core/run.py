@@ -413,6 +413,12 @@ class Run:
     trainer: Trainer
     history: list[dict[str, Any]]
 
+    @property
+    def compiled(self) -> bool:
+        """Whether evaluation and sampling go through the backend's compiled passes
+        (``ops.forward_loss``, ``ops.decode``): unless the run's step is eager."""
+        return self.engine.mode != "eager"
+
     def params(self) -> model.Params:
         """The parameters where the engine's ops compute (a JAX mesh holds the replicas' on
         every device; evaluation and sampling want them on one)."""
@@ -445,6 +451,7 @@ class Run:
                 spec.num_steps,
                 spec.activation,
                 spec.model_cell,
+                compiled=self.compiled,
             )
         if text.val_starts is not None:
             entry["val_perplexity"], entry["val_book_perplexity"] = window_perplexity(
@@ -457,6 +464,7 @@ class Run:
                 spec.activation,
                 spec.model_cell,
                 spec.loss == "last-step",
+                compiled=self.compiled,
             )
         self.history.append(entry)
         return last, entry
@@ -475,6 +483,7 @@ class Run:
             spec.num_preds if num_preds is None else num_preds,
             activation=spec.activation,
             cell=spec.model_cell,
+            compiled=self.compiled,
         )
         return data.join_tokens(vocab.to_tokens(out), spec.token)
 

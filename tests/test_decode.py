@@ -119,16 +119,19 @@ def test_numpy_decodes_the_one_hot_rnn_alone() -> None:
         assert out == host and len(out) == len(PREFIX) + 5
 
 
-@pytest.mark.parametrize("backend", DECODERS)
+@pytest.mark.parametrize("backend", [*DECODERS, "torch:torch.compile"])
 def test_decoding_breaks_ties_towards_the_lowest_index(backend: str) -> None:
-    """Two output columns equal to the bit, and above the rest: every greedy token is the lower
-    of the two, in the decoder and the host loop alike."""
+    """Two logits exactly 50 (their output columns zero), the rest far below: every greedy
+    token is the lower index of the two, in the decoder and the host loop alike."""
+    backend, _, mode = backend.partition(":")
     pytest.importorskip(backend)
     params = _params(cells.RNN, 0)
-    params["W_hq"][:, 9] = params["W_hq"][:, 4]
+    params["W_hq"][:, [4, 9]] = 0.0
     params["b_q"][[4, 9]] = 50.0  # the pair wins every step, whatever the state
     ops = backends.load(backend).make_ops("float32", "cpu")
+    if mode:
+        ops.decode_mode = mode
     P = {k: ops.asarray(v) for k, v in params.items()}
     for compiled in (True, False):
         text = sampling.predict(ops, P, PREFIX, 6, compiled=compiled)
-        assert text[len(PREFIX) :] == [4] * 6, (backend, compiled)
+        assert text[len(PREFIX) :] == [4] * 6, (backend, mode, compiled)
