@@ -131,12 +131,13 @@ class NumpyOps:
         h, token = state, int(first)
         drawn = _Drawn(uniforms) if temperature and uniforms is not None else None
         tokens = np.empty(num_preds, dtype=np.int64)
-        # core's own activation, output layer and choice, looked up at call time: each is
+        # core's own activation, output step and choice, looked up at call time: each is
         # written in one place; only rnn_forward's scan and stack are left out
+        phi, output_step = model.activation_fn(self, activation), model.output_step
+        next_token = sampling.next_token
         for i in range(num_preds):
-            h = model.activate(self, activation, (W_xh[token] + b_h) + self.matmul(h, W_hh))
-            logits = model.output_layer(self, params, h[None])
-            token = sampling.next_token(self, logits, temperature, drawn)  # type: ignore[arg-type]
+            h = phi((W_xh[token] + b_h) + self.matmul(h, W_hh))
+            token = next_token(self, output_step(self, params, h), temperature, drawn)  # type: ignore[arg-type]
             tokens[i] = token
         return tokens
 

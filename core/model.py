@@ -83,13 +83,19 @@ def begin_state(ops: Ops, batch_size: int, num_hiddens: int) -> Tensor:
     return ops.zeros((batch_size, num_hiddens))
 
 
-def activate(ops: Ops, activation: str, z: Tensor) -> Tensor:
-    """φ: tanh (the chapter) or relu (an exercise); any other name is a one-line error."""
+def activation_fn(ops: Ops, activation: str) -> Callable[[Tensor], Tensor]:
+    """φ as a function: tanh (the chapter) or relu (an exercise); any other name is a one-line
+    error."""
     if activation == "tanh":
-        return ops.tanh(z)
+        return ops.tanh
     if activation == "relu":
-        return ops.relu(z)
+        return ops.relu
     raise UserError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+
+
+def activate(ops: Ops, activation: str, z: Tensor) -> Tensor:
+    """φ(z), with φ named by ``activation_fn``."""
+    return activation_fn(ops, activation)(z)
 
 
 def activation_grad(ops: Ops, activation: str, H: Tensor) -> Tensor:
@@ -130,10 +136,15 @@ def rnn_forward(
     return Hs, H_T
 
 
+def output_step(ops: Ops, params: Mapping[str, Tensor], H: Tensor) -> Tensor:
+    """Y = H W_hq + b_q for one step's states ``(B, num_hiddens)``: (B, V)."""
+    return ops.matmul(H, params["W_hq"]) + params["b_q"]
+
+
 def output_layer(ops: Ops, params: Mapping[str, Tensor], Hs: Tensor) -> Tensor:
     """Y_t = H_t W_hq + b_q for every step at once: (T * B, V)."""
     T, B, H = Hs.shape
-    return ops.matmul(ops.reshape(Hs, (T * B, H)), params["W_hq"]) + params["b_q"]
+    return output_step(ops, params, ops.reshape(Hs, (T * B, H)))
 
 
 def log_softmax(ops: Ops, logits: Tensor) -> Tensor:
