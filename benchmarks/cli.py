@@ -8,7 +8,8 @@ to ``--out``, as one set that replaces the previous one only once everything is 
 step and greedy generation (``--workload train generate --cells rnn``) at the main shape
 (``--no-sweep``), every installed backend in its default grad engine under its compiler
 (``--modes compiled``: numpy bptt/eager, torch autograd/torch.compile, jax autograd/jit,
-tensorflow autograd/tf.function, array-api bptt/eager; generation under jit and tf.function),
+tensorflow autograd/tf.function, array-api bptt/eager; generation under jit, tf.function and
+torch.compile),
 the RNN's peers, 3 timed repeats (``--repeats 3``), at most 30 s of waiting for
 other processes (``--max-wait 30``) and ``--out bench-results-quick``. A flag given explicitly
 wins.
@@ -20,8 +21,8 @@ torch.compile the first time and a third of that from the cache).
 9.1/9.2's GRU and LSTM (H 256), against torch.nn.GRU/LSTM, Keras GRU/LSTM and JAX's lax.scan
 GRU/LSTM; every cell has every workload. The full run has all three; ``--quick`` the RNN alone,
 because each gated cell adds a torch.compile build several times the RNN's: on the busy dev
-machine the quick run with them took 12.5 minutes, of which the GRU's and LSTM's cold builds
-were 221 s and 161 s, against the RNN's 14 s from the cache.
+machine the quick run with their training steps took 12.5 minutes, of which the GRU's and
+LSTM's cold builds were 221 s and 161 s, against the RNN's 14 s from the cache.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ measured, then moved over the previous set in that folder (its files this run do
 are removed; other files there are kept). If the files cannot be written, the results printed
 on stdout are complete and the previous set stays as it was.
 
-How long: the full run (every mode, the sweeps, 5 repeats) takes about 10 minutes for the
-RNN on a quiet 2-core CPU, plus up to --max-wait seconds waiting for other processes to go
+How long: every mode of the three cells on every workload, 5 repeats, --no-sweep, takes about
+6.5 minutes on a quiet 2-core CPU (378-414 s in four runs, either recipe); the RNN's sweeps
+add their rows to that; plus up to --max-wait seconds waiting for other processes to go
 quiet; blocks timed on a busy machine are marked busy in the log, results.md and the plots.
 torch.compile builds (about 30 s each cold, 12 s from the cache) are kept in a cache between
 runs (--cold-compile: not). The GRU and LSTM rows add four builds of larger graphs: 161-221 s
@@ -82,7 +84,7 @@ device (×1), in a table of their own with the all-reduce's time per step where 
 can say (torch). On a CPU the replicas share the --threads: splitting the batch of a 2-core
 machine is not expected to be faster; the rows show what each engine costs.
 
-Quick mode, --quick: a first look in about a minute on a 2-core CPU (57 s with torch.compile's
+Quick mode, --quick: a first look in about a minute on a 2-core CPU (53 s with torch.compile's
 cache warm; its cold build adds about half a minute). It selects --workload train generate
 --cells rnn --no-sweep --modes compiled --repeats 3 --max-wait 30 --out bench-results-quick:
 the RNN's training step and greedy generation at the main shape for every installed backend
@@ -193,7 +195,7 @@ def register(sub: Any) -> None:
         "--no-peers",
         action="store_true",
         help="skip the frameworks' own layers (torch.nn.RNN/GRU/LSTM, keras.SimpleRNN/GRU/LSTM, "
-        "jax.lax.scan, numpy.min-char-rnn)",
+        "jax.lax.scan and its GRU/LSTM, numpy.min-char-rnn, onnxruntime)",
     )
     p.add_argument(
         "--modes",

@@ -10,19 +10,22 @@ interface costs speed. (The layers are loaded with core's parameters through
 - ``keras.SimpleRNN``, ``keras.GRU`` (Keras' default ``reset_after=True``),
   ``keras.GRU(reset_after=False)``, ``keras.LSTM``: the layer + ``Dense``, a ``tf.function``
   custom training step, ``keras.optimizers.SGD(global_clipnorm=θ)``.
-- ``jax.lax.scan`` (the RNN): a pure function over a parameter dict, ``jax.value_and_grad``,
-  the recurrence as ``lax.scan``, the whole step under ``jax.jit``.
+- ``jax.lax.scan``, ``jax.lax.scan.GRU``, ``jax.lax.scan.LSTM``: a pure function over a
+  parameter dict, ``jax.value_and_grad``, the recurrence as ``lax.scan``, the whole step under
+  ``jax.jit``; the gated cells' gates side by side, every step's input projection in one matmul
+  before the scan.
 - ``numpy.min-char-rnn`` (the RNN): Karpathy's loop (cache the forward per step, walk it
   backwards, accumulate every gradient per step), batched, with d2l's global-norm clip.
 - ``onnxruntime.RNN``, ``onnxruntime.Scan`` (the RNN; forward and generate only): the model
   ``convert --to onnx`` writes, fused (ONNX's ``RNN`` operator) or decomposed, run by ONNX
   Runtime, an inference engine beside the frameworks.
 
-Each peer computes one cell (``PEER_CELL``): torch.nn.GRU and keras.GRU the reset-after GRU,
-keras.GRU(reset_after=False) d2l's reset-before one. Where a framework keeps two biases that
-core keeps as one (torch's ``bias_ih`` + ``bias_hh`` of every gate, Keras GRU(reset_after=True)'s
-z and r rows), both take the gradient step and both count in the clipping norm, as that
-framework's users train them.
+Each peer computes one cell (``PEER_CELL``): torch.nn.GRU, keras.GRU and jax.lax.scan.GRU the
+reset-after GRU, keras.GRU(reset_after=False) d2l's reset-before one. Where a framework keeps
+two biases that core keeps as one (torch's ``bias_ih`` + ``bias_hh`` of every gate, Keras
+GRU(reset_after=True)'s z and r rows), both take the gradient step and both count in the
+clipping norm, as that framework's users train them. After its row is timed, ``path`` reads
+what its framework ran (``benchmarks.kernels``).
 
 Every peer takes time-major ``(num_steps, batch_size)`` token ids like core and converts them
 once, outside the timed call, to its own layout. Parameters start from one seeded NumPy draw

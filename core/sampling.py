@@ -81,9 +81,10 @@ def predict(
     """d2l's ``predict_ch8`` on token ids: warm up on the prefix, then predict ``num_preds``.
     ``cell``: the model, as a built run says it; None reads it from the parameters' names.
     A backend whose ops offer ``decode`` predicts every token in one call from the uniforms
-    drawn here: JAX and TensorFlow in one compiled program, NumPy the chapter's RNN in a lean
-    loop (``decodes`` says which models; ``compiled=False``: the host loop, one token a call);
-    each token is chosen by the rule of ``next_token``.
+    drawn here: JAX and TensorFlow in one compiled program, torch in a loop whose tokens stay on
+    the device (plain or under ``torch.compile``), NumPy the chapter's RNN in a lean loop
+    (``decodes`` says which models; ``compiled=False``: the host loop, one token a call); each
+    token is chosen by the rule of ``next_token``.
 
     Returns the prefix ids followed by the predicted ids.
     """
