@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from rosetta_rnn import backends
+from rosetta_rnn.backends import environments
 from rosetta_rnn.core.display import format_table
 
 
@@ -19,7 +20,11 @@ def register(sub: Any) -> None:
         "gradient engines (--grad) and compile modes (--eager/--compile). This reads the "
         "installed packages only and takes a fraction of a second; --devices also imports "
         "each framework to ask which devices it sees and where it computes in float64 "
-        "(about 10 s on two cores, most of it TensorFlow's import).",
+        "(about 10 s on two cores, most of it TensorFlow's import). A framework that cannot "
+        "share this environment gets one of its own: --setup NAME creates it (a virtual "
+        "environment with exactly its requirements from the package registry, in "
+        "$ROSETTA_RNN_ENVS or ~/.cache/rosetta-rnn/envs), and rosetta-rnn talks to it through "
+        "a worker process.",
     )
     b.add_argument(
         "--devices",
@@ -27,10 +32,32 @@ def register(sub: Any) -> None:
         help="import each framework and list its devices and float64 support",
     )
     b.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    b.add_argument(
+        "--setup",
+        metavar="NAME",
+        choices=tuple(environments.ENVIRONMENTS),
+        help=f"create the environment of its own that a framework needs (one of "
+        f"{', '.join(environments.ENVIRONMENTS)}), or re-create it, and check that its worker "
+        f"starts (default: list the backends)",
+    )
     b.set_defaults(func=cmd_backends)
 
 
+def _setup(name: str) -> int:
+    env = environments.get(name)
+    seconds = environments.setup(name, say=print)
+    with environments.start(name) as worker:
+        ready = worker.ready
+    print(
+        f"{name}: ready in {seconds:.0f} s, {env.framework}: "
+        f"{', '.join(f'{k} {v}' for k, v in ready.items())} ({environments.root() / name})"
+    )
+    return 0
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
+    if args.setup:
+        return _setup(args.setup)
     rows = [backends.info(name, probe=args.devices) for name in backends.BACKENDS]
     if args.json:
         print(json.dumps(rows))
@@ -62,4 +89,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
             print(f"{r['backend']}: {r['error']}")
     if not args.devices:
         print("devices: rosetta-rnn backends --devices (imports each framework)")
+    for name, env in environments.ENVIRONMENTS.items():
+        state = environments.status(name)
+        how = "" if state == "ready" else f": rosetta-rnn backends --setup {name}"
+        print(f"environment of its own: {name} ({env.framework}) {state}{how}")
     return 0

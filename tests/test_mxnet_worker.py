@@ -1,0 +1,77 @@
+"""MXNet 1.9.1 in its own environment (NumPy 1.23 beside this one's 2.x), reached through its
+worker: core's forward and both gradient engines (MXNet's autograd, core's BPTT on MXNet
+arrays) for every cell in float32 and float64, against NumPy float64.
+
+The ``mxnet`` group sets the environment up the first time (``rosetta-rnn backends --setup
+mxnet``: about 15 s from the package registry) and fails, never skips, if it cannot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from rosetta_rnn.backends import environments
+from rosetta_rnn.backends import numpy as numpy_backend
+from rosetta_rnn.backends.worker import RemoteError, Worker
+from rosetta_rnn.conformance.checks import max_error
+from rosetta_rnn.conformance.problems import CELLS, Problem
+from rosetta_rnn.conformance.tolerances import tolerance
+from rosetta_rnn.core import cells
+
+pytestmark = pytest.mark.mxnet
+
+
+@pytest.fixture(scope="module")
+def mxnet() -> Iterator[Worker]:
+    if environments.status("mxnet") != "ready":
+        environments.setup("mxnet", say=lambda line: None)
+    with environments.start("mxnet") as worker:
+        yield worker
+
+
+def _states(state: object) -> dict[str, np.ndarray]:
+    parts = state if isinstance(state, tuple) else (state,)
+    return {f"state{i}": np.asarray(s) for i, s in enumerate(parts)}
+
+
+def test_the_worker_runs_mxnet_beside_its_own_numpy(mxnet: Worker) -> None:
+    assert mxnet.ready["framework"] == "mxnet" and mxnet.ready["version"] == "1.9.1"
+    assert mxnet.ready["numpy"] == "1.23.5" and np.__version__ != "1.23.5"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_core_in_mxnet_gives_numpy_float64s_loss_gradients_and_state(
+    mxnet: Worker, cell: str, dtype: str
+) -> None:
+    """Nonzero biases, an asymmetric recurrent matrix, a nonzero start state: both engines'
+    loss, every gradient and the final state within the table's tolerance."""
+    params, inputs, labels, state = Problem(cell=cell, seed=3).draw()
+    ref = numpy_backend.make_ops("float64", "cpu")
+    loss, grads, final = cells.bptt_value_and_grad(ref, "tanh", cell)(params, inputs, labels, state)
+    assert all(np.any(params[k] != 0) for k in params)  # nothing zero that could hide a term
+    cast = {k: v.astype(dtype) for k, v in params.items()}
+    for engine in ("autograd", "bptt"):
+        got_loss, got_grads, got_final = mxnet.call(
+            "value_and_grad", cast, inputs, labels, state, dtype, "tanh", cell, engine
+        )
+        where = (cell, dtype, engine)
+        assert set(got_grads) == set(grads), where
+        assert max_error({"loss": got_loss}, {"loss": np.asarray(loss)}) <= tolerance(
+            dtype, "values"
+        )
+        assert max_error(got_grads, grads) <= tolerance(dtype, "grads"), where
+        assert max_error(_states(got_final), _states(final)) <= tolerance(dtype, "values"), where
+    got_loss, got_final = mxnet.call(
+        "forward_loss", cast, inputs, labels, state, dtype, "tanh", cell
+    )
+    assert max_error({"loss": got_loss}, {"loss": np.asarray(loss)}) <= tolerance(dtype, "values")
+
+
+def test_a_request_mxnet_cannot_answer_is_one_line(mxnet: Worker) -> None:
+    params, inputs, labels, state = Problem(seed=0).draw()
+    with pytest.raises(RemoteError, match="MXNet's gradient engines are autograd, bptt"):
+        mxnet.call("value_and_grad", params, inputs, labels, state, "float64", "tanh", None, "fd")
+    assert mxnet.call("describe")["version"] == "1.9.1"  # still serving
