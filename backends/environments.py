@@ -37,15 +37,17 @@ class Environment(NamedTuple):
     requirements: tuple[str, ...]  # pip requirements, exact
     imports: tuple[str, ...]  # modules that must import once it is set up
     handlers: str  # the worker's module (``backends.worker.serve``)
+    newest_python: tuple[int, int] | None = None  # the newest Python its wheels are built for
 
 
 ENVIRONMENTS: dict[str, Environment] = {
     "mxnet": Environment(
         "mxnet",
-        "MXNet 1.9.1 (its last release) with NumPy 1.23",
+        "MXNet 1.9.1, its last release, with NumPy 1.23",
         ("mxnet==1.9.1", "numpy==1.23.5"),
         ("mxnet",),
         "rosetta_rnn.backends.mxnet_worker",
+        (3, 11),  # NumPy 1.23.5's wheels stop at CPython 3.11
     ),
 }
 
@@ -53,7 +55,12 @@ ENVIRONMENTS: dict[str, Environment] = {
 def root() -> Path:
     """Where the environments are: ``$ROSETTA_RNN_ENVS``, else ``~/.cache/rosetta-rnn/envs``."""
     given = os.environ.get("ROSETTA_RNN_ENVS")
-    return Path(given) if given else Path.home() / ".cache" / "rosetta-rnn" / "envs"
+    if given:
+        return Path(given)
+    try:
+        return Path.home() / ".cache" / "rosetta-rnn" / "envs"
+    except RuntimeError:  # no home folder to find
+        raise UserError("no home folder for the environments; set $ROSETTA_RNN_ENVS") from None
 
 
 def get(name: str) -> Environment:
@@ -68,8 +75,13 @@ def _python(folder: Path) -> Path:
 
 
 def _record(env: Environment) -> dict[str, object]:
-    """What ``ready.json`` holds: the requirements and the interpreter it was made with."""
-    return {"requirements": list(env.requirements), "python": sys.version.split()[0]}
+    """What ``ready.json`` holds: the requirements and the Python (major.minor) it was made
+    with."""
+    return {"requirements": list(env.requirements), "python": _version(tuple(sys.version_info[:2]))}
+
+
+def _version(v: tuple[int, ...]) -> str:
+    return f"{v[0]}.{v[1]}"
 
 
 def status(name: str) -> str:
@@ -104,44 +116,68 @@ def start(name: str) -> Worker:
     return Worker(str(python(name)), env.handlers, name=name)
 
 
-def setup(name: str, say: Callable[[str], None] = print) -> float:
-    """Create (or re-create) the environment; returns the seconds it took. A failure is a
-    one-line ``UserError`` and leaves the previous environment, if any, as it was."""
+def setup(name: str, say: Callable[[str], None] = print) -> tuple[float, dict[str, object]]:
+    """Create (or re-create) the environment and check that its worker starts; returns the
+    seconds it took and what the worker says it runs. A failure is a one-line ``UserError``
+    and leaves the previous environment, if any, as it was."""
     env = get(name)
+    this = _version(tuple(sys.version_info[:2]))
+    if env.newest_python and sys.version_info[:2] > env.newest_python:
+        raise UserError(
+            f"{name}'s environment needs Python {_version(env.newest_python)} or older (its "
+            f"requirements have no wheels for newer); this is Python {this}"
+        )
     base = root()
-    base.mkdir(parents=True, exist_ok=True)
-    final, partial = base / name, base / f"{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    final, partial, old = base / name, base / f"{name}.partial", base / f"{name}.old"
     t0 = time.perf_counter()
+    pip = [str(_python(partial)), "-m", "pip", "install", "--quiet", "--no-input"]
     steps = [
         ([sys.executable, "-m", "venv", str(partial)], "create the virtual environment"),
         (
-            [str(_python(partial)), "-m", "pip", "install", "--quiet", *env.requirements],
+            [*pip, "--disable-pip-version-check", *env.requirements],
             f"install {' '.join(env.requirements)}",
         ),
         (
-            [str(_python(partial)), "-c", "; ".join(f"import {m}" for m in env.imports)],
+            [str(_python(partial)), "-P", "-c", "; ".join(f"import {m}" for m in env.imports)],
             f"import {', '.join(env.imports)}",
         ),
     ]
     try:
+        base.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
         for argv, what in steps:
             say(f"{name}: {what}")
-            done = subprocess.run(argv, capture_output=True, text=True)
+            done = subprocess.run(
+                argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL
+            )
             if done.returncode != 0:
-                lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-                last = lines[-1].strip() if lines else f"exit code {done.returncode}"
-                raise UserError(f"setting up {name} failed to {what}: {last}")
+                raise UserError(f"setting up {name} failed to {what}: {_why(done)}")
+        say(f"{name}: start its worker")
+        with Worker(str(_python(partial)), env.handlers, name=name) as worker:
+            ready = dict(worker.ready)
         (partial / "ready.json").write_text(json.dumps(_record(env)))
         # a venv's scripts name their folder, but its interpreter finds its packages from
         # where it is: the worker runs it by path, so the folder can move into place
-        old = base / f"{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)
         partial.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BackendUnavailable as e:  # the worker did not start
+        raise UserError(f"setting up {name} failed to start its worker: {e}") from None
+    except OSError as e:
+        raise UserError(f"setting up {name} failed in {base}: {e}") from None
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return time.perf_counter() - t0
+        if old.exists() and not final.exists():  # interrupted between the two renames
+            old.rename(final)
+    return time.perf_counter() - t0, ready
+
+
+def _why(done: subprocess.CompletedProcess[str]) -> str:
+    """pip's own error line where it printed one, else the last line it printed."""
+    lines = [ln.strip() for ln in (done.stderr + "\n" + done.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    if errors:
+        return errors[0].removeprefix("ERROR:").strip()
+    return lines[-1] if lines else f"exit code {done.returncode}"

@@ -14,6 +14,7 @@ environment and the worker's (whose NumPy may be older: MXNet's needs 1.23).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import IO, Any
 
@@ -22,6 +23,9 @@ import numpy as np
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
 """The array dtypes a message may carry (little-endian on the wire)."""
 MAX_HEADER = 64 * 1024 * 1024
+MAX_ARRAY_BYTES = 1 << 34
+"""The largest header and the largest array a message may have (16 GiB: far above any
+model here, below what a corrupt length could make a reader try to allocate)."""
 
 
 class WireError(Exception):
@@ -32,6 +36,8 @@ def _flatten(value: Any, arrays: list[np.ndarray]) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, np.generic):
+        if value.dtype.name not in DTYPES:
+            raise WireError(f"a {value.dtype} scalar cannot be sent; use {DTYPES}")
         return value.item()
     if isinstance(value, np.ndarray):
         if value.dtype.name not in DTYPES:
@@ -56,7 +62,10 @@ def _restore(value: Any, arrays: list[np.ndarray]) -> Any:
         return [_restore(v, arrays) for v in value]
     if isinstance(value, dict):
         if "__array__" in value:
-            return arrays[value["__array__"]]
+            i = value["__array__"]
+            if type(i) is not int or not 0 <= i < len(arrays):
+                raise WireError(f"an array reference {i!r} names no array of the message")
+            return arrays[i]
         if "__tuple__" in value:
             return tuple(_restore(v, arrays) for v in value["__tuple__"])
         return {k: _restore(v, arrays) for k, v in value.items()}
@@ -69,6 +78,8 @@ def encode(body: Any) -> bytes:
     flat = _flatten(body, arrays)
     specs = [{"dtype": a.dtype.name, "shape": list(a.shape)} for a in arrays]
     header = json.dumps({"body": flat, "arrays": specs}, allow_nan=True).encode()
+    if len(header) > MAX_HEADER:
+        raise WireError(f"a header of {len(header)} bytes is more than this format allows")
     return b"".join([struct.pack(">I", len(header)), header, *(a.tobytes() for a in arrays)])
 
 
@@ -80,21 +91,36 @@ def _read_exactly(stream: IO[bytes], n: int) -> bytes:
 
 
 def read(stream: IO[bytes]) -> Any:
-    """The next message's body, its arrays in place (``WireError`` if the stream ends)."""
+    """The next message's body, its arrays in place; ``WireError`` if the stream ends or the
+    message is not one this format writes."""
     (size,) = struct.unpack(">I", _read_exactly(stream, 4))
     if size > MAX_HEADER:
         raise WireError(f"a header of {size} bytes is more than this format allows")
-    header = json.loads(_read_exactly(stream, size))
-    arrays = []
-    for spec in header["arrays"]:
-        if spec["dtype"] not in DTYPES:
-            raise WireError(f"an array of dtype {spec['dtype']} is not part of the format")
-        dtype = np.dtype(spec["dtype"]).newbyteorder("<")
-        shape = tuple(int(n) for n in spec["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        raw = _read_exactly(stream, count * dtype.itemsize)
-        arrays.append(np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.name))
-    return _restore(header["body"], arrays)
+    raw_header = _read_exactly(stream, size)
+    try:
+        header = json.loads(raw_header)
+        specs, body = header["arrays"], header["body"]
+        arrays = [_array(stream, spec) for spec in specs]
+        return _restore(body, arrays)
+    except WireError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # JSON, layout, nesting
+        raise WireError(f"a malformed message: {type(e).__name__}: {e}") from None
+
+
+def _array(stream: IO[bytes], spec: dict[str, Any]) -> np.ndarray:
+    """One array of the message, read from the stream as its spec describes."""
+    if spec["dtype"] not in DTYPES:
+        raise WireError(f"an array of dtype {spec['dtype']} is not part of the format")
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise WireError(f"an array shape must be a list of sizes >= 0, not {shape!r}")
+    dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise WireError(f"an array of {nbytes} bytes is more than this format allows")
+    raw = _read_exactly(stream, nbytes)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.name)
 
 
 def write(stream: IO[bytes], body: Any) -> None:

@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Mapping
@@ -40,7 +41,21 @@ sys.stdout = sys.stderr
 from rosetta_rnn.backends import worker
 worker.serve(handlers, sys.stdin.buffer, channel)
 """
-"""What the worker's interpreter runs: ``python -c BOOTSTRAP PATHS HANDLERS``."""
+"""What the worker's interpreter runs: ``python -P -c BOOTSTRAP PATHS HANDLERS`` (``-P``: the
+current folder is not searched first, so nothing there shadows the environment's modules)."""
+_NOISE = ("Traceback (most recent call last)", "File ", "[bt]", "Stack trace")
+
+
+def one_line(error: BaseException) -> str:
+    """The line that says what went wrong: the first of the message, or where the message is
+    a framework's traceback (MXNet's), its last line that is not a frame."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith(_NOISE[0]):
+        told = [ln for ln in lines if not ln.startswith(_NOISE)]
+        return told[-1] if told else lines[-1]
+    return lines[0]
 
 
 class RemoteError(UserError):
@@ -85,14 +100,13 @@ def serve(handlers: str, requests: IO[bytes], answers: IO[bytes]) -> None:
             if op not in table:
                 raise UserError(f"the worker has no request {op!r}; it has {', '.join(table)}")
             result = table[op](*request.get("args", ()), **request.get("kwargs", {}))
-            answer: dict[str, Any] = {"ok": result}
-        except Exception as e:  # every failure is an answer: the main process decides
-            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            answer = {"error": line, "kind": type(e).__name__}
-        try:
-            wire.write(answers, answer)
+            message = wire.encode({"ok": result})
         except wire.WireError as e:
-            wire.write(answers, {"error": f"the answer to {op!r} cannot be sent: {e}"})
+            message = wire.encode({"error": f"the answer to {op!r} cannot be sent: {e}"})
+        except Exception as e:  # every failure is an answer: the main process decides
+            message = wire.encode({"error": one_line(e), "kind": type(e).__name__})
+        answers.write(message)
+        answers.flush()
 
 
 class Worker:
@@ -109,29 +123,42 @@ class Worker:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
+        self._closed = False
         self._stderr = tempfile.TemporaryFile()
-        argv = [python, "-c", BOOTSTRAP, json.dumps(package_paths()), handlers]
+        flags = ["-P"] if sys.version_info >= (3, 11) else []
+        argv = [python, *flags, "-X", "faulthandler", "-c", BOOTSTRAP]
+        argv += [json.dumps(package_paths()), handlers]
+        # this environment's PYTHONPATH would put its packages before the worker's own
+        inherited = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         try:
             self._proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
-                env={**os.environ, **(env or {})},
+                env={**inherited, **(env or {})},
             )
         except OSError as e:
+            self._stderr.close()
             raise BackendUnavailable(f"the {name} worker cannot start: {e}") from None
         self._finalizer = weakref.finalize(self, _stop, self._proc)
-        self.ready = self._answer("start")["ready"]
+        try:
+            self.ready = self._answer("start")["ready"]
+        except BaseException:
+            self.close()
+            raise
 
     def _died(self, during: str) -> BackendUnavailable:
         """The one line for a worker that is gone: its exit code and its last stderr line."""
+        if self._closed:
+            return BackendUnavailable(f"the {self.name} worker is closed; it cannot do {during}")
         try:
             code = self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             code = self._proc.wait()
-        self._stderr.seek(0)
+        size = self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, size - 4096))  # the tail says how it ended
         lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln]
         last = f": {lines[-1].strip()}" if lines else ""
         return BackendUnavailable(
@@ -148,12 +175,14 @@ class Worker:
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """The answer to ``op(*args, **kwargs)`` in the worker; its failure is a
         ``RemoteError`` with the worker's one line."""
-        if self._proc.poll() is not None:
+        if self._closed or self._proc.poll() is not None:
             raise self._died(op)
         assert self._proc.stdin is not None
+        message = wire.encode({"op": op, "args": list(args), "kwargs": kwargs})
         try:
-            wire.write(self._proc.stdin, {"op": op, "args": list(args), "kwargs": kwargs})
-        except BrokenPipeError:
+            self._proc.stdin.write(message)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
             raise self._died(op) from None
         answer = self._answer(op)
         if "error" in answer:
@@ -161,11 +190,17 @@ class Worker:
         return answer["ok"]
 
     def close(self) -> None:
+        """Ask the worker to end, give it a moment to end by itself, then make sure it has.
+        Closing twice is harmless."""
+        if self._closed:
+            return
         if self._proc.poll() is None:
             try:
                 self.call("close")
-            except (BackendUnavailable, RemoteError):
+                self._proc.wait(timeout=5)
+            except (BackendUnavailable, RemoteError, subprocess.TimeoutExpired):
                 pass
+        self._closed = True
         self._finalizer()
         self._stderr.close()
 
@@ -182,4 +217,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
-            stream.close()
+            try:
+                stream.close()
+            except OSError:  # a request the dead worker never read: nothing to flush it to
+                pass

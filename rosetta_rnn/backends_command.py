@@ -44,12 +44,9 @@ def register(sub: Any) -> None:
 
 
 def _setup(name: str) -> int:
-    env = environments.get(name)
-    seconds = environments.setup(name, say=print)
-    with environments.start(name) as worker:
-        ready = worker.ready
+    seconds, ready = environments.setup(name, say=print)
     print(
-        f"{name}: ready in {seconds:.0f} s, {env.framework}: "
+        f"{name}: ready in {seconds:.0f} s: "
         f"{', '.join(f'{k} {v}' for k, v in ready.items())} ({environments.root() / name})"
     )
     return 0
@@ -92,5 +89,5 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name, env in environments.ENVIRONMENTS.items():
         state = environments.status(name)
         how = "" if state == "ready" else f": rosetta-rnn backends --setup {name}"
-        print(f"environment of its own: {name} ({env.framework}) {state}{how}")
+        print(f"environment of its own: {name}, {env.framework}: {state}{how}")
     return 0

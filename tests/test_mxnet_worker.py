@@ -53,21 +53,22 @@ def test_core_in_mxnet_gives_numpy_float64s_loss_gradients_and_state(
     loss, grads, final = cells.bptt_value_and_grad(ref, "tanh", cell)(params, inputs, labels, state)
     assert all(np.any(params[k] != 0) for k in params)  # nothing zero that could hide a term
     cast = {k: v.astype(dtype) for k, v in params.items()}
+    values, grad_tol = tolerance(dtype, "values"), tolerance(dtype, "grads")
     for engine in ("autograd", "bptt"):
         got_loss, got_grads, got_final = mxnet.call(
             "value_and_grad", cast, inputs, labels, state, dtype, "tanh", cell, engine
         )
         where = (cell, dtype, engine)
         assert set(got_grads) == set(grads), where
-        assert max_error({"loss": got_loss}, {"loss": np.asarray(loss)}) <= tolerance(
-            dtype, "values"
-        )
-        assert max_error(got_grads, grads) <= tolerance(dtype, "grads"), where
-        assert max_error(_states(got_final), _states(final)) <= tolerance(dtype, "values"), where
+        assert {g.dtype.name for g in got_grads.values()} == {dtype}, where  # computed in it
+        assert max_error({"loss": got_loss}, {"loss": np.asarray(loss)}) <= values, where
+        assert max_error(got_grads, grads) <= grad_tol, where
+        assert max_error(_states(got_final), _states(final)) <= values, where
     got_loss, got_final = mxnet.call(
         "forward_loss", cast, inputs, labels, state, dtype, "tanh", cell
     )
-    assert max_error({"loss": got_loss}, {"loss": np.asarray(loss)}) <= tolerance(dtype, "values")
+    assert max_error({"loss": got_loss}, {"loss": np.asarray(loss)}) <= values, (cell, dtype)
+    assert max_error(_states(got_final), _states(final)) <= values, (cell, dtype)
 
 
 def test_a_request_mxnet_cannot_answer_is_one_line(mxnet: Worker) -> None:

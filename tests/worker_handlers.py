@@ -31,8 +31,8 @@ def die(code: int) -> None:
     os._exit(code)
 
 
-def unsendable() -> Any:
-    return {1, 2}
+def unsendable(kind: str) -> Any:
+    return {1, 2} if kind == "set" else np.complex128(1 + 2j)
 
 
 HANDLERS = {
