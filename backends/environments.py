@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from rosetta_rnn.backends.worker import Worker
+from rosetta_rnn.backends.worker import SAFE_PATH, Worker
 from rosetta_rnn.core.errors import BackendUnavailable, UserError
 
 
@@ -130,17 +130,16 @@ def setup(name: str, say: Callable[[str], None] = print) -> tuple[float, dict[st
     base = root()
     final, partial, old = base / name, base / f"{name}.partial", base / f"{name}.old"
     t0 = time.perf_counter()
-    pip = [str(_python(partial)), "-m", "pip", "install", "--quiet", "--no-input"]
+    here = str(_python(partial))
+    pip = [here, "-m", "pip", "install", "--quiet", "--no-input", "--disable-pip-version-check"]
+    imports = "; ".join(f"import {m}" for m in env.imports)
     steps = [
         ([sys.executable, "-m", "venv", str(partial)], "create the virtual environment"),
         (
-            [*pip, "--disable-pip-version-check", *env.requirements],
+            [*pip, *env.requirements],
             f"install {' '.join(env.requirements)}",
         ),
-        (
-            [str(_python(partial)), "-P", "-c", "; ".join(f"import {m}" for m in env.imports)],
-            f"import {', '.join(env.imports)}",
-        ),
+        ([here, *SAFE_PATH, "-c", imports], f"import {', '.join(env.imports)}"),
     ]
     try:
         base.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,9 @@ worker.serve(handlers, sys.stdin.buffer, channel)
 """
 """What the worker's interpreter runs: ``python -P -c BOOTSTRAP PATHS HANDLERS`` (``-P``: the
 current folder is not searched first, so nothing there shadows the environment's modules)."""
+SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+"""``-P`` where Python has it (3.11+): the interpreter does not search the current folder first.
+An environment's interpreter is this one's version."""
 _NOISE = ("Traceback (most recent call last)", "File ", "[bt]", "Stack trace")
 
 
@@ -125,8 +128,7 @@ class Worker:
         self.name = name
         self._closed = False
         self._stderr = tempfile.TemporaryFile()
-        flags = ["-P"] if sys.version_info >= (3, 11) else []
-        argv = [python, *flags, "-X", "faulthandler", "-c", BOOTSTRAP]
+        argv = [python, *SAFE_PATH, "-X", "faulthandler", "-c", BOOTSTRAP]
         argv += [json.dumps(package_paths()), handlers]
         # this environment's PYTHONPATH would put its packages before the worker's own
         inherited = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
