@@ -5,7 +5,7 @@ Imported only there: it imports MXNet 1.9.1 and that environment's NumPy 1.23. I
 take and return NumPy arrays, so the main process sends the parameters, the inputs and the
 state and gets back the loss, the gradients and the final state that core's math computes in
 MXNet: ``forward_loss``, ``value_and_grad`` (MXNet's ``autograd`` over core's forward, or
-core's BPTT on MXNet arrays).
+core's BPTT on MXNet arrays); and ``gluon_forward``, Gluon's own layers, MXNet's oracles.
 """
 
 from __future__ import annotations
@@ -166,6 +166,52 @@ def value_and_grad(
     return ops.to_numpy(loss), grads, _host(ops, final)
 
 
+GLUON_LAYERS = {"rnn": "RNN", "gru/reset-after": "GRU", "lstm": "LSTM"}
+"""core's cells Gluon has a layer for: its GRU is the reset-after one, as torch's and cuDNN's."""
+GLUON_NAMES = {
+    "i2h_weight": "weight_ih_l0",
+    "h2h_weight": "weight_hh_l0",
+    "i2h_bias": "bias_ih_l0",
+    "h2h_bias": "bias_hh_l0",
+}
+"""Gluon's names of a one-layer recurrent layer's parameters -> torch's for the same array:
+the same shapes, (G·H, inputs) and (G·H, H), gates stacked in the same order."""
+
+
+def gluon_forward(
+    cell: str,
+    weights: Mapping[str, np.ndarray],
+    inputs: np.ndarray,
+    state: Any,
+    dtype: str = "float32",
+    activation: str = "tanh",
+) -> tuple[np.ndarray, Any]:
+    """Gluon's own layer (``rnn.RNN``/``GRU``/``LSTM``, time-major ``TNC``) on one-hot
+    ``inputs``, from ``state``, its parameters set from ``weights`` in torch's layout and names
+    (``weight_ih_l0`` ...): (the hidden states (T, B, H), the final state). ``activation`` is
+    the RNN's, passed to the layer: Gluon's ``rnn.RNN`` defaults to ReLU, not tanh."""
+    from mxnet.gluon import rnn
+
+    if cell not in GLUON_LAYERS:
+        raise ValueError(f"Gluon has no layer for {cell}; it has {', '.join(GLUON_LAYERS)}")
+    num_hiddens = int(weights["weight_hh_l0"].shape[1])
+    vocab_size = int(weights["weight_ih_l0"].shape[1])
+    kind = {"activation": activation} if cell == "rnn" else {}
+    layer = getattr(rnn, GLUON_LAYERS[cell])(
+        num_hiddens, input_size=vocab_size, layout="TNC", **kind
+    )
+    layer.initialize()
+    layer.cast(dtype)  # Gluon's initialisers draw float32 only; the values are replaced below
+    for name, param in layer.collect_params().items():
+        param.set_data(mnp.array(weights[GLUON_NAMES[name.split("_l0_")[1]]], dtype=dtype))
+    ops = MxnetOps(dtype)
+    x = ops.one_hot(ops.asarray(inputs), vocab_size)
+    begin = [s[None] for s in _state(ops, state)] if cell == "lstm" else [ops.asarray(state)[None]]
+    Hs, final = layer(x, begin)
+    out = tuple(ops.to_numpy(s[0]) for s in final)
+    return ops.to_numpy(Hs), out if cell == "lstm" else out[0]
+
+
 def describe() -> dict[str, Any]:
     """What the worker runs: MXNet's and NumPy's versions and MXNet's build features."""
     features = mx.runtime.Features()
@@ -183,4 +229,5 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "describe": describe,
     "forward_loss": forward_loss,
     "value_and_grad": value_and_grad,
+    "gluon_forward": gluon_forward,
 }
