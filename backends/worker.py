@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from rosetta_rnn.backends import wire
-from rosetta_rnn.core.errors import BackendUnavailable, UserError
+from rosetta_rnn.core.errors import BackendUnavailable, UserError, first_line
 
 BOOTSTRAP = """
 import json, os, sys, types
@@ -53,12 +53,10 @@ def one_line(error: BaseException) -> str:
     """The line that says what went wrong: the first of the message, or where the message is
     a framework's traceback (MXNet's), its last line that is not a frame."""
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(error).__name__
-    if lines[0].startswith(_NOISE[0]):
+    if lines and lines[0].startswith(_NOISE[0]):
         told = [ln for ln in lines if not ln.startswith(_NOISE)]
         return told[-1] if told else lines[-1]
-    return lines[0]
+    return first_line(error).strip()
 
 
 class RemoteError(UserError):
