@@ -231,3 +231,16 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "value_and_grad": value_and_grad,
     "gluon_forward": gluon_forward,
 }
+
+
+def _more_handlers() -> None:
+    """The requests of the bench's Gluon peers and verify's Gluon subjects, served beside these."""
+    from rosetta_rnn.backends import mxnet_peers, mxnet_subjects
+
+    for module in (mxnet_peers, mxnet_subjects):
+        clash = set(module.HANDLERS) & set(HANDLERS)
+        assert not clash, f"{module.__name__} redefines {clash}"
+        HANDLERS.update(module.HANDLERS)
+
+
+_more_handlers()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,3 +50,16 @@ def timemachine() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def mxnet() -> Iterator[Any]:
+    """MXNet's worker, in its own environment: set up the first time (about 15 s from the
+    package registry, ``rosetta-rnn backends --setup mxnet``); a setup that fails is an error,
+    never a skip. One worker for the whole session."""
+    from rosetta_rnn.backends import environments
+
+    if environments.status("mxnet") != "ready":
+        environments.setup("mxnet", say=lambda line: None)
+    with environments.start("mxnet") as worker:
+        yield worker

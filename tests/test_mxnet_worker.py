@@ -7,12 +7,9 @@ mxnet``: about 15 s from the package registry) and fails, never skips, if it can
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
-from rosetta_rnn.backends import environments
 from rosetta_rnn.backends import numpy as numpy_backend
 from rosetta_rnn.backends.worker import RemoteError, Worker
 from rosetta_rnn.conformance.checks import max_error
@@ -21,14 +18,6 @@ from rosetta_rnn.conformance.tolerances import tolerance
 from rosetta_rnn.core import cells, convert
 
 pytestmark = pytest.mark.mxnet
-
-
-@pytest.fixture(scope="module")
-def mxnet() -> Iterator[Worker]:
-    if environments.status("mxnet") != "ready":
-        environments.setup("mxnet", say=lambda line: None)
-    with environments.start("mxnet") as worker:
-        yield worker
 
 
 def _states(state: object) -> dict[str, np.ndarray]:
