@@ -16,6 +16,18 @@ with the gates stacked in torch's order: ``nn.RNN`` one block, ``nn.GRU`` (r, z,
 
 with Keras' order: ``SimpleRNN`` one block, ``GRU`` (z, r, h), ``LSTM`` (i, f, c, o).
 
+An MXNet model is Gluon 1.9's ``rnn.RNN``/``GRU``/``LSTM`` (one layer, ``TNC``) and its
+``nn.Dense``, under their attribute paths in d2l's MXNet ``RNNModel`` (``rnn``, ``dense``)::
+
+    rnn.l0_i2h_weight (G·H, V)   rnn.l0_h2h_weight (G·H, H)   torch's weight_ih_l0, weight_hh_l0
+    rnn.l0_i2h_bias (G·H,)       rnn.l0_h2h_bias (G·H,)       torch's bias_ih_l0, bias_hh_l0
+    dense.weight (V, H)          dense.bias (V,)              torch's linear.weight, linear.bias
+
+torch's arrays under Gluon's names: the same shapes and gate order (``GRU`` r, z, n and
+reset-after; ``LSTM`` i, f, g, o). ``save_parameters`` names the recurrent layer's
+``rnn._unfused.0.i2h_weight`` ... (``MXNET_SAVED``), which are read too. Gluon's ``rnn.RNN``
+computes relu unless built with ``activation='tanh'``, so an RNN's file must say which.
+
 The book's current edition (d2l 1.0, PyTorch) keeps two more state dicts. Its concise models
 (``RNNLM`` with ``d2l.RNN``/``d2l.GRU``/``d2l.LSTM``) hold the torch layer one module deeper,
 so they are the torch format with ``rnn.`` renamed ``rnn.rnn.`` (``d2l-concise``, read and
@@ -67,7 +79,7 @@ from .errors import ConversionError, UserError
 
 Arrays = dict[str, np.ndarray]
 
-FRAMEWORKS = ("torch", "keras")
+FRAMEWORKS = ("torch", "keras", "mxnet")
 BOOK = ("d2l-scratch", "d2l-concise")
 """The state dicts of the book's current edition (d2l 1.0, PyTorch): its scratch models, and its
 concise ones (torch's layer inside d2l's wrapper)."""
@@ -111,6 +123,22 @@ TORCH_MODULE = {"torch": "rnn", "d2l-concise": "rnn.rnn"}
 TORCH_NAMES = torch_names(TORCH_MODULE["torch"])
 D2L_CONCISE_NAMES = torch_names(TORCH_MODULE["d2l-concise"])
 KERAS_NAMES = ("rnn.kernel", "rnn.recurrent_kernel", "rnn.bias", "dense.kernel", "dense.bias")
+MXNET_NAMES = (
+    "rnn.l0_i2h_weight",
+    "rnn.l0_h2h_weight",
+    "rnn.l0_i2h_bias",
+    "rnn.l0_h2h_bias",
+    "dense.weight",
+    "dense.bias",
+)
+"""Gluon's names, in ``TORCH_NAMES``' order: the attribute paths of the layers' parameters in
+d2l's MXNet ``RNNModel`` (``net.rnn.l0_i2h_weight`` ... ``net.dense.bias``)."""
+MXNET_SAVED = {
+    f"rnn._unfused.0.{part}": f"rnn.l0_{part}"
+    for part in ("i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias")
+}
+"""The names ``save_parameters`` gives the recurrent layer's parameters (Gluon 1.x keeps its
+cells' old names there) -> ``MXNET_NAMES``: a ``.params`` file's arrays read as they are."""
 
 TORCH_LAYER = {RNN: "nn.RNN", GRU_RESET_AFTER: "nn.GRU", LSTM: "nn.LSTM"}
 D2L_CONCISE_LAYER = {RNN: "d2l.RNN", GRU_RESET_AFTER: "d2l.GRU", LSTM: "d2l.LSTM"}
@@ -118,6 +146,7 @@ D2L_SCRATCH_LAYER = {RNN: "RNNScratch", GRU_RESET_BEFORE: "GRUScratch", LSTM: "L
 D2L_SCRATCH_OUTPUT = ("W_hq", "b_q")
 """The scratch model's own parameters (``RNNLMScratch``): the rest are the cell's, under
 ``rnn.``."""
+MXNET_LAYER = {RNN: "gluon.rnn.RNN", GRU_RESET_AFTER: "gluon.rnn.GRU", LSTM: "gluon.rnn.LSTM"}
 KERAS_LAYER = {
     RNN: "SimpleRNN",
     GRU_RESET_BEFORE: "GRU(reset_after=False)",
@@ -131,6 +160,17 @@ NO_TORCH_RESET_BEFORE = (
     "recurrent matmul); in general no weights make it the reset-before GRU of d2l 9.1. "
     "Convert to keras (GRU(reset_after=False)) or d2l-scratch (d2l 1.0's GRUScratch), or "
     "train with --gru reset-after"
+)
+NO_MXNET_RESET_BEFORE = (
+    "MXNet Gluon's rnn.GRU computes the reset-after GRU (r applied after the recurrent matmul, "
+    "as torch's nn.GRU); in general no weights make it the reset-before GRU of d2l 9.1. "
+    "Convert to keras (GRU(reset_after=False)) or d2l-scratch (d2l 1.0's GRUScratch), or "
+    "train with --gru reset-after"
+)
+NO_MXNET_ACTIVATION = (
+    "an MXNet Gluon rnn.RNN computes relu unless built with activation='tanh' (torch's nn.RNN: "
+    "tanh), and this file does not record which: pass --activation relu or --activation tanh, "
+    "as the layer was built"
 )
 NO_SCRATCH_RESET_AFTER = (
     "d2l 1.0's GRUScratch computes the reset-before GRU (R * H before the recurrent matmul), "
@@ -301,15 +341,26 @@ def torch_cell(
 ) -> str:
     """The cell a torch state dict holds (the layer under ``module``, see ``torch_names``), from
     its shapes: 1, 3 or 4 stacked gates."""
-    names = torch_names(module)
     supported = "d2l's rnn + linear names" if module == "rnn" else "d2l 1.0's RNNLM names"
+    return _stacked_cell(state, what, torch_names(module), supported, TORCH_LAYER)
+
+
+def _stacked_cell(
+    state: Mapping[str, np.ndarray],
+    what: str,
+    names: tuple[str, ...],
+    supported: str,
+    layers: Mapping[str, str],
+) -> str:
+    """The cell of a layer stored as torch stores it (``names`` in ``TORCH_NAMES``' order),
+    from its shapes: 1, 3 or 4 stacked gates (``layers`` names the three)."""
     _require(names, state, what, supported)
     rows, H = _matrix_shape(what, names[1], state[names[1]])
     cells = {1: RNN, 3: GRU_RESET_AFTER, 4: LSTM}
     if H == 0 or rows % H or rows // H not in cells:
         raise ConversionError(
             f"{what}: {names[1]} has shape {[rows, H]}, not (G·H, H) for G = 1, 3 or 4 "
-            "(nn.RNN, nn.GRU, nn.LSTM)"
+            f"({', '.join(layers[c] for c in (RNN, GRU_RESET_AFTER, LSTM))})"
         )
     return cells[rows // H]
 
@@ -319,9 +370,16 @@ def from_torch(
 ) -> Layer:
     """``Layer`` of a torch state dict (``TORCH_NAMES``; ``module="rnn.rnn"``: d2l 1.0's,
     ``D2L_CONCISE_NAMES``), checked for consistent shapes."""
-    cell = torch_cell(state, what, module)
+    return _from_stacked(state, what, torch_names(module), torch_cell(state, what, module))
+
+
+def _from_stacked(
+    state: Mapping[str, np.ndarray], what: str, names: tuple[str, ...], cell: str
+) -> Layer:
+    """``Layer`` of ``cell`` stored as torch stores it, under ``names`` (``TORCH_NAMES``'
+    order), checked for consistent shapes."""
     gates = TORCH_GATES[cell]
-    ih, hh, b_ih, b_hh, weight, bias = torch_names(module)
+    ih, hh, b_ih, b_hh, weight, bias = names
     s = {k: np.asarray(v) for k, v in state.items()}
     H = int(s[hh].shape[1])
     V = _matrix_shape(what, weight, s[weight])[0]
@@ -347,6 +405,40 @@ def from_torch(
         np.ascontiguousarray(s[weight].T),
         np.ascontiguousarray(s[bias]),
     )
+
+
+# --- MXNet Gluon ---------------------------------------------------------------------------
+
+
+def to_mxnet(layer: Layer) -> Arrays:
+    """``MXNET_NAMES`` for ``layer``: Gluon's ``MXNET_LAYER[layer.cell]`` and its ``nn.Dense``,
+    torch's arrays under Gluon's names (the same shapes and gate order)."""
+    if layer.cell not in TORCH_GATES:
+        raise ConversionError(NO_MXNET_RESET_BEFORE)
+    _one_hot_only(layer, "MXNet Gluon")
+    arrays = to_torch(layer)
+    return {m: arrays[t] for t, m in zip(TORCH_NAMES, MXNET_NAMES, strict=True)}
+
+
+def mxnet_names(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """``arrays`` under ``MXNET_NAMES``: ``save_parameters``' names (``MXNET_SAVED``) renamed,
+    unless the file holds a parameter under both."""
+    out = {MXNET_SAVED.get(k, k): v for k, v in arrays.items()}
+    if len(out) != len(arrays):
+        both = sorted(k for k in arrays if k in MXNET_SAVED and MXNET_SAVED[k] in arrays)
+        raise ConversionError(
+            f"{what} holds {both[0]} and {MXNET_SAVED[both[0]]}, one Gluon parameter twice"
+        )
+    return out
+
+
+def from_mxnet(arrays: Mapping[str, np.ndarray], what: str = "the Gluon parameters") -> Layer:
+    """``Layer`` of Gluon's parameters (``MXNET_NAMES``, or ``save_parameters``' names for the
+    recurrent layer), checked for consistent shapes."""
+    a = mxnet_names(arrays, what)
+    supported = "d2l's MXNet RNNModel names, rnn.l0_i2h_weight ... dense.bias,"
+    cell = _stacked_cell(a, what, MXNET_NAMES, supported, MXNET_LAYER)
+    return _from_stacked(a, what, MXNET_NAMES, cell)
 
 
 # --- d2l 1.0's scratch models ----------------------------------------------------------------
@@ -590,6 +682,8 @@ def layer_of(arrays: Mapping[str, np.ndarray], fmt: str, what: str = "the weight
         return from_d2l_scratch(arrays, what)
     if fmt == "keras":
         return from_keras(arrays, what)
+    if fmt == "mxnet":
+        return from_mxnet(arrays, what)
     if fmt == "rosetta":
         return from_params({k: arrays[k] for k in model.param_names(arrays)})
     raise ConversionError(f"{what}: no layer of format {fmt!r}")
@@ -664,7 +758,8 @@ def same_model(source: str, target: str) -> None:
     forms = {GRU_RESET_BEFORE, GRU_RESET_AFTER}
     if source != target and {source, target} <= forms:
         holders = {
-            GRU_RESET_AFTER: "torch nn.GRU (d2l 1.0's d2l.GRU) and Keras GRU(reset_after=True)",
+            GRU_RESET_AFTER: "torch nn.GRU (d2l 1.0's d2l.GRU), MXNet Gluon's rnn.GRU and Keras "
+            "GRU(reset_after=True)",
             GRU_RESET_BEFORE: "Keras GRU(reset_after=False) and d2l 1.0's GRUScratch",
         }
         raise ConversionError(
@@ -744,6 +839,11 @@ def layer_name(fmt: str, cell: str, activation: str = "tanh") -> str:
         return D2L_SCRATCH_LAYER[cell] + (" (relu)" if relu else "")
     if fmt == "keras":
         return KERAS_LAYER[cell] + ("(activation='relu')" if relu else "")
+    if fmt == "mxnet":
+        if cell not in MXNET_LAYER:
+            raise ConversionError(NO_MXNET_RESET_BEFORE)
+        # Gluon's rnn.RNN defaults to relu: its activation is always named
+        return MXNET_LAYER[cell] + (f"(activation='{activation}')" if cell == RNN else "")
     if fmt == "onnx":
         return ONNX_LAYER[cell] + ("(activations=['Relu'])" if relu else "")
     return f"rosetta-rnn {cell}" + (" (relu)" if relu else "")
@@ -775,6 +875,8 @@ def detect_format(tensors: Mapping[str, Any], meta: Mapping[str, Any] | None) ->
         return "torch"
     if "rnn.recurrent_kernel" in names:
         return "keras"
+    if names & {"rnn.l0_h2h_weight", "rnn._unfused.0.h2h_weight"}:
+        return "mxnet"
     if "W_hq" in names and names & {"rnn.W_hh", "rnn.W_hz", "rnn.W_hi"}:
         return "d2l-scratch"
     if any(n.startswith("W_") for n in names):
@@ -867,7 +969,7 @@ def _activations(
     """The RNN's φ of a native file: what it records (in our metadata, or as a plain
     ``activation``/``nonlinearity`` entry), else ``asked``, else tanh. Every activation it
     records must be one core computes: anything else is a different model."""
-    layer = layer_name(fmt, cell)
+    layer = MXNET_LAYER[cell] if fmt == "mxnet" else layer_name(fmt, cell)
     recorded: dict[str, Any] = {}
     for key in ("activation", "nonlinearity", "recurrent_activation"):
         value = meta.get(key, raw.get(key))
@@ -876,6 +978,8 @@ def _activations(
     phis = {recorded[k] for k in ("activation", "nonlinearity") if k in recorded}
     if len(phis) > 1:
         raise ConversionError(f"{path}: its metadata records two activations, {sorted(phis)}")
+    if fmt == "mxnet" and cell == RNN and not phis and not asked:
+        raise ConversionError(f"{path}: {NO_MXNET_ACTIVATION}")
     phi = phis.pop() if phis else (asked if cell == RNN and asked else "tanh")
     allowed = ("tanh", "relu") if cell == RNN else ("tanh",)
     if phi not in allowed:
@@ -904,6 +1008,8 @@ def _read_native(
         layer = from_torch(tensors, what, TORCH_MODULE[fmt])
     elif fmt == "d2l-scratch":
         layer = from_d2l_scratch(tensors, what)
+    elif fmt == "mxnet":
+        layer = from_mxnet(tensors, what)
     else:
         layer = from_keras(tensors, what)
     return _weights(path, fmt, layer, meta, raw, activation)
@@ -979,11 +1085,13 @@ def read(
     gru: str | None = None,
     activation: str | None = None,
 ) -> Weights:
-    """Read a rosetta checkpoint, a torch state dict or Keras weights (``fmt``; None: what the
-    file's tensor names say). ``cell`` (rnn, gru, lstm), ``gru`` (reset-before, reset-after) and
-    ``activation`` (the RNN's tanh or relu) are what the caller believes the file holds: checked
-    against its shapes and metadata, a contradiction is an error; ``activation`` also supplies
-    the RNN's φ that a native file without our metadata cannot record (default tanh)."""
+    """Read a rosetta checkpoint, a torch state dict, Keras weights, Gluon's parameters, the
+    book's state dicts or an ONNX model (``fmt``; None: what the file says). ``cell`` (rnn,
+    gru, lstm), ``gru`` (reset-before, reset-after) and ``activation`` (the RNN's tanh or relu)
+    are what the caller believes the file holds: checked against its shapes and metadata, a
+    contradiction is an error; ``activation`` also supplies the RNN's φ that a native file
+    without our metadata cannot record (default tanh; a Gluon RNN has no default, as Gluon's
+    is relu and torch's tanh)."""
     source = str(path)
     if fmt == "onnx" or (fmt is None and _looks_onnx(path)):
         weights = _read_onnx(source, _bytes(path), activation)
@@ -997,7 +1105,8 @@ def read(
         raise ConversionError(
             f"{source} holds none of the layouts convert reads (a rosetta-rnn checkpoint, "
             f"torch's {', '.join(TORCH_NAMES[:2])} ..., Keras' {', '.join(KERAS_NAMES[:2])} "
-            f"..., d2l 1.0's W_hq, rnn.W_xh ... or {D2L_CONCISE_NAMES[0]} ...); say which "
+            f"..., Gluon's {MXNET_NAMES[0]} ..., d2l 1.0's W_hq, rnn.W_xh ... or "
+            f"{D2L_CONCISE_NAMES[0]} ...); say which "
             "with --from"
         )
     if found is not None and found != fmt:
@@ -1081,6 +1190,7 @@ def _summed(layer: Layer, fmt: str, form: str | None = None) -> list[str]:
     pairs = {
         "torch": (),
         "d2l-concise": (),
+        "mxnet": (),
         "keras": () if layer.cell == GRU_RESET_AFTER else OUR_GATES[layer.cell],
         "rosetta": ours,
         "d2l-scratch": ours,  # core's parameters
@@ -1090,9 +1200,12 @@ def _summed(layer: Layer, fmt: str, form: str | None = None) -> list[str]:
 
 
 def _native_metadata(fmt: str, w: Weights) -> dict[str, str]:
-    """The raw metadata of a native file we write (torch, Keras, the book's): ours under
-    ``rosetta_rnn``, and torch's own ``format: pt`` for a torch state dict."""
+    """The raw metadata of a native file we write (torch, Keras, Gluon, the book's): ours under
+    ``rosetta_rnn``, torch's own ``format: pt`` for a torch state dict, and a Gluon RNN's
+    ``activation`` as a plain entry (the argument its ``rnn.RNN`` is built with)."""
     raw = {checkpoint.METADATA_KEY: json.dumps(_native_doc(fmt, w))}
+    if fmt == "mxnet":
+        return {"activation": w.activation, **raw} if w.layer.cell == RNN else raw
     return raw if fmt == "keras" else {"format": "pt", **raw}
 
 
@@ -1103,7 +1216,7 @@ def _native_doc(fmt: str, w: Weights) -> dict[str, Any]:
         "format": NATIVE_FORMAT,
         "format_version": NATIVE_FORMAT_VERSION,
         "framework": fmt,
-        "layer": layer_name(fmt, cell),
+        "layer": layer_name(fmt, cell, w.activation if fmt == "mxnet" else "tanh"),
         "cell": cell,
         "dtype": w.dtype,
         "vocab_size": w.vocab_size,
@@ -1178,6 +1291,7 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
     if summed:
         pair = {
             **{f: "bias_ih + bias_hh" for f in TORCH_MODULE},
+            "mxnet": "i2h_bias + h2h_bias",
             "onnx": "Wb + Rb",
         }.get(weights.fmt, "the two rows of rnn.bias")
         target = f"rosetta-rnn's {layer.cell}" if fmt == "rosetta" else layer_name(fmt, layer.cell)
@@ -1215,6 +1329,8 @@ def write(path: str | os.PathLike[str], fmt: str, weights: Weights) -> list[str]
         arrays = to_torch(layer, TORCH_MODULE[fmt])
     elif fmt == "d2l-scratch":
         arrays = to_d2l_scratch(layer)
+    elif fmt == "mxnet":
+        arrays = to_mxnet(layer)
     else:
         arrays = to_keras(layer)
     notes += _book_notes(fmt, weights)
@@ -1250,6 +1366,8 @@ def describe(fmt: str, weights: Weights) -> str:
         return f"torch {layer_name(fmt, cell, act)} + nn.Linear state dict {size}"
     if fmt == "keras":
         return f"keras {layer_name(fmt, cell, act)} + Dense weights {size}"
+    if fmt == "mxnet":
+        return f"mxnet {layer_name(fmt, cell, act)} + gluon.nn.Dense parameters {size}"
     if fmt == "d2l-concise":
         return f"d2l 1.0 RNNLM + {layer_name(fmt, cell, act)} state dict {size}"
     if fmt == "d2l-scratch":
@@ -1323,6 +1441,8 @@ def convert_file(
         )
     if target_format in TORCH_MODULE and weights.layer.cell not in TORCH_GATES:
         raise ConversionError(NO_TORCH_RESET_BEFORE)
+    if target_format == "mxnet" and weights.layer.cell not in MXNET_LAYER:
+        raise ConversionError(NO_MXNET_RESET_BEFORE)
     if target_format == "d2l-scratch" and weights.layer.cell not in D2L_SCRATCH_LAYER:
         raise ConversionError(NO_SCRATCH_RESET_AFTER)
     if target_format == "onnx":

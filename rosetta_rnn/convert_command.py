@@ -17,7 +17,10 @@ DESCRIPTION = """\
 Convert weights between a rosetta-rnn checkpoint and the frameworks' own layers, exactly: \
 torch's nn.RNN/nn.GRU/nn.LSTM + nn.Linear (a state dict with d2l's names rnn.weight_ih_l0 ... \
 linear.bias) and Keras' SimpleRNN/GRU/LSTM + Dense (rnn.kernel, rnn.recurrent_kernel, \
-rnn.bias, dense.kernel, dense.bias, as get_weights() shapes them), and the state dicts of the \
+rnn.bias, dense.kernel, dense.bias, as get_weights() shapes them), MXNet Gluon's \
+rnn.RNN/rnn.GRU/rnn.LSTM + nn.Dense (rnn.l0_i2h_weight, rnn.l0_h2h_weight, rnn.l0_i2h_bias, \
+rnn.l0_h2h_bias, dense.weight, dense.bias: the parameters of d2l's MXNet RNNModel), and the \
+state dicts of the \
 book's current edition (d2l 1.0, PyTorch): d2l-scratch, RNNLMScratch around \
 RNNScratch/GRUScratch/LSTMScratch (W_hq, b_q and the cell's rnn.W_xh, rnn.W_hh, rnn.b_h ...), \
 and d2l-concise, RNNLM around d2l.RNN/d2l.GRU/d2l.LSTM (rnn.rnn.weight_ih_l0 ... linear.bias); \
@@ -29,10 +32,11 @@ checkpoint's metadata, so it converts back.
 
 Exact: the weights are regrouped, reordered and transposed, never recomputed, except a pair of \
 biases that the target keeps as one (torch's bias_ih + bias_hh of an LSTM gate, say), which is \
-summed, once. Refused, with the reason: a reset-before GRU to torch or d2l-concise (nn.GRU \
-is reset-after), a reset-after GRU to d2l-scratch (GRUScratch is reset-before), one GRU \
-formulation asked as the other, a learned embedding (but to ONNX, which gathers rows of E), \
-activations other than tanh/relu/sigmoid. ONNX needs the onnx extra: \
+summed, once. Refused, with the reason: a reset-before GRU to torch, d2l-concise or mxnet \
+(nn.GRU and Gluon's rnn.GRU are reset-after), a Gluon RNN that does not say its activation \
+(Gluon's default is relu, torch's tanh), a reset-after GRU to d2l-scratch (GRUScratch is \
+reset-before), one GRU formulation asked as the other, a learned embedding (but to ONNX, \
+which gathers rows of E), activations other than tanh/relu/sigmoid. ONNX needs the onnx extra: \
 pip install 'rosetta-rnn[onnx]'."""
 
 
@@ -40,7 +44,8 @@ def register(sub: Any) -> None:
     """Add ``convert`` to ``sub`` (an ``argparse._SubParsersAction``)."""
     p = sub.add_parser(
         "convert",
-        help="convert weights between checkpoints, torch or Keras layers and the book's models",
+        help="convert weights between checkpoints, torch, Keras or Gluon layers and the book's "
+        "models",
         description=DESCRIPTION,
     )
     p.add_argument("input", metavar="IN", help="the safetensors (or ONNX) file to convert")
@@ -53,7 +58,9 @@ def register(sub: Any) -> None:
         "--from",
         dest="source_format",
         choices=convert.FORMATS,
-        help="IN's format: a rosetta checkpoint, a torch state dict, Keras weights, or a state "
+        help="IN's format: a rosetta checkpoint, a torch state dict, Keras weights, Gluon "
+        "parameters (rnn.l0_i2h_weight ..., or save_parameters' rnn._unfused.0.i2h_weight ...), "
+        "or a state "
         "dict of d2l 1.0's scratch (W_hq, rnn.W_hh ...) or concise (rnn.rnn.weight_hh_l0 ...) "
         "model, or an ONNX model (rosetta-rnn's, or one recurrent operator followed by a MatMul "
         "and Add or a Gemm, as torch's exporter writes it) (default: what IN says)",
@@ -63,7 +70,8 @@ def register(sub: Any) -> None:
         dest="target_format",
         choices=convert.FORMATS,
         required=True,
-        help="OUT's format: rosetta, torch, keras, d2l-scratch (d2l 1.0's RNNLMScratch: "
+        help="OUT's format: rosetta, torch, keras, mxnet (Gluon's rnn.RNN/GRU/LSTM + nn.Dense; "
+        "GRU reset-after), d2l-scratch (d2l 1.0's RNNLMScratch: "
         "RNNScratch, GRUScratch reset-before, LSTMScratch) or d2l-concise (d2l 1.0's RNNLM: "
         "d2l.RNN, d2l.GRU reset-after, d2l.LSTM) or onnx (see --onnx-form)",
     )
@@ -83,17 +91,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gru",
         choices=("reset-before", "reset-after"),
-        help="the GRU formulation IN holds, checked against it (torch's nn.GRU and d2l.GRU are "
-        "always reset-after, d2l's GRUScratch reset-before; a Keras GRU's bias shape says "
-        "which); the other one is refused, as no weights convert one into the other (default: "
-        "what IN says)",
+        help="the GRU formulation IN holds, checked against it (torch's nn.GRU, d2l.GRU and "
+        "Gluon's rnn.GRU are always reset-after, d2l's GRUScratch reset-before; a Keras GRU's "
+        "bias shape says which); the other one is refused, as no weights convert one into the "
+        "other (default: what IN says)",
     )
     p.add_argument(
         "--activation",
         choices=("tanh", "relu"),
         help="the RNN's activation, for a native file that does not record it (torch's "
-        "nonlinearity, Keras' activation; the book's classes compute tanh) (default: what IN "
-        "records, else tanh)",
+        "nonlinearity, Keras' and Gluon's activation; the book's classes compute tanh) (default: "
+        "what IN records, else tanh; a Gluon RNN that records none needs it, as Gluon's rnn.RNN "
+        "defaults to relu)",
     )
     p.add_argument(
         "--vocab-from",
