@@ -1589,6 +1589,30 @@ def test_every_test_the_guide_names_exists() -> None:
         "test_every_test_the_guide_names_exists"
     }
     assert mine <= here, f"tests the guide does not cite: {sorted(mine - here)}"
+    # MXNet's claims live in their own file (its environment); the guide cites every one
+    mxnet_file = root / "tests" / "test_mxnet_guide.py"
+    mxnet = set(re.findall(r"^def (test_\w+)\(", mxnet_file.read_text(), re.M))
+    cited = {name for path, name in named if path == "tests/test_mxnet_guide.py"}
+    assert mxnet and mxnet <= cited, f"MXNet tests the guide does not cite: {mxnet - cited}"
+
+
+def test_the_summary_table_has_a_column_per_framework() -> None:
+    """The table at the top: one column per framework, MXNet's included, on every row."""
+    text = GUIDE.read_text(encoding="utf-8")
+    start = text.index("\n| # | Point |") + 1
+    rows = []
+    for line in text[start:].splitlines():
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip()[1:-1].split("|")])
+    header = rows[0]
+    assert header[:6] == ["#", "Point", "NumPy", "PyTorch", "JAX", "TensorFlow"]
+    assert header[6].startswith("MXNet") and len(header) == 7
+    assert all(len(row) == len(header) for row in rows), [r[0] for r in rows]
+    numbers = [int(row[0]) for row in rows[2:]]
+    assert numbers == sorted(numbers) and len(numbers) >= 20
+    filled = [row for row in rows[2:] if row[6]]
+    assert len(filled) == len(rows) - 3  # every point but 9, which is d2l's, not a framework's
 
 
 def test_gpu_figures_are_the_committed_h100_run() -> None:
