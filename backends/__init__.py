@@ -30,6 +30,7 @@ class Entry(NamedTuple):
     grad_modes: tuple[str, ...]  # --grad values, the default first
     compile_modes: tuple[str, ...]  # --eager / --compile values, the default first
     replicas: str | None = None  # its data-parallel engine, in words (None: no --replicas)
+    environment: str | None = None  # the environment of its own it runs in (backends.environments)
 
 
 REGISTRY: dict[str, Entry] = {
@@ -64,6 +65,14 @@ REGISTRY: dict[str, Entry] = {
         ("array-api-strict", "array-api-compat"),
         ("bptt",),
         ("eager",),
+    ),
+    "mxnet": Entry(
+        "MXNet",
+        None,
+        ("mxnet",),
+        ("autograd", "bptt"),
+        ("hybridize", "eager"),
+        environment="mxnet",
     ),
 }
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
@@ -117,6 +126,7 @@ def load(spec: str) -> Backend[Any]:
     """Import one backend (``name`` or ``name:option``); a missing framework is a one-line
     error naming the extra."""
     name, colon, option = check_name(spec).partition(":")
+    environment_ready(name)
     try:
         with rules.native_notices_dropped():
             module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
@@ -136,12 +146,30 @@ def load(spec: str) -> Backend[Any]:
     return cast(Backend[Any], with_option(option))
 
 
+def environment_ready(name: str) -> None:
+    """A one-line ``BackendUnavailable`` for a backend whose environment of its own is not set
+    up (nothing to check for the others)."""
+    environment = REGISTRY[name].environment
+    if environment is None:
+        return
+    from rosetta_rnn.backends import environments
+
+    state = environments.status(environment)
+    if state != "ready":
+        raise BackendUnavailable(
+            f"backend {name!r} runs in an environment of its own, which is {state}; create it "
+            f"with: rosetta-rnn backends --setup {environment}"
+        )
+
+
 def info(name: str, probe: bool = False) -> dict[str, Any]:
     """What ``rosetta-rnn backends`` shows for one backend: from the installed packages' metadata
     alone (a fraction of a second), or with ``probe`` by importing the framework and asking it
     for its devices (seconds: TensorFlow's import alone takes about 7 s on two cores)."""
     entry = REGISTRY[name.partition(":")[0]]
     row: dict[str, Any] = {"backend": name, "framework": entry.framework, "installed": False}
+    if entry.environment is not None:
+        return _environment_info(name, entry, row, probe)
     versions = {}
     for package in entry.packages:
         try:
@@ -166,6 +194,37 @@ def info(name: str, probe: bool = False) -> dict[str, Any]:
         except BackendUnavailable as e:
             row.update(installed=False, error=str(e))
             return row
+        devices = mod.devices()
+        row.update(devices=devices, float64={d: mod.supports_float64(d) for d in devices})
+    return row
+
+
+def _environment_info(name: str, entry: Entry, row: dict[str, Any], probe: bool) -> dict[str, Any]:
+    """``info`` of a backend that runs in an environment of its own: installed once that
+    environment is ready, its version the one its requirements pin; ``probe`` starts its
+    worker and asks."""
+    from rosetta_rnn.backends import environments
+
+    assert entry.environment is not None
+    env = environments.get(entry.environment)
+    try:
+        environment_ready(name)
+    except BackendUnavailable as e:
+        row["error"] = str(e)
+        return row
+    pinned = dict(r.split("==") for r in env.requirements)
+    row.update(
+        installed=True,
+        version=" ".join(
+            [pinned[entry.packages[0]]]
+            + [f"({p} {v})" for p, v in pinned.items() if p != entry.packages[0]]
+        ),
+        grad_modes=list(entry.grad_modes),
+        compile_modes=list(entry.compile_modes),
+        environment=str(environments.root() / env.name),
+    )
+    if probe:
+        mod = load(name)
         devices = mod.devices()
         row.update(devices=devices, float64={d: mod.supports_float64(d) for d in devices})
     return row

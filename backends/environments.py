@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -110,10 +110,10 @@ def python(name: str) -> Path:
     return _python(root() / name)
 
 
-def start(name: str) -> Worker:
-    """A worker in the environment, serving its handlers."""
-    env = get(name)
-    return Worker(str(python(name)), env.handlers, name=name)
+def start(name: str, env: Mapping[str, str] | None = None) -> Worker:
+    """A worker in the environment, serving its handlers; ``env``: variables it starts with
+    beside this process's (a framework's thread counts)."""
+    return Worker(str(python(name)), get(name).handlers, name=name, env=env)
 
 
 def setup(name: str, say: Callable[[str], None] = print) -> tuple[float, dict[str, object]]:

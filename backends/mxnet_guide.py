@@ -7,6 +7,7 @@ process-wide setting (``npx.set_np``) puts it back before it returns.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -174,10 +175,10 @@ def hybridize_demo() -> dict[str, Any]:
         probe(mnp.ones((2, 3)))
         out[f"{mode}: F, x"] = seen[-1]
         for name, body in bodies.items():
-            block = _Probe(body)
+            block: Any = _Probe(body)
             if hybrid:
                 block.hybridize()
-            out[f"{mode}: {name}"] = _fails(lambda block=block: block(mnp.ones((2, 3))))
+            out[f"{mode}: {name}"] = _fails(functools.partial(block, mnp.ones((2, 3))))
 
         # the legacy stop_gradient, converted, stops the gradient: d/dx sum(x · sg(x²)) = x²
         def stopped(F: Any, x: Any) -> Any:
@@ -286,7 +287,7 @@ def float64_layers() -> dict[str, Any]:
     inits["mx.init.Zero()"] = {"init": mx.init.Zero()}
     for name, kwargs in inits.items():
         layer = rnn.RNN(2, input_size=3, dtype="float64")
-        out[f"initialize({name})"] = _fails(lambda layer=layer, kw=kwargs: layer.initialize(**kw))
+        out[f"initialize({name})"] = _fails(functools.partial(layer.initialize, **kwargs))
     layer = rnn.RNN(2, input_size=3)
     layer.initialize()
     layer.cast("float64")

@@ -66,16 +66,6 @@ def resolve_device(device: str) -> str:
     return rules.resolve_device(device, _gpu_count, "numpy/CuPy", no_gpu)
 
 
-class _Drawn:
-    """The uniforms core drew beforehand, handed out as its generator would hand them."""
-
-    def __init__(self, uniforms: np.ndarray) -> None:
-        self._next = iter(np.asarray(uniforms, dtype=np.float64).tolist())
-
-    def random(self) -> float:
-        return float(next(self._next))
-
-
 class NumpyOps:
     """The tensor interface over NumPy (or CuPy: the same calls on ``xp``)."""
 
@@ -129,7 +119,7 @@ class NumpyOps:
         numbers), each next token chosen as ``next_token`` chooses it."""
         W_xh, W_hh, b_h = params["W_xh"], params["W_hh"], params["b_h"]
         h, token = state, int(first)
-        drawn = _Drawn(uniforms) if temperature and uniforms is not None else None
+        drawn = sampling.Drawn(uniforms) if temperature and uniforms is not None else None
         tokens = np.empty(num_preds, dtype=np.int64)
         # core's own activation, output step and choice, looked up at call time: each is
         # written in one place; only rnn_forward's scan and stack are left out
@@ -137,7 +127,7 @@ class NumpyOps:
         next_token = sampling.next_token
         for i in range(num_preds):
             h = phi((W_xh[token] + b_h) + self.matmul(h, W_hh))
-            token = next_token(self, output_step(self, params, h), temperature, drawn)  # type: ignore[arg-type]
+            token = next_token(self, output_step(self, params, h), temperature, drawn)
             tokens[i] = token
         return tokens
 

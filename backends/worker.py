@@ -148,6 +148,16 @@ class Worker:
             self.close()
             raise
 
+    @property
+    def pid(self) -> int:
+        """The worker's process id (a benchmark counts its CPU time as the run's own)."""
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker can still answer: not closed, its process running."""
+        return not self._closed and self._proc.poll() is None
+
     def _died(self, during: str) -> BackendUnavailable:
         """The one line for a worker that is gone: its exit code and its last stderr line."""
         if self._closed:

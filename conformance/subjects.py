@@ -451,7 +451,69 @@ class KerasRNNOracle:
         return loss.numpy(), grads, self._final(Hs, memory)
 
 
-ORACLE_CLASSES: dict[str, Any] = {"torch": TorchRNNOracle, "tensorflow": KerasRNNOracle}
+class GluonRNNOracle:
+    """Gluon's own layer + ``nn.Dense`` in MXNet's environment (through the ``mxnet`` backend's
+    worker), loaded through core.convert as torch's are: Gluon keeps torch's layout under its
+    own names (``l0_i2h_weight`` = ``weight_ih_l0`` ...): ``rnn.RNN`` (asked for tanh: Gluon's
+    default is ReLU), ``rnn.GRU`` (reset-after; gates (r, z, n)) or ``rnn.LSTM`` (gates
+    (i, f, g, o)); the loss is Gluon's ``SoftmaxCrossEntropyLoss``, the gradients MXNet's
+    ``autograd``."""
+
+    LAYERS: ClassVar[dict[str, str]] = {
+        RNN: "gluon.rnn.RNN",
+        GRU_RESET_AFTER: "gluon.rnn.GRU",
+        LSTM: "gluon.rnn.LSTM",
+    }
+    CELLS: tuple[str, ...] = tuple(LAYERS)
+    """Gluon, as torch, has no reset-before GRU."""
+    grad_modes = ("autograd",)
+
+    @classmethod
+    def label_of(cls, cell: str) -> str:
+        return f"oracle:{cls.LAYERS[cell]}"
+
+    def __init__(self, dtype: str, device: str = "cpu", cell: str = RNN) -> None:
+        from rosetta_rnn.backends import mxnet
+
+        if cell not in self.LAYERS:
+            raise convert.ConversionError(convert.NO_TORCH_RESET_BEFORE)
+        self.worker = mxnet.worker()
+        self.cell = cell
+        self.backend = self.LAYERS[cell]
+        self.label = self.label_of(cell)
+        self.dtype = dtype
+        self.device = device
+
+    def _run(
+        self, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State
+    ) -> dict[str, Any]:
+        weights = convert.to_torch(convert.from_params(params))
+        return dict(
+            self.worker.call(
+                "gluon_language_model", self.cell, weights, inputs, labels, state, self.dtype
+            )
+        )
+
+    def forward(self, params: Arrays, inputs: np.ndarray, state: State) -> Arrays:
+        out = self._run(params, inputs, np.zeros_like(inputs), state)
+        got = {"hidden": out["hidden"], "logits": out["logits"]}
+        if self.cell == LSTM:
+            got["memory"] = out["final"][1]
+        return got
+
+    def value_and_grad(
+        self, mode: str, params: Arrays, inputs: np.ndarray, labels: np.ndarray, state: State
+    ) -> tuple[np.ndarray, Arrays, State]:
+        out = self._run(params, inputs, labels, state)
+        grads = convert.grads_to_params(convert.from_torch(out["grads"]))
+        return out["loss"], grads, out["final"]
+
+
+ORACLE_CLASSES: dict[str, Any] = {
+    "torch": TorchRNNOracle,
+    "tensorflow": KerasRNNOracle,
+    "mxnet": GluonRNNOracle,
+}
 """The backend whose framework runs each oracle -> the oracle's class, built as
 ``(dtype, device label, cell=...)`` for each cell of its ``CELLS``."""
 

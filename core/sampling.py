@@ -29,11 +29,22 @@ def inverse_cdf_choice(probs: np.ndarray, u: float) -> int:
     return min(index, cdf.size - 1)
 
 
+class Drawn:
+    """Uniforms core drew beforehand (``rng.random(n)``), handed out one at a time as its
+    generator would hand them: what a backend's decoder passes to ``next_token``."""
+
+    def __init__(self, uniforms: np.ndarray) -> None:
+        self._next = iter(np.asarray(uniforms, dtype=np.float64).tolist())
+
+    def random(self) -> float:
+        return float(next(self._next))
+
+
 def next_token(
     ops: Ops,
     logits: Tensor,
     temperature: float | None,
-    rng: np.random.Generator | None,
+    rng: np.random.Generator | Drawn | None,
 ) -> int:
     """Pick one token from ``(1, vocab_size)`` logits: greedy when ``temperature`` is None/0."""
     if not temperature:

@@ -28,7 +28,23 @@ settings.register_profile("dev", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """MXNet's environment, set up before collection unless the run leaves the ``mxnet`` group
+    out (``-m "not mxnet"``): the tests over every registered backend then collect ``mxnet``
+    the same way whatever ran before. Setting it up takes about 15 s from the package registry;
+    a setup that fails is an error, never a skip."""
+    if "not mxnet" in (session.config.getoption("markexpr", "") or ""):
+        return
+    from rosetta_rnn.backends import environments
+
+    if environments.status("mxnet") != "ready":
+        environments.setup("mxnet", say=lambda line: None)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # a test run on MXNet belongs to its group, whichever file it is in
+        if "mxnet" in item.nodeid.lower() and "mxnet" not in item.keywords:
+            item.add_marker(pytest.mark.mxnet)
     if os.environ.get("ROSETTA_RNN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow reproduction run; set ROSETTA_RNN_SLOW=1 to run it")
@@ -54,12 +70,9 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(scope="session")
 def mxnet() -> Iterator[Any]:
-    """MXNet's worker, in its own environment: set up the first time (about 15 s from the
-    package registry, ``rosetta-rnn backends --setup mxnet``); a setup that fails is an error,
-    never a skip. One worker for the whole session."""
+    """MXNet's worker, in its own environment (``pytest_sessionstart`` set it up). One worker
+    for the whole session."""
     from rosetta_rnn.backends import environments
 
-    if environments.status("mxnet") != "ready":
-        environments.setup("mxnet", say=lambda line: None)
     with environments.start("mxnet") as worker:
         yield worker

@@ -35,7 +35,7 @@ CELL_OF = {
     "gru-learned-embedding": cells.GRU_RESET_AFTER,
 }
 INSTALLED = [name for name in backends.BACKENDS if backends.info(name)["installed"]]
-AUTOGRAD = [name for name in ("torch", "jax", "tensorflow") if name in INSTALLED]
+AUTOGRAD = [name for name in ("torch", "jax", "tensorflow", "mxnet") if name in INSTALLED]
 RELATIVE = 1e-9  # float64 trajectories of two epochs
 
 

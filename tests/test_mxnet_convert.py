@@ -21,7 +21,6 @@ import pytest
 from cli_run import one_line_error, run_cli
 
 from rosetta_rnn import backends
-from rosetta_rnn.backends import environments
 from rosetta_rnn.backends.worker import Worker
 from rosetta_rnn.cli import main
 from rosetta_rnn.conformance.tolerances import tolerance
@@ -257,12 +256,9 @@ def test_the_recipe_on_the_page_is_the_workers_code() -> None:
 
 
 @pytest.fixture(scope="module")
-def gluon(mxnet: Worker) -> Iterator[Worker]:
-    """A worker serving backends/mxnet_convert.py (the recipe), in MXNet's environment (which
-    the ``mxnet`` fixture sets up)."""
-    python = str(environments.python("mxnet"))
-    with Worker(python, "rosetta_rnn.backends.mxnet_convert", name="mxnet") as worker:
-        yield worker
+def gluon(mxnet: Worker) -> Worker:
+    """MXNet's worker, which serves backends/mxnet_convert.py's requests (the recipe)."""
+    return mxnet
 
 
 def problem(cell: str, rng: Any, dtype: str) -> tuple[np.ndarray, Any]:

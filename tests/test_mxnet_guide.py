@@ -7,7 +7,6 @@ mxnet``) and fails, never skips, if it cannot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,11 +26,10 @@ def _start(env: dict[str, str] | None = None) -> Worker:
 
 
 @pytest.fixture(scope="module")
-def guide() -> Iterator[Worker]:
-    """A worker serving the guide's requests (``guide_*``), MXNet's engine as it comes."""
-    worker = _start()
-    yield worker
-    worker.close()
+def guide(mxnet: Worker) -> Worker:
+    """MXNet's worker, which serves the guide's requests (``guide_*``), its engine as it
+    comes."""
+    return mxnet
 
 
 def _call(worker: Worker, op: str, *args: Any) -> Any:
