@@ -14,6 +14,12 @@ Each is read from the run itself, once, after the row is timed:
   thread pools.
 - JAX: the custom calls and fusion kinds of the row's compiled XLA program (on the CPU a dot
   may run as a YNNPACK/oneDNN fusion), ``XLA_FLAGS`` and the default matmul precision.
+- MXNet (the Gluon peers, in MXNet's worker): the operators of one call under MXNet's
+  profiler (``RNN``/``_backward_RNN`` is the fused recurrent operator; ``MXInvokeCachedOp``
+  says the hybridized graph ran), the kernel MXNet's ``rnn.cc`` picks for it (oneDNN's RNN
+  primitive in float32 where MXNet is built with MKLDNN and ``MXNET_USE_MKLDNN_RNN`` is not 0,
+  else its own CPU kernel), the build features (MKLDNN, OPENMP, BLAS) and the worker's threads
+  (``OMP_NUM_THREADS``, ``MXNET_CPU_WORKER_NTHREADS``).
 - ONNX Runtime: the session's execution providers and threads; NumPy: the BLAS it was built
   with.
 """
@@ -125,6 +131,12 @@ def jax_path(compiled_text: str, platform: str) -> dict[str, Any]:
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "xla_flags": os.environ.get("XLA_FLAGS", "unset"),
     }
+
+
+def gluon_path(worker: Any, peer: int, workload: str) -> dict[str, Any]:
+    """What MXNet ran for a Gluon peer's ``workload``, read in its worker from one more call
+    (``backends.mxnet_peers.gluon_peer_path``)."""
+    return dict(worker.call("gluon_peer_path", peer, workload))
 
 
 def numpy_path() -> dict[str, Any]:

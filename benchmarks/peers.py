@@ -19,6 +19,11 @@ interface costs speed. (The layers are loaded with core's parameters through
 - ``onnxruntime.RNN``, ``onnxruntime.Scan`` (the RNN; forward and generate only): the model
   ``convert --to onnx`` writes, fused (ONNX's ``RNN`` operator) or decomposed, run by ONNX
   Runtime, an inference engine beside the frameworks.
+- ``gluon.rnn.RNN``, ``gluon.rnn.GRU``, ``gluon.rnn.LSTM``: MXNet 1.9.1's own layers + ``Dense``,
+  hybridized, ``autograd``, d2l's global-norm clip and ``gluon.Trainer``'s SGD. MXNet runs in an
+  environment of its own (``rosetta-rnn backends --setup mxnet``): the model, the inputs and the
+  state live in its worker (``backends.mxnet_peers``), and one timed call is one request that
+  does one step and waits for MXNet's engine before it answers.
 
 Each peer computes one cell (``PEER_CELL``): torch.nn.GRU, keras.GRU and jax.lax.scan.GRU the
 reset-after GRU, keras.GRU(reset_after=False) d2l's reset-before one. Where a framework keeps
@@ -37,15 +42,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from rosetta_rnn.backends.rules import gpu_index
-from rosetta_rnn.benchmarks import kernels
+from rosetta_rnn.benchmarks import kernels, machine
 from rosetta_rnn.conformance import native
-from rosetta_rnn.core import cells
+from rosetta_rnn.core import cells, convert
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 
 PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # the RNN's names, the chapter's order
@@ -73,6 +79,7 @@ class Peer:
     libraries: ClassVar[tuple[str, ...]] = ()  # modules it needs beyond the framework
     cpu_only: ClassVar[bool] = False
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")  # what it runs in
+    environment: ClassVar[str | None] = None  # the environment of its own it runs in, if any
 
     def __init__(
         self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
@@ -798,6 +805,110 @@ class OnnxRuntimeScanPeer(OnnxRuntimePeer):
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
 
 
+# --- gluon.rnn.RNN, GRU, LSTM (MXNet, in its own environment) ----------------------------------
+
+
+POOL_VARIABLES = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")
+"""What sizes MXNet's thread pools, read when its process starts: the worker gets the bench's
+thread count in both, as the mxnet backend's worker does."""
+WORKERS: dict[str, Any] = {}
+"""The worker of each environment, shared by every peer that runs there (``worker``)."""
+
+
+def worker(environment: str) -> Any:
+    """The worker of ``environment``, started on first use (its CPU time counts as the run's
+    own); a missing environment is a one-line error saying how to set it up."""
+    from rosetta_rnn.backends import environments
+
+    if environment not in WORKERS or not WORKERS[environment].alive:
+        threads = os.environ.get("OMP_NUM_THREADS")  # the bench's count (benchmarks.threads)
+        env = {v: threads for v in POOL_VARIABLES} if threads else None
+        started = environments.start(environment, env=env)  # BackendUnavailable: set it up
+        machine.OWN_PIDS.add(started.pid)
+        WORKERS[environment] = started
+    return WORKERS[environment]
+
+
+def _drop(worker: Any, peer: int) -> None:
+    """Free a peer's model in its worker (the worker may be gone already)."""
+    try:
+        worker.call("gluon_peer_drop", peer)
+    except Exception:
+        pass
+
+
+class GluonPeer(Peer):
+    """d2l's concise model in MXNet's Gluon (as d2l's MXNet edition writes it): one-hot ->
+    ``rnn.RNN(activation='tanh')``, ``rnn.GRU`` or ``rnn.LSTM`` (time-major) -> ``nn.Dense``,
+    hybridized; ``autograd``, ``SoftmaxCrossEntropyLoss``, d2l's global-norm clip (no epsilon,
+    unlike ``gluon.utils.clip_global_norm``) and ``gluon.Trainer``'s SGD. It runs in MXNet's
+    worker; here each call is one request. Gluon keeps torch's layout and two biases per gate."""
+
+    names: ClassVar[dict[str, str]] = {
+        RNN: "gluon.rnn.RNN",
+        GRU_RESET_AFTER: "gluon.rnn.GRU",
+        LSTM: "gluon.rnn.LSTM",
+    }
+    framework = "mxnet"
+    environment = "mxnet"
+    cpu_only = True  # the environment's MXNet is the CPU build
+    modes: ClassVar[dict[str, str]] = {
+        "train": "autograd/hybridized",
+        "forward": "hybridized",
+        "generate": "hybridized",
+    }
+
+    def __init__(
+        self, vocab_size: int, num_hiddens: int, dtype: str, device: str, cell: str = RNN
+    ) -> None:
+        if device != "cpu":
+            raise RuntimeError("the MXNet environment is the CPU build: cpu only")
+        super().__init__(vocab_size, num_hiddens, dtype, device, cell)
+        self.worker = worker(self.environment or "mxnet")
+        self.peer = int(self.worker.call("gluon_peer_new", cell, vocab_size, num_hiddens, dtype))
+        self._finalizer = weakref.finalize(self, _drop, self.worker, self.peer)
+        self.grad_norm: float | None = None  # ‖g‖ of the last ``step_once``, before the clip
+
+    def set_params(self, params: Arrays) -> None:
+        state = convert.to_torch(convert.from_params(params))
+        weights = {k: np.asarray(v, dtype=self.dtype) for k, v in state.items()}
+        self.worker.call("gluon_peer_set", self.peer, weights)
+
+    def get_params(self) -> Arrays:
+        return convert.to_params(convert.from_torch(self.worker.call("gluon_peer_get", self.peer)))
+
+    def _run(self, workload: str) -> Call:
+        return lambda: self.worker.call("gluon_peer_run", self.peer, workload)
+
+    def train(self, inputs: np.ndarray, labels: np.ndarray, lr: float, theta: float) -> Call:
+        self.worker.call(
+            "gluon_peer_prepare", self.peer, "train", inputs, labels, lr=lr, theta=theta
+        )
+        return self._run("train")
+
+    def step_once(
+        self, inputs: np.ndarray, labels: np.ndarray, state: HostState, lr: float, theta: float
+    ) -> tuple[float, HostState]:
+        begin = tuple(state) if self.cell == LSTM else state
+        loss, final, self.grad_norm = self.worker.call(
+            "gluon_peer_step_once", self.peer, inputs, labels, begin, lr, theta
+        )
+        return float(loss), final
+
+    def forward(self, inputs: np.ndarray, labels: np.ndarray) -> Call:
+        self.worker.call("gluon_peer_prepare", self.peer, "forward", inputs, labels)
+        return self._run("forward")
+
+    def generate(self, first: int, num_preds: int) -> Call:
+        self.worker.call(
+            "gluon_peer_prepare", self.peer, "generate", first=first, num_preds=num_preds
+        )
+        return self._run("generate")
+
+    def path(self, workload: str, call: Call, inputs: np.ndarray) -> dict[str, Any]:
+        return kernels.gluon_path(self.worker, self.peer, workload)
+
+
 PEER_CLASSES: tuple[type[Peer], ...] = (
     TorchPeer,
     KerasPeer,
@@ -805,6 +916,7 @@ PEER_CLASSES: tuple[type[Peer], ...] = (
     MinCharRNNPeer,
     OnnxRuntimePeer,
     OnnxRuntimeScanPeer,
+    GluonPeer,
 )
 PEERS: dict[str, type[Peer]] = {name: cls for cls in PEER_CLASSES for name in cls.names.values()}
 """Every peer by name: ``torch.nn.RNN``, ``torch.nn.GRU``, ... ``numpy.min-char-rnn``."""

@@ -201,6 +201,17 @@ def _load_frameworks(
     return loaded, frameworks
 
 
+def check_environments(peer_names: list[str]) -> None:
+    """Every environment of its own that a chosen peer runs in (the Gluon peers': MXNet's) is
+    set up; one that is not is a one-line error saying how to set it up, before anything is
+    measured, never a peer left out."""
+    from rosetta_rnn.backends import environments
+
+    for env in dict.fromkeys(PEERS[p].environment for p in peer_names):
+        if env is not None:
+            environments.python(env)  # BackendUnavailable: "... rosetta-rnn backends --setup"
+
+
 def _devices(cfg: BenchConfig, loaded: list[str], notes: list[str]) -> dict[str, list[str]]:
     """Each backend's resolved devices, before anything is measured. A device some backends
     lack is a note; a device asked for (gpu, gpu:N) that no backend has is a one-line error."""
@@ -695,6 +706,7 @@ def _run(
         and PEER_FRAMEWORK[p] in loaded
         and all(lib in frameworks[PEER_FRAMEWORK[p]] for lib in PEERS[p].libraries)
     ]
+    check_environments(peer_names)
     desc = machine.describe(frameworks, thread_info)
     whole_run = machine.CpuMeter()
     groups = _groups(cfg, devices, peer_names)

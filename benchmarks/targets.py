@@ -7,7 +7,8 @@ device (the CPU if it was measured, else the first device), between rows of the 
 run. A backend's figure is its best mode. The gated cells' targets are the issue's "each
 backend's best mode ≥ 1.0× its framework's own layer": torch against torch.nn.GRU and
 torch.nn.LSTM, TensorFlow against Keras GRU and LSTM, JAX against its ``lax.scan`` GRU and
-LSTM peers (the reset-after GRU, which is what the layers compute; d2l's reset-before GRU
+LSTM peers, MXNet against Gluon's ``rnn.RNN``/``GRU``/``LSTM`` (the reset-after GRU, which is
+what the layers compute; d2l's reset-before GRU
 against Keras GRU(reset_after=False) alone). NumPy has no layer: its own peer is
 min-char-rnn's loop (the RNN alone); JAX's is its ``lax.scan`` peer; the Array API backend has
 none. The gated cells' forward and generate ratios are listed where those rows were measured.
@@ -31,6 +32,7 @@ RATIO_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("jax", "jax.lax.scan", 1.0),
     ("tensorflow", "keras.SimpleRNN", 1.0),
     ("tensorflow", "torch.nn.RNN", 0.8),
+    ("mxnet", "gluon.rnn.RNN", 1.0),
 )
 """The RNN's: (backend, peer, at least this × the peer's tokens/s)."""
 LAYER_TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
@@ -38,11 +40,13 @@ LAYER_TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
         ("torch", "torch.nn.GRU", 1.0),
         ("tensorflow", "keras.GRU", 1.0),
         ("jax", "jax.lax.scan.GRU", 1.0),
+        ("mxnet", "gluon.rnn.GRU", 1.0),
     ),
     LSTM: (
         ("torch", "torch.nn.LSTM", 1.0),
         ("tensorflow", "keras.LSTM", 1.0),
         ("jax", "jax.lax.scan.LSTM", 1.0),
+        ("mxnet", "gluon.rnn.LSTM", 1.0),
     ),
     GRU_RESET_BEFORE: (("tensorflow", "keras.GRU(reset_after=False)", 1.0),),
 }
@@ -53,6 +57,7 @@ WORKLOAD_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("torch", "torch.nn.RNN", 1.0),
     ("jax", "jax.lax.scan", 1.0),
     ("tensorflow", "keras.SimpleRNN", 1.0),
+    ("mxnet", "gluon.rnn.RNN", 1.0),
 )
 """The RNN's forward pass and generation: each backend's best mode against its framework's own
 layer (NumPy's: min-char-rnn's loop; JAX's: its lax.scan peer)."""

@@ -45,6 +45,13 @@ Sync = Callable[[Any], None]
 Builder = Callable[[], tuple[Call, Sync]]
 
 
+def _own_worker(ops: Any) -> None:
+    """A backend whose ops compute in a worker process (MXNet's): its CPU time is the run's."""
+    worker = getattr(ops, "worker", None)
+    if worker is not None:
+        machine.OWN_PIDS.add(worker.pid)
+
+
 @dataclass(frozen=True)
 class Shape:
     """batch_size × num_steps sequences, num_hiddens units, vocab_size classes (d2l's defaults)."""
@@ -182,6 +189,7 @@ def _train_builder(
             mod = backends.replica_backend(backend, mod, replicas)
         engine = run_spec.engine(run, mod, device, grad, mode, replicas)
         ops, step, replicated = engine.ops, engine.step, engine.replicated
+        _own_worker(ops)
         if replicated is not None and box is not None:
             box.update(step=replicated, calls=0)
             machine.OWN_PIDS.update(replicated.worker_pids)  # their CPU time is this run's
@@ -229,6 +237,7 @@ def _forward_builder(
         run = spec(shape, dtype, cell)
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
+        _own_worker(ops)
         fn = mod.make_forward(ops, mode, run.activation, run.model_cell)
         X, Y = minibatch(shape)
         params = initial_params(ops, run, shape)
@@ -246,6 +255,7 @@ def _generate_builder(
         run = spec(shape, dtype, cell)
         mod = backends.load(backend)
         ops = mod.make_ops(dtype, device)
+        _own_worker(ops)
         params = initial_params(ops, run, shape)
         # eager beside a decoder is the host loop; a backend without a named decoder (NumPy:
         # its lean loop for the RNN) decodes as predict does by default

@@ -179,7 +179,10 @@ def _states(state: object) -> dict[str, np.ndarray]:
     return {f"state{i}": np.asarray(s) for i, s in enumerate(parts)}
 
 
-TRAINING_PEERS = [n for n in peers.PEER_NAMES if "train" in peers.PEERS[n].modes]
+IN_PROCESS_PEERS = [n for n in peers.PEER_NAMES if peers.PEERS[n].environment is None]
+"""The peers run in this process; the Gluon peers (MXNet's environment) are
+tests/test_mxnet_bench.py's."""
+TRAINING_PEERS = [n for n in IN_PROCESS_PEERS if "train" in peers.PEERS[n].modes]
 
 
 @pytest.mark.parametrize("name", TRAINING_PEERS)
@@ -210,7 +213,7 @@ def test_peer_train_step_equals_core(name: str, cases: dict) -> None:
     assert max(errors.values()) <= tol, errors
 
 
-@pytest.mark.parametrize("name", peers.PEER_NAMES)
+@pytest.mark.parametrize("name", IN_PROCESS_PEERS)
 def test_peer_forward_and_greedy_generation_equal_core(name: str, cases: dict) -> None:
     """Every peer's forward loss and greedy text, in float64 (a peer that runs float32 only,
     ONNX Runtime's fused RNN: float32 against core's float32, at its tolerance)."""
@@ -244,9 +247,10 @@ def test_every_cell_has_its_frameworks_layers_as_peers() -> None:
             "numpy.min-char-rnn",
             "onnxruntime.RNN",  # an inference engine: forward and generate only
             "onnxruntime.Scan",
+            "gluon.rnn.RNN",  # MXNet, in its own environment
         ],
-        cells.GRU_RESET_AFTER: ["torch.nn.GRU", "keras.GRU", "jax.lax.scan.GRU"],
-        cells.LSTM: ["torch.nn.LSTM", "keras.LSTM", "jax.lax.scan.LSTM"],
+        cells.GRU_RESET_AFTER: ["torch.nn.GRU", "keras.GRU", "jax.lax.scan.GRU", "gluon.rnn.GRU"],
+        cells.LSTM: ["torch.nn.LSTM", "keras.LSTM", "jax.lax.scan.LSTM", "gluon.rnn.LSTM"],
         cells.GRU_RESET_BEFORE: ["keras.GRU(reset_after=False)"],  # torch has no such layer
     }
     with pytest.raises(ValueError, match="computes rnn, not lstm"):
@@ -413,9 +417,11 @@ def test_gated_cells_are_held_to_their_frameworks_own_layers() -> None:
         "torch ≥ 1.00× torch.nn.GRU",
         "tensorflow ≥ 1.00× keras.GRU",
         "jax ≥ 1.00× jax.lax.scan.GRU",
+        "mxnet ≥ 1.00× gluon.rnn.GRU",
         "generate: torch ≥ 1.00× torch.nn.GRU",  # generate rows: its targets; forward: none
         "generate: tensorflow ≥ 1.00× keras.GRU",
         "generate: jax ≥ 1.00× jax.lax.scan.GRU",
+        "generate: mxnet ≥ 1.00× gluon.rnn.GRU",
     }
     assert gated["generate: torch ≥ 1.00× torch.nn.GRU"]["value"] == pytest.approx(1.5)
     assert gated["torch ≥ 1.00× torch.nn.GRU"]["value"] == pytest.approx(1.3)  # the best mode
@@ -477,7 +483,7 @@ def test_bench_json_schema_and_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
 
 
-@pytest.mark.parametrize("name", peers.PEER_NAMES)
+@pytest.mark.parametrize("name", IN_PROCESS_PEERS)
 def test_each_peer_says_which_path_its_framework_took(name: str) -> None:
     """Read from the run: torch's profiled operators (its LSTM runs oneDNN's recurrent kernel
     in float32 and torch's own loop in float64, which oneDNN's RNN does not compute; its RNN
