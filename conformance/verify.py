@@ -32,7 +32,7 @@ from rosetta_rnn.core import model
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
 from rosetta_rnn.core.errors import UserError, first_line
 
-from . import checks, onnx_subjects
+from . import checks, mxnet_subjects, onnx_subjects
 from .checks import Quantity, _default_mode, _reference_grads, _rounded, diagnose
 from .problems import Problem, state_arrays
 from .subjects import NotApplicable
@@ -358,8 +358,10 @@ def verify(
 ) -> Report:
     """Hold ``subject`` to the reference. ``subject``: a torch module, a Keras or Flax model,
     a forward function, or a dict / object naming ``forward`` (and ``step``, ``predict``,
-    ``cell``, ``names`` ...); ``options`` go to ``FunctionSubject`` (framework, step, predict,
-    names, params_form, inputs, state_form, device; a model takes inputs alone). ``cell``:
+    ``cell``, ``names`` ...), an ONNX file, or an ``MxnetFile`` (``mxnet_target``: a file
+    written for MXNet, run in MXNet's own environment); ``options`` go to ``FunctionSubject``
+    (framework, step, predict, names, params_form, inputs, state_form, device; a model takes
+    inputs alone). ``cell``:
     rnn, gru (d2l's, reset-before), gru-reset-after or lstm (a model says its own; a GRU
     model can be held to the other form). ``dtype``: float64 where the subject runs it, else
     float32; a model's weights decide."""
@@ -379,10 +381,33 @@ def verify(
     given = None
     if is_onnx(subject):
         built, given = _build_onnx(subject, cell, dtype, options, notes)
+    elif isinstance(subject, mxnet_subjects.MxnetFile):
+        core = CELL_NAMES.get(cell or "rnn")
+        if core is None:
+            raise UserError(f"unknown cell {cell!r}; choose from {', '.join(CELL_NAMES)}")
+        built = mxnet_subjects.build(
+            subject, cell, core, dtype, options, notes, lambda s: _float64_fails(s, core)
+        )
     else:
         if {"weights", "runtime"} & set(options):
             raise UserError("weights and runtime are an ONNX model's (verify FILE.onnx)")
         built = _build(subject, cell, dtype, options, notes)
+    try:
+        return _checked(built, given, trajectory, wanted, seed, notes)
+    finally:
+        if isinstance(built, mxnet_subjects.MxnetSubject):  # kept loaded in MXNet's worker
+            built.close()
+
+
+def _checked(
+    built: Any,
+    given: dict[str, np.ndarray] | None,
+    trajectory: str,
+    wanted: list[Check],
+    seed: int,
+    notes: list[str],
+) -> Report:
+    """The report of the checks ``wanted`` on the built subject."""
     core_cell = built.cell
     problem = _problem(built, core_cell, seed)
     if given is not None:
@@ -459,16 +484,22 @@ def _build(
     if dtype is not None:
         return subject_of(subject, cell=core, dtype=dtype, **options)
     first = subject_of(subject, cell=core, dtype="float64", **options)
-    problem = _problem(first, core, 0)
-    try:
-        out = q_outputs(first, problem, "float64")
-        if np.asarray(out["logits"]).dtype == np.float64:
-            return first
-        reason = f"it returned {np.asarray(out['logits']).dtype} logits"
-    except SubjectError as e:
-        reason = first_line(e)
+    reason = _float64_fails(first, core)
+    if not reason:
+        return first
     notes.append(f"checked in float32: in float64 {reason}")
     return subject_of(subject, cell=core, dtype="float32", **options)
+
+
+def _float64_fails(subject: Any, core: str) -> str:
+    """Why a float64 subject cannot be checked in float64 (its logits are another dtype, it
+    cannot run), or "" where it can."""
+    try:
+        out = q_outputs(subject, _problem(subject, core, 0), "float64")
+    except SubjectError as e:
+        return first_line(e)
+    got = np.asarray(out["logits"]).dtype
+    return "" if got == np.float64 else f"it returned {got} logits"
 
 
 def is_onnx(obj: Any) -> bool:
@@ -509,6 +540,12 @@ def _build_onnx(
     if dtype is not None and made.dtype != dtype:
         raise UserError(f"the ONNX model computes in {made.dtype}; it is checked as such")
     return made, params
+
+
+def mxnet_target(target: str, framework: str | None = None) -> mxnet_subjects.MxnetFile | None:
+    """``FILE.py[:NAME]`` as an MXNet subject where the file imports MXNet (read, never run
+    here) or ``framework`` is mxnet; else None."""
+    return mxnet_subjects.target(target, framework)
 
 
 def is_model(obj: Any) -> bool:
@@ -586,5 +623,6 @@ __all__ = [
     "VerifyError",
     "assert_matches_reference",
     "load_object",
+    "mxnet_target",
     "verify",
 ]

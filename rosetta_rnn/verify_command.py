@@ -1,5 +1,5 @@
-"""``verify``: someone's RNN (a torch module, or forward and step functions) against the
-reference, with the known mistake named when it differs."""
+"""``verify``: someone's RNN (a torch, Keras, Flax or Gluon model, forward and step functions,
+an ONNX file) against the reference, with the known mistake named when it differs."""
 
 from __future__ import annotations
 
@@ -22,11 +22,16 @@ as model(X); or a function
 forward(params, X, state) -> (logits, state) in NumPy, PyTorch, JAX or TensorFlow, params
 named as the chapter's (W_xh, W_hh, b_h, W_hq, b_q; a GRU's and an LSTM's as d2l's) or
 through --names; or a dict naming forward and any of step, predict, cell, names, inputs,
-params_form, state_form. An ONNX file (FILE.onnx, any exporter's) is held to the weights it
-was exported from (--weights, any file convert reads), or, written by rosetta-rnn convert, to
-its own tensors: run on ONNX Runtime (or --runtime reference), it gets the rows of a model
-without gradients (logits, final state, loss, generation), and an exporter's layout mistakes
-(linear_before_reset, the gate order, B's rows) are named.
+params_form, state_form. A .py file that imports MXNet (or --framework mxnet) is never imported
+here: it runs in MXNet 1.9.1's own environment (rosetta-rnn backends --setup mxnet), through
+its worker, and holds a Gluon Block (one rnn.RNN/GRU/LSTM layer and one nn.Dense, or the
+chapter's parameters by name) called as d2l's MXNet RNNModel, model(X, state), or a forward
+function on mxnet.np arrays; MXNet's autograd gives its gradients. An ONNX file (FILE.onnx,
+any exporter's) is held to the weights it was exported from (--weights, any file convert
+reads), or, written by rosetta-rnn convert, to its own tensors: run on ONNX Runtime (or
+--runtime reference), it gets the rows of a model without gradients (logits, final state,
+loss, generation), and an exporter's layout mistakes (linear_before_reset, the gate order,
+B's rows) are named.
 
 The subject is loaded with check weights that hide nothing (nonzero biases about a different
 mean per gate, asymmetric matrices, each gate's weights at their own scale) and compared with
@@ -72,8 +77,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--framework",
-        choices=FRAMEWORKS,
-        help="what the function computes in (default: read from the modules its code uses)",
+        choices=(*FRAMEWORKS, "mxnet"),
+        help="what the function computes in (default: read from the modules its code uses; "
+        "mxnet: the file runs in MXNet's own environment, as a file that imports mxnet does)",
     )
     p.add_argument(
         "--inputs",
@@ -174,9 +180,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     elif args.weights or args.runtime:
         raise UserError("--weights and --runtime are an ONNX file's (verify FILE.onnx)")
     else:
-        obj = v.load_object(args.target)
+        mxnet = v.mxnet_target(args.target, args.framework)
+        obj = mxnet if mxnet is not None else v.load_object(args.target)
     if v.is_onnx(obj):
         pass
+    elif isinstance(obj, v.mxnet_subjects.MxnetFile):
+        if args.step or args.predict:
+            raise UserError(
+                "an MXNet subject's step and sampler are the chapter's, run on its forward "
+                "(--step and --predict are not read from an MXNet file)"
+            )
+        options.update(params_form=args.params, state_form=args.state, names=_names(args.names))
     elif not v.is_model(obj):
         options.update(
             framework=args.framework,
