@@ -207,8 +207,11 @@ def make_forward(
 
 
 def sync(ops: MxnetOps, out: Any) -> None:
-    """The worker answers with finished arrays; this waits for anything still queued."""
-    ops.worker.call("sync")
+    """The worker's whole requests (a step, a forward pass, decoding) answer with finished
+    arrays; after operations sent one at a time, this waits for what MXNet still has queued."""
+    if ops.pending:
+        ops.worker.call("sync")
+        ops.pending = False
 
 
 def set_threads(threads: int) -> str:

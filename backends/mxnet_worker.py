@@ -16,6 +16,7 @@ request:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -314,7 +315,10 @@ class _Program(gluon.HybridBlock):
         return tuple(_symbol(y) for y in out)
 
 
-_PROGRAMS: dict[tuple[Any, ...], _Program] = {}
+_PROGRAMS: OrderedDict[tuple[Any, ...], _Program] = OrderedDict()
+KEEP_PROGRAMS = 32
+"""The hybridized blocks kept, the least recently used dropped first: each holds MXNet's
+memory for its shapes (``static_alloc``), and a sweep of shapes would otherwise keep all."""
 
 
 def _run(key: tuple[Any, ...], body: Callable[..., list[Any]], dtype: str, *inputs: Any) -> Any:
@@ -325,6 +329,9 @@ def _run(key: tuple[Any, ...], body: Callable[..., list[Any]], dtype: str, *inpu
         block = _Program(body, shapes, dtype)
         block.hybridize(static_alloc=True, static_shape=True)
         _PROGRAMS[full] = block
+        while len(_PROGRAMS) > KEEP_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(full)
     out = _PROGRAMS[full](*inputs)
     return list(out) if isinstance(out, list | tuple) else [out]
 
@@ -528,13 +535,15 @@ def sync() -> None:
 
 def programs(forget: bool = False) -> list[str]:
     """The hybridized blocks made so far, each by what it computes, the model and the dtype:
-    what says that ``hybridize`` ran. ``forget``: drop them first (they are made again when
-    next asked for)."""
+    what says that ``hybridize`` ran. ``forget``: then drop them (each is made again when next
+    asked for)."""
+    made = [
+        f"{kind} {cell or 'named'} {activation} {dtype}"
+        for kind, _, activation, cell, dtype, *_ in _PROGRAMS
+    ]
     if forget:
         _PROGRAMS.clear()
-    return [
-        f"{kind} {cell} {activation} {dtype}" for kind, _, activation, cell, dtype, *_ in _PROGRAMS
-    ]
+    return made
 
 
 GLUON_LAYERS = {"rnn": "RNN", "gru/reset-after": "GRU", "lstm": "LSTM"}

@@ -17,6 +17,7 @@ the rest (core's warm-up on a prefix, a scan in eager evaluation, the interface'
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +49,9 @@ SLICE, ELLIPSIS = "__slice__", "__ellipsis__"
 """How an index key's slices and ``...`` cross the wire (``x[t, ...]``, ``Hs[-w:]``)."""
 FREE_EVERY = 256
 """References dropped in the main process are released in the worker this many at a time."""
+_RELEASED: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+"""Each worker's references dropped here and not yet released there, whichever of its ops
+made them: an ops object replaced by another leaves its dropped arrays to the next."""
 
 
 def encode_key(key: Any) -> Any:
@@ -220,7 +224,8 @@ class RemoteOps:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
         self.worker, self.name, self.dtype, self.device = worker, name, dtype, device
-        self._released: list[int] = []
+        self._released = _RELEASED.setdefault(worker, [])  # shared by the worker's ops
+        self.pending = False  # operations sent one at a time since the last whole request
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -253,9 +258,17 @@ class RemoteOps:
         """A request whose arguments may hold this worker's arrays, and whose answer's
         references come back as arrays."""
         if len(self._released) >= FREE_EVERY:
-            released, self._released = self._released, []
-            self.worker.call("free", released)
+            self.release_dropped()
+        self.pending = op in ("apply", "operator")
         return self.receive(self.worker.call(op, *self._send(args)))
+
+    def release_dropped(self) -> None:
+        """Release in the worker the arrays whose references were dropped here (by any of the
+        worker's ops): ``_call`` does it every ``FREE_EVERY``."""
+        released = self._released[:]
+        del self._released[:]
+        if released:
+            self.worker.call("free", released)
 
     def _release(self, ref: int) -> None:
         self._released.append(ref)

@@ -49,10 +49,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rosetta_rnn.backends.rules import gpu_index
+from rosetta_rnn.backends.worker import RemoteError
 from rosetta_rnn.benchmarks import kernels, machine
 from rosetta_rnn.conformance import native
 from rosetta_rnn.core import cells, convert
 from rosetta_rnn.core.cells import GRU_RESET_AFTER, GRU_RESET_BEFORE, LSTM, RNN
+from rosetta_rnn.core.errors import BackendUnavailable
 
 PARAM_ORDER = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")  # the RNN's names, the chapter's order
 Arrays = dict[str, np.ndarray]
@@ -833,7 +835,7 @@ def _drop(worker: Any, peer: int) -> None:
     """Free a peer's model in its worker (the worker may be gone already)."""
     try:
         worker.call("gluon_peer_drop", peer)
-    except Exception:
+    except (BackendUnavailable, RemoteError):
         pass
 
 

@@ -83,19 +83,12 @@ def target(text: str, framework: str | None = None) -> MxnetFile | None:
     return None
 
 
-_worker: Any = None
-
-
 def worker() -> Any:
-    """MXNet's worker, started once and shared by the subjects of this process (a worker that
-    died is started again). A missing environment is a one-line error that says how to set it
-    up."""
-    global _worker
-    if _worker is None or _worker._closed or _worker._proc.poll() is not None:
-        from rosetta_rnn.backends import environments
+    """MXNet's worker, the ``mxnet`` backend's (started once, and again if it has ended). A
+    missing environment is a one-line error that says how to set it up."""
+    from rosetta_rnn.backends import mxnet
 
-        _worker = environments.start("mxnet")
-    return _worker
+    return mxnet.worker()
 
 
 class MxnetBridge(Bridge):

@@ -269,7 +269,7 @@ def test_env_sets_the_default_backend(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--backend", "mxnet"], "unknown backend"),
+        (["train", "--backend", "paddle"], "unknown backend"),
         (["train", "--corpus", "/nonexistent/file.txt"], "corpus file not found"),
         (["train", "--batch-size", "0"], "positive integer"),
         (["train", "--lr", "nan"], "positive finite number"),
