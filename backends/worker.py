@@ -72,11 +72,12 @@ def package_paths() -> list[str]:
     own folder, and the project folder where an editable install maps ``core``, ``backends``
     ... beside it."""
     import rosetta_rnn
-    from rosetta_rnn import backends, core
+    from rosetta_rnn.core import errors
 
     paths = list(rosetta_rnn.__path__)
-    for sub in (core, backends):
-        parent = os.path.dirname(os.path.abspath(next(iter(sub.__path__))))
+    # this module is in backends/, errors in core/: the folders that hold those two
+    for module in (errors.__file__, __file__):
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(module)))
         if parent not in paths:
             paths.append(parent)
     return paths

@@ -32,7 +32,8 @@ A cell is the worst relative error over six seeded problems (one for the replica
 against NumPy float64 running the same core code, within the tolerance of its dtype
 (conformance/tolerances.py). The oracles load the same parameters into the frameworks' own
 layers on the same device: torch.nn.RNN, GRU and LSTM, Keras SimpleRNN, GRU (both
-reset_after) and LSTM; the reference/* cells run core against conformance/reference.py, the
+reset_after) and LSTM, Gluon's rnn.RNN, GRU and LSTM (MXNet, in its own environment); the
+reference/* cells run core against conformance/reference.py, the
 chapter written again in plain NumPy (they need The Time Machine). The onnx columns run each
 cell's problems exported to ONNX on the CPU: the fused and the decomposed form in float32 and
 the decomposed form in float64 on ONNX Runtime and on onnx's reference evaluator, the fused
@@ -40,9 +41,10 @@ form in float64 on the reference evaluator (ONNX Runtime has no float64 recurren
 hidden states, logits, greedy and sampled generation.
 
 Every column runs on the asked device or is named on a line: one that could not run there
-fails the matrix, never passes it by running less. The full matrix (five backends, two
-dtypes, four recurrent cells, the oracles and the reference: 894 cells) takes about 40
-minutes on a 2-core CPU, and the 112 onnx cells 6 seconds more; --cells rnn about 6
+fails the matrix, never passes it by running less. The full matrix of the five backends
+that share this environment (two dtypes, four recurrent cells, the oracles and the
+reference: 894 cells) takes about 40 minutes on a 2-core CPU, --backends mxnet (264 cells)
+about 5 more, and the 112 onnx cells 6 seconds more; --cells rnn about 6
 minutes; --checks train/replicas grads/replicas about 3; on a terminal a progress bar shows
 the cell running, how many of how many, the time spent and the time left.
 
@@ -108,7 +110,9 @@ def register(sub: Any) -> None:
         default=list(CELL_LABELS),
         help=f"the cells every check runs for: {' '.join(CELL_LABELS)}",
     )
-    c.add_argument("--no-oracles", action="store_true", help="skip the torch.nn and Keras layers")
+    c.add_argument(
+        "--no-oracles", action="store_true", help="skip the torch.nn, Keras and Gluon layers"
+    )
     c.add_argument(
         "--no-reference",
         action="store_true",
