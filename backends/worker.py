@@ -142,7 +142,7 @@ class Worker:
         except OSError as e:
             self._stderr.close()
             raise BackendUnavailable(f"the {name} worker cannot start: {e}") from None
-        self._finalizer = weakref.finalize(self, _stop, self._proc)
+        self._finalizer = weakref.finalize(self, _stop, self._proc, self._stderr)
         try:
             self.ready = self._answer("start")["ready"]
         except BaseException:
@@ -222,7 +222,9 @@ class Worker:
         self.close()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
+    """End the worker's process (at ``close``, or when the ``Worker`` or this process goes)."""
+    stderr.close()
     if proc.poll() is None:
         proc.kill()
     proc.wait()

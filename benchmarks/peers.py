@@ -810,9 +810,6 @@ class OnnxRuntimeScanPeer(OnnxRuntimePeer):
 # --- gluon.rnn.RNN, GRU, LSTM (MXNet, in its own environment) ----------------------------------
 
 
-POOL_VARIABLES = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")
-"""What sizes MXNet's thread pools, read when its process starts: the worker gets the bench's
-thread count in both, as the mxnet backend's worker does."""
 WORKERS: dict[str, Any] = {}
 """The worker of each environment, shared by every peer that runs there (``worker``)."""
 
@@ -820,11 +817,12 @@ WORKERS: dict[str, Any] = {}
 def worker(environment: str) -> Any:
     """The worker of ``environment``, started on first use (its CPU time counts as the run's
     own); a missing environment is a one-line error saying how to set it up."""
-    from rosetta_rnn.backends import environments
+    from rosetta_rnn.backends import environments, mxnet
 
     if environment not in WORKERS or not WORKERS[environment].alive:
         threads = os.environ.get("OMP_NUM_THREADS")  # the bench's count (benchmarks.threads)
-        env = {v: threads for v in POOL_VARIABLES} if threads else None
+        # MXNet's pools as the mxnet backend's worker sizes them
+        env = mxnet.thread_variables(int(threads)) if threads else None
         started = environments.start(environment, env=env)  # BackendUnavailable: set it up
         machine.OWN_PIDS.add(started.pid)
         WORKERS[environment] = started
