@@ -265,8 +265,9 @@ class RemoteOps:
     def release_dropped(self) -> None:
         """Release in the worker the arrays whose references were dropped here (by any of the
         worker's ops): ``_call`` does it every ``FREE_EVERY``."""
-        released = self._released[:]
-        del self._released[:]
+        n = len(self._released)  # a reference dropped meanwhile (a collection) waits its turn
+        released = self._released[:n]
+        del self._released[:n]
         if released:
             self.worker.call("free", released)
 
