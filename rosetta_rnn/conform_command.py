@@ -43,10 +43,10 @@ hidden states, logits, greedy and sampled generation.
 Every column runs on the asked device or is named on a line: one that could not run there
 fails the matrix, never passes it by running less. The full matrix of the five backends
 that share this environment (two dtypes, four recurrent cells, the oracles and the
-reference: 894 cells) takes about 40 minutes on a 2-core CPU, --backends mxnet (264 cells)
-about 5 more, and the 112 onnx cells 6 seconds more; --cells rnn about 6
-minutes; --checks train/replicas grads/replicas about 3; on a terminal a progress bar shows
-the cell running, how many of how many, the time spent and the time left.
+reference: 894 cells) takes about 40 minutes on a 2-core CPU, and the 112 onnx cells 6
+seconds more; --cells rnn about 6 minutes; --backends mxnet (264 cells, Gluon's layers
+included) about 2; --checks train/replicas grads/replicas about 3; on a terminal a progress
+bar shows the cell running, how many of how many, the time spent and the time left.
 
 Exit status: 0 every cell passed and every asked-for column ran where asked; 1 a cell
 failed, or an asked-for column did not run, or not on the asked device (each is a FAIL

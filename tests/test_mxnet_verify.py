@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from rosetta_rnn.backends import mxnet as mxnet_backend
 from rosetta_rnn.backends.worker import Worker
-from rosetta_rnn.conformance import mistakes, mxnet_subjects
+from rosetta_rnn.conformance import mistakes
 from rosetta_rnn.conformance import verify as v
 from rosetta_rnn.conformance.tolerances import tolerance
 
@@ -238,7 +239,7 @@ def test_a_missing_mxnet_environment_says_how_to_set_it_up(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROSETTA_RNN_ENVS", str(tmp_path))
-    monkeypatch.setattr(mxnet_subjects, "_worker", None)  # as in a fresh process
+    monkeypatch.setattr(mxnet_backend, "_worker", None)  # as in a fresh process
     code, report, err = _verify(capsys, f"{PORTS}:gru")
     _one_line(code, report, err, "set it up with: rosetta-rnn backends --setup mxnet")
 
