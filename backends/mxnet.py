@@ -92,19 +92,7 @@ class MxnetOps(remote.RemoteOps):
         activation: str = "tanh",
         cell: str | None = None,
     ) -> tuple[Any, Any]:
-        return tuple(
-            self._call(
-                "run_forward",
-                self.dtype,
-                "hybridize",
-                activation,
-                cell,
-                params,
-                inputs,
-                labels,
-                state,
-            )
-        )
+        return _forward(self, "hybridize", activation, cell, params, inputs, labels, state)
 
     def decodes(self, params: Mapping[str, Any], cell: str | None) -> bool:
         """Every model: the worker runs core's own loop."""
@@ -135,6 +123,23 @@ class MxnetOps(remote.RemoteOps):
                 cell,
             )
         )
+
+
+def _forward(
+    ops: MxnetOps,
+    mode: str,
+    activation: str,
+    cell: str | None,
+    params: Params,
+    inputs: Any,
+    labels: Any,
+    state: Any,
+) -> tuple[Any, Any]:
+    """(mean loss, final state) of core's forward pass in the worker, as ``mode`` runs it."""
+    loss, final = ops._call(
+        "run_forward", ops.dtype, mode, activation, cell, params, inputs, labels, state
+    )
+    return loss, final
 
 
 def make_ops(dtype: str = "float32", device: str = "cpu") -> MxnetOps:
@@ -205,10 +210,7 @@ def make_forward(
     mode = rules.pick_mode(NAME, "compile mode", mode, COMPILE_MODES)
 
     def forward(params: Params, inputs: Any, labels: Any, state: Any) -> tuple[Any, Any]:
-        loss, final = ops._call(
-            "run_forward", ops.dtype, mode, activation, cell, params, inputs, labels, state
-        )
-        return loss, final
+        return _forward(ops, mode, activation, cell, params, inputs, labels, state)
 
     return forward
 

@@ -344,6 +344,30 @@ def _whole(parts: Sequence[Any]) -> Any:
     return tuple(parts) if len(parts) > 1 else parts[0]
 
 
+def _hybridized(
+    key: tuple[Any, ...],
+    compute: Callable[..., list[Any]],
+    dtype: str,
+    names: Sequence[str],
+    params: Mapping[str, Any],
+    inputs: Any,
+    labels: Any,
+    state: Any,
+) -> list[Any]:
+    """``compute(ops, params, inputs, labels, state) -> outputs`` as a hybridized block
+    (``_run``): the block's inputs are the arrays flat (inputs, labels, the state's parts, the
+    parameters in ``names``' order), put back together inside it. ``key`` names what
+    ``compute`` does (its kind, the names, the activation, the cell)."""
+    k = len(_parts(state))
+
+    def body(h_ops: Any, X: Any, Y: Any, *rest: Any) -> list[Any]:
+        P = dict(zip(names, rest[k:], strict=True))
+        return compute(h_ops, P, X, Y, _whole(list(rest[:k])))
+
+    flat = (inputs, labels, *_parts(state), *(params[n] for n in names))
+    return _run(key, body, dtype, *flat)
+
+
 def _loss_and_state(
     ops: Any,
     names: Sequence[str],
@@ -358,22 +382,13 @@ def _loss_and_state(
     """core's forward loss: op by op (``eager``), or as a hybridized block."""
     if mode == "eager":
         return cells.any_forward_loss(ops, params, inputs, labels, state, activation, cell)
-    k = len(_parts(state))
 
-    def body(h_ops: Any, X: Any, Y: Any, *rest: Any) -> list[Any]:
-        S, P = _whole(list(rest[:k])), dict(zip(names, rest[k:], strict=True))
+    def compute(h_ops: Any, P: Any, X: Any, Y: Any, S: Any) -> list[Any]:
         loss, final = cells.any_forward_loss(h_ops, P, X, Y, S, activation, cell)
         return [loss, *_parts(final)]
 
-    out = _run(
-        ("forward", tuple(names), activation, cell),
-        body,
-        ops.dtype,
-        inputs,
-        labels,
-        *_parts(state),
-        *(params[n] for n in names),
-    )
+    key = ("forward", tuple(names), activation, cell)
+    out = _hybridized(key, compute, ops.dtype, names, params, inputs, labels, state)
     return out[0], _whole(out[1:])
 
 
@@ -398,22 +413,14 @@ def _value_and_grad(
     if grad == "bptt" and mode == "eager":
         return cells.bptt_value_and_grad(ops, activation, cell)(dict(params), inputs, labels, state)
     if grad == "bptt":
-        k = len(_parts(state))
 
-        def body(h_ops: Any, X: Any, Y: Any, *rest: Any) -> list[Any]:
-            S, P = _whole(list(rest[:k])), dict(zip(names, rest[k:], strict=True))
+        def compute(h_ops: Any, P: Any, X: Any, Y: Any, S: Any) -> list[Any]:
             loss, grads, final = cells.bptt_value_and_grad(h_ops, activation, cell)(P, X, Y, S)
             return [loss, *_parts(final), *(grads[n] for n in names)]
 
-        out = _run(
-            ("bptt", tuple(names), activation, cell),
-            body,
-            ops.dtype,
-            inputs,
-            labels,
-            *_parts(state),
-            *(params[n] for n in names),
-        )
+        key = ("bptt", tuple(names), activation, cell)
+        out = _hybridized(key, compute, ops.dtype, names, params, inputs, labels, state)
+        k = len(_parts(state))
         return out[0], dict(zip(names, out[1 + k :], strict=True)), _whole(out[1 : 1 + k])
     leaves = {n: params[n].copy() for n in names}  # a leaf of its own: the caller's keeps no grad
     for p in leaves.values():

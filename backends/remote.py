@@ -129,13 +129,8 @@ def store_handlers(
     store: Store, make_ops: Callable[[str], Any], to_numpy: Callable[[Any], np.ndarray]
 ) -> dict[str, Callable[..., Any]]:
     """The requests that run core's tensor interface on the worker's arrays: ``make_ops(dtype)``
-    gives the framework's ops (made once per dtype)."""
-    made: dict[str, Any] = {}
-
-    def ops(dtype: str) -> Any:
-        if dtype not in made:
-            made[dtype] = make_ops(dtype)
-        return made[dtype]
+    gives the framework's ops for a request (MXNet's worker keeps one per dtype)."""
+    ops = make_ops
 
     def put(dtype: str, array: np.ndarray) -> Any:
         return store.publish(ops(dtype).asarray(array))
